@@ -1,0 +1,59 @@
+"""HTTP API function: routes under /v1, Swagger UI at /swagger."""
+
+from __future__ import annotations
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from mailsync.api_errors import error_response, validation_error_response
+from mailsync.errors import MailboxError, MailsyncError, NotFound
+from mailsync.observability import logger, metrics, tracer
+from routers import folders, settings
+
+app = APIGatewayHttpResolver(enable_validation=True)
+app.enable_swagger(
+    path="/swagger",
+    title="Mailsync API",
+    version="1.0.0",
+    description="Mail settings, folder maps and messages for the CRM. Errors are "
+    '`{"error": {"code", "message", "field"?}}`.',
+    security_schemes={"bearer": HTTPBearer(bearerFormat="JWT")},
+    security=[{"bearer": []}],
+)
+app.include_router(settings.router, prefix="/v1")
+app.include_router(folders.router, prefix="/v1")
+
+
+@app.exception_handler(RequestValidationError)
+def _invalid_request(exc: RequestValidationError) -> Response:
+    return validation_error_response(exc.errors())
+
+
+@app.exception_handler(MailsyncError)
+def _domain_error(exc: MailsyncError) -> Response:
+    if isinstance(exc, MailboxError):
+        metrics.add_metric(name=f"Mailbox_{exc.code}", unit=MetricUnit.Count, value=1)
+    return error_response(exc)
+
+
+@app.not_found
+def _no_route(_: NotFoundError) -> Response:
+    return error_response(NotFound("No such resource"))
+
+
+@app.exception_handler(Exception)
+def _unexpected(exc: Exception) -> Response:
+    logger.exception("unhandled error")
+    return error_response(MailsyncError("Internal error; it has been logged"))
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    return app.resolve(event, context)

@@ -1,0 +1,39 @@
+"""/v1/users/{user_id}/server-folders and /folder-map: linking CRM folders to server folders."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Body
+
+from mailsync.schemas import FolderMapOut, ServerFoldersOut
+from mailsync.services import folder_maps
+from routers.common import UserIdPath, principal
+
+router = Router()
+
+FolderMapBody = Annotated[
+    dict[str, Any],
+    Body(
+        description='CRM folder -> server folder, e.g. {"inbox": "INBOX", "sent": "Sent"} '
+        '(also accepted wrapped as {"folders": {...}})',
+    ),
+]
+
+
+@router.get("/users/<user_id>/server-folders", tags=["Folders"], summary="The server's folders, live, with suggestions")
+def get_server_folders(user_id: UserIdPath) -> ServerFoldersOut:
+    return ServerFoldersOut(folders=folder_maps.list_server_folders(principal(router.current_event), user_id))
+
+
+@router.get("/users/<user_id>/folder-map", tags=["Folders"], summary="The saved folder map, or a suggestion")
+def get_folder_map(user_id: UserIdPath) -> FolderMapOut:
+    return folder_maps.get_folder_map(principal(router.current_event), user_id)
+
+
+@router.put("/users/<user_id>/folder-map", tags=["Folders"], summary="Save the folder map (checked live)")
+def put_folder_map(user_id: UserIdPath, body: FolderMapBody) -> FolderMapOut:
+    if isinstance(body.get("folders"), dict):
+        body = body["folders"]
+    return folder_maps.put_folder_map(principal(router.current_event), user_id, body)

@@ -1,0 +1,16 @@
+"""Scheduler function: on each EventBridge tick, enqueue one sync job per due account."""
+
+from __future__ import annotations
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from mailsync.observability import logger, metrics, tracer
+from mailsync.services import scheduling
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    enqueued = scheduling.enqueue_due_accounts()
+    return {"enqueued": enqueued}

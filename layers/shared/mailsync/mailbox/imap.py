@@ -1,0 +1,104 @@
+"""IMAP adapter on imapclient: connect, login, capabilities, folder list."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.util import to_unicode
+
+from mailsync.config import Settings
+from mailsync.errors import AuthFailed, ConnectFailed, TlsFailed
+from mailsync.mailbox.base import (
+    SPECIAL_USE_FLAGS,
+    ServerFolder,
+    ServerParams,
+    client_ssl_context,
+    precheck,
+    translate_errors,
+)
+from mailsync.observability import logger
+
+
+class ImapSession:
+    """A logged-in IMAP connection. Protocol only: callers decide what to store."""
+
+    def __init__(self, client: IMAPClient, params: ServerParams) -> None:
+        self._client = client
+        self._params = params
+
+    @property
+    def client(self) -> IMAPClient:
+        return self._client
+
+    def capabilities(self) -> list[str]:
+        with translate_errors(self._params):
+            return sorted(to_unicode(c) for c in self._client.capabilities())
+
+    def has_capability(self, name: str) -> bool:
+        with translate_errors(self._params):
+            return self._client.has_capability(name)
+
+    def list_folders(self) -> list[ServerFolder]:
+        with translate_errors(self._params):
+            try:
+                raw = self._client.list_folders()
+            except IMAPClientError as exc:
+                raise ConnectFailed(f"The mail server refused to list folders: {exc}") from None
+        folders = []
+        for flags, delimiter, name in raw:
+            text_flags = tuple(to_unicode(f) for f in flags)
+            special = next((f for f in text_flags if f.capitalize() in SPECIAL_USE_FLAGS), None)
+            folders.append(
+                ServerFolder(
+                    name=to_unicode(name),
+                    delimiter=to_unicode(delimiter) if delimiter else None,
+                    flags=text_flags,
+                    special_use=special.capitalize() if special else None,
+                )
+            )
+        return folders
+
+
+def _connect(params: ServerParams, settings: Settings) -> IMAPClient:
+    ctx = client_ssl_context(settings)
+    client = IMAPClient(
+        params.host,
+        port=params.port,
+        ssl=params.security == "ssl",
+        ssl_context=ctx,
+        timeout=settings.imap_timeout_seconds,
+    )
+    if params.security == "starttls":
+        if not client.has_capability("STARTTLS"):
+            client.shutdown()
+            raise TlsFailed("The mail server does not offer STARTTLS on this port")
+        try:
+            client.starttls(ctx)
+        except IMAPClientError as exc:
+            client.shutdown()
+            raise TlsFailed(f"STARTTLS failed: {exc}") from None
+    return client
+
+
+@contextmanager
+def open_imap(params: ServerParams, settings: Settings) -> Iterator[ImapSession]:
+    """Connect, upgrade to TLS as configured, log in; always log out."""
+    precheck(params, settings)
+    with translate_errors(params):
+        client = _connect(params, settings)
+        try:
+            client.login(params.username, params.password)
+        except LoginError:
+            client.shutdown()
+            logger.info("IMAP login rejected", extra={"mail_host": params.host})
+            raise AuthFailed() from None
+    try:
+        yield ImapSession(client, params)
+    finally:
+        try:
+            client.logout()
+        except Exception:  # noqa: BLE001 - the work is done; a failing LOGOUT must not mask it
+            client.shutdown()

@@ -1,0 +1,132 @@
+"""Request and response models of the HTTP API (they also produce the OpenAPI document)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+Security = Literal["ssl", "starttls", "none"]
+Protocol = Literal["imap", "pop3"]
+
+DEFAULT_PORTS = {("imap", "ssl"): 993, ("imap", "starttls"): 143, ("imap", "none"): 143,
+                 ("pop3", "ssl"): 995, ("pop3", "starttls"): 110, ("pop3", "none"): 110}
+
+
+def default_port(protocol: str, security: str) -> int:
+    return DEFAULT_PORTS[(protocol, security)]
+
+
+def _check_host(value: str) -> str:
+    value = value.strip()
+    try:
+        return str(ipaddress.ip_address(value.strip("[]")))
+    except ValueError:
+        pass
+    name = value.rstrip(".")
+    if not name or len(name) > 253 or not all(_HOST_LABEL.match(label) for label in name.split(".")):
+        raise ValueError("must be a host name or an IP address")
+    return name.lower()
+
+
+class MailSettingsIn(BaseModel):
+    """The "E-mail settings" screen. `password` is write-only: required on create, omit it to keep the saved one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(min_length=1, max_length=255, examples=["imap.example.com"])
+    port: int | None = Field(default=None, ge=1, le=65535, description="Default: 993/143 (IMAP), 995/110 (POP3)")
+    username: str = Field(min_length=1, max_length=320)
+    password: SecretStr | None = Field(
+        default=None, min_length=1, max_length=1024, json_schema_extra={"writeOnly": True}
+    )
+    security: Security = "ssl"
+    protocol: Protocol = "imap"
+    fetch_enabled: bool = True
+    keep_copy: bool = Field(default=True, description="POP3 only: leave fetched mail on the server")
+    incoming_confidential: bool = False
+    outgoing_confidential: bool = False
+    sync_window_days: int = Field(default=30, ge=1, le=365)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return _check_host(value)
+
+
+class MailSettingsTestIn(BaseModel):
+    """Settings to try before saving; any field left out is taken from the saved settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str | None = Field(default=None, min_length=1, max_length=255)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    username: str | None = Field(default=None, min_length=1, max_length=320)
+    password: SecretStr | None = Field(
+        default=None, min_length=1, max_length=1024, json_schema_extra={"writeOnly": True}
+    )
+    security: Security | None = None
+    protocol: Protocol | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        return None if value is None else _check_host(value)
+
+
+class MailSettingsOut(BaseModel):
+    user_id: str
+    host: str
+    port: int
+    username: str
+    security: Security
+    protocol: Protocol
+    fetch_enabled: bool
+    keep_copy: bool
+    incoming_confidential: bool
+    outgoing_confidential: bool
+    sync_window_days: int
+    password_set: bool
+    status: str = Field(description="pending | ok | disabled | auth_failed | tls_failed | connect_failed | timeout")
+    last_error: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class ConnectionTestOut(BaseModel):
+    ok: bool = True
+    protocol: Protocol
+    capabilities: list[str]
+
+
+class ServerFolderOut(BaseModel):
+    name: str = Field(description="Decoded folder name (IMAP modified UTF-7 already decoded)")
+    delimiter: str | None
+    flags: list[str]
+    special_use: str | None
+    suggested: str | None = Field(description="Suggested CRM folder, or null")
+
+
+class ServerFoldersOut(BaseModel):
+    folders: list[ServerFolderOut]
+
+
+class FolderMapOut(BaseModel):
+    folders: dict[str, str] = Field(description='CRM folder -> server folder, e.g. {"inbox": "INBOX", "sent": "Sent"}')
+    saved: bool
+    updated_at: datetime | None = None
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail

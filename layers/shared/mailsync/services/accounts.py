@@ -1,0 +1,193 @@
+"""Mail settings use cases: read, save, delete and test a user's mailbox connection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailsync import crypto, dal
+from mailsync.config import Settings, get_settings
+from mailsync.errors import MailboxError, NotFound, ValidationFailed
+from mailsync.identity import Principal, resolve_target_user
+from mailsync.mailbox import ConnectionCheck, ServerParams, open_mailbox_check
+from mailsync.netguard import check_host_literal
+from mailsync.observability import logger
+from mailsync.schemas import MailSettingsIn, MailSettingsOut, MailSettingsTestIn, default_port
+
+# Fields whose change means "a different mailbox or login": they reset the account status.
+_CONNECTION_FIELDS = ("host", "port", "username", "security", "protocol")
+
+
+@dataclass(frozen=True)
+class Target:
+    tenant_id: str
+    user_id: str
+
+
+def target_for(principal: Principal, user_id: str) -> Target:
+    """Authorize ``principal`` to act on ``user_id`` (``me`` allowed)."""
+    resolved = resolve_target_user(principal, user_id, dal.account_exists)
+    return Target(principal.tenant_id, resolved)
+
+
+def require_account(target: Target) -> dal.AccountModel:
+    account = dal.get_account(target.tenant_id, target.user_id)
+    if account is None:
+        raise NotFound(f"No mail settings saved for user '{target.user_id}'")
+    return account
+
+
+def to_out(account: dal.AccountModel) -> MailSettingsOut:
+    return MailSettingsOut(
+        user_id=account.user_id,
+        host=account.host,
+        port=int(account.port),
+        username=account.username,
+        security=account.security,
+        protocol=account.protocol,
+        fetch_enabled=account.fetch_enabled,
+        keep_copy=account.keep_copy,
+        incoming_confidential=account.incoming_confidential,
+        outgoing_confidential=account.outgoing_confidential,
+        sync_window_days=int(account.sync_window_days),
+        password_set=account.password_ciphertext is not None,
+        status=account.status,
+        last_error=account.last_error,
+        created_at=account.created_at,
+        updated_at=account.updated_at,
+    )
+
+
+def get_settings_for(principal: Principal, user_id: str) -> MailSettingsOut:
+    return to_out(require_account(target_for(principal, user_id)))
+
+
+def _check_policy(security: str, host: str, settings: Settings) -> None:
+    if security == "none" and not settings.allow_insecure:
+        raise ValidationFailed(
+            "security 'none' sends the password unencrypted and is not allowed by this deployment",
+            field="security",
+        )
+    check_host_literal(host, settings.allow_private_hosts)
+
+
+def put_settings(principal: Principal, user_id: str, body: MailSettingsIn) -> tuple[MailSettingsOut, bool]:
+    """Create or replace the settings; returns (settings, created)."""
+    settings = get_settings()
+    target = target_for(principal, user_id)
+    _check_policy(body.security, body.host, settings)
+    account = dal.get_account(target.tenant_id, target.user_id)
+    created = account is None
+    if created and body.password is None:
+        raise ValidationFailed("password is required when mail settings are first saved", field="password")
+
+    values = body.model_dump(exclude={"password"})
+    values["port"] = body.port or default_port(body.protocol, body.security)
+    if account is None:
+        account = dal.new_account(target.tenant_id, target.user_id, **values)
+        changed = True
+    else:
+        changed = any(getattr(account, f) != values[f] for f in _CONNECTION_FIELDS) or body.password is not None
+        for name, value in values.items():
+            setattr(account, name, value)
+    if body.password is not None:
+        account.password_ciphertext = crypto.encrypt_password(
+            body.password.get_secret_value(), target.tenant_id, target.user_id, settings
+        )
+    if changed:
+        # New credentials deserve a fresh start: a previous auth_failed must not block them.
+        account.settings_version = int(account.settings_version or 0) + (0 if created else 1)
+        account.status = "pending"
+        account.last_error = None
+    if not account.fetch_enabled:
+        account.status = "disabled"
+    elif account.status == "disabled":
+        account.status = "pending"
+    dal.save_account(account)
+    logger.info(
+        "mail settings saved",
+        extra={"tenant_id": target.tenant_id, "user_id": target.user_id, "created_account": created},
+    )
+    return to_out(account), created
+
+
+def delete_settings(principal: Principal, user_id: str) -> None:
+    """Stop syncing and destroy the credentials (the archived messages stay)."""
+    target = target_for(principal, user_id)
+    account = require_account(target)
+    dal.delete_account(account)
+    logger.info("mail settings deleted", extra={"tenant_id": target.tenant_id, "user_id": target.user_id})
+
+
+def server_params(account: dal.AccountModel, settings: Settings) -> ServerParams:
+    """Decrypt the password in memory only, for one login."""
+    if account.password_ciphertext is None:
+        raise ValidationFailed("No password saved for this mailbox", field="password")
+    password = crypto.decrypt_password(account.password_ciphertext, account.tenant_id, account.user_id, settings)
+    return ServerParams(
+        host=account.host,
+        port=int(account.port),
+        username=account.username,
+        password=password,
+        security=account.security,
+        protocol=account.protocol,
+    )
+
+
+def record_login_outcome(account: dal.AccountModel, error: MailboxError | None) -> None:
+    """Remember what a user-initiated login with the saved settings showed."""
+    if error is None:
+        status, message = ("ok" if account.fetch_enabled else "disabled"), None
+    else:
+        status, message = error.code, error.message
+    if (account.status, account.last_error) != (status, message):
+        dal.update_account_status(account, status, message)
+
+
+def test_connection(principal: Principal, user_id: str, body: MailSettingsTestIn | None) -> ConnectionCheck:
+    """Log in for real: with the saved settings, or with ``body`` laid over them (unsaved)."""
+    settings = get_settings()
+    target = target_for(principal, user_id)
+    account = dal.get_account(target.tenant_id, target.user_id)
+    overrides = body.model_dump(exclude_none=True, exclude={"password"}) if body else {}
+    if not overrides and (body is None or body.password is None):
+        if account is None:
+            raise NotFound(f"No mail settings saved for user '{target.user_id}'")
+        return _check_saved(account, settings)
+
+    base = {}
+    if account is not None:
+        base = {f: getattr(account, f) for f in ("host", "username", "security", "protocol")}
+        if not {"protocol", "security", "host"} & overrides.keys():
+            base["port"] = int(account.port)
+    merged = {**base, **overrides}
+    for required in ("host", "username"):
+        if not merged.get(required):
+            raise ValidationFailed(f"{required} is required to test a connection", field=required)
+    security = merged.get("security", "ssl")
+    protocol = merged.get("protocol", "imap")
+    _check_policy(security, merged["host"], settings)
+    if body and body.password is not None:
+        password = body.password.get_secret_value()
+    elif account is not None and account.password_ciphertext is not None:
+        password = crypto.decrypt_password(account.password_ciphertext, account.tenant_id, account.user_id, settings)
+    else:
+        raise ValidationFailed("password is required to test a connection", field="password")
+    params = ServerParams(
+        host=merged["host"],
+        port=int(merged.get("port") or default_port(protocol, security)),
+        username=merged["username"],
+        password=password,
+        security=security,
+        protocol=protocol,
+    )
+    return open_mailbox_check(params, settings)
+
+
+def _check_saved(account: dal.AccountModel, settings: Settings) -> ConnectionCheck:
+    try:
+        result = open_mailbox_check(server_params(account, settings), settings)
+    except MailboxError as exc:
+        record_login_outcome(account, exc)
+        raise
+    record_login_outcome(account, None)
+    return result

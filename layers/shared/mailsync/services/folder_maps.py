@@ -1,0 +1,71 @@
+"""Server folder listing and the CRM-folder to server-folder map."""
+
+from __future__ import annotations
+
+from mailsync import dal
+from mailsync.config import get_settings
+from mailsync.errors import MailboxError
+from mailsync.folders import check_folders_exist, suggest, suggested_map, validate_map_shape
+from mailsync.identity import Principal
+from mailsync.mailbox import ServerFolder, open_mailbox_check
+from mailsync.mailbox.imap import open_imap
+from mailsync.schemas import FolderMapOut, ServerFolderOut
+from mailsync.services.accounts import record_login_outcome, require_account, server_params, target_for
+
+_POP3_INBOX = ServerFolder(name="INBOX", delimiter=None, flags=(), special_use=None)
+
+
+def live_folders(account: dal.AccountModel) -> list[ServerFolder]:
+    """List the server's folders now, with the saved settings (POP3 has only INBOX)."""
+    settings = get_settings()
+    params = server_params(account, settings)
+    try:
+        if params.protocol == "pop3":
+            open_mailbox_check(params, settings)
+            folders = [_POP3_INBOX]
+        else:
+            with open_imap(params, settings) as session:
+                folders = session.list_folders()
+    except MailboxError as exc:
+        record_login_outcome(account, exc)
+        raise
+    record_login_outcome(account, None)
+    return folders
+
+
+def list_server_folders(principal: Principal, user_id: str) -> list[ServerFolderOut]:
+    account = require_account(target_for(principal, user_id))
+    folders = live_folders(account)
+    suggestions = suggest(folders)
+    return [
+        ServerFolderOut(
+            name=f.name,
+            delimiter=f.delimiter,
+            flags=list(f.flags),
+            special_use=f.special_use,
+            suggested=suggestions[f.name],
+        )
+        for f in folders
+    ]
+
+
+def get_folder_map(principal: Principal, user_id: str) -> FolderMapOut:
+    """The saved map, or before any save the live suggestion marked ``saved: false``."""
+    account = require_account(target_for(principal, user_id))
+    if account.folder_map is not None:
+        return FolderMapOut(
+            folders=dict(account.folder_map.as_dict()), saved=True, updated_at=account.folder_map_updated_at
+        )
+    return FolderMapOut(folders=suggested_map(live_folders(account)), saved=False)
+
+
+def put_folder_map(principal: Principal, user_id: str, folder_map: dict[str, str]) -> FolderMapOut:
+    account = require_account(target_for(principal, user_id))
+    clean = validate_map_shape(folder_map)
+    check_folders_exist(clean, live_folders(account))
+    # Re-read: the login above may have updated the status (and the item's version).
+    account = require_account(target_for(principal, user_id))
+    account.folder_map = clean
+    account.folder_map_updated_at = dal.utcnow()
+    dal.save_account(account)
+    return FolderMapOut(folders=clean, saved=True, updated_at=account.folder_map_updated_at)
