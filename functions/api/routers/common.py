@@ -9,6 +9,7 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
 from mailsync.config import get_settings
 from mailsync.identity import USER_ID_PATTERN, Principal, principal_from_claims
+from mailsync.schemas import ErrorOut
 
 UserIdPath = Annotated[
     str,
@@ -20,3 +21,25 @@ def principal(event: APIGatewayProxyEventV2) -> Principal:
     authorizer = event.request_context.authorizer
     claims = authorizer.jwt_claim if authorizer else None
     return principal_from_claims(claims, get_settings())
+
+
+def _error(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"model": ErrorOut}}}
+
+
+# Every route documents the one error shape the API returns.
+ERRORS: dict[int, dict] = {
+    401: _error("Missing or unusable identity claims"),
+    403: _error("`forbidden`: acting on a colleague without the admin role"),
+    404: _error("`not_found`"),
+    422: _error("`validation_error`, with `field` naming the offending field"),
+}
+MAILBOX_ERRORS: dict[int, dict] = {
+    **ERRORS,
+    502: _error("`auth_failed`, `connect_failed` or `tls_failed` from the mail server"),
+    504: _error("`timeout`: the mail server did not answer in time"),
+}
+
+
+def responses(ok: dict[int, dict] | None = None, *, mailbox: bool = False) -> dict[int, dict]:
+    return {**(ok or {}), **(MAILBOX_ERRORS if mailbox else ERRORS)}

@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Body
 
 from mailsync.schemas import FolderMapOut, ServerFoldersOut
 from mailsync.services import folder_maps
-from routers.common import UserIdPath, principal
+from routers.common import UserIdPath, principal, responses
 
 router = Router()
 
@@ -22,17 +22,32 @@ FolderMapBody = Annotated[
 ]
 
 
-@router.get("/users/<user_id>/server-folders", tags=["Folders"], summary="The server's folders, live, with suggestions")
+@router.get(
+    "/users/<user_id>/server-folders",
+    tags=["Folders"],
+    summary="The server's folders, live, with suggestions",
+    responses=responses(mailbox=True),
+)
 def get_server_folders(user_id: UserIdPath) -> ServerFoldersOut:
     return ServerFoldersOut(folders=folder_maps.list_server_folders(principal(router.current_event), user_id))
 
 
-@router.get("/users/<user_id>/folder-map", tags=["Folders"], summary="The saved folder map, or a suggestion")
+@router.get(
+    "/users/<user_id>/folder-map",
+    tags=["Folders"],
+    summary="The saved folder map, or a suggestion",
+    responses=responses(mailbox=True),
+)
 def get_folder_map(user_id: UserIdPath) -> FolderMapOut:
     return folder_maps.get_folder_map(principal(router.current_event), user_id)
 
 
-@router.put("/users/<user_id>/folder-map", tags=["Folders"], summary="Save the folder map (checked live)")
+@router.put(
+    "/users/<user_id>/folder-map",
+    tags=["Folders"],
+    summary="Save the folder map (checked live)",
+    responses=responses(mailbox=True),
+)
 def put_folder_map(user_id: UserIdPath, body: FolderMapBody) -> FolderMapOut:
     if isinstance(body.get("folders"), dict):
         body = body["folders"]

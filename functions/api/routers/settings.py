@@ -10,12 +10,17 @@ from aws_lambda_powertools.event_handler.openapi.params import Body
 
 from mailsync.schemas import ConnectionTestOut, MailSettingsIn, MailSettingsOut, MailSettingsTestIn
 from mailsync.services import accounts
-from routers.common import UserIdPath, principal
+from routers.common import UserIdPath, principal, responses
 
 router = Router()
 
 
-@router.get("/users/<user_id>/mail-settings", tags=["Mail settings"], summary="Read mail settings (no password)")
+@router.get(
+    "/users/<user_id>/mail-settings",
+    tags=["Mail settings"],
+    summary="Read mail settings (no password)",
+    responses=responses(),
+)
 def get_mail_settings(user_id: UserIdPath) -> MailSettingsOut:
     return accounts.get_settings_for(principal(router.current_event), user_id)
 
@@ -24,15 +29,20 @@ def get_mail_settings(user_id: UserIdPath) -> MailSettingsOut:
     "/users/<user_id>/mail-settings",
     tags=["Mail settings"],
     summary="Create or replace mail settings",
-    responses={200: {"description": "Updated"}, 201: {"description": "Created"}},
+    responses=responses({200: {"description": "Updated"}, 201: {"description": "Created"}}),
 )
 def put_mail_settings(user_id: UserIdPath, body: Annotated[MailSettingsIn, Body()]) -> Response[MailSettingsOut]:
     out, created = accounts.put_settings(principal(router.current_event), user_id, body)
     return Response(status_code=201 if created else 200, content_type="application/json", body=out)
 
 
-@router.delete("/users/<user_id>/mail-settings", tags=["Mail settings"], summary="Stop syncing, destroy credentials")
-def delete_mail_settings(user_id: UserIdPath) -> Response[None]:
+@router.delete(
+    "/users/<user_id>/mail-settings",
+    tags=["Mail settings"],
+    summary="Stop syncing, destroy credentials",
+    responses=responses({204: {"description": "Deleted"}}),
+)
+def delete_mail_settings(user_id: UserIdPath):  # untyped: Response[None] would serialise "null"
     accounts.delete_settings(principal(router.current_event), user_id)
     return Response(status_code=204, content_type="application/json", body="")
 
@@ -41,6 +51,7 @@ def delete_mail_settings(user_id: UserIdPath) -> Response[None]:
     "/users/<user_id>/mail-settings/test",
     tags=["Mail settings"],
     summary="Log in to the mailbox for real (saved settings, optionally overridden by the body)",
+    responses=responses(mailbox=True),
 )
 def test_mail_settings(
     user_id: UserIdPath, body: Annotated[MailSettingsTestIn | None, Body()] = None

@@ -1,0 +1,76 @@
+# Mailsync developer entry points. `make run` and `make test` work on a fresh machine:
+# they create the virtualenv (Python 3.12, same as the Lambda runtime) themselves.
+
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export SAM_CLI_TELEMETRY := 0
+REGION ?= eu-west-1
+
+# pyenv's python3.12 shim only answers when told the version; fall back to its install dir.
+PYTHON312 ?= $(shell \
+	if python3.12 -c 'import sys' >/dev/null 2>&1; then command -v python3.12; \
+	else ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3.12 /usr/bin/python3.12 /usr/local/bin/python3.12 2>/dev/null | tail -1; fi)
+
+# USER is also the login name in the environment; only a USER= given to make counts here.
+TOKEN_USER := $(if $(filter command line,$(origin USER)),$(USER),alice)
+TENANT ?= acme
+ROLE ?= user
+
+.PHONY: run demo token test unit integration e2e lint fmt validate build openapi dovecot venv clean
+
+run: $(STAMP)  ## the local stack: moto + API on :3000 + scheduler + worker
+	$(BIN)/python -m devstack.run
+
+demo: $(STAMP) dovecot  ## the local stack plus a throwaway Dovecot with a sample mailbox
+	$(BIN)/python -m devstack.demo
+
+token: $(STAMP)  ## print a local JWT: make token USER=alice TENANT=acme ROLE=admin
+	@$(BIN)/python -m devstack.token --user "$(TOKEN_USER)" --tenant "$(TENANT)" --role "$(ROLE)"
+
+test: $(STAMP) dovecot lint validate build  ## everything CI runs
+	$(BIN)/python -m pytest tests
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+integration: $(STAMP) dovecot
+	$(BIN)/python -m pytest tests/integration
+
+e2e: $(STAMP) dovecot
+	$(BIN)/python -m pytest tests/e2e
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+validate: $(STAMP)
+	$(BIN)/sam validate --lint --region $(REGION)
+
+build: $(STAMP)
+	$(BIN)/sam build --region $(REGION)
+
+openapi: $(STAMP)  ## export the API's OpenAPI document to docs/openapi.json
+	$(BIN)/python -m devstack.openapi docs/openapi.json
+
+dovecot:  ## install Debian's dovecot-imapd/pop3d when missing (tests start their own servers)
+	@if [ ! -x /usr/sbin/dovecot ]; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dovecot-imapd dovecot-pop3d; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): requirements-dev.txt layers/shared/requirements.txt
+	@if [ -z "$(PYTHON312)" ]; then echo "Python 3.12 not found (install it, or pass PYTHON312=/path/to/python3.12)"; exit 1; fi
+	@[ -x $(BIN)/python3.12 ] || $(PYTHON312) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	@touch $@
+
+clean:
+	rm -rf .aws-sam .pytest_cache .ruff_cache

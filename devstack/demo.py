@@ -1,0 +1,97 @@
+"""``make demo``: the local stack plus a throwaway Dovecot with a sample mailbox, and a demo
+user whose mail settings and folder map are already saved through the API."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from devstack.auth import make_token
+from devstack.dovecot import DovecotServer, seed_sample_mailbox
+from devstack.run import LocalStack, serve_forever
+
+DEMO_USER = "demo"
+DEMO_TENANT = "demo-office"
+
+
+def _call(url: str, token: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - loopback URL we built
+    request.add_header("Authorization", f"Bearer {token}")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def configure_demo_user(stack: LocalStack, server: DovecotServer, username: str, password: str) -> str:
+    """Save the demo mailbox the way a CRM frontend would; returns the user's token."""
+    token = make_token(DEMO_USER, DEMO_TENANT, "user")
+    base = f"{stack.api_url}/v1/users/me"
+    settings = {
+        "host": "127.0.0.1",
+        "port": server.imaps_port,
+        "username": username,
+        "password": password,
+        "security": "ssl",
+        "protocol": "imap",
+    }
+    status, body = _call(f"{base}/mail-settings", token, "PUT", settings)
+    if status not in (200, 201):
+        raise RuntimeError(f"saving demo mail settings failed: {status} {body}")
+    status, suggestion = _call(f"{base}/folder-map", token)
+    if status != 200:
+        raise RuntimeError(f"reading the folder suggestion failed: {status} {suggestion}")
+    status, body = _call(f"{base}/folder-map", token, "PUT", suggestion["folders"])
+    if status != 200:
+        raise RuntimeError(f"saving the demo folder map failed: {status} {body}")
+    return token
+
+
+def main() -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="mailsync-demo-"))
+    server = DovecotServer(workdir / "dovecot").start()
+    try:
+        user = server.add_user("demo@example.test", "demo-password")
+        with user.client("ssl") as client:
+            seed_sample_mailbox(client)
+        # The demo's Dovecot has its own CA; trust it like a deployment trusts a private CA.
+        os.environ["MAILSYNC_EXTRA_CA_FILE"] = str(server.ca_file)
+        stack = LocalStack(verbose=os.environ.get("MAILSYNC_VERBOSE") == "1").start()
+    except Exception:
+        server.stop()
+        raise
+    try:
+        token = configure_demo_user(stack, server, user.username, user.password)
+    except Exception as exc:  # noqa: BLE001 - show why, then stop everything cleanly
+        print(f"demo setup failed: {exc}", file=sys.stderr)
+        stack.stop()
+        server.stop()
+        sys.exit(1)
+    extra = "\n".join(
+        [
+            "Demo mailbox (Dovecot, throwaway):",
+            f"  IMAPS 127.0.0.1:{server.imaps_port}  IMAP+STARTTLS 127.0.0.1:{server.imap_port}",
+            f"  user {user.username}  password {user.password}  CA {server.ca_file}",
+            f"Demo CRM user '{DEMO_USER}' of tenant '{DEMO_TENANT}' is configured. Its token:",
+            f"  export TOKEN={token}",
+            f"  curl -H \"Authorization: Bearer $TOKEN\" {stack.api_url}/v1/users/me/mail-settings",
+            f"  curl -H \"Authorization: Bearer $TOKEN\" {stack.api_url}/v1/users/me/server-folders",
+            f"  curl -H \"Authorization: Bearer $TOKEN\" {stack.api_url}/v1/users/me/folder-map",
+        ]
+    )
+    try:
+        serve_forever(stack, extra)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

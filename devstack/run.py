@@ -1,0 +1,276 @@
+"""The whole stack on one machine: ``make run``.
+
+moto in server mode is the embedded AWS; the tables, bucket, queue, key and bus are created
+from template.yaml; the API function is served over HTTP with a local JWT check; the
+scheduler runs on a timer and the worker drains the queue in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from devstack import auth
+from devstack.lambda_runtime import ROOT, LambdaContext, http_event, load_handler, scheduled_event, sqs_event
+
+TEMPLATE = ROOT / "template.yaml"
+PUBLIC_PATHS = ("/swagger",)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def local_defaults() -> dict[str, str]:
+    """Environment the local stack runs with unless the developer set it already."""
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_REGION": "eu-west-1",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+        "POWERTOOLS_DEV": "false",
+        # Local development talks to mail servers on this machine (Dovecot, the demo).
+        "MAILSYNC_ALLOW_PRIVATE_HOSTS": "true",
+        "MAILSYNC_ALLOW_INSECURE": "true",
+    }
+
+
+class _ApiRequestHandler(BaseHTTPRequestHandler):
+    server: _ApiServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.stack.verbose:
+            sys.stderr.write("http: " + (format % args) + "\n")
+
+    def _handle(self) -> None:
+        url = urlsplit(self.path)
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        claims = None
+        if not url.path.startswith(PUBLIC_PATHS):
+            claims = auth.verify_bearer(self.headers.get("authorization"))
+            if claims is None:
+                # API Gateway's JWT authorizer answers exactly this before any Lambda runs.
+                self._send(HTTPStatus.UNAUTHORIZED, {"content-type": "application/json"}, b'{"message":"Unauthorized"}')
+                return
+        event = http_event(
+            self.command,
+            url.path,
+            body=raw.decode("utf-8") if raw else None,
+            query=url.query,
+            headers=dict(self.headers.items()),
+            claims=claims,
+            source_ip=self.client_address[0],
+        )
+        result = self.server.stack.api_handler(event, LambdaContext(function_name="ApiFunction", timeout_seconds=29))
+        body = result.get("body") or ""
+        if result.get("isBase64Encoded"):
+            import base64
+
+            payload = base64.b64decode(body)
+        else:
+            payload = body.encode("utf-8")
+        headers = {k.lower(): v for k, v in (result.get("headers") or {}).items()}
+        self._send(int(result.get("statusCode", 200)), headers, payload, result.get("cookies") or [])
+
+    def _send(self, status: int, headers: dict[str, str], payload: bytes, cookies: list[str] | None = None) -> None:
+        self.send_response(status)
+        for key, value in headers.items():
+            if key not in ("content-length", "connection"):
+                self.send_header(key, value)
+        for cookie in cookies or []:
+            self.send_header("set-cookie", cookie)
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = do_HEAD = _handle
+
+
+class _ApiServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], stack: LocalStack) -> None:
+        self.stack = stack
+        super().__init__(address, _ApiRequestHandler)
+
+
+class LocalStack:
+    """Start/stop the local stack in-process (``make run`` and the e2e tests use it)."""
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        moto_port: int | None = None,
+        schedule_seconds: float | None = None,
+        verbose: bool = False,
+    ) -> None:
+        env = os.environ
+        self.port = port if port is not None else int(env.get("MAILSYNC_PORT", "3000"))
+        self.moto_port = moto_port if moto_port is not None else int(env.get("MAILSYNC_MOTO_PORT", "0"))
+        self.schedule_seconds = (
+            schedule_seconds if schedule_seconds is not None else float(env.get("MAILSYNC_SCHEDULE_SECONDS", "60"))
+        )
+        self.verbose = verbose
+        self.resources: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._moto: Any = None
+        self._http: _ApiServer | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LocalStack:
+        from moto.server import ThreadedMotoServer
+
+        for key, value in local_defaults().items():
+            os.environ.setdefault(key, value)
+        if not self.moto_port:
+            self.moto_port = _free_port()
+        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self.moto_port, verbose=False)
+        self._moto.start()
+        endpoint = f"http://127.0.0.1:{self.moto_port}"
+        os.environ["AWS_ENDPOINT_URL"] = endpoint
+
+        from devstack.provision import load_template, provision
+
+        self.resources = provision(load_template(TEMPLATE), endpoint_url=endpoint)
+        for key, value in self.resources.items():
+            if key in local_defaults() and key in os.environ:
+                continue
+            os.environ[key] = value
+        for key in ("MAILSYNC_ALLOW_PRIVATE_HOSTS", "MAILSYNC_ALLOW_INSECURE"):
+            os.environ[key] = os.environ.get(f"MAILSYNC_LOCAL_{key[9:]}", local_defaults()[key])
+
+        from mailsync.aws import reset_clients
+        from mailsync.config import get_settings
+
+        get_settings.cache_clear()
+        reset_clients()
+        self.api_handler = load_handler("api")
+        self.scheduler_handler = load_handler("scheduler")
+        self.worker_handler = load_handler("sync_worker")
+
+        self._http = _ApiServer(("127.0.0.1", self.port), self)
+        self.port = self._http.server_address[1]
+        self._spawn("http", self._http.serve_forever)
+        self._spawn("scheduler", self._schedule_loop)
+        self._spawn("worker", self._drain_loop)
+        return self
+
+    def _spawn(self, name: str, target: Any) -> None:
+        thread = threading.Thread(target=target, name=f"mailsync-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def run_scheduler_once(self) -> Any:
+        return self.scheduler_handler(scheduled_event(), LambdaContext(function_name="SchedulerFunction"))
+
+    def _schedule_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_scheduler_once()
+            except Exception as exc:  # noqa: BLE001 - keep the local loop alive, like the real schedule
+                print(f"scheduler failed: {exc}", file=sys.stderr)
+            self._stop.wait(self.schedule_seconds)
+
+    def drain_once(self, wait_seconds: int = 1) -> int:
+        """Receive one batch from the sync queue and run the worker on it; returns records handled."""
+        from mailsync.aws import client
+
+        sqs = client("sqs")
+        queue_url = os.environ["SYNC_QUEUE_URL"]
+        got = sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=5, WaitTimeSeconds=wait_seconds, AttributeNames=["All"]
+        )
+        messages = got.get("Messages", [])
+        if not messages:
+            return 0
+        arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        result = self.worker_handler(sqs_event(messages, arn), LambdaContext(function_name="SyncWorkerFunction"))
+        failed = {f["itemIdentifier"] for f in (result or {}).get("batchItemFailures", [])}
+        for message in messages:
+            if message["MessageId"] not in failed:
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+        return len(messages)
+
+    def _drain_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.drain_once()
+            except Exception as exc:  # noqa: BLE001 - a bad batch must not stop the local worker
+                print(f"worker failed: {exc}", file=sys.stderr)
+                self._stop.wait(1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._http:
+            self._http.shutdown()
+            self._http.server_close()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        if self._moto:
+            self._moto.stop()
+
+    def describe(self) -> str:
+        lines = [
+            "Mailsync local stack is running.",
+            f"  API           {self.api_url}   (Swagger UI: {self.api_url}/swagger)",
+            f"  AWS (moto)    http://127.0.0.1:{self.moto_port}",
+            f"  scheduler     every {self.schedule_seconds:g} s; worker drains the sync queue in-process",
+            "  resources from template.yaml:",
+        ]
+        shown = {k: v for k, v in self.resources.items() if not k.startswith("POWERTOOLS")}
+        lines += [f"    {k} = {v}" for k, v in sorted(shown.items())]
+        lines += [
+            "  token:        make token USER=alice TENANT=acme ROLE=admin",
+            '  try:          curl -H "Authorization: Bearer $(make -s token)" '
+            f"{self.api_url}/v1/users/me/mail-settings",
+            "Press Ctrl-C to stop.",
+        ]
+        return "\n".join(lines)
+
+
+def serve_forever(stack: LocalStack, extra: str = "") -> None:
+    """Print what runs, then block until Ctrl-C/SIGTERM."""
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    print(stack.describe() + (("\n" + extra) if extra else ""), flush=True)
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("stopping...", flush=True)
+        stack.stop()
+
+
+def main() -> None:
+    stack = LocalStack(verbose=os.environ.get("MAILSYNC_VERBOSE") == "1")
+    try:
+        stack.start()
+    except OSError as exc:
+        print(f"could not start the local stack: {exc}", file=sys.stderr)
+        sys.exit(1)
+    serve_forever(stack)
+
+
+if __name__ == "__main__":
+    main()

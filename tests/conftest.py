@@ -1,0 +1,104 @@
+"""Shared fixtures: the embedded AWS (moto, provisioned from template.yaml) and the API handler."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from moto import mock_aws
+
+from devstack.lambda_runtime import LambdaContext, http_event, load_handler
+
+pytest_plugins = ["tests.fixtures.dovecot"]
+
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "eu-west-1",
+    "AWS_REGION": "eu-west-1",
+    "POWERTOOLS_TRACE_DISABLED": "true",
+    "POWERTOOLS_METRICS_DISABLED": "true",
+    "POWERTOOLS_SERVICE_NAME": "mailsync",
+    "POWERTOOLS_METRICS_NAMESPACE": "Mailsync",
+}
+
+
+def _reset_caches() -> None:
+    from mailsync.aws import reset_clients
+    from mailsync.config import get_settings
+
+    get_settings.cache_clear()
+    reset_clients()
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """moto with every resource of template.yaml; yields the functions' environment."""
+    for key, value in FAKE_AWS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("MAILSYNC_EXTRA_CA_FILE", raising=False)
+    with mock_aws():
+        from devstack.provision import provision_mock
+
+        env = provision_mock()
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        _reset_caches()
+        yield env
+    _reset_caches()
+
+
+@dataclass
+class ApiResponse:
+    status: int
+    body: Any
+    headers: dict[str, str]
+    raw: str
+
+
+@dataclass
+class Caller:
+    user: str = "alice"
+    tenant: str = "acme"
+    role: str = "user"
+
+    @property
+    def claims(self) -> dict[str, str]:
+        return {"sub": self.user, "tenant_id": self.tenant, "role": self.role}
+
+
+ApiCall = Callable[..., ApiResponse]
+
+
+@pytest.fixture
+def api(aws: dict[str, str]) -> ApiCall:
+    """Call the API function as API Gateway would, after its JWT authorizer let the caller in."""
+    handler = load_handler("api")
+
+    def call(method: str, path: str, body: Any = None, *, caller: Caller | None = None, query: str = "") -> ApiResponse:
+        caller = caller or Caller()
+        event = http_event(method, path, body=body, query=query, claims=caller.claims)
+        result = handler(event, LambdaContext(function_name="ApiFunction"))
+        raw = result.get("body") or ""
+        try:
+            parsed = json.loads(raw) if raw else None
+        except json.JSONDecodeError:
+            parsed = None
+        return ApiResponse(result["statusCode"], parsed, result.get("headers") or {}, raw)
+
+    return call
+
+
+@pytest.fixture
+def local_mail_env(monkeypatch: pytest.MonkeyPatch, aws: dict[str, str], dovecot: Any) -> Any:
+    """The settings a developer's local stack has: mail hosts on loopback allowed, the test CA trusted."""
+    monkeypatch.setenv("MAILSYNC_ALLOW_PRIVATE_HOSTS", "true")
+    monkeypatch.setenv("MAILSYNC_EXTRA_CA_FILE", str(dovecot.ca_file))
+    monkeypatch.setenv("MAILSYNC_IMAP_TIMEOUT_SECONDS", "10")
+    _reset_caches()
+    return dovecot
