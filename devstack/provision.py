@@ -200,7 +200,7 @@ class _LocalStack:
     def resolve(self, value: Any) -> Any:
         if isinstance(value, dict):
             if len(value) == 1:
-                (key, argument), = value.items()
+                ((key, argument),) = value.items()
                 if key == "Ref" or key == "Condition" or key.startswith("Fn::"):
                     return self._intrinsic(key, argument)
             resolved_dict = {k: self.resolve(v) for k, v in value.items()}
@@ -210,7 +210,7 @@ class _LocalStack:
             return [v for v in resolved_list if v is not _NO_VALUE]
         return value
 
-    def _intrinsic(self, fn: str, arg: Any) -> Any:  # noqa: C901 - a flat dispatch table
+    def _intrinsic(self, fn: str, arg: Any) -> Any:
         if fn == "Ref":
             return self._ref(self.resolve(arg))
         if fn == "Condition":
@@ -297,9 +297,7 @@ class _LocalStack:
             "AWS::Partition": lambda: "aws",
             "AWS::URLSuffix": lambda: "amazonaws.com",
             "AWS::StackName": lambda: self.prefix,
-            "AWS::StackId": lambda: (
-                f"arn:aws:cloudformation:{self.region}:{self.account_id}:stack/{self.prefix}/local"
-            ),
+            "AWS::StackId": lambda: f"arn:aws:cloudformation:{self.region}:{self.account_id}:stack/{self.prefix}/local",
             "AWS::NotificationARNs": lambda: [],
             "AWS::NoValue": lambda: _NO_VALUE,
         }
@@ -357,9 +355,8 @@ class _LocalStack:
             self.ensure(logical_id)
 
     def environment(self) -> dict[str, str]:
-        variables = (
-            ((self.template.get("Globals") or {}).get("Function") or {}).get("Environment") or {}
-        ).get("Variables") or {}
+        function_globals = (self.template.get("Globals") or {}).get("Function") or {}
+        variables = (function_globals.get("Environment") or {}).get("Variables") or {}
         env: dict[str, str] = {}
         for name, raw in variables.items():
             value = self.resolve(raw)
@@ -606,9 +603,10 @@ def _kms_key(stack: _LocalStack, logical_id: str, props: Mapping[str, Any]) -> d
         metadata = kms.create_key(**create)["KeyMetadata"]
         kms.create_alias(AliasName=marker_alias, TargetKeyId=metadata["KeyId"])
     key_id = metadata["KeyId"]
-    if stack.resolve(props.get("EnableKeyRotation")) in (True, "true", "True") and metadata.get(
-        "KeySpec", "SYMMETRIC_DEFAULT"
-    ) == "SYMMETRIC_DEFAULT":
+    if (
+        stack.resolve(props.get("EnableKeyRotation")) in (True, "true", "True")
+        and metadata.get("KeySpec", "SYMMETRIC_DEFAULT") == "SYMMETRIC_DEFAULT"
+    ):
         kms.enable_key_rotation(KeyId=key_id)
     return {"Ref": key_id, "KeyId": key_id, "Arn": metadata["Arn"]}
 

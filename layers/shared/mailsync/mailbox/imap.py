@@ -21,6 +21,8 @@ from mailsync.mailbox.base import (
 )
 from mailsync.observability import logger
 
+_SPECIAL_USE = {flag.lower(): flag for flag in SPECIAL_USE_FLAGS}
+
 
 class ImapSession:
     """A logged-in IMAP connection. Protocol only: callers decide what to store."""
@@ -44,22 +46,35 @@ class ImapSession:
     def list_folders(self) -> list[ServerFolder]:
         with translate_errors(self._params):
             try:
-                raw = self._client.list_folders()
+                raw = self._list_raw()
             except IMAPClientError as exc:
                 raise ConnectFailed(f"The mail server refused to list folders: {exc}") from None
         folders = []
         for flags, delimiter, name in raw:
             text_flags = tuple(to_unicode(f) for f in flags)
-            special = next((f for f in text_flags if f.capitalize() in SPECIAL_USE_FLAGS), None)
+            special = next((_SPECIAL_USE[f.lower()] for f in text_flags if f.lower() in _SPECIAL_USE), None)
             folders.append(
                 ServerFolder(
                     name=to_unicode(name),
                     delimiter=to_unicode(delimiter) if delimiter else None,
                     flags=text_flags,
-                    special_use=special.capitalize() if special else None,
+                    special_use=special,
                 )
             )
         return folders
+
+
+    def _list_raw(self) -> list[tuple]:
+        # Dovecot and others send SPECIAL-USE flags only when asked (RFC 6154 LIST-EXTENDED
+        # RETURN option); imapclient has no call for it, so build that one command ourselves.
+        if not self._client.has_capability("SPECIAL-USE"):
+            return self._client.list_folders()
+        imap = self._client._imap
+        typ, data = imap._simple_command("LIST", '""', '"*"', "RETURN", "(SPECIAL-USE)")
+        if typ != "OK":
+            return self._client.list_folders()
+        typ, data = imap._untagged_response(typ, data, "LIST")
+        return self._client._proc_folder_list(data)
 
 
 def _connect(params: ServerParams, settings: Settings) -> IMAPClient:
