@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Any
 
 import jwt
+from jwt.warnings import InsecureKeyLengthWarning
+
+# The documented local default secret is short; it signs throwaway local tokens only.
+warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
 
 LOCAL_ISSUER = "mailsync-local"
 LOCAL_AUDIENCE = "mailsync"

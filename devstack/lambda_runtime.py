@@ -27,9 +27,14 @@ def _ensure_path(path: Path) -> None:
         sys.path.insert(0, str(path))
 
 
+def ensure_layer_on_path() -> None:
+    """Make ``import mailsync`` work as it does in Lambda, where the layer is on sys.path."""
+    _ensure_path(LAYER_DIR)
+
+
 def load_handler(function: str) -> Handler:
     """Import ``functions/<function>/app.py`` under a unique module name (all are called app.py)."""
-    _ensure_path(LAYER_DIR)
+    ensure_layer_on_path()
     function_dir = FUNCTIONS_DIR / function
     _ensure_path(function_dir)
     name = f"mailsync_fn_{function}"

@@ -7,20 +7,32 @@ scheduler runs on a timer and the worker drains the queue in-process.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import sys
 import threading
+import warnings
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 from devstack import auth
-from devstack.lambda_runtime import ROOT, LambdaContext, http_event, load_handler, scheduled_event, sqs_event
+from devstack.lambda_runtime import (
+    ROOT,
+    LambdaContext,
+    ensure_layer_on_path,
+    http_event,
+    load_handler,
+    scheduled_event,
+    sqs_event,
+)
 
 TEMPLATE = ROOT / "template.yaml"
+# Metrics are disabled locally; Powertools still warns on every invocation.
+warnings.filterwarnings("ignore", message="No application metrics to publish")
 PUBLIC_PATHS = ("/swagger",)
 
 
@@ -140,6 +152,10 @@ class LocalStack:
     def start(self) -> LocalStack:
         from moto.server import ThreadedMotoServer
 
+        ensure_layer_on_path()
+        if not self.verbose:
+            # moto's embedded werkzeug logs every AWS call; only the developer's requests matter.
+            logging.getLogger("werkzeug").setLevel(logging.WARNING)
         for key, value in local_defaults().items():
             os.environ.setdefault(key, value)
         if not self.moto_port:
@@ -229,7 +245,7 @@ class LocalStack:
         if self._moto:
             self._moto.stop()
 
-    def describe(self) -> str:
+    def describe(self, extra: str = "") -> str:
         lines = [
             "Mailsync local stack is running.",
             f"  API           {self.api_url}   (Swagger UI: {self.api_url}/swagger)",
@@ -237,14 +253,16 @@ class LocalStack:
             f"  scheduler     every {self.schedule_seconds:g} s; worker drains the sync queue in-process",
             "  resources from template.yaml:",
         ]
-        shown = {k: v for k, v in self.resources.items() if not k.startswith("POWERTOOLS")}
+        shown = {k: os.environ.get(k, v) for k, v in self.resources.items() if not k.startswith("POWERTOOLS")}
         lines += [f"    {k} = {v}" for k, v in sorted(shown.items())]
         lines += [
             "  token:        make token USER=alice TENANT=acme ROLE=admin",
             '  try:          curl -H "Authorization: Bearer $(make -s token)" '
             f"{self.api_url}/v1/users/me/mail-settings",
-            "Press Ctrl-C to stop.",
         ]
+        if extra:
+            lines.append(extra)
+        lines.append("Press Ctrl-C to stop.")
         return "\n".join(lines)
 
 
@@ -252,7 +270,7 @@ def serve_forever(stack: LocalStack, extra: str = "") -> None:
     """Print what runs, then block until Ctrl-C/SIGTERM."""
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
-    print(stack.describe() + (("\n" + extra) if extra else ""), flush=True)
+    print(stack.describe(extra), flush=True)
     try:
         done.wait()
     except KeyboardInterrupt:

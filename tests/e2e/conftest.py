@@ -1,0 +1,131 @@
+"""Start the local stack (and the demo) as a developer would, in a subprocess, and talk HTTP to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+READY_LINE = "Press Ctrl-C to stop."
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Running:
+    process: subprocess.Popen
+    url: str
+    output: list[str] = field(default_factory=list)
+
+    def request(self, method: str, path: str, token: str | None = None, body: Any = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                raw = resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            raw, status = exc.read(), exc.code
+        try:
+            return status, json.loads(raw) if raw else None
+        except json.JSONDecodeError:
+            return status, raw.decode("utf-8", "replace")
+
+
+def start(module: str, env: dict[str, str], timeout: float = 90.0) -> Running:
+    """Run ``python -m module`` and wait until it prints its ready line (or fail with its output)."""
+    port = int(env["MAILSYNC_PORT"])
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-m", module],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    running = Running(process, f"http://127.0.0.1:{port}")
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        running.output.append(line)
+        if READY_LINE in line:
+            return running
+    stop(running)
+    pytest.fail(f"{module} did not start:\n" + "\n".join(running.output[-40:]))
+
+
+def stop(running: Running) -> None:
+    if running.process.poll() is None:
+        os.killpg(running.process.pid, signal.SIGINT)
+        try:
+            running.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(running.process.pid, signal.SIGKILL)
+            running.process.wait()
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MAILSYNC_"))}
+    env.update({"MAILSYNC_PORT": str(free_port()), "MAILSYNC_SCHEDULE_SECONDS": "3600", "PYTHONPATH": ""})
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def local_stack(dovecot) -> Iterator[Running]:
+    running = start("devstack.run", base_env(MAILSYNC_EXTRA_CA_FILE=str(dovecot.ca_file)))
+    try:
+        yield running
+    finally:
+        stop(running)
+
+
+def make_token(user: str, tenant: str, role: str = "user") -> str:
+    """The token a developer gets from `make token USER=... TENANT=... ROLE=...`."""
+    out = subprocess.run(
+        ["make", "-s", "token", f"USER={user}", f"TENANT={tenant}", f"ROLE={role}"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MAKE")},
+    )
+    return out.stdout.strip()

@@ -1,0 +1,67 @@
+"""A new developer's first steps: `make run`, a `make token` token, the API against a Dovecot account."""
+
+from __future__ import annotations
+
+import re
+
+from tests.e2e.conftest import Running, base_env, make_token, start, stop
+
+
+def test_first_steps_over_http(local_stack: Running, mail_user) -> None:
+    output = "\n".join(local_stack.output)
+    assert "Swagger UI" in output and "template.yaml" in output, output
+
+    assert local_stack.request("GET", "/v1/users/me/mail-settings")[0] == 401
+    assert local_stack.request("GET", "/v1/users/me/mail-settings", token="not-a-jwt")[0] == 401
+    status, page = local_stack.request("GET", "/swagger")
+    assert status == 200 and "swagger" in str(page).lower()
+
+    token = make_token("alice", "acme")
+    assert token.count(".") == 2
+    status, body = local_stack.request("GET", "/v1/users/me/mail-settings", token)
+    assert (status, body["error"]["code"]) == (404, "not_found")
+
+    settings = {
+        "host": "127.0.0.1",
+        "port": mail_user.imap_port,
+        "username": mail_user.username,
+        "password": mail_user.password,
+        "security": "starttls",
+    }
+    status, body = local_stack.request("PUT", "/v1/users/me/mail-settings", token, settings)
+    assert status == 201, body
+    assert "password" not in body
+
+    status, body = local_stack.request("POST", "/v1/users/me/mail-settings/test", token)
+    assert status == 200, body
+
+    status, body = local_stack.request("GET", "/v1/users/me/server-folders", token)
+    assert status == 200, body
+    assert "Entwürfe" in {f["name"] for f in body["folders"]}
+
+    status, suggestion = local_stack.request("GET", "/v1/users/me/folder-map", token)
+    assert (status, suggestion["saved"]) == (200, False)
+    status, saved = local_stack.request("PUT", "/v1/users/me/folder-map", token, suggestion["folders"])
+    assert (status, saved["saved"]) == (200, True)
+
+    # A colleague without the admin role may not read alice's settings; an admin may.
+    assert local_stack.request("GET", "/v1/users/alice/mail-settings", make_token("bob", "acme"))[0] == 403
+    assert local_stack.request("GET", "/v1/users/alice/mail-settings", make_token("root", "acme", "admin"))[0] == 200
+    assert local_stack.request("GET", "/v1/users/alice/mail-settings", make_token("eve", "globex", "admin"))[0] == 404
+
+
+def test_demo_configures_a_working_mailbox() -> None:
+    running = start("devstack.demo", base_env())
+    try:
+        output = "\n".join(running.output)
+        match = re.search(r"export TOKEN=(\S+)", output)
+        assert match, output
+        token = match.group(1)
+        status, body = running.request("GET", "/v1/users/me/mail-settings", token)
+        assert status == 200, body
+        assert body["status"] == "ok", "the demo logged in to its Dovecot"
+        status, folder_map = running.request("GET", "/v1/users/me/folder-map", token)
+        assert folder_map["saved"] is True
+        assert folder_map["folders"]["sent"] == "Sent"
+    finally:
+        stop(running)
