@@ -19,7 +19,7 @@ TOKEN_USER := $(if $(filter command line,$(origin USER)),$(USER),alice)
 TENANT ?= acme
 ROLE ?= user
 
-.PHONY: run demo token test unit integration e2e lint fmt validate build openapi dovecot venv clean
+.PHONY: bench run demo token test unit integration e2e lint fmt validate build openapi dovecot venv clean
 
 run: $(STAMP)  ## the local stack: moto + API on :3000 + scheduler + worker
 	$(BIN)/python -m devstack.run
@@ -74,3 +74,6 @@ $(STAMP): requirements-dev.txt layers/shared/requirements.txt
 
 clean:
 	rm -rf .aws-sam .pytest_cache .ruff_cache
+
+bench: $(STAMP) dovecot  ## benchmark scripts under bench/
+	$(BIN)/python bench/bench_settings_api.py

@@ -8,7 +8,6 @@ import queue
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -55,11 +54,11 @@ class Running:
             return status, raw.decode("utf-8", "replace")
 
 
-def start(module: str, env: dict[str, str], timeout: float = 90.0) -> Running:
-    """Run ``python -m module`` and wait until it prints its ready line (or fail with its output)."""
+def start(target: str, env: dict[str, str], timeout: float = 90.0) -> Running:
+    """Run ``make <target>`` as a developer would and wait for its ready line (or fail with its output)."""
     port = int(env["MAILSYNC_PORT"])
     process = subprocess.Popen(
-        [sys.executable, "-u", "-m", module],
+        ["make", "-s", target],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -89,7 +88,7 @@ def start(module: str, env: dict[str, str], timeout: float = 90.0) -> Running:
         if READY_LINE in line:
             return running
     stop(running)
-    pytest.fail(f"{module} did not start:\n" + "\n".join(running.output[-40:]))
+    pytest.fail(f"make {target} did not start:\n" + "\n".join(running.output[-40:]))
 
 
 def stop(running: Running) -> None:
@@ -104,14 +103,22 @@ def stop(running: Running) -> None:
 
 def base_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MAILSYNC_"))}
-    env.update({"MAILSYNC_PORT": str(free_port()), "MAILSYNC_SCHEDULE_SECONDS": "3600", "PYTHONPATH": ""})
+    env = {k: v for k, v in env.items() if not k.startswith("MAKE")}
+    env.update(
+        {
+            "MAILSYNC_PORT": str(free_port()),
+            "MAILSYNC_SCHEDULE_SECONDS": "3600",
+            "PYTHONPATH": "",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(extra)
     return env
 
 
 @pytest.fixture
 def local_stack(dovecot) -> Iterator[Running]:
-    running = start("devstack.run", base_env(MAILSYNC_EXTRA_CA_FILE=str(dovecot.ca_file)))
+    running = start("run", base_env(MAILSYNC_EXTRA_CA_FILE=str(dovecot.ca_file)))
     try:
         yield running
     finally:

@@ -51,7 +51,7 @@ def test_first_steps_over_http(local_stack: Running, mail_user) -> None:
 
 
 def test_demo_configures_a_working_mailbox() -> None:
-    running = start("devstack.demo", base_env())
+    running = start("demo", base_env())
     try:
         output = "\n".join(running.output)
         match = re.search(r"export TOKEN=(\S+)", output)
