@@ -11,17 +11,12 @@ import pytest
 from moto import mock_aws
 
 from devstack.lambda_runtime import LambdaContext, http_event, load_handler
+from devstack.run import local_defaults
 
 pytest_plugins = ["tests.fixtures.dovecot"]
 
-FAKE_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "eu-west-1",
-    "AWS_REGION": "eu-west-1",
-    "POWERTOOLS_TRACE_DISABLED": "true",
-    "POWERTOOLS_METRICS_DISABLED": "true",
+# The local stack's AWS defaults, but the deployed defaults for Mailsync's own guards.
+FAKE_AWS = {k: v for k, v in local_defaults().items() if not k.startswith("MAILSYNC_")} | {
     "POWERTOOLS_SERVICE_NAME": "mailsync",
     "POWERTOOLS_METRICS_NAMESPACE": "Mailsync",
 }
