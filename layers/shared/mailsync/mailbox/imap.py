@@ -24,16 +24,41 @@ from mailsync.observability import logger
 _SPECIAL_USE = {flag.lower(): flag for flag in SPECIAL_USE_FLAGS}
 
 
+class CommandCounter:
+    """Counts the commands an imaplib connection sends: sync cost is measured in commands."""
+
+    def __init__(self, client: IMAPClient) -> None:
+        self.count = 0
+        imap = client._imap
+        original = imap._command
+
+        def counted(name: str, *args: object) -> object:
+            self.count += 1
+            return original(name, *args)
+
+        imap._command = counted
+
+
 class ImapSession:
     """A logged-in IMAP connection. Protocol only: callers decide what to store."""
 
-    def __init__(self, client: IMAPClient, params: ServerParams) -> None:
+    def __init__(self, client: IMAPClient, params: ServerParams, counter: CommandCounter | None = None) -> None:
         self._client = client
         self._params = params
+        self._counter = counter or CommandCounter(client)
 
     @property
     def client(self) -> IMAPClient:
         return self._client
+
+    @property
+    def params(self) -> ServerParams:
+        return self._params
+
+    @property
+    def command_count(self) -> int:
+        """IMAP commands sent on this connection so far (LOGIN and CAPABILITY included)."""
+        return self._counter.count
 
     def capabilities(self) -> list[str]:
         with translate_errors(self._params):
@@ -86,6 +111,7 @@ def _connect(params: ServerParams, settings: Settings) -> IMAPClient:
         ssl_context=ctx,
         timeout=settings.imap_timeout_seconds,
     )
+    client.mailsync_counter = CommandCounter(client)
     if params.security == "starttls":
         if not client.has_capability("STARTTLS"):
             client.shutdown()
@@ -111,7 +137,7 @@ def open_imap(params: ServerParams, settings: Settings) -> Iterator[ImapSession]
             logger.info("IMAP login rejected", extra={"mail_host": params.host})
             raise AuthFailed() from None
     try:
-        yield ImapSession(client, params)
+        yield ImapSession(client, params, getattr(client, "mailsync_counter", None))
     finally:
         try:
             client.logout()
