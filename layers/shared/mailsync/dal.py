@@ -1,25 +1,43 @@
-"""All DynamoDB access: PynamoDB models and the queries the services need.
+"""All DynamoDB access: PynamoDB models and the reads and writes the services need.
 
-Table names come from settings and are bound at first use, so tests and the local stack can
-point the same models at other tables (``bind_tables``).
+Two tables. The accounts table holds one item per CRM user (settings, folder map, status,
+due time). The messages table is a single-table design keyed by ``pk``/``sk``:
+
+==========================  =======================================  ============================
+item                        pk                                       sk
+==========================  =======================================  ============================
+message                     ``M#{id}``                               ``M``
+location (synced copy)      ``A#{t}#{u}#L#{server folder}``          ``{uidvalidity}#{uid}``
+window (for aging out)      ``A#{t}#{u}#W#{server folder}``          ``{internal date}#{uidvalidity}#{uid}``
+match key (Message-ID/hash) ``A#{t}#{u}#K#{key}``                    ``{id}``
+sync state + lease          ``A#{t}#{u}``                            ``STATE``
+mail-host slot              ``H#{host}``                             ``{slot}``
+==========================  =======================================  ============================
+
+Messages are listed newest first through ``gsi1`` (account) and ``gsi2`` (account + CRM folder).
+Table names come from settings and are bound at first use (``bind_tables``).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from pynamodb.attributes import (
     BinaryAttribute,
     BooleanAttribute,
+    ListAttribute,
     MapAttribute,
     NumberAttribute,
     UnicodeAttribute,
     UTCDateTimeAttribute,
-    VersionAttribute,
 )
-from pynamodb.exceptions import DoesNotExist
+from pynamodb.exceptions import DoesNotExist, PutError, TransactWriteError, UpdateError
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.models import Model
+from pynamodb.transactions import TransactWrite
 
 from mailsync.config import Settings, get_settings
 
@@ -28,8 +46,29 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def iso(value: datetime) -> str:
+    """Sortable UTC timestamp used inside sort keys."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Accounts table
+# ---------------------------------------------------------------------------------------------
+
+
+class DueIndex(GlobalSecondaryIndex):
+    """Sparse: only accounts that should be synced carry ``due_shard``."""
+
+    class Meta:
+        index_name = "due-index"
+        projection = KeysOnlyProjection()
+
+    due_shard = NumberAttribute(hash_key=True)
+    next_sync_at = NumberAttribute(range_key=True)
+
+
 class AccountModel(Model):
-    """One CRM user's mailbox: connection settings, folder map, sync status."""
+    """One CRM user's mailbox: connection settings, folder map, status, due time."""
 
     class Meta:
         table_name = "mailsync-accounts"
@@ -49,23 +88,205 @@ class AccountModel(Model):
     sync_window_days = NumberAttribute(default=30)
     status = UnicodeAttribute(default="pending")
     last_error = UnicodeAttribute(null=True)
-    # Bumped whenever connection settings change: the sync engine stops retrying a login
-    # that failed until this moves.
+    # Bumped whenever connection settings change: after auth_failed the sync engine logs in
+    # again only once this moves.
     settings_version = NumberAttribute(default=1)
     folder_map = MapAttribute(null=True)
     folder_map_updated_at = UTCDateTimeAttribute(null=True)
+    due_shard = NumberAttribute(null=True)
+    next_sync_at = NumberAttribute(null=True)
     created_at = UTCDateTimeAttribute(default_for_new=utcnow)
     updated_at = UTCDateTimeAttribute(default=utcnow)
-    version = VersionAttribute()
+
+    due = DueIndex()
 
 
-_MODELS: tuple[type[Model], ...] = (AccountModel,)
+# ---------------------------------------------------------------------------------------------
+# Messages table
+# ---------------------------------------------------------------------------------------------
+
+
+class AddressMap(MapAttribute):
+    name = UnicodeAttribute(null=True)
+    email = UnicodeAttribute()
+
+
+class AttachmentMap(MapAttribute):
+    filename = UnicodeAttribute(null=True)
+    content_type = UnicodeAttribute()
+    size = NumberAttribute()
+
+
+class AccountIndex(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "gsi1"
+        projection = AllProjection()
+
+    gsi1pk = UnicodeAttribute(hash_key=True)
+    gsi1sk = UnicodeAttribute(range_key=True)
+
+
+class FolderIndex(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "gsi2"
+        projection = AllProjection()
+
+    gsi2pk = UnicodeAttribute(hash_key=True)
+    gsi2sk = UnicodeAttribute(range_key=True)
+
+
+class _Item(Model):
+    class Meta:
+        table_name = "mailsync-messages"
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+
+
+class MessageModel(_Item):
+    """A message as the CRM knows it; it outlives its copy on the server (``state: detached``)."""
+
+    gsi1pk = UnicodeAttribute()
+    gsi1sk = UnicodeAttribute()
+    gsi2pk = UnicodeAttribute()
+    gsi2sk = UnicodeAttribute()
+    by_account = AccountIndex()
+    by_folder = FolderIndex()
+
+    id = UnicodeAttribute()
+    tenant_id = UnicodeAttribute()
+    user_id = UnicodeAttribute()
+    folder = UnicodeAttribute()
+    server_folder = UnicodeAttribute()
+    uidvalidity = NumberAttribute(null=True)
+    uid = NumberAttribute(null=True)
+    flags = ListAttribute(of=UnicodeAttribute, default=list)
+    seen = BooleanAttribute(default=False)
+    subject = UnicodeAttribute(null=True)
+    from_ = ListAttribute(of=AddressMap, attr_name="from", default=list)
+    to = ListAttribute(of=AddressMap, default=list)
+    cc = ListAttribute(of=AddressMap, default=list)
+    bcc = ListAttribute(of=AddressMap, default=list)
+    reply_to = ListAttribute(of=AddressMap, default=list)
+    date = UTCDateTimeAttribute(null=True)
+    internal_date = UTCDateTimeAttribute()
+    size = NumberAttribute()
+    message_id = UnicodeAttribute(null=True)
+    in_reply_to = UnicodeAttribute(null=True)
+    references = ListAttribute(of=UnicodeAttribute, default=list)
+    thread_id = UnicodeAttribute()
+    snippet = UnicodeAttribute(default="")
+    attachments = ListAttribute(of=AttachmentMap, default=list)
+    participants = ListAttribute(of=UnicodeAttribute, default=list)
+    parse_errors = ListAttribute(of=UnicodeAttribute, default=list)
+    match_key = UnicodeAttribute()
+    s3_key = UnicodeAttribute()
+    content_hash = UnicodeAttribute()
+    state = UnicodeAttribute(default="synced")
+    detach_reason = UnicodeAttribute(null=True)
+    detached_at = UTCDateTimeAttribute(null=True)
+    created_at = UTCDateTimeAttribute(default_for_new=utcnow)
+    updated_at = UTCDateTimeAttribute(default=utcnow)
+
+
+class LocationModel(_Item):
+    """Where a synced message lives on the server now, with the flags last agreed."""
+
+    id = UnicodeAttribute()
+    uidvalidity = NumberAttribute()
+    uid = NumberAttribute()
+    flags = ListAttribute(of=UnicodeAttribute, default=list)
+    internal_date = UTCDateTimeAttribute()
+    match_key = UnicodeAttribute()
+
+
+class WindowModel(_Item):
+    """A synced message by INTERNALDATE, so aging out reads only what ages out."""
+
+    id = UnicodeAttribute()
+    loc_sk = UnicodeAttribute()
+
+
+class MatchKeyModel(_Item):
+    """Message-ID (or content hash) -> CRM ids, to recognise a moved message."""
+
+    id = UnicodeAttribute()
+
+
+class SyncStateModel(_Item):
+    """Per-account sync state, the per-account lease, and per-folder checkpoints."""
+
+    lease_owner = UnicodeAttribute(null=True)
+    lease_expires = NumberAttribute(null=True)
+    state = UnicodeAttribute(default="idle")
+    last_started_at = UTCDateTimeAttribute(null=True)
+    last_success_at = UTCDateTimeAttribute(null=True)
+    last_error = UnicodeAttribute(null=True)
+    failures = NumberAttribute(default=0)
+    last_sweep_at = NumberAttribute(null=True)
+    folders = MapAttribute(default=dict)
+
+
+class HostSlotModel(_Item):
+    owner = UnicodeAttribute(null=True)
+    expires = NumberAttribute(default=0)
+
+
+_MESSAGE_MODELS: tuple[type[Model], ...] = (
+    _Item,
+    MessageModel,
+    LocationModel,
+    WindowModel,
+    MatchKeyModel,
+    SyncStateModel,
+    HostSlotModel,
+)
 
 
 def bind_tables(settings: Settings | None = None) -> None:
     """Point the models at the configured tables."""
     settings = settings or get_settings()
     AccountModel.Meta.table_name = settings.accounts_table
+    for model in _MESSAGE_MODELS:
+        model.Meta.table_name = settings.messages_table
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+
+def account_pk(tenant_id: str, user_id: str) -> str:
+    return f"A#{tenant_id}#{user_id}"
+
+
+def message_pk(message_id: str) -> str:
+    return f"M#{message_id}"
+
+
+def location_pk(tenant_id: str, user_id: str, server_folder: str) -> str:
+    return f"{account_pk(tenant_id, user_id)}#L#{server_folder}"
+
+
+def location_sk(uidvalidity: int, uid: int) -> str:
+    return f"{uidvalidity:010d}#{uid:010d}"
+
+
+def window_pk(tenant_id: str, user_id: str, server_folder: str) -> str:
+    return f"{account_pk(tenant_id, user_id)}#W#{server_folder}"
+
+
+def window_sk(internal_date: datetime, uidvalidity: int, uid: int) -> str:
+    return f"{iso(internal_date)}#{location_sk(uidvalidity, uid)}"
+
+
+def match_pk(tenant_id: str, user_id: str, key: str) -> str:
+    return f"{account_pk(tenant_id, user_id)}#K#{key}"
+
+
+def folder_gsi_pk(tenant_id: str, user_id: str, folder: str) -> str:
+    return f"{account_pk(tenant_id, user_id)}#F#{folder}"
+
+
+# --- accounts --------------------------------------------------------------------------------
 
 
 def get_account(tenant_id: str, user_id: str) -> AccountModel | None:
@@ -80,22 +301,43 @@ def account_exists(tenant_id: str, user_id: str) -> bool:
     return get_account(tenant_id, user_id) is not None
 
 
-def save_account(account: AccountModel) -> AccountModel:
+def create_account(account: AccountModel) -> AccountModel:
+    """Insert a new account; a concurrent create of the same user is a conflict, not a silent overwrite."""
     bind_tables()
     account.updated_at = utcnow()
-    account.save()
+    account.save(condition=AccountModel.user_id.does_not_exist())
     return account
 
 
-def update_account_status(account: AccountModel, status: str, last_error: str | None) -> None:
+def update_account(account: AccountModel, fields: dict[str, Any]) -> AccountModel:
+    """Write only ``fields`` (None removes), so settings edits and the sync engine never
+    overwrite each other's attributes."""
     bind_tables()
-    account.update(
-        actions=[
-            AccountModel.status.set(status),
-            AccountModel.last_error.set(last_error) if last_error else AccountModel.last_error.remove(),
-            AccountModel.updated_at.set(utcnow()),
-        ]
-    )
+    fields = {**fields, "updated_at": utcnow()}
+    actions = []
+    for name, value in fields.items():
+        attribute = getattr(AccountModel, name)
+        actions.append(attribute.remove() if value is None else attribute.set(value))
+    account.update(actions=actions, condition=AccountModel.user_id.exists())
+    return account
+
+
+def update_account_status(
+    account: AccountModel, status: str, last_error: str | None, *, extra: dict[str, Any] | None = None
+) -> bool:
+    """Set status unless the settings changed since ``account`` was read (then the result is stale)."""
+    bind_tables()
+    fields: dict[str, Any] = {"status": status, "last_error": last_error, "updated_at": utcnow(), **(extra or {})}
+    actions = [
+        getattr(AccountModel, k).remove() if v is None else getattr(AccountModel, k).set(v) for k, v in fields.items()
+    ]
+    try:
+        account.update(actions=actions, condition=AccountModel.settings_version == account.settings_version)
+    except UpdateError as exc:
+        if _conditional_failure(exc):
+            return False
+        raise
+    return True
 
 
 def delete_account(account: AccountModel) -> None:
@@ -106,3 +348,282 @@ def delete_account(account: AccountModel) -> None:
 def new_account(tenant_id: str, user_id: str, **fields: Any) -> AccountModel:
     bind_tables()
     return AccountModel(tenant_id, user_id, **fields)
+
+
+def due_accounts(shard: int, now: int, limit: int | None = None) -> Iterator[tuple[str, str]]:
+    """(tenant, user) of accounts in ``shard`` whose next sync time has come."""
+    bind_tables()
+    for item in AccountModel.due.query(shard, AccountModel.next_sync_at <= now, limit=limit):
+        yield item.tenant_id, item.user_id
+
+
+def _conditional_failure(exc: Exception) -> bool:
+    cause = getattr(exc, "cause_response_code", None) or ""
+    return "ConditionalCheckFailed" in cause or "TransactionCanceled" in cause
+
+
+# --- sync state and leases -------------------------------------------------------------------
+
+
+def get_sync_state(tenant_id: str, user_id: str) -> SyncStateModel | None:
+    bind_tables()
+    try:
+        return SyncStateModel.get(account_pk(tenant_id, user_id), "STATE", consistent_read=True)
+    except DoesNotExist:
+        return None
+
+
+def acquire_lease(tenant_id: str, user_id: str, owner: str, seconds: int) -> SyncStateModel | None:
+    """Take the account's lease (conditional write with expiry); returns the state, or None if held."""
+    bind_tables()
+    now = int(time.time())
+    state = SyncStateModel(account_pk(tenant_id, user_id), "STATE")
+    condition = (
+        SyncStateModel.lease_expires.does_not_exist()
+        | (SyncStateModel.lease_expires < now)
+        | (SyncStateModel.lease_owner == owner)
+    )
+    try:
+        state.update(
+            actions=[
+                SyncStateModel.lease_owner.set(owner),
+                SyncStateModel.lease_expires.set(now + seconds),
+            ],
+            condition=condition,
+        )
+    except UpdateError as exc:
+        if _conditional_failure(exc):
+            return None
+        raise
+    return state
+
+
+def release_lease(state: SyncStateModel, owner: str, fields: dict[str, Any] | None = None) -> None:
+    """Give the lease back, writing the final sync state in the same request."""
+    bind_tables()
+    actions = [SyncStateModel.lease_owner.remove(), SyncStateModel.lease_expires.remove()]
+    for name, value in (fields or {}).items():
+        attribute = getattr(SyncStateModel, name)
+        actions.append(attribute.remove() if value is None else attribute.set(value))
+    try:
+        state.update(actions=actions, condition=SyncStateModel.lease_owner == owner)
+    except UpdateError as exc:
+        if not _conditional_failure(exc):
+            raise
+
+
+def save_sync_progress(state: SyncStateModel, owner: str, fields: dict[str, Any]) -> None:
+    """Checkpoint while holding the lease (and extend nothing: a lost lease stops the writer)."""
+    bind_tables()
+    actions = []
+    for name, value in fields.items():
+        attribute = getattr(SyncStateModel, name)
+        actions.append(attribute.remove() if value is None else attribute.set(value))
+    state.update(actions=actions, condition=SyncStateModel.lease_owner == owner)
+
+
+def delete_sync_state(tenant_id: str, user_id: str) -> None:
+    bind_tables()
+    SyncStateModel(account_pk(tenant_id, user_id), "STATE").delete()
+
+
+def acquire_host_slot(host: str, owner: str, slots: int, seconds: int) -> str | None:
+    """One of ``slots`` concurrent syncs against a mail host; None when all are taken."""
+    bind_tables()
+    now = int(time.time())
+    for index in range(slots):
+        slot = HostSlotModel(f"H#{host}", f"{index:03d}", owner=owner, expires=now + seconds)
+        try:
+            slot.save(condition=HostSlotModel.sk.does_not_exist() | (HostSlotModel.expires < now))
+        except PutError as exc:
+            if _conditional_failure(exc):
+                continue
+            raise
+        return slot.sk
+    return None
+
+
+def release_host_slot(host: str, slot: str, owner: str) -> None:
+    bind_tables()
+    try:
+        HostSlotModel(f"H#{host}", slot).delete(condition=HostSlotModel.owner == owner)
+    except Exception as exc:
+        if not _conditional_failure(exc):
+            raise
+
+
+# --- messages --------------------------------------------------------------------------------
+
+
+def get_message(message_id: str) -> MessageModel | None:
+    bind_tables()
+    try:
+        return MessageModel.get(message_pk(message_id), "M")
+    except DoesNotExist:
+        return None
+
+
+def batch_get_messages(ids: Iterable[str]) -> dict[str, MessageModel]:
+    bind_tables()
+    keys = [(message_pk(i), "M") for i in set(ids)]
+    return {m.id: m for m in MessageModel.batch_get(keys)} if keys else {}
+
+
+def list_messages(
+    tenant_id: str,
+    user_id: str,
+    *,
+    folder: str | None,
+    since: datetime | None,
+    seen: bool | None,
+    limit: int,
+    start_key: dict[str, Any] | None,
+) -> tuple[list[MessageModel], dict[str, Any] | None]:
+    """Newest first; returns a page and the key to continue from (None at the end)."""
+    bind_tables()
+    filter_condition = (MessageModel.seen == seen) if seen is not None else None
+    if folder is not None:
+        index, hash_key, range_attr = (
+            MessageModel.by_folder,
+            folder_gsi_pk(tenant_id, user_id, folder),
+            MessageModel.gsi2sk,
+        )
+    else:
+        index, hash_key, range_attr = MessageModel.by_account, account_pk(tenant_id, user_id), MessageModel.gsi1sk
+    range_condition = (range_attr >= iso(since)) if since else None
+    items: list[MessageModel] = []
+    last_key = start_key
+    # A filter (seen) can make a DynamoDB page short; keep reading until the page is full.
+    while len(items) < limit:
+        result = index.query(
+            hash_key,
+            range_key_condition=range_condition,
+            filter_condition=filter_condition,
+            scan_index_forward=False,
+            limit=limit - len(items),
+            last_evaluated_key=last_key,
+        )
+        items.extend(result)
+        last_key = result.last_evaluated_key
+        if not last_key:
+            break
+    return items, last_key
+
+
+def locations(tenant_id: str, user_id: str, server_folder: str) -> Iterator[LocationModel]:
+    bind_tables()
+    yield from LocationModel.query(location_pk(tenant_id, user_id, server_folder))
+
+
+def count_locations(tenant_id: str, user_id: str, server_folder: str) -> int:
+    bind_tables()
+    return LocationModel.count(location_pk(tenant_id, user_id, server_folder))
+
+
+def get_locations(
+    tenant_id: str, user_id: str, server_folder: str, keys: Iterable[tuple[int, int]]
+) -> dict[tuple[int, int], LocationModel]:
+    """Locations for (uidvalidity, uid) pairs; missing ones are absent."""
+    bind_tables()
+    pk = location_pk(tenant_id, user_id, server_folder)
+    wanted = [(pk, location_sk(v, u)) for v, u in set(keys)]
+    if not wanted:
+        return {}
+    return {(loc.uidvalidity, loc.uid): loc for loc in LocationModel.batch_get(wanted)}
+
+
+def aged_out(tenant_id: str, user_id: str, server_folder: str, cutoff: datetime) -> Iterator[WindowModel]:
+    bind_tables()
+    yield from WindowModel.query(window_pk(tenant_id, user_id, server_folder), WindowModel.sk < iso(cutoff))
+
+
+def ids_for_match_key(tenant_id: str, user_id: str, key: str) -> list[str]:
+    bind_tables()
+    return [item.id for item in MatchKeyModel.query(match_pk(tenant_id, user_id, key))]
+
+
+def write_new_messages(rows: list[tuple[MessageModel, LocationModel, WindowModel]]) -> None:
+    """Store new messages. Location items go last: a location is what marks a server copy as
+    done, so a crash in between leaves work that is redone under the same deterministic id."""
+    bind_tables()
+    with MessageModel.batch_write() as batch:
+        for message, _, _ in rows:
+            batch.save(message)
+    with MatchKeyModel.batch_write() as batch:
+        for message, _, _ in rows:
+            batch.save(
+                MatchKeyModel(
+                    match_pk(message.tenant_id, message.user_id, message.match_key), message.id, id=message.id
+                )
+            )
+    with WindowModel.batch_write() as batch:
+        for _, _, window in rows:
+            batch.save(window)
+    with LocationModel.batch_write() as batch:
+        for _, location, _ in rows:
+            batch.save(location)
+
+
+def relink_message(
+    message: MessageModel,
+    new_location: LocationModel,
+    new_window: WindowModel,
+    fields: dict[str, Any],
+    old: tuple[LocationModel, WindowModel | None] | None,
+) -> None:
+    """Point a message at its new server copy, atomically (a move must never look like a removal)."""
+    bind_tables()
+    with TransactWrite() as tx:
+        tx.save(new_location)
+        tx.save(new_window)
+        tx.update(message, actions=_set_actions(MessageModel, fields))
+        if old is not None:
+            old_location, old_window = old
+            tx.delete(old_location)
+            if old_window is not None:
+                tx.delete(old_window)
+
+
+def detach_message(
+    message: MessageModel, location: LocationModel, window: WindowModel | None, fields: dict[str, Any]
+) -> None:
+    """Stop syncing a message but keep it (atomic with removing its location)."""
+    bind_tables()
+    with TransactWrite() as tx:
+        tx.update(message, actions=_set_actions(MessageModel, fields))
+        tx.delete(location)
+        if window is not None:
+            tx.delete(window)
+
+
+def drop_location(location: LocationModel, window: WindowModel | None) -> None:
+    bind_tables()
+    with TransactWrite() as tx:
+        tx.delete(location)
+        if window is not None:
+            tx.delete(window)
+
+
+def update_flags(message: MessageModel, location: LocationModel, flags: list[str], seen: bool) -> None:
+    bind_tables()
+    now = utcnow()
+    with TransactWrite() as tx:
+        tx.update(
+            message,
+            actions=[MessageModel.flags.set(flags), MessageModel.seen.set(seen), MessageModel.updated_at.set(now)],
+        )
+        tx.update(location, actions=[LocationModel.flags.set(flags)])
+
+
+def _set_actions(model: type[Model], fields: dict[str, Any]) -> list[Any]:
+    actions = []
+    for name, value in fields.items():
+        attribute = getattr(model, name)
+        actions.append(attribute.remove() if value is None else attribute.set(value))
+    return actions
+
+
+__all__ = [
+    "DoesNotExist",
+    "TransactWriteError",
+]

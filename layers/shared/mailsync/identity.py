@@ -45,18 +45,14 @@ def principal_from_claims(claims: Mapping[str, Any] | None, settings: Settings) 
     user_id = claims.get(settings.claim_user)
     tenant_id = claims.get(settings.claim_tenant)
     if not user_id or not tenant_id:
-        raise Unauthorized(
-            f"The access token lacks the '{settings.claim_user}' or '{settings.claim_tenant}' claim"
-        )
+        raise Unauthorized(f"The access token lacks the '{settings.claim_user}' or '{settings.claim_tenant}' claim")
     if not _USER_ID_RE.match(str(user_id)):
         raise Unauthorized("The access token's user id is not a valid user id")
     is_admin = settings.admin_role in _roles(claims.get(settings.claim_role))
     return Principal(user_id=str(user_id), tenant_id=str(tenant_id), is_admin=is_admin)
 
 
-def resolve_target_user(
-    principal: Principal, user_id: str, user_exists: Callable[[str, str], bool]
-) -> str:
+def resolve_target_user(principal: Principal, user_id: str, user_exists: Callable[[str, str], bool]) -> str:
     """The user id a request acts on.
 
     Users act on themselves (``me`` or their own id); admins on any user of their tenant.

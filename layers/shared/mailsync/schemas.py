@@ -14,8 +14,14 @@ _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 Security = Literal["ssl", "starttls", "none"]
 Protocol = Literal["imap", "pop3"]
 
-DEFAULT_PORTS = {("imap", "ssl"): 993, ("imap", "starttls"): 143, ("imap", "none"): 143,
-                 ("pop3", "ssl"): 995, ("pop3", "starttls"): 110, ("pop3", "none"): 110}
+DEFAULT_PORTS = {
+    ("imap", "ssl"): 993,
+    ("imap", "starttls"): 143,
+    ("imap", "none"): 143,
+    ("pop3", "ssl"): 995,
+    ("pop3", "starttls"): 110,
+    ("pop3", "none"): 110,
+}
 
 
 def default_port(protocol: str, security: str) -> int:

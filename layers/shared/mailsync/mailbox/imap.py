@@ -88,7 +88,6 @@ class ImapSession:
             )
         return folders
 
-
     def _list_raw(self) -> list[tuple]:
         # Dovecot and others send SPECIAL-USE flags only when asked (RFC 6154 LIST-EXTENDED
         # RETURN option); imapclient has no call for it, so build that one command ourselves.

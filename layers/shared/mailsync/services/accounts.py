@@ -12,6 +12,7 @@ from mailsync.mailbox import ConnectionCheck, ServerParams, open_mailbox_check
 from mailsync.netguard import check_host_literal
 from mailsync.observability import logger
 from mailsync.schemas import MailSettingsIn, MailSettingsOut, MailSettingsTestIn, default_port
+from mailsync.services import scheduling
 
 # Fields whose change means "a different mailbox or login": they reset the account status.
 _CONNECTION_FIELDS = ("host", "port", "username", "security", "protocol")
@@ -82,27 +83,31 @@ def put_settings(principal: Principal, user_id: str, body: MailSettingsIn) -> tu
 
     values = body.model_dump(exclude={"password"})
     values["port"] = body.port or default_port(body.protocol, body.security)
-    if account is None:
-        account = dal.new_account(target.tenant_id, target.user_id, **values)
-        changed = True
-    else:
-        changed = any(getattr(account, f) != values[f] for f in _CONNECTION_FIELDS) or body.password is not None
-        for name, value in values.items():
-            setattr(account, name, value)
     if body.password is not None:
-        account.password_ciphertext = crypto.encrypt_password(
+        values["password_ciphertext"] = crypto.encrypt_password(
             body.password.get_secret_value(), target.tenant_id, target.user_id, settings
         )
-    if changed:
-        # New credentials deserve a fresh start: a previous auth_failed must not block them.
-        account.settings_version = int(account.settings_version or 0) + (0 if created else 1)
-        account.status = "pending"
-        account.last_error = None
-    if not account.fetch_enabled:
-        account.status = "disabled"
-    elif account.status == "disabled":
-        account.status = "pending"
-    dal.save_account(account)
+    if account is None:
+        values.update(status="pending", last_error=None, settings_version=1)
+        values.update(scheduling.due_fields(target.tenant_id, target.user_id, body.fetch_enabled, "pending"))
+        if not body.fetch_enabled:
+            values["status"] = "disabled"
+        account = dal.create_account(dal.new_account(target.tenant_id, target.user_id, **values))
+    else:
+        changed = any(getattr(account, f) != values[f] for f in _CONNECTION_FIELDS) or body.password is not None
+        if changed:
+            # New credentials deserve a fresh start: a previous auth_failed must not block them.
+            values.update(status="pending", last_error=None, settings_version=int(account.settings_version or 1) + 1)
+        status = values.get("status", account.status)
+        if not body.fetch_enabled:
+            status = "disabled"
+        elif status == "disabled":
+            status = "pending"
+        values["status"] = status
+        values.update(scheduling.due_fields(target.tenant_id, target.user_id, body.fetch_enabled, status))
+        dal.update_account(account, values)
+        for name, value in values.items():
+            setattr(account, name, value)
     logger.info(
         "mail settings saved",
         extra={"tenant_id": target.tenant_id, "user_id": target.user_id, "created_account": created},
@@ -115,6 +120,7 @@ def delete_settings(principal: Principal, user_id: str) -> None:
     target = target_for(principal, user_id)
     account = require_account(target)
     dal.delete_account(account)
+    dal.delete_sync_state(target.tenant_id, target.user_id)
     logger.info("mail settings deleted", extra={"tenant_id": target.tenant_id, "user_id": target.user_id})
 
 
@@ -134,13 +140,20 @@ def server_params(account: dal.AccountModel, settings: Settings) -> ServerParams
 
 
 def record_login_outcome(account: dal.AccountModel, error: MailboxError | None) -> None:
-    """Remember what a user-initiated login with the saved settings showed."""
+    """Remember what a user-initiated login with the saved settings showed.
+
+    A failed login here counts like one in the sync engine: after auth_failed the account is
+    no longer due (mail servers lock accounts after repeated failures) until settings change.
+    """
     if error is None:
         status, message = ("ok" if account.fetch_enabled else "disabled"), None
     else:
         status, message = error.code, error.message
     if (account.status, account.last_error) != (status, message):
-        dal.update_account_status(account, status, message)
+        due = scheduling.due_fields(account.tenant_id, account.user_id, account.fetch_enabled, status)
+        if account.due_shard is not None and due.get("due_shard") is not None:
+            due = {}  # already due: keep its place in the schedule
+        dal.update_account_status(account, status, message, extra=due)
 
 
 def test_connection(principal: Principal, user_id: str, body: MailSettingsTestIn | None) -> ConnectionCheck:

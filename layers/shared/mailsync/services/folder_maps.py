@@ -63,9 +63,9 @@ def put_folder_map(principal: Principal, user_id: str, folder_map: dict[str, str
     account = require_account(target_for(principal, user_id))
     clean = validate_map_shape(folder_map)
     check_folders_exist(clean, live_folders(account))
-    # Re-read: the login above may have updated the status (and the item's version).
-    account = require_account(target_for(principal, user_id))
-    account.folder_map = clean
-    account.folder_map_updated_at = dal.utcnow()
-    dal.save_account(account)
-    return FolderMapOut(folders=clean, saved=True, updated_at=account.folder_map_updated_at)
+    now = dal.utcnow()
+    fields: dict = {"folder_map": clean, "folder_map_updated_at": now}
+    if account.due_shard is not None:
+        fields["next_sync_at"] = 0  # a new map is worth syncing now, not at the next due time
+    dal.update_account(account, fields)
+    return FolderMapOut(folders=clean, saved=True, updated_at=now)
