@@ -21,7 +21,7 @@ Table names come from settings and are bound at first use (``bind_tables``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -224,6 +224,9 @@ class SyncStateModel(_Item):
     last_error = UnicodeAttribute(null=True)
     failures = NumberAttribute(default=0)
     last_sweep_at = NumberAttribute(null=True)
+    # Set once any message of the account was detached: only then can an arrival be a revival,
+    # which costs a lookup per arrival (skipped for the common first sync of a fresh account).
+    has_detached = BooleanAttribute(default=False)
     folders = MapAttribute(default=dict)
 
 
@@ -542,7 +545,9 @@ def ids_for_match_key(tenant_id: str, user_id: str, key: str) -> list[str]:
     return [item.id for item in MatchKeyModel.query(match_pk(tenant_id, user_id, key))]
 
 
-def write_new_messages(rows: list[tuple[MessageModel, LocationModel, WindowModel]]) -> None:
+def write_new_messages(
+    rows: list[tuple[MessageModel, LocationModel, WindowModel]], between: Callable[[], None] | None = None
+) -> None:
     """Store new messages. Location items go last: a location is what marks a server copy as
     done, so a crash in between leaves work that is redone under the same deterministic id."""
     bind_tables()
@@ -559,6 +564,8 @@ def write_new_messages(rows: list[tuple[MessageModel, LocationModel, WindowModel
     with WindowModel.batch_write() as batch:
         for _, _, window in rows:
             batch.save(window)
+    if between is not None:
+        between()
     with LocationModel.batch_write() as batch:
         for _, location, _ in rows:
             batch.save(location)

@@ -136,3 +136,78 @@ class ErrorDetail(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorDetail
+
+
+class AddressOut(BaseModel):
+    name: str | None = None
+    email: str
+
+
+class AttachmentOut(BaseModel):
+    filename: str | None = None
+    content_type: str
+    size: int
+
+
+class MessageOut(BaseModel):
+    id: str = Field(description="Our stable id: it survives moves between mapped folders and UIDVALIDITY resets")
+    user_id: str
+    folder: str = Field(description="CRM folder")
+    server_folder: str
+    flags: list[str]
+    seen: bool
+    subject: str | None = None
+    from_: list[AddressOut] = Field(alias="from", serialization_alias="from")
+    to: list[AddressOut]
+    cc: list[AddressOut]
+    date: datetime | None = None
+    internal_date: datetime
+    size: int
+    message_id: str | None = Field(default=None, description="The Message-ID header")
+    in_reply_to: str | None = None
+    references: list[str]
+    thread_id: str
+    snippet: str
+    attachments: list[AttachmentOut]
+    participants: list[str]
+    state: Literal["synced", "detached"]
+    detach_reason: Literal["removed", "moved_unmapped", "aged_out"] | None = None
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class MessagePageOut(BaseModel):
+    messages: list[MessageOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page")
+
+
+class RawLinkOut(BaseModel):
+    url: str = Field(description="Short-lived download URL of the raw RFC 822 message")
+    expires_in: int
+
+
+class SyncRequestOut(BaseModel):
+    enqueued: bool
+
+
+class FolderProgressOut(BaseModel):
+    total: int
+    done: int
+
+
+class FolderSyncOut(BaseModel):
+    server_folder: str
+    crm_folder: str
+    messages: int = Field(description="Messages of this folder the CRM has in sync now")
+    server_messages: int | None = Field(default=None, description="MESSAGES from the server's last STATUS")
+    first_sync: FolderProgressOut | None = Field(default=None, description="Progress while the first sync runs")
+    error: str | None = None
+
+
+class SyncStatusOut(BaseModel):
+    state: str = Field(description="never | idle | syncing | failed")
+    account_status: str
+    last_started_at: datetime | None = None
+    last_success_at: datetime | None = None
+    last_error: str | None = None
+    folders: list[FolderSyncOut]

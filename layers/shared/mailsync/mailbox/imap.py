@@ -25,18 +25,22 @@ _SPECIAL_USE = {flag.lower(): flag for flag in SPECIAL_USE_FLAGS}
 
 
 class CommandCounter:
-    """Counts the commands an imaplib connection sends: sync cost is measured in commands."""
+    """Counts the commands an imaplib connection sends: sync cost is measured in commands.
+
+    Every command, whichever imaplib path sends it (``_command`` or imapclient's raw path),
+    takes exactly one new tag, so counting tags counts commands.
+    """
 
     def __init__(self, client: IMAPClient) -> None:
         self.count = 0
         imap = client._imap
-        original = imap._command
+        original = imap._new_tag
 
-        def counted(name: str, *args: object) -> object:
+        def counted() -> bytes:
             self.count += 1
-            return original(name, *args)
+            return original()
 
-        imap._command = counted
+        imap._new_tag = counted
 
 
 class ImapSession:

@@ -1,0 +1,80 @@
+"""/v1/users/{user_id}/messages, /v1/messages/{id}, sync requests and sync status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+
+from mailsync.schemas import MessageOut, MessagePageOut, RawLinkOut, SyncRequestOut, SyncStatusOut
+from mailsync.services import messages
+from routers.common import UserIdPath, principal, responses
+
+router = Router()
+
+MessageIdPath = Annotated[str, Path(pattern=r"^[a-z2-7]{8,64}$", description="A message id")]
+CRM_FOLDER = r"^[a-z0-9_-]{1,40}$"
+
+
+@router.get(
+    "/users/<user_id>/messages",
+    tags=["Messages"],
+    summary="A user's messages, newest first",
+    responses=responses(),
+)
+def list_messages(
+    user_id: UserIdPath,
+    folder: Annotated[str | None, Query(pattern=CRM_FOLDER, description="CRM folder, e.g. inbox")] = None,
+    seen: Annotated[bool | None, Query()] = None,
+    since: Annotated[datetime | None, Query(description="Only messages received at or after this time")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    cursor: Annotated[str | None, Query(max_length=2048, description="`next_cursor` of the previous page")] = None,
+) -> MessagePageOut:
+    return messages.list_messages(
+        principal(router.current_event),
+        user_id,
+        folder=folder,
+        seen=seen,
+        since=since,
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+@router.get("/messages/<message_id>", tags=["Messages"], summary="One message's metadata", responses=responses())
+def get_message(message_id: MessageIdPath) -> MessageOut:
+    return messages.get_message(principal(router.current_event), message_id)
+
+
+@router.get(
+    "/messages/<message_id>/raw",
+    tags=["Messages"],
+    summary="A short-lived URL of the raw RFC 822 message",
+    responses=responses(),
+)
+def get_raw(message_id: MessageIdPath) -> RawLinkOut:
+    return messages.raw_link(principal(router.current_event), message_id)
+
+
+@router.post(
+    "/users/<user_id>/sync",
+    tags=["Sync"],
+    summary="Sync this mailbox now",
+    responses=responses({202: {"description": "Enqueued"}}),
+)
+def post_sync(user_id: UserIdPath) -> Response[SyncRequestOut]:
+    messages.request_sync(principal(router.current_event), user_id)
+    return Response(status_code=202, content_type="application/json", body=SyncRequestOut(enqueued=True))
+
+
+@router.get(
+    "/users/<user_id>/sync-status",
+    tags=["Sync"],
+    summary="Sync state, last success and error, per-folder counts and first-sync progress",
+    responses=responses(),
+)
+def get_sync_status(user_id: UserIdPath) -> SyncStatusOut:
+    return messages.sync_status(principal(router.current_event), user_id)

@@ -1,0 +1,583 @@
+"""Sync one account from the server to the CRM.
+
+Order of work (each step is safe to redo after a crash, see README "Sync engine"):
+
+0. folders no longer mapped: their messages are detached (``moved_unmapped``);
+1. STATUS of every mapped folder in one command (LIST-STATUS) or one per folder; a folder whose
+   UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and MESSAGES are unchanged is not even selected;
+2. per changed folder: flag changes are applied, disappearances collected, arrivals listed;
+3. arrivals of all folders, in batches bounded by count and bytes, newest first: matched
+   against the disappearances (a move keeps its id), else stored (S3, then DynamoDB, the
+   location record last); a checkpoint after each batch;
+4. what still disappeared is detached (``removed`` or ``moved_unmapped``);
+5. messages older than the window are detached (``aged_out``);
+6. folder checkpoints move forward to what the server reported before the work began.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from mailsync import blobstore, dal, mime
+from mailsync.events import MESSAGE_DETACHED, MESSAGE_RECEIVED, MESSAGE_UPDATED, Event, message_event
+from mailsync.mailbox.reader import FetchedMessage, MailboxReader, MessageSummary
+from mailsync.observability import logger
+from mailsync.sync import planner
+from mailsync.sync.planner import Arrival, FirstSync, FolderState, Known, Mode, ServerStatus
+
+BATCH_COUNT = 50
+BATCH_BYTES = 8 * 1024 * 1024
+SWEEP_INTERVAL_SECONDS = 3600
+
+
+class InjectedCrash(RuntimeError):
+    """Raised at an armed fault point (tests simulate a crash between two steps)."""
+
+
+class FaultPoints:
+    """Named places where the engine can be made to crash, to prove reruns converge."""
+
+    def __init__(self) -> None:
+        self.armed: set[str] = set()
+
+    def hit(self, name: str) -> None:
+        if name in self.armed:
+            self.armed.discard(name)
+            raise InjectedCrash(name)
+
+
+faults = FaultPoints()
+
+
+@dataclass
+class FolderWork:
+    server_folder: str
+    mode: Mode
+    snapshot: ServerStatus
+    todo: list[int] = field(default_factory=list)  # arrival candidates, highest UID first
+    first_sync: FirstSync | None = None
+
+
+@dataclass
+class SyncOutcome:
+    complete: bool = True
+    created: int = 0
+    relinked: int = 0
+    detached: int = 0
+    flag_updates: int = 0
+    imap_commands: int = 0
+    folder_errors: dict[str, str] = field(default_factory=dict)
+
+
+def _status(status: Any) -> ServerStatus:
+    return ServerStatus(
+        uidvalidity=status.uidvalidity,
+        uidnext=status.uidnext,
+        messages=status.messages,
+        highestmodseq=status.highestmodseq,
+    )
+
+
+def _known(server_folder: str, location: dal.LocationModel) -> Known:
+    return Known(
+        id=location.id,
+        server_folder=server_folder,
+        uidvalidity=int(location.uidvalidity),
+        uid=int(location.uid),
+        flags=tuple(location.flags or ()),
+        match_key=location.match_key,
+        internal_date=location.internal_date,
+    )
+
+
+class AccountSync:
+    """One sync run of one account, holding its lease (``owner``)."""
+
+    def __init__(
+        self,
+        account: dal.AccountModel,
+        state: dal.SyncStateModel,
+        reader: MailboxReader,
+        *,
+        owner: str,
+        deadline: Callable[[], bool] = lambda: False,
+        now: datetime | None = None,
+    ) -> None:
+        self.account = account
+        self.state = state
+        self.reader = reader
+        self.owner = owner
+        self.deadline = deadline
+        self.tenant = account.tenant_id
+        self.user = account.user_id
+        self.now = now or dal.utcnow()
+        self.cutoff = self.now - timedelta(days=int(account.sync_window_days))
+        folder_map = account.folder_map.as_dict() if account.folder_map is not None else {"inbox": "INBOX"}
+        self.crm_for: dict[str, str] = {server: crm for crm, server in folder_map.items()}
+        raw_states = state.folders.as_dict() if state.folders is not None else {}
+        self.folder_meta: dict[str, dict[str, Any]] = {name: dict(data) for name, data in raw_states.items()}
+        self.states: dict[str, FolderState] = {n: FolderState.from_dict(d) for n, d in self.folder_meta.items()}
+        self.events: list[Event] = []
+        self.vanished: list[Known] = []
+        self.outcome = SyncOutcome()
+        self.has_detached = bool(state.has_detached)
+
+    # -- entry point ---------------------------------------------------------------------------
+
+    def run(self) -> SyncOutcome:
+        self._drop_unmapped_folders()
+        statuses = self.reader.status(list(self.crm_for))
+        work: list[FolderWork] = []
+        for server_folder in self.crm_for:
+            status = statuses.get(server_folder)
+            if status is None:
+                self._folder_error(server_folder, "folder not found on the mail server")
+                continue
+            self.folder_meta.setdefault(server_folder, {}).pop("error", None)
+            item = self._prepare_folder(server_folder, _status(status))
+            if item is not None:
+                work.append(item)
+        for item in work:
+            if not self._process_arrivals(item):
+                self.outcome.complete = False
+                self._checkpoint()
+                return self._finish()
+        self._detach_vanished()
+        self._sweep_aged_out(force=any(w.mode is Mode.FULL for w in work))
+        for item in work:
+            self._advance(item)
+        self._checkpoint()
+        return self._finish()
+
+    def _finish(self) -> SyncOutcome:
+        self.outcome.imap_commands = self.reader.command_count
+        return self.outcome
+
+    # -- step 0 ---------------------------------------------------------------------------------
+
+    def _drop_unmapped_folders(self) -> None:
+        for server_folder in [f for f in self.states if f not in self.crm_for]:
+            for location in list(dal.locations(self.tenant, self.user, server_folder)):
+                self._detach(_known(server_folder, location), "moved_unmapped")
+            self.states.pop(server_folder, None)
+            self.folder_meta.pop(server_folder, None)
+
+    def _folder_error(self, server_folder: str, message: str) -> None:
+        self.outcome.folder_errors[server_folder] = message
+        self.folder_meta.setdefault(server_folder, {})["error"] = message
+        logger.warning("folder skipped", extra={"server_folder": server_folder, "reason": message})
+
+    # -- step 2 ---------------------------------------------------------------------------------
+
+    def _prepare_folder(self, server_folder: str, status: ServerStatus) -> FolderWork | None:
+        stored = self.states.get(server_folder, FolderState())
+        mode = planner.plan_folder(stored, status, qresync=self.reader.has_qresync)
+        if mode is Mode.SKIP:
+            return None
+        if mode is Mode.FULL:
+            return self._prepare_full(server_folder, stored)
+        if mode is Mode.SCAN:
+            return self._prepare_scan(server_folder, stored)
+        return self._prepare_modseq(server_folder, stored, mode)
+
+    def _prepare_full(self, server_folder: str, stored: FolderState) -> FolderWork:
+        snapshot = _status(self.reader.examine(server_folder))
+        first = stored.first_sync
+        if first is None or first.uidvalidity != snapshot.uidvalidity:
+            first = FirstSync(
+                uidvalidity=snapshot.uidvalidity,
+                uidnext=snapshot.uidnext,
+                highestmodseq=snapshot.highestmodseq,
+                messages=snapshot.messages,
+            )
+        known_now: set[int] = set()
+        for location in dal.locations(self.tenant, self.user, server_folder):
+            if int(location.uidvalidity) != first.uidvalidity:
+                # UIDVALIDITY changed: every old copy counts as gone until re-matched below.
+                self.vanished.append(_known(server_folder, location))
+            else:
+                known_now.add(int(location.uid))
+        window = self.reader.search_since(self.cutoff.date())
+        todo = sorted(
+            (u for u in window if u not in known_now and (first.cursor is None or u < first.cursor)), reverse=True
+        )
+        first = FirstSync(**{**first.__dict__, "total": len(window), "done": len(window) - len(todo)})
+        self.states[server_folder] = FolderState(
+            stored.uidvalidity, stored.uidnext, stored.highestmodseq, stored.messages, first
+        )
+        return FolderWork(server_folder, Mode.FULL, snapshot, todo, first)
+
+    def _prepare_modseq(self, server_folder: str, stored: FolderState, mode: Mode) -> FolderWork:
+        assert stored.uidvalidity is not None and stored.highestmodseq is not None
+        changes = self.reader.changes_since(server_folder, stored.uidvalidity, stored.highestmodseq)
+        snapshot = _status(changes.status)
+        if snapshot.uidvalidity != stored.uidvalidity:
+            return self._prepare_full(server_folder, FolderState())
+        self._apply_flag_changes(server_folder, stored.uidvalidity, changes.changed_flags)
+        new_uids = [u for u in self.reader.search_from_uid(stored.uidnext or 1)]
+        if changes.vanished is not None:
+            gone = dal.get_locations(
+                self.tenant, self.user, server_folder, ((stored.uidvalidity, u) for u in changes.vanished)
+            )
+            self.vanished.extend(_known(server_folder, loc) for loc in gone.values())
+        elif snapshot.messages != (stored.messages or 0) + len(new_uids):
+            # CONDSTORE without QRESYNC names no expunged UIDs; counts tell whether any went.
+            self._collect_vanished_by_uids(server_folder, set(self.reader.search_from_uid(1)))
+        known = dal.get_locations(self.tenant, self.user, server_folder, ((stored.uidvalidity, u) for u in new_uids))
+        todo = sorted((u for u in new_uids if (stored.uidvalidity, u) not in known), reverse=True)
+        return FolderWork(server_folder, mode, snapshot, todo)
+
+    def _prepare_scan(self, server_folder: str, stored: FolderState) -> FolderWork:
+        snapshot = _status(self.reader.examine(server_folder))
+        if snapshot.uidvalidity != stored.uidvalidity:
+            return self._prepare_full(server_folder, FolderState())
+        all_uids = set(self.reader.search_from_uid(1))
+        known = {int(loc.uid): loc for loc in dal.locations(self.tenant, self.user, server_folder)}
+        self._collect_vanished_by_uids(server_folder, all_uids, known)
+        present = sorted(u for u in known if u in all_uids)
+        self._apply_flag_changes(server_folder, snapshot.uidvalidity, self.reader.flags(present), known)
+        window = self.reader.search_since(self.cutoff.date())
+        todo = sorted((u for u in window if u not in known), reverse=True)
+        return FolderWork(server_folder, Mode.SCAN, snapshot, todo)
+
+    def _collect_vanished_by_uids(
+        self, server_folder: str, server_uids: set[int], known: dict[int, dal.LocationModel] | None = None
+    ) -> None:
+        if known is None:
+            known = {int(loc.uid): loc for loc in dal.locations(self.tenant, self.user, server_folder)}
+        self.vanished.extend(_known(server_folder, loc) for uid, loc in known.items() if uid not in server_uids)
+
+    def _apply_flag_changes(
+        self,
+        server_folder: str,
+        uidvalidity: int,
+        changed: dict[int, tuple[str, ...]],
+        known: dict[int, dal.LocationModel] | None = None,
+    ) -> None:
+        if not changed:
+            return
+        if known is None:
+            found = dal.get_locations(self.tenant, self.user, server_folder, ((uidvalidity, u) for u in changed))
+            known = {uid: loc for (_, uid), loc in found.items()}
+        updates = []
+        for uid, flags in changed.items():
+            location = known.get(uid)
+            if location is None:
+                continue
+            merged = planner.merge_server_flags(location.flags or (), flags)
+            if merged is not None:
+                updates.append((location, merged))
+        if not updates:
+            return
+        messages = dal.batch_get_messages(loc.id for loc, _ in updates)
+        for location, flags in updates:
+            message = messages.get(location.id)
+            if message is None:
+                continue
+            seen = "\\Seen" in flags
+            dal.update_flags(message, location, list(flags), seen)
+            message.flags, message.seen = list(flags), seen
+            self.events.append(message_event(MESSAGE_UPDATED, message, changes={"flags": list(flags), "seen": seen}))
+            self.outcome.flag_updates += 1
+
+    # -- step 3 ---------------------------------------------------------------------------------
+
+    def _process_arrivals(self, work: FolderWork) -> bool:
+        """Store the folder's arrivals batch by batch; False when time ran out (checkpointed)."""
+        if not work.todo:
+            return True
+        self.reader.examine(work.server_folder)
+        sizes: dict[int, int] = {}
+        for chunk in planner.batches(work.todo, None, max_count=BATCH_COUNT * 20, max_bytes=1 << 62):
+            for summary in self.reader.summaries(chunk):
+                sizes[summary.uid] = summary.size
+        # Uids gone between SEARCH and FETCH have no size: they are not arrivals any more.
+        todo = [u for u in work.todo if u in sizes]
+        for batch in planner.batches(todo, sizes, max_count=BATCH_COUNT, max_bytes=BATCH_BYTES):
+            if self.deadline():
+                return False
+            self._store_batch(work, batch)
+            if work.first_sync is not None:
+                first = work.first_sync
+                work.first_sync = FirstSync(**{**first.__dict__, "done": first.done + len(batch), "cursor": min(batch)})
+                self.states[work.server_folder] = FolderState(
+                    **{**self.states[work.server_folder].__dict__, "first_sync": work.first_sync}
+                )
+            faults.hit("before_checkpoint")
+            self._checkpoint()
+        return True
+
+    def _store_batch(self, work: FolderWork, uids: list[int]) -> None:
+        summaries = [s for s in self.reader.summaries(uids) if s.internal_date >= self.cutoff]
+        fetched: dict[int, FetchedMessage] = {}
+        without_id = [s.uid for s in summaries if not s.message_id]
+        if without_id:
+            # A message without Message-ID is recognised by its content: that needs its bytes.
+            fetched.update({m.uid: m for m in self.reader.fetch(without_id)})
+        arrivals = [self._arrival(work, s, fetched.get(s.uid)) for s in summaries]
+        # Oldest UID first, as the vanished copies are consumed: two copies with the same
+        # Message-ID keep their own ids across a UIDVALIDITY reset.
+        arrivals = sorted((a for a in arrivals if a is not None), key=lambda a: a.uid)
+        detached = self._detached_candidates({a.match_key for a in arrivals}) if self.has_detached else {}
+        result = planner.reconcile(arrivals, self.vanished, detached)
+        self.vanished = result.vanished
+        for relink in result.relinks:
+            self._relink(relink)
+        if result.creates:
+            need = [a.uid for a in result.creates if a.uid not in fetched]
+            if need:
+                fetched.update({m.uid: m for m in self.reader.fetch(need)})
+            self._create(work, [(a, fetched[a.uid]) for a in result.creates if a.uid in fetched])
+
+    def _arrival(self, work: FolderWork, summary: MessageSummary, body: FetchedMessage | None) -> Arrival | None:
+        if summary.message_id:
+            key = planner.match_key(summary.message_id, "")
+        elif body is not None:
+            key = planner.match_key(None, mime.content_hash(body.raw))
+        else:
+            return None
+        return Arrival(
+            server_folder=work.server_folder,
+            uidvalidity=work.snapshot.uidvalidity,
+            uid=summary.uid,
+            flags=tuple(sorted(planner.normalise_flags(summary.flags))),
+            internal_date=summary.internal_date,
+            size=summary.size,
+            match_key=key,
+        )
+
+    def _detached_candidates(self, keys: Iterable[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for key in keys:
+            ids = dal.ids_for_match_key(self.tenant, self.user, key)
+            if not ids:
+                continue
+            messages = dal.batch_get_messages(ids)
+            detached = [i for i in ids if i in messages and messages[i].state == "detached"]
+            if detached:
+                out[key] = detached
+        return out
+
+    def _location_items(self, arrival: Arrival, message_id: str) -> tuple[dal.LocationModel, dal.WindowModel]:
+        loc_sk = dal.location_sk(arrival.uidvalidity, arrival.uid)
+        location = dal.LocationModel(
+            dal.location_pk(self.tenant, self.user, arrival.server_folder),
+            loc_sk,
+            id=message_id,
+            uidvalidity=arrival.uidvalidity,
+            uid=arrival.uid,
+            flags=list(arrival.flags),
+            internal_date=arrival.internal_date,
+            match_key=arrival.match_key,
+        )
+        window = dal.WindowModel(
+            dal.window_pk(self.tenant, self.user, arrival.server_folder),
+            dal.window_sk(arrival.internal_date, arrival.uidvalidity, arrival.uid),
+            id=message_id,
+            loc_sk=loc_sk,
+        )
+        return location, window
+
+    def _relink(self, relink: planner.Relink) -> None:
+        arrival = relink.arrival
+        message = dal.get_message(relink.id)
+        if message is None:
+            return
+        crm_folder = self.crm_for[arrival.server_folder]
+        location, window = self._location_items(arrival, relink.id)
+        fields = {
+            "folder": crm_folder,
+            "server_folder": arrival.server_folder,
+            "uidvalidity": arrival.uidvalidity,
+            "uid": arrival.uid,
+            "flags": list(arrival.flags),
+            "seen": "\\Seen" in arrival.flags,
+            "state": "synced",
+            "detach_reason": None,
+            "detached_at": None,
+            "gsi2pk": dal.folder_gsi_pk(self.tenant, self.user, crm_folder),
+            "updated_at": dal.utcnow(),
+        }
+        old = None
+        if relink.old is not None:
+            o = relink.old
+            old_location = dal.LocationModel(
+                dal.location_pk(self.tenant, self.user, o.server_folder), dal.location_sk(o.uidvalidity, o.uid)
+            )
+            old_window = dal.WindowModel(
+                dal.window_pk(self.tenant, self.user, o.server_folder),
+                dal.window_sk(o.internal_date, o.uidvalidity, o.uid),
+            )
+            old = (old_location, old_window)
+        previous_folder = message.folder
+        dal.relink_message(message, location, window, fields, old)
+        for name, value in fields.items():
+            setattr(message, name, value)
+        self.events.append(
+            message_event(MESSAGE_UPDATED, message, changes={"folder": crm_folder, "previous_folder": previous_folder})
+        )
+        self.outcome.relinked += 1
+
+    def _create(self, work: FolderWork, items: list[tuple[Arrival, FetchedMessage]]) -> None:
+        if not items:
+            return
+        stored = blobstore.put_many(self.tenant, self.user, (body.raw for _, body in items))
+        faults.hit("after_s3_put")
+        crm_folder = self.crm_for[work.server_folder]
+        rows = []
+        for (arrival, body), (s3_key, sha) in zip(items, stored, strict=True):
+            message_id = planner.message_id_for(
+                self.tenant, self.user, arrival.server_folder, arrival.uidvalidity, arrival.uid
+            )
+            message = self._message_item(message_id, crm_folder, arrival, body.raw, s3_key, sha)
+            location, window = self._location_items(arrival, message_id)
+            rows.append((message, location, window))
+        dal.write_new_messages(rows, between=lambda: faults.hit("before_location_write"))
+        for message, _, _ in rows:
+            self.events.append(message_event(MESSAGE_RECEIVED, message))
+        self.outcome.created += len(rows)
+
+    def _message_item(
+        self, message_id: str, crm_folder: str, arrival: Arrival, raw: bytes, s3_key: str, sha: str
+    ) -> dal.MessageModel:
+        parsed = mime.parse_message(raw)
+        sort_key = f"{dal.iso(arrival.internal_date)}#{message_id}"
+
+        def addresses(values: list[mime.Address]) -> list[dict[str, Any]]:
+            return [{"name": a.name, "email": a.email} for a in values]
+
+        return dal.MessageModel(
+            dal.message_pk(message_id),
+            "M",
+            gsi1pk=dal.account_pk(self.tenant, self.user),
+            gsi1sk=sort_key,
+            gsi2pk=dal.folder_gsi_pk(self.tenant, self.user, crm_folder),
+            gsi2sk=sort_key,
+            id=message_id,
+            tenant_id=self.tenant,
+            user_id=self.user,
+            folder=crm_folder,
+            server_folder=arrival.server_folder,
+            uidvalidity=arrival.uidvalidity,
+            uid=arrival.uid,
+            flags=list(arrival.flags),
+            seen="\\Seen" in arrival.flags,
+            subject=parsed.subject,
+            from_=addresses(parsed.from_),
+            to=addresses(parsed.to),
+            cc=addresses(parsed.cc),
+            bcc=addresses(parsed.bcc),
+            reply_to=addresses(parsed.reply_to),
+            date=parsed.date,
+            internal_date=arrival.internal_date,
+            size=arrival.size,
+            message_id=parsed.message_id,
+            in_reply_to=parsed.in_reply_to,
+            references=list(parsed.references),
+            thread_id=mime.thread_key(parsed, sha),
+            snippet=parsed.snippet,
+            attachments=[
+                {"filename": a.filename, "content_type": a.content_type, "size": a.size} for a in parsed.attachments
+            ],
+            participants=mime.participants(parsed),
+            parse_errors=list(parsed.parse_errors)[:20],
+            match_key=arrival.match_key,
+            s3_key=s3_key,
+            content_hash=sha,
+            state="synced",
+        )
+
+    # -- steps 4 and 5 --------------------------------------------------------------------------
+
+    def _detach_vanished(self) -> None:
+        if not self.vanished:
+            return
+        moved_away: set[str] = set()
+        searchable = sorted({k.match_key[4:] for k in self.vanished if k.match_key.startswith("mid:")})
+        if searchable:
+            mapped = set(self.crm_for)
+            for folder in self.reader.list_folder_names():
+                if folder not in mapped:
+                    moved_away |= {f"mid:{m}" for m in self.reader.find_message_ids(folder, searchable)}
+        for known in self.vanished:
+            self._detach(known, "moved_unmapped" if known.match_key in moved_away else "removed")
+        self.vanished = []
+
+    def _sweep_aged_out(self, *, force: bool) -> None:
+        last = int(self.state.last_sweep_at or 0)
+        if not force and time.time() - last < SWEEP_INTERVAL_SECONDS:
+            return
+        for server_folder in self.crm_for:
+            for window in list(dal.aged_out(self.tenant, self.user, server_folder, self.cutoff)):
+                uidvalidity, uid = (int(x) for x in window.loc_sk.split("#"))
+                found = dal.get_locations(self.tenant, self.user, server_folder, [(uidvalidity, uid)])
+                location = found.get((uidvalidity, uid))
+                if location is None:
+                    dal.drop_location(dal.LocationModel(window.pk.replace("#W#", "#L#", 1), window.loc_sk), window)
+                    continue
+                self._detach(_known(server_folder, location), "aged_out")
+        self.state.last_sweep_at = int(time.time())
+
+    def _detach(self, known: Known, reason: str) -> None:
+        location = dal.LocationModel(
+            dal.location_pk(self.tenant, self.user, known.server_folder), dal.location_sk(known.uidvalidity, known.uid)
+        )
+        window = dal.WindowModel(
+            dal.window_pk(self.tenant, self.user, known.server_folder),
+            dal.window_sk(known.internal_date, known.uidvalidity, known.uid),
+        )
+        message = dal.get_message(known.id)
+        at_this_copy = (
+            message is not None
+            and message.state == "synced"
+            and (message.server_folder, message.uidvalidity, message.uid)
+            == (known.server_folder, known.uidvalidity, known.uid)
+        )
+        if not at_this_copy:
+            # The message lives on elsewhere (a rerun after a move, or a second copy): only
+            # this stale location goes.
+            dal.drop_location(location, window)
+            return
+        assert message is not None
+        now = dal.utcnow()
+        fields = {"state": "detached", "detach_reason": reason, "detached_at": now, "updated_at": now}
+        dal.detach_message(message, location, window, fields)
+        message.state, message.detach_reason = "detached", reason
+        self.events.append(message_event(MESSAGE_DETACHED, message, detach_reason=reason))
+        self.outcome.detached += 1
+        self.has_detached = True
+
+    # -- step 6 ---------------------------------------------------------------------------------
+
+    def _advance(self, work: FolderWork) -> None:
+        base = work.first_sync or work.snapshot
+        status = work.snapshot
+        if work.first_sync is not None:
+            # Changes during a first sync are picked up next time from the values seen at its start.
+            status = ServerStatus(base.uidvalidity, base.uidnext, base.messages, base.highestmodseq)
+        self.states[work.server_folder] = FolderState(
+            uidvalidity=status.uidvalidity,
+            uidnext=status.uidnext,
+            highestmodseq=status.highestmodseq,
+            messages=status.messages,
+            first_sync=None,
+        )
+
+    def _checkpoint(self) -> None:
+        folders: dict[str, Any] = {}
+        for server_folder in self.crm_for:
+            meta = dict(self.folder_meta.get(server_folder, {}))
+            meta.update(self.states.get(server_folder, FolderState()).to_dict())
+            if self.states.get(server_folder, FolderState()).first_sync is None:
+                meta.pop("first_sync", None)
+            meta["crm_folder"] = self.crm_for[server_folder]
+            folders[server_folder] = meta
+        fields: dict[str, Any] = {"folders": folders, "has_detached": self.has_detached}
+        if self.state.last_sweep_at is not None:
+            fields["last_sweep_at"] = int(self.state.last_sweep_at)
+        dal.save_sync_progress(self.state, self.owner, fields)
+        self.folder_meta = {k: dict(v) for k, v in folders.items()}
