@@ -580,7 +580,7 @@ def relink_message(
 ) -> None:
     """Point a message at its new server copy, atomically (a move must never look like a removal)."""
     bind_tables()
-    with TransactWrite() as tx:
+    with _transaction() as tx:
         tx.save(new_location)
         tx.save(new_window)
         tx.update(message, actions=_set_actions(MessageModel, fields))
@@ -596,7 +596,7 @@ def detach_message(
 ) -> None:
     """Stop syncing a message but keep it (atomic with removing its location)."""
     bind_tables()
-    with TransactWrite() as tx:
+    with _transaction() as tx:
         tx.update(message, actions=_set_actions(MessageModel, fields))
         tx.delete(location)
         if window is not None:
@@ -605,7 +605,7 @@ def detach_message(
 
 def drop_location(location: LocationModel, window: WindowModel | None) -> None:
     bind_tables()
-    with TransactWrite() as tx:
+    with _transaction() as tx:
         tx.delete(location)
         if window is not None:
             tx.delete(window)
@@ -614,12 +614,17 @@ def drop_location(location: LocationModel, window: WindowModel | None) -> None:
 def update_flags(message: MessageModel, location: LocationModel, flags: list[str], seen: bool) -> None:
     bind_tables()
     now = utcnow()
-    with TransactWrite() as tx:
+    with _transaction() as tx:
         tx.update(
             message,
             actions=[MessageModel.flags.set(flags), MessageModel.seen.set(seen), MessageModel.updated_at.set(now)],
         )
         tx.update(location, actions=[LocationModel.flags.set(flags)])
+
+
+def _transaction() -> TransactWrite:
+    # The models' own connection: same region, endpoint and retry settings as every other call.
+    return TransactWrite(connection=MessageModel._get_connection().connection)
 
 
 def _set_actions(model: type[Model], fields: dict[str, Any]) -> list[Any]:

@@ -34,15 +34,15 @@ _MAX_ERROR_LENGTH = 300
 
 @dataclass(frozen=True)
 class Address:
-    name: str | None
-    email: str
+    name: str | None  # display name, decoded; None when there is none
+    email: str  # addr-spec, lower-cased: the dossier lookup key
 
 
 @dataclass(frozen=True)
 class Attachment:
-    filename: str | None
-    content_type: str
-    size: int
+    filename: str | None  # decoded (RFC 2047 / RFC 2231), directory part removed
+    content_type: str  # lower-case, e.g. "application/pdf"
+    size: int  # decoded bytes (an attached message: its size on the wire)
 
 
 @dataclass(frozen=True)
@@ -54,13 +54,13 @@ class ParsedMessage:
     to: list[Address]
     cc: list[Address]
     bcc: list[Address]
-    date: datetime | None
-    message_id: str | None
+    date: datetime | None  # timezone-aware; UTC when the header has no zone
+    message_id: str | None  # normalised by normalise_message_id
     in_reply_to: str | None
-    references: list[str]
-    snippet: str
+    references: list[str]  # normalised, in order, de-duplicated
+    snippet: str  # at most SNIPPET_LENGTH characters, whitespace collapsed
     attachments: list[Attachment]
-    has_html: bool
+    has_html: bool  # an HTML body (not an attached .html file)
     parse_errors: list[str] = field(default_factory=list)
 
 
@@ -103,37 +103,26 @@ def parse_message(raw: bytes) -> ParsedMessage:
         return _safe(errors, f"{name} header", lambda: _address_header(msg, name, errors), [])
 
     subject = _safe(errors, "Subject header", lambda: _subject(msg, errors), None)
+    from_, sender, reply_to, to, cc, bcc = (
+        addresses(name) for name in ("From", "Sender", "Reply-To", "To", "Cc", "Bcc")
+    )
     date = _safe(errors, "Date header", lambda: _parse_date(header("Date"), errors), None)
+    message_id = normalise_message_id(header("Message-ID"))
+    in_reply_to = normalise_message_id(header("In-Reply-To"))
     references = _safe(errors, "References header", lambda: _message_ids(header("References")), [])
     body = _safe(errors, "body", lambda: _analyse_body(msg, errors), _Body("", [], False))
     _safe(errors, "defects", lambda: _collect_defects(msg, errors), None)
-
     return ParsedMessage(
-        subject=subject,
-        from_=addresses("From"),
-        sender=addresses("Sender"),
-        reply_to=addresses("Reply-To"),
-        to=addresses("To"),
-        cc=addresses("Cc"),
-        bcc=addresses("Bcc"),
-        date=date,
-        message_id=normalise_message_id(header("Message-ID")),
-        in_reply_to=normalise_message_id(header("In-Reply-To")),
-        references=references,
-        snippet=body.snippet,
-        attachments=body.attachments,
-        has_html=body.has_html,
-        parse_errors=errors.items,
-    )
+        subject=subject, from_=from_, sender=sender, reply_to=reply_to, to=to, cc=cc, bcc=bcc, date=date,
+        message_id=message_id, in_reply_to=in_reply_to, references=references, snippet=body.snippet,
+        attachments=body.attachments, has_html=body.has_html, parse_errors=errors.items,
+    )  # fmt: skip
 
 
 def participants(parsed: ParsedMessage) -> list[str]:
     """Unique lower-cased addresses from from/sender/reply_to/to/cc/bcc, in order of first appearance."""
-    seen: dict[str, None] = {}
-    for group in (parsed.from_, parsed.sender, parsed.reply_to, parsed.to, parsed.cc, parsed.bcc):
-        for address in group:
-            seen.setdefault(address.email.lower(), None)
-    return list(seen)
+    groups = (parsed.from_, parsed.sender, parsed.reply_to, parsed.to, parsed.cc, parsed.bcc)
+    return list(dict.fromkeys(address.email.lower() for group in groups for address in group))
 
 
 def thread_key(parsed: ParsedMessage, fallback: str) -> str:
@@ -306,7 +295,7 @@ def _codec_name(charset: str) -> str | None:
     try:
         name = codecs.lookup(label).name
         # bytes.decode refuses codecs that are not text encodings (rot13, base64, zlib ...).
-        b"".decode(name)
+        b"a".decode(name, "replace")
     except (LookupError, ValueError):
         return None
     return None if name.replace("_", "-") in _NOT_CHARSETS else name
@@ -453,7 +442,6 @@ def _parse_address_list(value: str, errors: _Errors, where: str) -> list[Address
     """
     result: list[Address] = []
     box = _Mailbox(start=0)
-    in_group = False
     quote: list[str] | None = None
     comment: list[str] = []
     comment_depth = 0
@@ -525,10 +513,8 @@ def _parse_address_list(value: str, errors: _Errors, where: str) -> list[Address
             box.angle = []
         elif chunk in (",", ";"):
             finish(match.start())
-            in_group = in_group and chunk == ","
-        elif chunk == ":" and not in_group and box.addr is None:
-            in_group = True  # what came before is the group's name, not an address
-            box = _Mailbox(start=match.end())
+        elif chunk == ":" and box.addr is None:
+            box = _Mailbox(start=match.end())  # what came before is a group's name, not an address
         elif chunk in (">", ")", ":", "\\"):
             box.broken = True
             box.bare.append(chunk)
@@ -715,6 +701,9 @@ class _CountingSink:
         self.size += len(data)
 
 
+_DECODED_TRANSFER_ENCODINGS = ("base64", "quoted-printable", "x-uuencode", "uuencode", "x-uue", "uue")
+
+
 def _flattened_size(messages: list[Message]) -> int:
     sink = _CountingSink()
     for message in messages:
@@ -734,11 +723,10 @@ def _attachment_size(part: Message, errors: _Errors) -> int:
         size = _base64_size(payload)
         if size is not None:
             return size
-    if encoding in ("base64", "quoted-printable", "x-uuencode", "uuencode", "x-uue", "uue"):
-        decoded = _safe(errors, "attachment payload", lambda: part.get_payload(decode=True), None)
-        return len(decoded) if isinstance(decoded, bytes) else len(payload)
-    # The bytes parser maps each byte to one character, so this is the byte count.
-    return len(payload)
+    if payload.isascii() and encoding not in _DECODED_TRANSFER_ENCODINGS:
+        return len(payload)  # identity encoding: one character per byte, no copy needed
+    decoded = _safe(errors, "attachment payload", lambda: part.get_payload(decode=True), None)
+    return len(decoded) if isinstance(decoded, bytes) else len(payload)
 
 
 _NON_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
@@ -759,14 +747,17 @@ def _decoded_prefix(part: Message, cap: int) -> tuple[bytes, bool]:
         elif len(clean) % 4 == 1:
             clean = clean[:-1]  # a lone trailing character carries no complete byte
         data = binascii.a2b_base64(clean + "=" * (-len(clean) % 4))
-    elif encoding == "quoted-printable":
+    elif encoding == "quoted-printable" and payload.isascii():
         chunk = payload[: cap * 3]
         truncated = len(payload) > len(chunk)
         data = binascii.a2b_qp(chunk.encode("utf-8", "surrogateescape"))
     else:
-        chunk = payload[:cap]
-        truncated = len(payload) > len(chunk)
-        data = chunk.encode("utf-8", "surrogateescape")
+        # get_payload() has already run raw 8-bit bytes through the declared charset with
+        # errors="replace"; decode=True is the only public way to the bytes themselves (for
+        # identity encodings it is a copy, not a decoding).
+        raw = part.get_payload(decode=True)
+        data = raw if isinstance(raw, bytes) else b""
+        truncated = False
     return data[:cap], truncated or len(data) > cap
 
 

@@ -316,6 +316,11 @@ class MailboxReader:
     # -- capabilities ---------------------------------------------------------
 
     @property
+    def command_count(self) -> int:
+        """IMAP commands sent on the underlying connection so far."""
+        return self._session.command_count
+
+    @property
     def has_condstore(self) -> bool:
         # QRESYNC implies CONDSTORE (RFC 7162 3.2), though some servers only list QRESYNC.
         return self._session.has_capability("CONDSTORE") or self._session.has_capability("QRESYNC")

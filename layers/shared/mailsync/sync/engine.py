@@ -32,6 +32,13 @@ from mailsync.sync.planner import Arrival, FirstSync, FolderState, Known, Mode, 
 BATCH_COUNT = 50
 BATCH_BYTES = 8 * 1024 * 1024
 SWEEP_INTERVAL_SECONDS = 3600
+# DynamoDB items are at most 400 KB; a hostile header must not make a message unstorable.
+MAX_TEXT = 2000
+MAX_LIST = 100
+
+
+def _cap(value: str | None, limit: int) -> str | None:
+    return value if value is None or len(value) <= limit else value[: limit - 1] + "…"
 
 
 class InjectedCrash(RuntimeError):
@@ -448,7 +455,7 @@ class AccountSync:
         sort_key = f"{dal.iso(arrival.internal_date)}#{message_id}"
 
         def addresses(values: list[mime.Address]) -> list[dict[str, Any]]:
-            return [{"name": a.name, "email": a.email} for a in values]
+            return [{"name": _cap(a.name, 200), "email": a.email[:320]} for a in values[:MAX_LIST]]
 
         return dal.MessageModel(
             dal.message_pk(message_id),
@@ -466,7 +473,7 @@ class AccountSync:
             uid=arrival.uid,
             flags=list(arrival.flags),
             seen="\\Seen" in arrival.flags,
-            subject=parsed.subject,
+            subject=_cap(parsed.subject, MAX_TEXT),
             from_=addresses(parsed.from_),
             to=addresses(parsed.to),
             cc=addresses(parsed.cc),
@@ -475,15 +482,16 @@ class AccountSync:
             date=parsed.date,
             internal_date=arrival.internal_date,
             size=arrival.size,
-            message_id=parsed.message_id,
-            in_reply_to=parsed.in_reply_to,
-            references=list(parsed.references),
+            message_id=_cap(parsed.message_id, 900),
+            in_reply_to=_cap(parsed.in_reply_to, 900),
+            references=list(parsed.references)[-MAX_LIST:],
             thread_id=mime.thread_key(parsed, sha),
             snippet=parsed.snippet,
             attachments=[
-                {"filename": a.filename, "content_type": a.content_type, "size": a.size} for a in parsed.attachments
+                {"filename": _cap(a.filename, 300), "content_type": a.content_type[:200], "size": a.size}
+                for a in parsed.attachments[:MAX_LIST]
             ],
-            participants=mime.participants(parsed),
+            participants=mime.participants(parsed)[: MAX_LIST * 4],
             parse_errors=list(parsed.parse_errors)[:20],
             match_key=arrival.match_key,
             s3_key=s3_key,

@@ -110,8 +110,16 @@ def plan_folder(stored: FolderState, status: ServerStatus, *, qresync: bool) -> 
     return Mode.QRESYNC if qresync else Mode.CONDSTORE
 
 
+MAX_PLAIN_MESSAGE_ID = 400
+
+
 def match_key(message_id: str | None, content_hash: str) -> str:
-    """How a message is recognised after a move: its Message-ID, or its content when it has none."""
+    """How a message is recognised after a move: its Message-ID, or its content when it has none.
+
+    An absurdly long Message-ID is hashed ("midh:") so it still fits in a DynamoDB key.
+    """
+    if message_id and len(message_id) > MAX_PLAIN_MESSAGE_ID:
+        return "midh:" + hashlib.sha256(message_id.encode("utf-8", "surrogateescape")).hexdigest()
     return f"mid:{message_id}" if message_id else f"sha:{content_hash}"
 
 

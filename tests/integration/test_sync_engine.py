@@ -1,0 +1,246 @@
+"""Server to CRM against the real Dovecot: window, arrivals, flags, moves, removals, resets."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+import requests
+
+from tests.integration.sync_support import Account, capture_events, connect_account, days_ago, message
+
+
+@pytest.fixture
+def account(api, local_mail_env, mail_user) -> Account:
+    return connect_account(api, mail_user)
+
+
+@pytest.fixture
+def basic_account(api, local_mail_env, dovecot_basic, mail_user_basic, monkeypatch) -> Account:
+    from mailsync.config import get_settings
+
+    # Both Dovecot flavours have their own CA; the basic one's is trusted for this test.
+    monkeypatch.setenv("MAILSYNC_EXTRA_CA_FILE", str(dovecot_basic.ca_file))
+    get_settings.cache_clear()
+    return connect_account(api, mail_user_basic)
+
+
+def test_first_sync_imports_the_window_only(account: Account, aws) -> None:
+    events = capture_events(aws["EVENT_BUS_NAME"])
+    with account.user.client() as imap:
+        imap.append("INBOX", message("recent", days=2, body="Hallo Welt, dit is de tekst."), internal_date=days_ago(2))
+        imap.append("INBOX", message("old", days=40), internal_date=days_ago(40))
+        imap.append("Sent", message("sent recently", days=1), flags=["\\Seen"], internal_date=days_ago(1))
+        imap.append("Junk", message("spam", days=1), internal_date=days_ago(1))
+    result = account.sync()
+    assert result.status == "synced", result
+
+    synced = account.synced()
+    assert set(synced) == {"recent", "sent recently"}
+    assert synced["recent"]["folder"] == "inbox" and synced["recent"]["seen"] is False
+    assert synced["sent recently"]["folder"] == "sent" and synced["sent recently"]["seen"] is True
+    assert synced["recent"]["snippet"].startswith("Hallo Welt")
+    assert synced["recent"]["from"][0]["email"] == "alice@example.com"
+
+    received = events.of_type("message.received")
+    assert {e["message_id"] for e in received} == {m["id"] for m in synced.values()}
+    assert all("alice@example.com" in e["participants"] for e in received)
+
+    status = account.api("GET", "/v1/users/me/sync-status", caller=account.caller).body
+    assert status["state"] == "idle" and status["last_success_at"]
+    counts = {f["crm_folder"]: f["messages"] for f in status["folders"]}
+    assert counts == {"inbox": 1, "sent": 1, "archive": 0}
+
+
+def test_raw_message_is_stored_exactly(account: Account, aws) -> None:
+    raw = message("exact bytes", days=1)
+    with account.user.client() as imap:
+        imap.append("INBOX", raw, internal_date=days_ago(1))
+    account.sync()
+    msg = account.synced()["exact bytes"]
+    link = account.api("GET", f"/v1/messages/{msg['id']}/raw", caller=account.caller)
+    assert link.status == 200
+    # moto answers presigned URLs too: the link really downloads the message.
+    download = requests.get(link.body["url"], timeout=10)
+    assert download.status_code == 200
+    assert download.content == raw
+
+
+def test_new_arrivals_and_server_flag_changes(account: Account, aws) -> None:
+    with account.user.client() as imap:
+        uid = imap.append("INBOX", message("first", days=1), internal_date=days_ago(1))
+    account.sync()
+    events = capture_events(aws["EVENT_BUS_NAME"])
+    with account.user.client() as imap:
+        imap.append("INBOX", message("second", days=0.1), internal_date=days_ago(0.1))
+        imap.add_flags("INBOX", uid, ["\\Seen", "\\Flagged"])
+    account.sync()
+    synced = account.synced()
+    assert set(synced) == {"first", "second"}
+    assert synced["first"]["seen"] is True
+    assert "\\Flagged" in synced["first"]["flags"]
+    updated = events.of_type("message.updated")
+    assert [e["message_id"] for e in updated] == [synced["first"]["id"]]
+
+    with account.user.client() as imap:
+        imap.remove_flags("INBOX", uid, ["\\Seen"])
+    account.sync()
+    assert account.synced()["first"]["seen"] is False
+
+
+def test_move_between_mapped_folders_keeps_the_id(account: Account) -> None:
+    with account.user.client() as imap:
+        uid = imap.append("INBOX", message("to archive", days=1), internal_date=days_ago(1))
+    account.sync()
+    before = account.synced()["to archive"]
+    with account.user.client() as imap:
+        imap.move("INBOX", uid, "Archive")
+    account.sync()
+    after = account.by_subject()["to archive"]
+    assert after["id"] == before["id"]
+    assert (after["folder"], after["state"]) == ("archive", "synced")
+    assert len(account.messages()) == 1
+
+
+def test_move_to_unmapped_folder_and_expunge_detach_with_reason(account: Account, aws) -> None:
+    with account.user.client() as imap:
+        junk_uid = imap.append("INBOX", message("to junk", days=1), internal_date=days_ago(1))
+        gone_uid = imap.append("INBOX", message("to delete", days=1), internal_date=days_ago(1))
+    account.sync()
+    events = capture_events(aws["EVENT_BUS_NAME"])
+    with account.user.client() as imap:
+        imap.move("INBOX", junk_uid, "Junk")
+        imap.expunge("INBOX", gone_uid)
+    account.sync()
+    messages = account.by_subject()
+    assert (messages["to junk"]["state"], messages["to junk"]["detach_reason"]) == ("detached", "moved_unmapped")
+    assert (messages["to delete"]["state"], messages["to delete"]["detach_reason"]) == ("detached", "removed")
+    detached = {e["message_id"]: e["detach_reason"] for e in events.of_type("message.detached")}
+    assert detached == {messages["to junk"]["id"]: "moved_unmapped", messages["to delete"]["id"]: "removed"}
+    # The CRM keeps its archived copy, raw included.
+    assert account.api("GET", f"/v1/messages/{messages['to delete']['id']}/raw", caller=account.caller).status == 200
+
+
+def test_detached_message_moved_back_is_revived_with_its_id(account: Account) -> None:
+    with account.user.client() as imap:
+        uid = imap.append("INBOX", message("round trip", days=1), internal_date=days_ago(1))
+    account.sync()
+    original = account.synced()["round trip"]["id"]
+    with account.user.client() as imap:
+        imap.move("INBOX", uid, "Junk")
+    account.sync()
+    with account.user.client() as imap:
+        junk_uid = imap.uids("Junk")[-1]
+        imap.move("Junk", junk_uid, "INBOX")
+    account.sync()
+    revived = account.by_subject()["round trip"]
+    assert (revived["id"], revived["state"], revived["detach_reason"]) == (original, "synced", None)
+
+
+def test_uidvalidity_reset_keeps_ids_without_duplicates(account: Account, dovecot) -> None:
+    with account.user.client() as imap:
+        for i in range(5):
+            imap.append("INBOX", message(f"m{i}", days=1 + i), internal_date=days_ago(1 + i))
+        imap.append("INBOX", message("no id", days=1, message_id=None), internal_date=days_ago(1))
+    account.sync()
+    before = {s: m["id"] for s, m in account.synced().items()}
+    dovecot.reset_uidvalidity(account.user.username, "INBOX")
+    account.sync()
+    after = account.messages()
+    assert len(after) == 6
+    assert {m["subject"]: m["id"] for m in after if m["state"] == "synced"} == before
+
+
+def test_message_without_message_id_moves_by_content(account: Account) -> None:
+    with account.user.client() as imap:
+        uid = imap.append("INBOX", message("anonymous", days=1, message_id=None), internal_date=days_ago(1))
+    account.sync()
+    first = account.synced()["anonymous"]
+    assert first["message_id"] is None
+    with account.user.client() as imap:
+        imap.move("INBOX", uid, "Archive")
+    account.sync()
+    moved = account.by_subject()["anonymous"]
+    assert (moved["id"], moved["folder"]) == (first["id"], "archive")
+
+
+def test_invalid_mime_is_stored_raw(account: Account, aws) -> None:
+    raw = (
+        b"Subject: =?bogus-charset?Q?broken?=\r\nContent-Type: multipart/mixed\r\n\r\n\xff\xfe not mime at all \x80\r\n"
+    )
+    with account.user.client() as imap:
+        imap.append("INBOX", raw, internal_date=days_ago(1))
+    assert account.sync().status == "synced"
+    [msg] = account.messages()
+    assert msg["state"] == "synced"
+    stored = account.api("GET", f"/v1/messages/{msg['id']}", caller=account.caller).body
+    assert stored["size"] == len(raw)
+    keys = boto3.client("s3").list_objects_v2(Bucket=aws["RAW_MAIL_BUCKET"])["Contents"]
+    bodies = [boto3.client("s3").get_object(Bucket=aws["RAW_MAIL_BUCKET"], Key=k["Key"])["Body"].read() for k in keys]
+    assert raw in bodies
+
+
+def test_folder_removed_from_the_map_detaches_its_messages(account: Account) -> None:
+    with account.user.client() as imap:
+        imap.append("Archive", message("archived", days=1), internal_date=days_ago(1))
+    account.sync()
+    account.api("PUT", "/v1/users/me/folder-map", {"inbox": "INBOX", "sent": "Sent"}, caller=account.caller)
+    account.sync()
+    archived = account.by_subject()["archived"]
+    assert (archived["state"], archived["detach_reason"]) == ("detached", "moved_unmapped")
+
+
+def test_messages_api_filters_and_pages(account: Account) -> None:
+    with account.user.client() as imap:
+        for i in range(7):
+            flags = ["\\Seen"] if i % 2 else []
+            imap.append("INBOX", message(f"page {i}", days=1 + i), flags=flags, internal_date=days_ago(1 + i))
+        imap.append("Sent", message("sent one", days=1), internal_date=days_ago(1))
+    account.sync()
+    page = account.api("GET", "/v1/users/me/messages", query="limit=3", caller=account.caller).body
+    assert len(page["messages"]) == 3 and page["next_cursor"]
+    dates = [m["internal_date"] for m in account.messages()]
+    assert dates == sorted(dates, reverse=True), "newest first"
+    assert len(account.messages(folder="inbox")) == 7
+    assert {m["subject"] for m in account.messages(folder="sent")} == {"sent one"}
+    assert len(account.messages(folder="inbox", seen="true")) == 3
+    since = days_ago(3.5).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert {m["subject"] for m in account.messages(folder="inbox", since=since)} == {"page 0", "page 1", "page 2"}
+    bad = account.api("GET", "/v1/users/me/messages", query="cursor=garbage!", caller=account.caller)
+    assert (bad.status, bad.body["error"]["field"]) == (422, "cursor")
+    too_many = account.api("GET", "/v1/users/me/messages", query="limit=101", caller=account.caller)
+    assert (too_many.status, too_many.body["error"]["field"]) == (422, "limit")
+
+
+def test_messages_of_others_are_not_found(account: Account) -> None:
+    from tests.conftest import Caller
+
+    with account.user.client() as imap:
+        imap.append("INBOX", message("private", days=1), internal_date=days_ago(1))
+    account.sync()
+    msg_id = account.synced()["private"]["id"]
+    assert account.api("GET", f"/v1/messages/{msg_id}", caller=Caller("bob", "acme")).status == 404
+    assert account.api("GET", f"/v1/messages/{msg_id}", caller=Caller("eve", "globex", "admin")).status == 404
+    assert account.api("GET", f"/v1/messages/{msg_id}", caller=Caller("root", "acme", "admin")).status == 200
+
+
+@pytest.mark.parametrize("flavour", ["full", "basic"])
+def test_both_flavours_converge(flavour: str, request) -> None:
+    acct: Account = request.getfixturevalue("account" if flavour == "full" else "basic_account")
+    with acct.user.client() as imap:
+        a = imap.append("INBOX", message("a", days=1), internal_date=days_ago(1))
+        b = imap.append("INBOX", message("b", days=1), internal_date=days_ago(1))
+        c = imap.append("INBOX", message("c", days=1), internal_date=days_ago(1))
+    acct.sync()
+    ids = {s: m["id"] for s, m in acct.synced().items()}
+    with acct.user.client() as imap:
+        imap.add_flags("INBOX", a, ["\\Seen"])
+        imap.move("INBOX", b, "Archive")
+        imap.expunge("INBOX", c)
+        imap.append("INBOX", message("d", days=0.5), internal_date=days_ago(0.5))
+    acct.sync()
+    messages = acct.by_subject()
+    assert messages["a"]["seen"] is True
+    assert (messages["b"]["id"], messages["b"]["folder"]) == (ids["b"], "archive")
+    assert (messages["c"]["state"], messages["c"]["detach_reason"]) == ("detached", "removed")
+    assert messages["d"]["state"] == "synced"
+    assert len(messages) == 4
