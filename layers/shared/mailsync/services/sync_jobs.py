@@ -30,6 +30,7 @@ from mailsync.sync.engine import AccountSync, SyncOutcome
 
 LEASE_SECONDS = 15 * 60 + 60  # a Lambda can run 15 minutes; the lease outlives it a little
 CONNECT_ATTEMPTS = 3
+RETRY_BASE_DELAY_SECONDS = 1.0
 # A scheduled job for an account that finished a sync this recently is a duplicate (queue
 # backlog, two ticks): skip it without logging in. User-requested syncs always run.
 MIN_SECONDS_BETWEEN_SCHEDULED_SYNCS = 20
@@ -168,7 +169,7 @@ def _with_connect_retries(action: Callable[[], SyncOutcome]) -> SyncOutcome:
         except MailboxError as exc:
             if attempt == CONNECT_ATTEMPTS:
                 raise
-            delay = 2 ** (attempt - 1)
+            delay = RETRY_BASE_DELAY_SECONDS * 2 ** (attempt - 1)
             logger.info(
                 "mail server unreachable, retrying", extra={"attempt": attempt, "code": exc.code, "delay": delay}
             )

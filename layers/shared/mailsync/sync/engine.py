@@ -209,9 +209,8 @@ class AccountSync:
             else:
                 known_now.add(int(location.uid))
         window = self.reader.search_since(self.cutoff.date())
-        todo = sorted(
-            (u for u in window if u not in known_now and (first.cursor is None or u < first.cursor)), reverse=True
-        )
+        # Resuming needs no cursor: what a previous run stored has a location record now.
+        todo = sorted((u for u in window if u not in known_now), reverse=True)
         first = FirstSync(**{**first.__dict__, "total": len(window), "done": len(window) - len(todo)})
         self.states[server_folder] = FolderState(
             stored.uidvalidity, stored.uidnext, stored.highestmodseq, stored.messages, first
@@ -299,11 +298,14 @@ class AccountSync:
             return True
         self.reader.examine(work.server_folder)
         sizes: dict[int, int] = {}
+        dates: dict[int, datetime] = {}
         for chunk in planner.batches(work.todo, None, max_count=BATCH_COUNT * 20, max_bytes=1 << 62):
             for summary in self.reader.summaries(chunk):
                 sizes[summary.uid] = summary.size
-        # Uids gone between SEARCH and FETCH have no size: they are not arrivals any more.
-        todo = [u for u in work.todo if u in sizes]
+                dates[summary.uid] = summary.internal_date
+        # Newest mail first, so the CRM shows what matters while a big first sync runs. UIDs
+        # gone between SEARCH and FETCH have no summary: they are not arrivals any more.
+        todo = sorted((u for u in work.todo if u in sizes), key=lambda u: (dates[u], u), reverse=True)
         for batch in planner.batches(todo, sizes, max_count=BATCH_COUNT, max_bytes=BATCH_BYTES):
             if self.deadline():
                 return False

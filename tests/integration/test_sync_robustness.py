@@ -1,0 +1,240 @@
+"""Failures, crashes, races, resumable first syncs and the cost of doing nothing."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+
+import boto3
+import pytest
+
+from tests.integration.sync_support import (
+    Account,
+    capture_events,
+    connect_account,
+    count_dynamodb_calls,
+    days_ago,
+    message,
+    reads,
+)
+
+
+@pytest.fixture
+def account(api, local_mail_env, mail_user) -> Account:
+    return connect_account(api, mail_user)
+
+
+@pytest.fixture(autouse=True)
+def no_retry_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailsync.services import sync_jobs
+
+    monkeypatch.setattr(sync_jobs, "RETRY_BASE_DELAY_SECONDS", 0)
+
+
+def login_failures(dovecot, username: str) -> int:
+    log = dovecot.log_file.read_text(errors="replace")
+    return sum(1 for line in log.splitlines() if f"user=<{username}>" in line and "auth failed" in line)
+
+
+def test_password_changed_on_server_stops_logins(account: Account, dovecot, aws) -> None:
+    with account.user.client() as imap:
+        imap.append("INBOX", message("before", days=1), internal_date=days_ago(1))
+    assert account.sync().status == "synced"
+    events = capture_events(aws["EVENT_BUS_NAME"])
+    dovecot.set_password(account.user.username, "changed-by-the-user-in-outlook")
+
+    result = account.sync()
+    assert (result.status, result.error) == ("failed", "auth_failed")
+    settings = account.api("GET", "/v1/users/me/mail-settings", caller=account.caller).body
+    assert settings["status"] == "auth_failed"
+    assert settings["last_error"] == "Login to mailbox failed: check user name and password"
+    [event] = events.of_type("account.auth_failed")
+    assert event["user_id"] == "alice"
+    failures = login_failures(dovecot, account.user.username)
+    assert failures == 1
+
+    # No more logins: not due for the scheduler, and a job that still arrives does not log in.
+    from mailsync.services import scheduling
+
+    assert scheduling.enqueue_due_accounts() == 0
+    assert account.sync(reason="schedule").status == "skipped"
+    assert account.sync(reason="user").status == "skipped"
+    assert login_failures(dovecot, account.user.username) == failures
+    # The old messages stay.
+    assert "before" in account.synced()
+
+    # New settings (the new password) make the account due and syncing again.
+    body = account.settings_body() | {"password": "changed-by-the-user-in-outlook"}
+    account.api("PUT", "/v1/users/me/mail-settings", body, caller=account.caller)
+    assert scheduling.enqueue_due_accounts() == 1
+    assert account.sync().status == "synced"
+
+
+def test_unreachable_server_backs_off(api, local_mail_env, mail_user, aws) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    account = connect_account(api, mail_user)
+    account.api("PUT", "/v1/users/me/mail-settings", account.settings_body() | {"port": closed}, caller=account.caller)
+    events = capture_events(aws["EVENT_BUS_NAME"])
+    started = time.time()
+    result = account.sync()
+    assert (result.status, result.error) == ("failed", "connect_failed")
+    from mailsync import dal
+
+    stored = dal.get_account("acme", "alice")
+    assert stored.status == "connect_failed"
+    assert stored.next_sync_at >= started + 40, "backed off (about a minute after the first failure)"
+    assert stored.due_shard is not None, "still due later: network trouble passes"
+    from mailsync.services import scheduling
+
+    assert scheduling.enqueue_due_accounts() == 0, "not due during the backoff"
+    assert [e["code"] for e in events.of_type("account.sync_failed")] == ["connect_failed"]
+    status = account.api("GET", "/v1/users/me/sync-status", caller=account.caller).body
+    assert status["state"] == "failed" and "connect" in status["last_error"].lower()
+
+
+@pytest.mark.parametrize("fault", ["after_s3_put", "before_location_write", "before_checkpoint"])
+def test_crash_then_rerun_leaves_no_duplicate_and_no_gap(account: Account, aws, fault: str) -> None:
+    from mailsync.sync.engine import InjectedCrash, faults
+
+    with account.user.client() as imap:
+        for i in range(6):
+            imap.append("INBOX", message(f"c{i}", days=1 + i), internal_date=days_ago(1 + i))
+        imap.append("INBOX", message("c-noid", days=1, message_id=None), internal_date=days_ago(1))
+    faults.armed = {fault}
+    with pytest.raises(InjectedCrash):
+        account.sync()
+    assert account.sync().status == "synced"
+    messages = account.messages()
+    assert sorted(m["subject"] for m in messages) == sorted([f"c{i}" for i in range(6)] + ["c-noid"])
+    assert all(m["state"] == "synced" for m in messages)
+    objects = boto3.client("s3").list_objects_v2(Bucket=aws["RAW_MAIL_BUCKET"]).get("KeyCount", 0)
+    assert objects == 7, "content-addressed: a rerun overwrites, never piles up"
+    # A move after the crash still keeps the id (the location records are consistent).
+    with account.user.client() as imap:
+        imap.move("INBOX", imap.uids("INBOX")[0], "Archive")
+    account.sync()
+    assert len(account.messages()) == 7
+
+
+def test_crash_during_a_move_then_rerun(account: Account) -> None:
+    from mailsync.sync.engine import InjectedCrash, faults
+
+    with account.user.client() as imap:
+        uid = imap.append("INBOX", message("moving", days=1), internal_date=days_ago(1))
+        imap.append("INBOX", message("other", days=1), internal_date=days_ago(1))
+    account.sync()
+    original = account.synced()["moving"]["id"]
+    with account.user.client() as imap:
+        imap.move("INBOX", uid, "Archive")
+        imap.append("Archive", message("new in archive", days=1), internal_date=days_ago(1))
+    faults.armed = {"after_s3_put"}
+    with pytest.raises(InjectedCrash):
+        account.sync()
+    account.sync()
+    moved = account.by_subject()["moving"]
+    assert (moved["id"], moved["folder"], moved["state"]) == (original, "archive", "synced")
+    assert len(account.messages()) == 3
+
+
+def test_two_workers_racing_for_one_account(account: Account) -> None:
+    with account.user.client() as imap:
+        for i in range(20):
+            imap.append("INBOX", message(f"r{i}", days=1), internal_date=days_ago(1))
+    barrier = threading.Barrier(2)
+    results: list[str] = []
+
+    def worker(owner: str) -> None:
+        barrier.wait()
+        results.append(account.sync(owner=owner).status)
+
+    threads = [threading.Thread(target=worker, args=(f"worker-{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["busy", "synced"]
+    assert len(account.messages()) == 20
+
+
+def test_lease_held_by_another_worker(account: Account) -> None:
+    from mailsync import dal
+
+    assert dal.acquire_lease("acme", "alice", "someone-else", 600) is not None
+    assert account.sync().status == "busy"
+    dal.release_lease(dal.get_sync_state("acme", "alice"), "someone-else")
+    assert account.sync().status == "synced"
+
+
+def test_first_sync_resumes_after_running_out_of_time(account: Account, monkeypatch) -> None:
+    from mailsync.sync import engine
+
+    monkeypatch.setattr(engine, "BATCH_COUNT", 5)
+    with account.user.client() as imap:
+        for i in range(12):
+            imap.append("INBOX", message(f"slow {i:02d}", days=1 + i / 10), internal_date=days_ago(1 + i / 10))
+    budget = iter([False, False, True])  # two batches, then the Lambda is about to time out
+    result = account.sync(deadline=lambda: next(budget, True))
+    assert result.status == "incomplete"
+    status = account.api("GET", "/v1/users/me/sync-status", caller=account.caller).body
+    inbox = next(f for f in status["folders"] if f["crm_folder"] == "inbox")
+    assert inbox["first_sync"] == {"total": 12, "done": 10}
+    assert status["state"] == "syncing"
+    # The newest mail came first.
+    assert {m["subject"] for m in account.messages()} == {f"slow {i:02d}" for i in range(10)}
+    # The job put itself back on the queue.
+    from mailsync.config import get_settings
+
+    queued = boto3.client("sqs").receive_message(QueueUrl=get_settings().sync_queue_url, MaxNumberOfMessages=10)
+    assert [json.loads(m["Body"])["reason"] for m in queued["Messages"]] == ["continue"]
+
+    assert account.sync(reason="continue").status == "synced"
+    assert len(account.messages()) == 12
+    inbox = next(
+        f
+        for f in account.api("GET", "/v1/users/me/sync-status", caller=account.caller).body["folders"]
+        if f["crm_folder"] == "inbox"
+    )
+    assert inbox["first_sync"] is None and inbox["messages"] == 12
+
+
+def noop_cost(account: Account) -> tuple[int, Counter]:
+    with count_dynamodb_calls() as calls:
+        result = account.sync()
+    assert result.status == "synced" and result.outcome.created == 0
+    return result.outcome.imap_commands, calls
+
+
+def fill(user, count: int, in_window: int) -> None:
+    """``count`` messages on the server, ``in_window`` of them recent enough to be synced."""
+    with user.client() as imap:
+        raws = []
+        for i in range(count):
+            age = 1 + (i % 5) if i < in_window else 40 + (i % 300)
+            raws.append((message(f"bulk {i}", days=age), days_ago(age)))
+        imap.imap.multiappend("INBOX", [{"msg": raw, "date": date} for raw, date in raws])
+
+
+def test_noop_sync_cost_does_not_grow_with_the_mailbox(api, local_mail_env, dovecot) -> None:
+    small_user, big_user = dovecot.add_user(), dovecot.add_user()
+    # The small mailbox has more synced messages, the big one far more on the server: the cost
+    # of a sync that finds nothing new depends on neither.
+    fill(small_user, 200, in_window=200)
+    fill(big_user, 20_000, in_window=20)
+    costs = {}
+    for who, user in (("small", small_user), ("big", big_user)):
+        account = connect_account(api, user, who=who)
+        assert account.sync().status == "synced"
+        costs[who] = noop_cost(account)
+    (small_cmds, small_calls), (big_cmds, big_calls) = costs["small"], costs["big"]
+    assert small_cmds == big_cmds
+    assert reads(small_calls) == reads(big_calls)
+    assert small_calls == big_calls
+    # And it is small: connect, login, one LIST-STATUS, logout; a handful of DynamoDB reads.
+    assert small_cmds <= 6, small_cmds
+    assert reads(small_calls) <= 3, small_calls
