@@ -52,6 +52,8 @@ def configure_demo_user(stack: LocalStack, server: DovecotServer, username: str,
     status, body = _call(f"{base}/folder-map", token, "PUT", suggestion["folders"])
     if status != 200:
         raise RuntimeError(f"saving the demo folder map failed: {status} {body}")
+    # Sync now rather than at the next scheduler tick, so the demo shows mail at once.
+    _call(f"{base}/sync", token, "POST")
     return token
 
 
@@ -82,9 +84,11 @@ def main() -> None:
             f"  user {user.username}  password {user.password}  CA {server.ca_file}",
             f"Demo CRM user '{DEMO_USER}' of tenant '{DEMO_TENANT}' is configured. Its token:",
             f"  export TOKEN={token}",
-            f"  curl -H \"Authorization: Bearer $TOKEN\" {stack.api_url}/v1/users/me/mail-settings",
-            f"  curl -H \"Authorization: Bearer $TOKEN\" {stack.api_url}/v1/users/me/server-folders",
-            f"  curl -H \"Authorization: Bearer $TOKEN\" {stack.api_url}/v1/users/me/folder-map",
+            f'  curl -H "Authorization: Bearer $TOKEN" {stack.api_url}/v1/users/me/mail-settings',
+            f'  curl -H "Authorization: Bearer $TOKEN" {stack.api_url}/v1/users/me/server-folders',
+            f'  curl -H "Authorization: Bearer $TOKEN" {stack.api_url}/v1/users/me/folder-map',
+            f'  curl -H "Authorization: Bearer $TOKEN" {stack.api_url}/v1/users/me/sync-status',
+            f'  curl -H "Authorization: Bearer $TOKEN" {stack.api_url}/v1/users/me/messages',
         ]
     )
     try:

@@ -1072,10 +1072,10 @@ def seed_sample_mailbox(client: MailboxClient) -> dict[str, list[int]]:
                 sender="Bob Example <bob@example.com>",
                 to="Carol <carol@example.com>",
                 body="Thanks, looks good.\n",
-                date=now - dt.timedelta(days=39),
+                date=now - dt.timedelta(days=1),
             ),
             ("\\Seen",),
-            now - dt.timedelta(days=39),
+            now - dt.timedelta(days=1),
         ),
         (
             "Entwürfe",

@@ -136,3 +136,19 @@ def make_token(user: str, tenant: str, role: str = "user") -> str:
         env={k: v for k, v in os.environ.items() if not k.startswith("MAKE")},
     )
     return out.stdout.strip()
+
+
+def wait_for_sync(running: Running, token: str, after: str = "", timeout: float = 60.0) -> dict:
+    """Poll sync-status as a CRM would until a sync that started after ``after`` (ISO time) has
+    succeeded (bounded; fails with the last status)."""
+    deadline = time.monotonic() + timeout
+    status: dict = {}
+    while time.monotonic() < deadline:
+        code, status = running.request("GET", "/v1/users/me/sync-status", token)
+        assert code == 200, status
+        if status["state"] == "idle" and (status["last_success_at"] or "") > after:
+            return status
+        if status["state"] == "failed":
+            pytest.fail(f"sync failed: {status}")
+        time.sleep(0.2)
+    pytest.fail(f"no successful sync within {timeout} s: {status}\n" + "\n".join(running.output[-20:]))

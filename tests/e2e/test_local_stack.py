@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import urllib.request
+from datetime import UTC, datetime
 
-from tests.e2e.conftest import Running, base_env, make_token, start, stop
+from devstack.dovecot import make_message
+from tests.e2e.conftest import Running, base_env, make_token, start, stop, wait_for_sync
 
 
 def test_first_steps_over_http(local_stack: Running, mail_user) -> None:
@@ -44,6 +47,20 @@ def test_first_steps_over_http(local_stack: Running, mail_user) -> None:
     status, saved = local_stack.request("PUT", "/v1/users/me/folder-map", token, suggestion["folders"])
     assert (status, saved["saved"]) == (200, True)
 
+    # Mail appears once the in-process worker has synced (a CRM polls the same way).
+    with mail_user.client("ssl") as imap:
+        imap.append("INBOX", make_message(subject="Welcome to the dossier"))
+    asked_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    assert local_stack.request("POST", "/v1/users/me/sync", token)[0] == 202
+    status = wait_for_sync(local_stack, token, after=asked_at)
+    inbox = next(f for f in status["folders"] if f["crm_folder"] == "inbox")
+    assert inbox["messages"] == 1, status
+    status, page = local_stack.request("GET", "/v1/users/me/messages", token)
+    [msg] = [m for m in page["messages"] if m["subject"] == "Welcome to the dossier"]
+    status, link = local_stack.request("GET", f"/v1/messages/{msg['id']}/raw", token)
+    with urllib.request.urlopen(link["url"], timeout=10) as response:  # the local presigned URL works
+        assert b"Welcome to the dossier" in response.read()
+
     # A colleague without the admin role may not read alice's settings; an admin may.
     assert local_stack.request("GET", "/v1/users/alice/mail-settings", make_token("bob", "acme"))[0] == 403
     assert local_stack.request("GET", "/v1/users/alice/mail-settings", make_token("root", "acme", "admin"))[0] == 200
@@ -63,5 +80,9 @@ def test_demo_configures_a_working_mailbox() -> None:
         status, folder_map = running.request("GET", "/v1/users/me/folder-map", token)
         assert folder_map["saved"] is True
         assert folder_map["folders"]["sent"] == "Sent"
+        wait_for_sync(running, token)
+        status, page = running.request("GET", "/v1/users/me/messages", token)
+        folders = sorted(m["folder"] for m in page["messages"])
+        assert folders == ["inbox", "sent"], page  # the 40-day-old sample is outside the window
     finally:
         stop(running)

@@ -224,7 +224,8 @@ def test_queue_redrives_to_the_dead_letter_queue(mocked_env: dict[str, str]) -> 
     redrive = json.loads(queue["RedrivePolicy"])
     assert redrive["deadLetterTargetArn"] == dlq["QueueArn"]
     assert int(redrive["maxReceiveCount"]) == 5
-    assert int(queue["VisibilityTimeout"]) >= 900 * 6
+    worker_timeout = load_template(TEMPLATE_PATH)["Resources"]["SyncWorkerFunction"]["Properties"]["Timeout"]
+    assert int(queue["VisibilityTimeout"]) >= int(worker_timeout) * 6
     assert int(dlq["MessageRetentionPeriod"]) == 14 * 24 * 3600
 
     sqs.send_message(QueueUrl=mocked_env["SYNC_QUEUE_URL"], MessageBody='{"tenant_id":"t1"}')

@@ -72,6 +72,8 @@ class AccountModel(Model):
 
     class Meta:
         table_name = "mailsync-accounts"
+        connect_timeout_seconds = 5
+        read_timeout_seconds = 20
 
     tenant_id = UnicodeAttribute(hash_key=True)
     user_id = UnicodeAttribute(range_key=True)
@@ -138,6 +140,8 @@ class FolderIndex(GlobalSecondaryIndex):
 class _Item(Model):
     class Meta:
         table_name = "mailsync-messages"
+        connect_timeout_seconds = 5
+        read_timeout_seconds = 20
 
     pk = UnicodeAttribute(hash_key=True)
     sk = UnicodeAttribute(range_key=True)

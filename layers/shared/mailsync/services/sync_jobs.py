@@ -28,7 +28,7 @@ from mailsync.services import scheduling
 from mailsync.services.accounts import server_params
 from mailsync.sync.engine import AccountSync, SyncOutcome
 
-LEASE_SECONDS = 15 * 60 + 60  # a Lambda can run 15 minutes; the lease outlives it a little
+LEASE_SECONDS = 300 + 60  # the worker's Lambda timeout plus a margin: a crashed worker's lease expires
 CONNECT_ATTEMPTS = 3
 RETRY_BASE_DELAY_SECONDS = 1.0
 # A scheduled job for an account that finished a sync this recently is a duplicate (queue
