@@ -40,6 +40,8 @@ def test_first_sync_imports_the_window_only(account: Account, aws) -> None:
     assert synced["sent recently"]["folder"] == "sent" and synced["sent recently"]["seen"] is True
     assert synced["recent"]["snippet"].startswith("Hallo Welt")
     assert synced["recent"]["from"][0]["email"] == "alice@example.com"
+    assert synced["recent"]["server_folder"] == "INBOX" and synced["recent"]["uid"] >= 1
+    assert synced["recent"]["uidvalidity"] >= 1
 
     received = events.of_type("message.received")
     assert {e["message_id"] for e in received} == {m["id"] for m in synced.values()}

@@ -98,6 +98,21 @@ def test_unreachable_server_backs_off(api, local_mail_env, mail_user, aws) -> No
     assert status["state"] == "failed" and "connect" in status["last_error"].lower()
 
 
+def test_untrusted_certificate_is_tls_failed(account: Account, monkeypatch, aws) -> None:
+    from mailsync import dal
+    from mailsync.config import get_settings
+
+    monkeypatch.delenv("MAILSYNC_EXTRA_CA_FILE")
+    get_settings.cache_clear()
+    events = capture_events(aws["EVENT_BUS_NAME"])
+    result = account.sync()
+    assert (result.status, result.error) == ("failed", "tls_failed")
+    stored = dal.get_account("acme", "alice")
+    assert stored.status == "tls_failed" and "certificate" in stored.last_error
+    assert stored.next_sync_at > time.time() + 400, "certificates are not fixed in a minute: long backoff"
+    assert [e["code"] for e in events.of_type("account.sync_failed")] == ["tls_failed"]
+
+
 @pytest.mark.parametrize("fault", ["after_s3_put", "before_location_write", "before_checkpoint"])
 def test_crash_then_rerun_leaves_no_duplicate_and_no_gap(account: Account, aws, fault: str) -> None:
     from mailsync.sync.engine import InjectedCrash, faults

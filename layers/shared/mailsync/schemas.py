@@ -154,6 +154,8 @@ class MessageOut(BaseModel):
     user_id: str
     folder: str = Field(description="CRM folder")
     server_folder: str
+    uidvalidity: int | None = Field(default=None, description="UIDVALIDITY of the server folder when last synced")
+    uid: int | None = Field(default=None, description="UID in the server folder when last synced")
     flags: list[str]
     seen: bool
     subject: str | None = None

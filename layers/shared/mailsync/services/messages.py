@@ -35,6 +35,8 @@ def to_out(message: dal.MessageModel) -> MessageOut:
             "user_id": message.user_id,
             "folder": message.folder,
             "server_folder": message.server_folder,
+            "uidvalidity": int(message.uidvalidity) if message.uidvalidity is not None else None,
+            "uid": int(message.uid) if message.uid is not None else None,
             "flags": list(message.flags or []),
             "seen": message.seen,
             "subject": message.subject,
