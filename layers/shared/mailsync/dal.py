@@ -380,8 +380,11 @@ def get_sync_state(tenant_id: str, user_id: str) -> SyncStateModel | None:
         return None
 
 
-def acquire_lease(tenant_id: str, user_id: str, owner: str, seconds: int) -> SyncStateModel | None:
-    """Take the account's lease (conditional write with expiry); returns the state, or None if held."""
+def acquire_lease(
+    tenant_id: str, user_id: str, owner: str, seconds: int, fields: dict[str, Any] | None = None
+) -> SyncStateModel | None:
+    """Take the account's lease (conditional write with expiry); returns the state (read by the
+    same request), or None if another worker holds it. ``fields`` are written along."""
     bind_tables()
     now = int(time.time())
     state = SyncStateModel(account_pk(tenant_id, user_id), "STATE")
@@ -395,6 +398,7 @@ def acquire_lease(tenant_id: str, user_id: str, owner: str, seconds: int) -> Syn
             actions=[
                 SyncStateModel.lease_owner.set(owner),
                 SyncStateModel.lease_expires.set(now + seconds),
+                *_set_actions(SyncStateModel, fields or {}),
             ],
             condition=condition,
         )

@@ -71,7 +71,10 @@ def run_job(
     if not account.fetch_enabled or account.status == "auth_failed" or account.protocol != "imap":
         # auth_failed: no login until the settings change (they reset the status).
         return JobResult("skipped")
-    state = dal.acquire_lease(job.tenant_id, job.user_id, owner, LEASE_SECONDS)
+    # Marking the account "syncing" rides on the lease write: one request, not two.
+    state = dal.acquire_lease(
+        job.tenant_id, job.user_id, owner, LEASE_SECONDS, {"state": "syncing", "last_started_at": dal.utcnow()}
+    )
     if state is None:
         return JobResult("busy")
     final: dict[str, Any] = {}
@@ -80,11 +83,13 @@ def run_job(
             time.time() - state.last_success_at.timestamp() < MIN_SECONDS_BETWEEN_SCHEDULED_SYNCS
         )
         if job.reason == "schedule" and recent:
+            final = {"state": "idle"}  # it succeeded moments ago
             return JobResult("skipped")
         settings = get_settings()
         slot = dal.acquire_host_slot(account.host, owner, settings.host_concurrency, LEASE_SECONDS)
         if slot is None:
             scheduling.enqueue(job.tenant_id, job.user_id, job.reason, delay_seconds=HOST_BUSY_DELAY_SECONDS)
+            final = {"state": "idle"}  # waiting for room on the host, not syncing
             return JobResult("busy")
         try:
             result, final = _sync(account, state, owner, deadline, reader_factory)
@@ -104,8 +109,6 @@ def _sync(
     reader_factory: Callable[..., MailboxReader],
 ) -> tuple[JobResult, dict[str, Any]]:
     settings = get_settings()
-    started = dal.utcnow()
-    dal.save_sync_progress(state, owner, {"state": "syncing", "last_started_at": started})
     try:
         params = server_params(account, settings)
         outcome = _with_connect_retries(

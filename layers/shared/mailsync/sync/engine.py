@@ -37,6 +37,17 @@ MAX_TEXT = 2000
 MAX_LIST = 100
 
 
+def _plain(value: Any) -> Any:
+    """DynamoDB numbers come back as Decimal: compare checkpoints as plain ints."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if hasattr(value, "as_integer_ratio") and not isinstance(value, bool | float):
+        return int(value)
+    return value
+
+
 def _cap(value: str | None, limit: int) -> str | None:
     return value if value is None or len(value) <= limit else value[: limit - 1] + "…"
 
@@ -132,6 +143,7 @@ class AccountSync:
         self.vanished: list[Known] = []
         self.outcome = SyncOutcome()
         self.has_detached = bool(state.has_detached)
+        self._written: dict[str, Any] | None = None
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -589,5 +601,14 @@ class AccountSync:
         fields: dict[str, Any] = {"folders": folders, "has_detached": self.has_detached}
         if self.state.last_sweep_at is not None:
             fields["last_sweep_at"] = int(self.state.last_sweep_at)
+        if self._written is None:
+            self._written = {
+                "folders": _plain(self.state.folders.as_dict() if self.state.folders is not None else {}),
+                "has_detached": bool(self.state.has_detached),
+                "last_sweep_at": int(self.state.last_sweep_at) if self.state.last_sweep_at is not None else None,
+            }
+        if _plain(fields) == {k: v for k, v in self._written.items() if k in fields}:
+            return  # a sync that found nothing writes nothing
         dal.save_sync_progress(self.state, self.owner, fields)
+        self._written = _plain(fields)
         self.folder_meta = {k: dict(v) for k, v in folders.items()}
