@@ -244,14 +244,18 @@ def _parse_fetch(data: list[Any]) -> dict[int, dict[bytes, Any]]:
         return out
     parsed = gen_parsed_response(items)
     for _seq in parsed:
-        attrs = next(parsed, None)
-        if not isinstance(attrs, tuple) or len(attrs) % 2:
-            raise ConnectFailed(f"The mail server sent a malformed FETCH response: {attrs!r}")
-        fields = {_text(attrs[i]).upper().encode(): attrs[i + 1] for i in range(0, len(attrs), 2)}
+        fields = {k.encode(): v for k, v in _pairs(next(parsed, None), "FETCH").items()}
         uid = fields.get(b"UID")
         if isinstance(uid, int):
             out.setdefault(uid, {}).update(fields)
     return out
+
+
+def _pairs(values: Any, what: str) -> dict[str, Any]:
+    """An IMAP attribute list ``(NAME value NAME value ...)`` as a dict with upper-case names."""
+    if not isinstance(values, tuple) or len(values) % 2:
+        raise ConnectFailed(f"The mail server sent a malformed {what} response: {values!r}")
+    return {_text(values[i]).upper(): values[i + 1] for i in range(0, len(values), 2)}
 
 
 def _parse_status(data: list[Any]) -> list[tuple[str, dict[str, int]]]:
@@ -261,10 +265,7 @@ def _parse_status(data: list[Any]) -> list[tuple[str, dict[str, int]]]:
         return out
     parsed = gen_parsed_response(items)
     for name in parsed:
-        values = next(parsed, None)
-        if not isinstance(values, tuple) or len(values) % 2:
-            raise ConnectFailed(f"The mail server sent a malformed STATUS response: {values!r}")
-        fields = {_text(values[i]).upper(): values[i + 1] for i in range(0, len(values), 2)}
+        fields = _pairs(next(parsed, None), "STATUS")
         out.append((_folder_name(name), {k: int(v) for k, v in fields.items() if isinstance(v, int)}))
     return out
 
