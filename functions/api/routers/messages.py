@@ -7,9 +7,17 @@ from typing import Annotated
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
 
-from mailsync.schemas import MessageOut, MessagePageOut, RawLinkOut, SyncRequestOut, SyncStatusOut
+from mailsync.schemas import (
+    MessageOut,
+    MessagePageOut,
+    MessagePatchIn,
+    MessageSendIn,
+    RawLinkOut,
+    SyncRequestOut,
+    SyncStatusOut,
+)
 from mailsync.services import messages
 from routers.common import UserIdPath, principal, responses
 
@@ -78,3 +86,35 @@ def post_sync(user_id: UserIdPath) -> Response[SyncRequestOut]:
 )
 def get_sync_status(user_id: UserIdPath) -> SyncStatusOut:
     return messages.sync_status(principal(router.current_event), user_id)
+
+
+@router.patch(
+    "/messages/<message_id>",
+    tags=["Messages"],
+    summary="Mark read/unread and/or move; applied to the mail server within seconds",
+    responses=responses({409: {"description": "`conflict`: the message is no longer on the server"}}),
+)
+def patch_message(message_id: MessageIdPath, body: Annotated[MessagePatchIn, Body()]) -> MessageOut:
+    return messages.patch_message(principal(router.current_event), message_id, body)
+
+
+@router.delete(
+    "/messages/<message_id>",
+    tags=["Messages"],
+    summary="Move to the mapped trash folder",
+    responses=responses({202: {"description": "Pending"}, 409: {"description": "`conflict`: no trash mapped"}}),
+)
+def delete_message(message_id: MessageIdPath) -> Response[MessageOut]:
+    out = messages.delete_message(principal(router.current_event), message_id)
+    return Response(status_code=202, content_type="application/json", body=out)
+
+
+@router.post(
+    "/users/<user_id>/messages",
+    tags=["Messages"],
+    summary="Place a message written in the CRM in the mapped server folder (Sent by default)",
+    responses=responses({201: {"description": "Stored; the append is pending"}}),
+)
+def send_message(user_id: UserIdPath, body: Annotated[MessageSendIn, Body()]) -> Response[MessageOut]:
+    out = messages.send_message(principal(router.current_event), user_id, body)
+    return Response(status_code=201, content_type="application/json", body=out)

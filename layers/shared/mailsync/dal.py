@@ -189,6 +189,10 @@ class MessageModel(_Item):
     state = UnicodeAttribute(default="synced")
     detach_reason = UnicodeAttribute(null=True)
     detached_at = UTCDateTimeAttribute(null=True)
+    # CRM changes not yet on the server; while > 0 the message shows the CRM's wish (seen,
+    # folder) and the pull keeps it rather than flipping it back.
+    pending_ops = NumberAttribute(default=0)
+    last_op_error = UnicodeAttribute(null=True)
     created_at = UTCDateTimeAttribute(default_for_new=utcnow)
     updated_at = UTCDateTimeAttribute(default=utcnow)
 
@@ -231,7 +235,24 @@ class SyncStateModel(_Item):
     # Set once any message of the account was detached: only then can an arrival be a revival,
     # which costs a lookup per arrival (skipped for the common first sync of a fresh account).
     has_detached = BooleanAttribute(default=False)
+    op_seq = NumberAttribute(default=0)
+    # Kept in the same transactions as the op items, so a sync with nothing to push does not
+    # even query for ops (the lease write returns this item).
+    ops_pending = NumberAttribute(default=0)
     folders = MapAttribute(default=dict)
+
+
+class OpModel(_Item):
+    """A CRM change waiting to reach the server, in order per account (sk = sequence number)."""
+
+    seq = NumberAttribute()
+    tenant_id = UnicodeAttribute()
+    user_id = UnicodeAttribute()
+    kind = UnicodeAttribute()  # seen | move | append
+    message_id = UnicodeAttribute()
+    seen = BooleanAttribute(null=True)
+    folder = UnicodeAttribute(null=True)  # CRM folder (move)
+    created_at = UTCDateTimeAttribute(default_for_new=utcnow)
 
 
 class HostSlotModel(_Item):
@@ -247,6 +268,7 @@ _MESSAGE_MODELS: tuple[type[Model], ...] = (
     MatchKeyModel,
     SyncStateModel,
     HostSlotModel,
+    OpModel,
 )
 
 
@@ -287,6 +309,10 @@ def window_sk(internal_date: datetime, uidvalidity: int, uid: int) -> str:
 
 def match_pk(tenant_id: str, user_id: str, key: str) -> str:
     return f"{account_pk(tenant_id, user_id)}#K#{key}"
+
+
+def ops_pk(tenant_id: str, user_id: str) -> str:
+    return f"{account_pk(tenant_id, user_id)}#OPS"
 
 
 def folder_gsi_pk(tenant_id: str, user_id: str, folder: str) -> str:
@@ -619,7 +645,11 @@ def drop_location(location: LocationModel, window: WindowModel | None) -> None:
             tx.delete(window)
 
 
-def update_flags(message: MessageModel, location: LocationModel, flags: list[str], seen: bool) -> None:
+def update_flags(
+    message: MessageModel, location: LocationModel, flags: list[str], seen: bool, agreed: list[str] | None = None
+) -> None:
+    """Flags shown on the message, and the flags last agreed with the server on its location
+    (they differ only while a CRM change waits)."""
     bind_tables()
     now = utcnow()
     with _transaction() as tx:
@@ -627,7 +657,88 @@ def update_flags(message: MessageModel, location: LocationModel, flags: list[str
             message,
             actions=[MessageModel.flags.set(flags), MessageModel.seen.set(seen), MessageModel.updated_at.set(now)],
         )
-        tx.update(location, actions=[LocationModel.flags.set(flags)])
+        tx.update(location, actions=[LocationModel.flags.set(flags if agreed is None else agreed)])
+
+
+# --- pending CRM operations --------------------------------------------------------------------
+
+
+def next_op_seq(tenant_id: str, user_id: str) -> int:
+    """A strictly increasing number per account (atomic counter): the order ops reach the server."""
+    bind_tables()
+    state = SyncStateModel(account_pk(tenant_id, user_id), "STATE")
+    state.update(actions=[SyncStateModel.op_seq.add(1)])
+    return int(state.op_seq)
+
+
+def new_op(tenant_id: str, user_id: str, kind: str, message_id: str, **fields: Any) -> OpModel:
+    bind_tables()
+    seq = next_op_seq(tenant_id, user_id)
+    return OpModel(
+        ops_pk(tenant_id, user_id),
+        f"{seq:020d}",
+        seq=seq,
+        tenant_id=tenant_id,
+        user_id=user_id,
+        kind=kind,
+        message_id=message_id,
+        **fields,
+    )
+
+
+def record_ops(message: MessageModel, ops: list[OpModel], fields: dict[str, Any]) -> None:
+    """Store CRM changes and show them on the message, atomically (the change is durable once
+    the API answers)."""
+    bind_tables()
+    with _transaction() as tx:
+        for op in ops:
+            tx.save(op)
+        tx.update(
+            message,
+            actions=[*_set_actions(MessageModel, fields), MessageModel.pending_ops.add(len(ops))],
+            condition=MessageModel.pk.exists(),
+        )
+        tx.update(_state_key(message.tenant_id, message.user_id), actions=[SyncStateModel.ops_pending.add(len(ops))])
+
+
+def create_outgoing(message: MessageModel, op: OpModel) -> None:
+    """A message written in the CRM, with its append op."""
+    bind_tables()
+    with _transaction() as tx:
+        tx.save(message, condition=MessageModel.pk.does_not_exist())
+        tx.save(
+            MatchKeyModel(match_pk(message.tenant_id, message.user_id, message.match_key), message.id, id=message.id)
+        )
+        tx.save(op)
+
+
+def pending_ops(tenant_id: str, user_id: str) -> list[OpModel]:
+    bind_tables()
+    return list(OpModel.query(ops_pk(tenant_id, user_id), consistent_read=True))
+
+
+def complete_op(op: OpModel, message: MessageModel | None, fields: dict[str, Any] | None = None) -> None:
+    """The op reached the server (or was dropped): remove it and update the message in one go."""
+    bind_tables()
+    with _transaction() as tx:
+        tx.delete(op, condition=OpModel.pk.exists())
+        tx.update(_state_key(op.tenant_id, op.user_id), actions=[SyncStateModel.ops_pending.add(-1)])
+        if message is not None:
+            actions = [*_set_actions(MessageModel, fields or {}), MessageModel.pending_ops.add(-1)]
+            tx.update(message, actions=actions, condition=MessageModel.pk.exists())
+
+
+def link_location(message: MessageModel, location: LocationModel, window: WindowModel, fields: dict[str, Any]) -> None:
+    """Give a message written in the CRM its server copy."""
+    bind_tables()
+    with _transaction() as tx:
+        tx.save(location)
+        tx.save(window)
+        tx.update(message, actions=_set_actions(MessageModel, fields))
+
+
+def _state_key(tenant_id: str, user_id: str) -> SyncStateModel:
+    return SyncStateModel(account_pk(tenant_id, user_id), "STATE")
 
 
 def _transaction() -> TransactWrite:

@@ -174,8 +174,30 @@ class MessageOut(BaseModel):
     participants: list[str]
     state: Literal["synced", "detached"]
     detach_reason: Literal["removed", "moved_unmapped", "aged_out"] | None = None
+    sync_state: Literal["synced", "pending"] = Field(
+        description="`pending` while a change made in the CRM has not reached the mail server yet"
+    )
+    last_op_error: str | None = Field(default=None, description="Why the last CRM change could not be applied")
 
     model_config = ConfigDict(populate_by_name=True)
+
+
+class MessagePatchIn(BaseModel):
+    """Mark read/unread and/or move to another mapped CRM folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seen: bool | None = None
+    folder: str | None = Field(default=None, pattern=r"^[a-z0-9_-]{1,40}$", description="A mapped CRM folder")
+
+
+class MessageSendIn(BaseModel):
+    """A message written in the CRM, to be placed in the mapped server folder (Sent by default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    raw: str = Field(min_length=1, max_length=35_000_000, description="The RFC 822 message, base64")
+    folder: str = Field(default="sent", pattern=r"^[a-z0-9_-]{1,40}$")
 
 
 class MessagePageOut(BaseModel):

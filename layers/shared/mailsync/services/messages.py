@@ -5,22 +5,27 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import uuid
 from datetime import datetime
 from typing import Any
 
-from mailsync import blobstore, dal
-from mailsync.errors import NotFound, ValidationFailed
+from mailsync import blobstore, dal, mime
+from mailsync.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from mailsync.identity import Principal
 from mailsync.schemas import (
     FolderProgressOut,
     FolderSyncOut,
     MessageOut,
     MessagePageOut,
+    MessagePatchIn,
+    MessageSendIn,
     RawLinkOut,
     SyncStatusOut,
 )
 from mailsync.services import scheduling
-from mailsync.services.accounts import require_account, target_for
+from mailsync.services.accounts import Target, require_account, target_for
+from mailsync.sync import planner
+from mailsync.sync.metadata import metadata_fields
 
 RAW_URL_SECONDS = 300
 
@@ -58,6 +63,8 @@ def to_out(message: dal.MessageModel) -> MessageOut:
             "participants": list(message.participants or []),
             "state": message.state,
             "detach_reason": message.detach_reason,
+            "sync_state": "pending" if int(message.pending_ops or 0) > 0 else "synced",
+            "last_op_error": message.last_op_error,
         }
     )
 
@@ -167,3 +174,123 @@ def sync_status(principal: Principal, user_id: str) -> SyncStatusOut:
         last_error=(state.last_error if state else None) or account.last_error,
         folders=folders,
     )
+
+
+# --- changes made in the CRM -------------------------------------------------------------------
+
+MAX_RAW_BYTES = 25 * 1024 * 1024
+
+
+def _own_message(principal: Principal, message_id: str) -> dal.MessageModel:
+    message = _visible_message(principal, message_id)
+    if message.user_id != principal.user_id:
+        raise Forbidden("Only the mailbox owner can change a message")
+    return message
+
+
+def _server_folder(account: dal.AccountModel, crm_folder: str, field: str) -> str:
+    folder_map = account.folder_map.as_dict() if account.folder_map is not None else {"inbox": "INBOX"}
+    if crm_folder not in folder_map:
+        raise ValidationFailed(f"CRM folder '{crm_folder}' is not mapped to a server folder", field=field)
+    return folder_map[crm_folder]
+
+
+def _require_synced(message: dal.MessageModel) -> None:
+    if message.state != "synced":
+        raise Conflict(
+            f"The message is no longer on the mail server ({message.detach_reason}); only its archived copy remains"
+        )
+
+
+def patch_message(principal: Principal, message_id: str, body: MessagePatchIn) -> MessageOut:
+    """Record read/unread and move as pending operations; the worker applies them in order."""
+    if body.seen is None and body.folder is None:
+        raise ValidationFailed("Give `seen` and/or `folder`", field="seen")
+    message = _own_message(principal, message_id)
+    _require_synced(message)
+    account = require_account(Target(message.tenant_id, message.user_id))
+    ops: list[dal.OpModel] = []
+    fields: dict[str, Any] = {"updated_at": dal.utcnow(), "last_op_error": None}
+    if body.seen is not None:
+        ops.append(dal.new_op(message.tenant_id, message.user_id, "seen", message.id, seen=body.seen))
+        flags = set(message.flags or []) | {"\\Seen"} if body.seen else set(message.flags or []) - {"\\Seen"}
+        fields.update(seen=body.seen, flags=sorted(flags))
+    if body.folder is not None:
+        _server_folder(account, body.folder, "folder")
+        ops.append(dal.new_op(message.tenant_id, message.user_id, "move", message.id, folder=body.folder))
+        fields.update(folder=body.folder, gsi2pk=dal.folder_gsi_pk(message.tenant_id, message.user_id, body.folder))
+    dal.record_ops(message, ops, fields)
+    scheduling.enqueue(message.tenant_id, message.user_id, "push")
+    fresh = dal.get_message(message.id)
+    assert fresh is not None
+    return to_out(fresh)
+
+
+def delete_message(principal: Principal, message_id: str) -> MessageOut:
+    """Move to the mapped trash folder (a pending move)."""
+    message = _own_message(principal, message_id)
+    account = require_account(Target(message.tenant_id, message.user_id))
+    folder_map = account.folder_map.as_dict() if account.folder_map is not None else {}
+    if "trash" not in folder_map:
+        raise Conflict("No trash folder is mapped: map `trash` in the folder map to delete messages")
+    return patch_message(principal, message_id, MessagePatchIn(folder="trash"))
+
+
+def _with_message_id(raw: bytes, sender_domain: str | None) -> tuple[bytes, str]:
+    parsed = mime.parse_message(raw)
+    if parsed.message_id:
+        return raw, parsed.message_id
+    domain = sender_domain or "mailsync.invalid"
+    new_id = f"{uuid.uuid4().hex}@{domain}"
+    # Prepended, so the rest of the message stays byte for byte as written.
+    return f"Message-ID: <{new_id}>\r\n".encode() + raw, new_id
+
+
+def send_message(principal: Principal, user_id: str, body: MessageSendIn) -> MessageOut:
+    """Store a message written in the CRM and queue its append to the mapped server folder."""
+    target = target_for(principal, user_id)
+    account = require_account(target)
+    server_folder = _server_folder(account, body.folder, "folder")
+    try:
+        raw = base64.b64decode(body.raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationFailed("raw must be the message in base64", field="raw") from None
+    if not raw.strip():
+        raise ValidationFailed("raw is empty", field="raw")
+    if len(raw) > MAX_RAW_BYTES:
+        raise ValidationFailed(f"raw is larger than {MAX_RAW_BYTES // (1024 * 1024)} MB", field="raw")
+    first = mime.parse_message(raw)
+    sender_domain = first.from_[0].email.rpartition("@")[2] if first.from_ else None
+    raw, internet_id = _with_message_id(raw, sender_domain or None)
+    parsed = mime.parse_message(raw)
+    s3_key, sha = blobstore.put_raw(target.tenant_id, target.user_id, raw)
+    message_id = base64.b32encode(uuid.uuid4().bytes[:15]).decode().lower()
+    when = parsed.date or dal.utcnow()
+    sort_key = f"{dal.iso(when)}#{message_id}"
+    message = dal.MessageModel(
+        dal.message_pk(message_id),
+        "M",
+        gsi1pk=dal.account_pk(target.tenant_id, target.user_id),
+        gsi1sk=sort_key,
+        gsi2pk=dal.folder_gsi_pk(target.tenant_id, target.user_id, body.folder),
+        gsi2sk=sort_key,
+        id=message_id,
+        tenant_id=target.tenant_id,
+        user_id=target.user_id,
+        folder=body.folder,
+        server_folder=server_folder,
+        flags=["\\Seen"],
+        seen=True,
+        internal_date=when,
+        size=len(raw),
+        match_key=planner.match_key(internet_id, sha),
+        s3_key=s3_key,
+        content_hash=sha,
+        state="synced",
+        pending_ops=1,
+        **metadata_fields(parsed, sha),
+    )
+    op = dal.new_op(target.tenant_id, target.user_id, "append", message_id)
+    dal.create_outgoing(message, op)
+    scheduling.enqueue(target.tenant_id, target.user_id, "push")
+    return to_out(message)

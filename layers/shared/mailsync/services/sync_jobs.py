@@ -23,10 +23,13 @@ from mailsync.errors import AuthFailed, MailboxError, MailTimeout, TlsFailed
 from mailsync.mailbox.base import ServerParams
 from mailsync.mailbox.imap import open_imap
 from mailsync.mailbox.reader import MailboxReader
+from mailsync.mailbox.writer import MailboxWriter
 from mailsync.observability import logger
 from mailsync.services import scheduling
 from mailsync.services.accounts import server_params
 from mailsync.sync.engine import AccountSync, SyncOutcome
+from mailsync.sync.engine import faults as engine_faults
+from mailsync.sync.pusher import Pusher
 
 LEASE_SECONDS = 300 + 60  # the worker's Lambda timeout plus a margin: a crashed worker's lease expires
 CONNECT_ATTEMPTS = 3
@@ -155,11 +158,24 @@ def _run_engine(
     reader_factory: Callable[..., MailboxReader],
 ) -> SyncOutcome:
     with open_imap(params, settings) as session:
-        engine = AccountSync(account, state, reader_factory(session), owner=owner, deadline=deadline)
+        reader = reader_factory(session)
+        pusher = Pusher(account, reader, MailboxWriter(session), faults=engine_faults)
+        ops = dal.pending_ops(account.tenant_id, account.user_id) if int(state.ops_pending or 0) > 0 else []
+        engine: AccountSync | None = None
         try:
-            return engine.run()
+            # CRM changes first (they win conflicts on \Seen), then the pull; ops whose message
+            # moved or vanished on the server run again once the pull has found where it is.
+            waiting = pusher.run(ops)
+            engine = AccountSync(
+                account, state, reader, owner=owner, deadline=deadline, revivable=pusher.revivable(waiting)
+            )
+            outcome = engine.run()
+            if waiting and outcome.complete:
+                pusher.run(waiting, last_chance=True)
+            outcome.pushed = pusher.applied
+            return outcome
         finally:
-            events.publish(engine.events)
+            events.publish(pusher.events + (engine.events if engine is not None else []))
 
 
 def _with_connect_retries(action: Callable[[], SyncOutcome]) -> SyncOutcome:

@@ -27,14 +27,19 @@ from mailsync.events import MESSAGE_DETACHED, MESSAGE_RECEIVED, MESSAGE_UPDATED,
 from mailsync.mailbox.reader import FetchedMessage, MailboxReader, MessageSummary
 from mailsync.observability import logger
 from mailsync.sync import planner
+from mailsync.sync.metadata import metadata_fields
 from mailsync.sync.planner import Arrival, FirstSync, FolderState, Known, Mode, ServerStatus
 
 BATCH_COUNT = 50
 BATCH_BYTES = 8 * 1024 * 1024
 SWEEP_INTERVAL_SECONDS = 3600
-# DynamoDB items are at most 400 KB; a hostile header must not make a message unstorable.
-MAX_TEXT = 2000
-MAX_LIST = 100
+
+
+def _with_seen(flags: Iterable[str], seen: bool) -> list[str]:
+    out = set(flags) - {"\\Seen"}
+    if seen:
+        out.add("\\Seen")
+    return sorted(out)
 
 
 def _plain(value: Any) -> Any:
@@ -46,10 +51,6 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "as_integer_ratio") and not isinstance(value, bool | float):
         return int(value)
     return value
-
-
-def _cap(value: str | None, limit: int) -> str | None:
-    return value if value is None or len(value) <= limit else value[: limit - 1] + "…"
 
 
 class InjectedCrash(RuntimeError):
@@ -87,6 +88,7 @@ class SyncOutcome:
     relinked: int = 0
     detached: int = 0
     flag_updates: int = 0
+    pushed: int = 0
     imap_commands: int = 0
     folder_errors: dict[str, str] = field(default_factory=dict)
 
@@ -124,6 +126,7 @@ class AccountSync:
         owner: str,
         deadline: Callable[[], bool] = lambda: False,
         now: datetime | None = None,
+        revivable: dict[str, list[str]] | None = None,
     ) -> None:
         self.account = account
         self.state = state
@@ -144,6 +147,8 @@ class AccountSync:
         self.outcome = SyncOutcome()
         self.has_detached = bool(state.has_detached)
         self._written: dict[str, Any] | None = None
+        # CRM-written messages not yet appended: an arrival with their key is them.
+        self.revivable = {k: list(v) for k, v in (revivable or {}).items()}
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -297,8 +302,12 @@ class AccountSync:
             if message is None:
                 continue
             seen = "\\Seen" in flags
-            dal.update_flags(message, location, list(flags), seen)
-            message.flags, message.seen = list(flags), seen
+            if int(message.pending_ops or 0) > 0:
+                # A CRM change still waits for this message: its \Seen wins (three-way rule).
+                seen = bool(message.seen)
+            shown = _with_seen(flags, seen)
+            dal.update_flags(message, location, shown, seen, agreed=list(flags))
+            message.flags, message.seen = shown, seen
             self.events.append(message_event(MESSAGE_UPDATED, message, changes={"flags": list(flags), "seen": seen}))
             self.outcome.flag_updates += 1
 
@@ -343,8 +352,12 @@ class AccountSync:
         # Oldest UID first, as the vanished copies are consumed: two copies with the same
         # Message-ID keep their own ids across a UIDVALIDITY reset.
         arrivals = sorted((a for a in arrivals if a is not None), key=lambda a: a.uid)
-        detached = self._detached_candidates({a.match_key for a in arrivals}) if self.has_detached else {}
-        result = planner.reconcile(arrivals, self.vanished, detached)
+        candidates = self._detached_candidates({a.match_key for a in arrivals}) if self.has_detached else {}
+        for key, ids in self.revivable.items():
+            candidates[key] = [*ids, *candidates.get(key, [])]
+        result = planner.reconcile(arrivals, self.vanished, candidates)
+        used = {r.id for r in result.relinks}
+        self.revivable = {k: [i for i in v if i not in used] for k, v in self.revivable.items()}
         self.vanished = result.vanished
         for relink in result.relinks:
             self._relink(relink)
@@ -410,7 +423,7 @@ class AccountSync:
             return
         crm_folder = self.crm_for[arrival.server_folder]
         location, window = self._location_items(arrival, relink.id)
-        fields = {
+        fields: dict[str, Any] = {
             "folder": crm_folder,
             "server_folder": arrival.server_folder,
             "uidvalidity": arrival.uidvalidity,
@@ -423,6 +436,14 @@ class AccountSync:
             "gsi2pk": dal.folder_gsi_pk(self.tenant, self.user, crm_folder),
             "updated_at": dal.utcnow(),
         }
+        if int(message.pending_ops or 0) > 0:
+            # CRM changes wait for this message: it keeps showing them (folder, \Seen) while
+            # its server copy is tracked; the pusher applies them from here.
+            for name in ("folder", "gsi2pk"):
+                fields.pop(name)
+            fields["seen"] = bool(message.seen)
+            fields["flags"] = _with_seen(arrival.flags, bool(message.seen))
+            crm_folder = message.folder
         old = None
         if relink.old is not None:
             o = relink.old
@@ -467,10 +488,6 @@ class AccountSync:
     ) -> dal.MessageModel:
         parsed = mime.parse_message(raw)
         sort_key = f"{dal.iso(arrival.internal_date)}#{message_id}"
-
-        def addresses(values: list[mime.Address]) -> list[dict[str, Any]]:
-            return [{"name": _cap(a.name, 200), "email": a.email[:320]} for a in values[:MAX_LIST]]
-
         return dal.MessageModel(
             dal.message_pk(message_id),
             "M",
@@ -487,30 +504,13 @@ class AccountSync:
             uid=arrival.uid,
             flags=list(arrival.flags),
             seen="\\Seen" in arrival.flags,
-            subject=_cap(parsed.subject, MAX_TEXT),
-            from_=addresses(parsed.from_),
-            to=addresses(parsed.to),
-            cc=addresses(parsed.cc),
-            bcc=addresses(parsed.bcc),
-            reply_to=addresses(parsed.reply_to),
-            date=parsed.date,
             internal_date=arrival.internal_date,
             size=arrival.size,
-            message_id=_cap(parsed.message_id, 900),
-            in_reply_to=_cap(parsed.in_reply_to, 900),
-            references=list(parsed.references)[-MAX_LIST:],
-            thread_id=mime.thread_key(parsed, sha),
-            snippet=parsed.snippet,
-            attachments=[
-                {"filename": _cap(a.filename, 300), "content_type": a.content_type[:200], "size": a.size}
-                for a in parsed.attachments[:MAX_LIST]
-            ],
-            participants=mime.participants(parsed)[: MAX_LIST * 4],
-            parse_errors=list(parsed.parse_errors)[:20],
             match_key=arrival.match_key,
             s3_key=s3_key,
             content_hash=sha,
             state="synced",
+            **metadata_fields(parsed, sha),
         )
 
     # -- steps 4 and 5 --------------------------------------------------------------------------
