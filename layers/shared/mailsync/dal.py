@@ -710,6 +710,7 @@ def create_outgoing(message: MessageModel, op: OpModel) -> None:
             MatchKeyModel(match_pk(message.tenant_id, message.user_id, message.match_key), message.id, id=message.id)
         )
         tx.save(op)
+        tx.update(_state_key(message.tenant_id, message.user_id), actions=[SyncStateModel.ops_pending.add(1)])
 
 
 def pending_ops(tenant_id: str, user_id: str) -> list[OpModel]:

@@ -139,6 +139,9 @@ def open_imap(params: ServerParams, settings: Settings) -> Iterator[ImapSession]
             client.shutdown()
             logger.info("IMAP login rejected", extra={"mail_host": params.host})
             raise AuthFailed() from None
+        # Read the post-login capabilities while the LOGIN response still carries them; after
+        # the first SELECT imapclient would need a CAPABILITY command of its own.
+        client.capabilities()
     try:
         yield ImapSession(client, params, getattr(client, "mailsync_counter", None))
     finally:

@@ -293,4 +293,6 @@ def send_message(principal: Principal, user_id: str, body: MessageSendIn) -> Mes
     op = dal.new_op(target.tenant_id, target.user_id, "append", message_id)
     dal.create_outgoing(message, op)
     scheduling.enqueue(target.tenant_id, target.user_id, "push")
-    return to_out(message)
+    stored = dal.get_message(message_id)
+    assert stored is not None
+    return to_out(stored)
