@@ -242,3 +242,21 @@ def test_crash_after_the_server_change_then_rerun(account: Account, fault: str) 
     assert len(messages) == 2
     assert messages["crashy"]["id"] == msg["id"]
     assert all(m["sync_state"] == "synced" for m in messages.values())
+
+
+def test_move_after_a_crash_between_copy_and_expunge(account: Account) -> None:
+    """Without MOVE a move is COPY + EXPUNGE; a crash in between leaves a copy in the target."""
+    with account.user.client() as imap:
+        if imap.has("MOVE"):
+            pytest.skip("MOVE is atomic: there is no half-done move on this flavour")
+    uids = seed(account, "half moved")
+    msg = account.synced()["half moved"]
+    patch(account, msg["id"], folder="archive")
+    with account.user.client() as imap:  # what the crashed attempt left behind
+        imap.imap.select_folder("INBOX")
+        imap.imap.copy([uids["half moved"]], "Archive")
+    account.sync(reason="push")
+    account.sync()
+    assert server_subjects(account, "INBOX") == []
+    assert server_subjects(account, "Archive") == ["half moved"]
+    assert [m["id"] for m in account.messages()] == [msg["id"]]

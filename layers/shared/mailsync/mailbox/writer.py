@@ -235,6 +235,17 @@ class MailboxWriter:
                 raise ConnectFailed(f"The message was moved to {dest!r} but could not be found there")
             return found_uid
 
+    def remove(self, folder: str, uid: int) -> bool:
+        """Expunge exactly this message (others' \\Deleted messages are spared); False if it is
+        not there. Used to finish a move whose COPY went through before a crash."""
+        with self._reader._guard(f"removing a message from {folder!r}"):
+            self._select(folder, writable=True)
+            found = self._reader._uid_search(f"OR UID {uid} DELETED")
+            if uid not in found:
+                return False
+            self._expunge_one(uid, [u for u in found if u != uid], self.has_uidplus)
+            return True
+
     def append(
         self,
         folder: str,

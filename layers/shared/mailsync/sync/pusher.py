@@ -143,13 +143,21 @@ class Pusher:
             dal.complete_op(op, message, {"folder": op.folder, "updated_at": dal.utcnow()})
             return True
         source = message.server_folder
-        new_uid = self.writer.move(
-            source,
-            int(message.uid),
-            target,
-            message_id=message.message_id,
-            content_sha256=message.content_hash,
-        )
+        new_uid = None
+        if not self.writer.has_move:
+            # Without MOVE a crash between COPY and EXPUNGE leaves a copy in the target: finish
+            # that move instead of copying a second time.
+            new_uid = self._find_existing(target, message)
+            if new_uid is not None:
+                self.writer.remove(source, int(message.uid))
+        if new_uid is None:
+            new_uid = self.writer.move(
+                source,
+                int(message.uid),
+                target,
+                message_id=message.message_id,
+                content_sha256=message.content_hash,
+            )
         if new_uid is None:
             return False
         self._hit("after_move")
