@@ -56,7 +56,7 @@ class ApiResponse:
     raw: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Caller:
     user: str = "alice"
     tenant: str = "acme"

@@ -13,7 +13,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from mailsync.api_errors import error_response, validation_error_response
 from mailsync.errors import MailboxError, MailsyncError, NotFound
 from mailsync.observability import logger, metrics, tracer
-from routers import folders, messages, settings
+from routers import dossiers, folders, messages, settings
 
 app = APIGatewayHttpResolver(enable_validation=True)
 app.enable_swagger(
@@ -28,6 +28,7 @@ app.enable_swagger(
 app.include_router(settings.router, prefix="/v1")
 app.include_router(folders.router, prefix="/v1")
 app.include_router(messages.router, prefix="/v1")
+app.include_router(dossiers.router, prefix="/v1")
 
 
 @app.exception_handler(RequestValidationError)

@@ -103,6 +103,24 @@ class AccountModel(Model):
     due = DueIndex()
 
 
+TENANT_SETTINGS_USER = "#tenant"  # user ids cannot contain "#": no account can collide
+
+
+class TenantSettingsModel(Model):
+    """Tenant-wide privacy settings, stored beside the tenant's accounts."""
+
+    class Meta:
+        table_name = "mailsync-accounts"
+        connect_timeout_seconds = 5
+        read_timeout_seconds = 20
+
+    tenant_id = UnicodeAttribute(hash_key=True)
+    user_id = UnicodeAttribute(range_key=True, default=TENANT_SETTINGS_USER)
+    confidential_keywords = ListAttribute(of=UnicodeAttribute, null=True)
+    confidential_contacts = ListAttribute(of=UnicodeAttribute, null=True)
+    updated_at = UTCDateTimeAttribute(default=utcnow)
+
+
 # ---------------------------------------------------------------------------------------------
 # Messages table
 # ---------------------------------------------------------------------------------------------
@@ -193,8 +211,41 @@ class MessageModel(_Item):
     # folder) and the pull keeps it rather than flipping it back.
     pending_ops = NumberAttribute(default=0)
     last_op_error = UnicodeAttribute(null=True)
+    # Only the owner may see a confidential message (see mailsync.privacy).
+    confidential = BooleanAttribute(default=False)
+    confidential_reasons = ListAttribute(of=UnicodeAttribute, default=list)
     created_at = UTCDateTimeAttribute(default_for_new=utcnow)
     updated_at = UTCDateTimeAttribute(default=utcnow)
+
+    def dossier_addresses(self) -> list[str]:
+        """Addresses whose dossier this message belongs to: From, To and Cc."""
+        seen: dict[str, None] = {}
+        for group in (self.from_, self.to, self.cc):
+            for address in group or []:
+                email = address["email"] if isinstance(address, dict) else address.email
+                if email:
+                    seen.setdefault(email.lower(), None)
+        return list(seen)
+
+
+class ThreadModel(_Item):
+    """Per owner and thread: whether it is confidential, and whether the owner decided so."""
+
+    confidential = BooleanAttribute(default=False)
+    by_owner = BooleanAttribute(default=False)
+    updated_at = UTCDateTimeAttribute(default=utcnow)
+
+
+class ThreadMemberModel(_Item):
+    id = UnicodeAttribute()
+
+
+class ContactIndexModel(_Item):
+    """The dossier index: one item per (tenant, address, message), newest first by sk."""
+
+    id = UnicodeAttribute()
+    user_id = UnicodeAttribute()
+    confidential = BooleanAttribute(default=False)
 
 
 class LocationModel(_Item):
@@ -269,6 +320,9 @@ _MESSAGE_MODELS: tuple[type[Model], ...] = (
     SyncStateModel,
     HostSlotModel,
     OpModel,
+    ThreadModel,
+    ThreadMemberModel,
+    ContactIndexModel,
 )
 
 
@@ -276,6 +330,7 @@ def bind_tables(settings: Settings | None = None) -> None:
     """Point the models at the configured tables."""
     settings = settings or get_settings()
     AccountModel.Meta.table_name = settings.accounts_table
+    TenantSettingsModel.Meta.table_name = settings.accounts_table
     for model in _MESSAGE_MODELS:
         model.Meta.table_name = settings.messages_table
 
@@ -309,6 +364,14 @@ def window_sk(internal_date: datetime, uidvalidity: int, uid: int) -> str:
 
 def match_pk(tenant_id: str, user_id: str, key: str) -> str:
     return f"{account_pk(tenant_id, user_id)}#K#{key}"
+
+
+def thread_pk(tenant_id: str, user_id: str, thread_id: str) -> str:
+    return f"{account_pk(tenant_id, user_id)}#T#{thread_id}"
+
+
+def contact_pk(tenant_id: str, address: str) -> str:
+    return f"C#{tenant_id}#{address.lower()}"
 
 
 def ops_pk(tenant_id: str, user_id: str) -> str:
@@ -515,10 +578,14 @@ def list_messages(
     seen: bool | None,
     limit: int,
     start_key: dict[str, Any] | None,
+    include_confidential: bool = True,
 ) -> tuple[list[MessageModel], dict[str, Any] | None]:
     """Newest first; returns a page and the key to continue from (None at the end)."""
     bind_tables()
     filter_condition = (MessageModel.seen == seen) if seen is not None else None
+    if not include_confidential:
+        public = MessageModel.confidential == False  # noqa: E712
+        filter_condition = public if filter_condition is None else (filter_condition & public)
     if folder is not None:
         index, hash_key, range_attr = (
             MessageModel.by_folder,
@@ -598,6 +665,7 @@ def write_new_messages(
     with WindowModel.batch_write() as batch:
         for _, _, window in rows:
             batch.save(window)
+    write_message_indexes([message for message, _, _ in rows])
     if between is not None:
         between()
     with LocationModel.batch_write() as batch:
@@ -711,6 +779,102 @@ def create_outgoing(message: MessageModel, op: OpModel) -> None:
         )
         tx.save(op)
         tx.update(_state_key(message.tenant_id, message.user_id), actions=[SyncStateModel.ops_pending.add(1)])
+
+
+def write_message_indexes(messages: list[MessageModel]) -> None:
+    """Thread membership and the dossier index of new messages (idempotent puts)."""
+    bind_tables()
+    with ThreadMemberModel.batch_write() as batch:
+        for m in messages:
+            batch.save(ThreadMemberModel(thread_pk(m.tenant_id, m.user_id, m.thread_id), f"M#{m.id}", id=m.id))
+    with ContactIndexModel.batch_write() as batch:
+        for m in messages:
+            for address in m.dossier_addresses():
+                batch.save(_contact_item(m, address))
+
+
+def _contact_item(message: MessageModel, address: str) -> ContactIndexModel:
+    return ContactIndexModel(
+        contact_pk(message.tenant_id, address),
+        f"{iso(message.internal_date)}#{message.id}",
+        id=message.id,
+        user_id=message.user_id,
+        confidential=bool(message.confidential),
+    )
+
+
+def get_tenant_settings(tenant_id: str) -> TenantSettingsModel | None:
+    bind_tables()
+    try:
+        return TenantSettingsModel.get(tenant_id, TENANT_SETTINGS_USER)
+    except DoesNotExist:
+        return None
+
+
+def save_tenant_settings(tenant_id: str, keywords: list[str], contacts: list[str]) -> TenantSettingsModel:
+    bind_tables()
+    item = TenantSettingsModel(
+        tenant_id, TENANT_SETTINGS_USER, confidential_keywords=keywords, confidential_contacts=contacts
+    )
+    item.save()
+    return item
+
+
+def get_threads(tenant_id: str, user_id: str, thread_ids: Iterable[str]) -> dict[str, ThreadModel]:
+    bind_tables()
+    keys = [(thread_pk(tenant_id, user_id, t), "THREAD") for t in set(thread_ids)]
+    if not keys:
+        return {}
+    return {item.pk.rsplit("#T#", 1)[1]: item for item in ThreadModel.batch_get(keys)}
+
+
+def mark_thread(tenant_id: str, user_id: str, thread_id: str, confidential: bool, by_owner: bool) -> None:
+    bind_tables()
+    ThreadModel(thread_pk(tenant_id, user_id, thread_id), "THREAD", confidential=confidential, by_owner=by_owner).save()
+
+
+def thread_member_ids(tenant_id: str, user_id: str, thread_id: str) -> list[str]:
+    bind_tables()
+    pk = thread_pk(tenant_id, user_id, thread_id)
+    return [m.id for m in ThreadMemberModel.query(pk, ThreadMemberModel.sk.startswith("M#"))]
+
+
+def set_confidential(message: MessageModel, confidential: bool, reasons: list[str]) -> None:
+    """Change a message's visibility, and its dossier entries with it."""
+    bind_tables()
+    message.update(
+        actions=[
+            MessageModel.confidential.set(confidential),
+            MessageModel.confidential_reasons.set(reasons),
+            MessageModel.updated_at.set(utcnow()),
+        ]
+    )
+    with ContactIndexModel.batch_write() as batch:
+        for address in message.dossier_addresses():
+            batch.save(_contact_item(message, address))
+
+
+def contact_messages(
+    tenant_id: str, address: str, viewer: str, limit: int, start_key: dict[str, Any] | None
+) -> tuple[list[ContactIndexModel], dict[str, Any] | None]:
+    """Dossier entries visible to ``viewer``: not confidential, or their own. Newest first."""
+    bind_tables()
+    visible = (ContactIndexModel.confidential == False) | (ContactIndexModel.user_id == viewer)  # noqa: E712
+    items: list[ContactIndexModel] = []
+    last_key = start_key
+    while len(items) < limit:
+        result = ContactIndexModel.query(
+            contact_pk(tenant_id, address),
+            filter_condition=visible,
+            scan_index_forward=False,
+            limit=limit - len(items),
+            last_evaluated_key=last_key,
+        )
+        items.extend(result)
+        last_key = result.last_evaluated_key
+        if not last_key:
+            break
+    return items, last_key
 
 
 def pending_ops(tenant_id: str, user_id: str) -> list[OpModel]:

@@ -46,6 +46,7 @@ def message_event(detail_type: str, message: Any, **extra: Any) -> Event:
             "folder": message.folder,
             "state": message.state,
             "participants": list(message.participants or []),
+            "confidential": bool(getattr(message, "confidential", False)),
             "internet_message_id": message.message_id,
             **extra,
         },

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -178,6 +178,7 @@ class MessageOut(BaseModel):
         description="`pending` while a change made in the CRM has not reached the mail server yet"
     )
     last_op_error: str | None = Field(default=None, description="Why the last CRM change could not be applied")
+    confidential: bool = Field(default=False, description="Only the owner can see this message")
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -189,6 +190,9 @@ class MessagePatchIn(BaseModel):
 
     seen: bool | None = None
     folder: str | None = Field(default=None, pattern=r"^[a-z0-9_-]{1,40}$", description="A mapped CRM folder")
+    confidential: bool | None = Field(
+        default=None, description="Owner only: applies to the whole thread, including replies that arrive later"
+    )
 
 
 class MessageSendIn(BaseModel):
@@ -222,7 +226,9 @@ class FolderProgressOut(BaseModel):
 class FolderSyncOut(BaseModel):
     server_folder: str
     crm_folder: str
-    messages: int = Field(description="Messages of this folder the CRM has in sync now")
+    messages: int | None = Field(
+        default=None, description="Messages of this folder the CRM has in sync now (shown to the owner only)"
+    )
     server_messages: int | None = Field(default=None, description="MESSAGES from the server's last STATUS")
     first_sync: FolderProgressOut | None = Field(default=None, description="Progress while the first sync runs")
     error: str | None = None
@@ -235,3 +241,31 @@ class SyncStatusOut(BaseModel):
     last_success_at: datetime | None = None
     last_error: str | None = None
     folders: list[FolderSyncOut]
+
+
+_EMAIL = r"^[^@\s]{1,64}@[^@\s]{1,255}$"
+
+
+class TenantSettingsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    confidential_keywords: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        max_length=200, description="Whole words, case-insensitive, matched in subjects"
+    )
+    confidential_contacts: list[Annotated[str, Field(pattern=_EMAIL, max_length=320)]] = Field(
+        max_length=5000, description="E-mail addresses: mail from (incoming) or to (outgoing) them is confidential"
+    )
+
+
+class TenantSettingsOut(BaseModel):
+    confidential_keywords: list[str]
+    confidential_contacts: list[str]
+
+
+class DossierMessageOut(MessageOut):
+    owner: str = Field(description="The user whose mailbox holds this message")
+
+
+class DossierPageOut(BaseModel):
+    messages: list[DossierMessageOut]
+    next_cursor: str | None

@@ -13,6 +13,8 @@ from mailsync import blobstore, dal, mime
 from mailsync.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from mailsync.identity import Principal
 from mailsync.schemas import (
+    DossierMessageOut,
+    DossierPageOut,
     FolderProgressOut,
     FolderSyncOut,
     MessageOut,
@@ -22,7 +24,7 @@ from mailsync.schemas import (
     RawLinkOut,
     SyncStatusOut,
 )
-from mailsync.services import scheduling
+from mailsync.services import confidentiality, scheduling
 from mailsync.services.accounts import Target, require_account, target_for
 from mailsync.sync import planner
 from mailsync.sync.metadata import metadata_fields
@@ -64,6 +66,7 @@ def to_out(message: dal.MessageModel) -> MessageOut:
             "state": message.state,
             "detach_reason": message.detach_reason,
             "sync_state": "pending" if int(message.pending_ops or 0) > 0 else "synced",
+            "confidential": bool(message.confidential),
             "last_op_error": message.last_op_error,
         }
     )
@@ -107,20 +110,30 @@ def list_messages(
         expected = ("gsi1pk", dal.account_pk(target.tenant_id, target.user_id))
     start = _decode_cursor(cursor, expected)
     items, last = dal.list_messages(
-        target.tenant_id, target.user_id, folder=folder, since=since, seen=seen, limit=limit, start_key=start
+        target.tenant_id,
+        target.user_id,
+        folder=folder,
+        since=since,
+        seen=seen,
+        limit=limit,
+        start_key=start,
+        include_confidential=target.user_id == principal.user_id,
     )
     return MessagePageOut(messages=[to_out(m) for m in items], next_cursor=_encode_cursor(last))
 
 
+def visible_to(principal: Principal, message: dal.MessageModel | None) -> bool:
+    """The owner sees their messages; colleagues of the tenant (admins included) see the
+    non-confidential ones (they are in the dossiers); nobody sees another tenant's."""
+    if message is None or message.tenant_id != principal.tenant_id:
+        return False
+    return message.user_id == principal.user_id or not message.confidential
+
+
 def _visible_message(principal: Principal, message_id: str) -> dal.MessageModel:
     message = dal.get_message(message_id)
-    visible = (
-        message is not None
-        and message.tenant_id == principal.tenant_id
-        and (principal.is_admin or message.user_id == principal.user_id)
-    )
-    if not visible:
-        # Another user's or tenant's message is indistinguishable from a missing one.
+    if not visible_to(principal, message):
+        # A confidential message, or another tenant's, is indistinguishable from a missing one.
         raise NotFound(f"Message '{message_id}' not found")
     assert message is not None
     return message
@@ -150,6 +163,8 @@ def sync_status(principal: Principal, user_id: str) -> SyncStatusOut:
     state = dal.get_sync_state(target.tenant_id, target.user_id)
     folder_map = account.folder_map.as_dict() if account.folder_map is not None else {"inbox": "INBOX"}
     stored = state.folders.as_dict() if state is not None and state.folders is not None else {}
+    # Counts include confidential mail: only the owner sees them.
+    owner = target.user_id == principal.user_id
     folders = []
     for crm_folder, server_folder in folder_map.items():
         meta = stored.get(server_folder, {})
@@ -158,7 +173,7 @@ def sync_status(principal: Principal, user_id: str) -> SyncStatusOut:
             FolderSyncOut(
                 server_folder=server_folder,
                 crm_folder=crm_folder,
-                messages=dal.count_locations(target.tenant_id, target.user_id, server_folder),
+                messages=dal.count_locations(target.tenant_id, target.user_id, server_folder) if owner else None,
                 server_messages=int(meta["messages"]) if meta.get("messages") is not None else None,
                 first_sync=FolderProgressOut(total=int(first.get("total", 0)), done=int(first.get("done", 0)))
                 if first
@@ -204,9 +219,15 @@ def _require_synced(message: dal.MessageModel) -> None:
 
 def patch_message(principal: Principal, message_id: str, body: MessagePatchIn) -> MessageOut:
     """Record read/unread and move as pending operations; the worker applies them in order."""
-    if body.seen is None and body.folder is None:
-        raise ValidationFailed("Give `seen` and/or `folder`", field="seen")
+    if body.seen is None and body.folder is None and body.confidential is None:
+        raise ValidationFailed("Give `seen`, `folder` and/or `confidential`", field="seen")
     message = _own_message(principal, message_id)
+    if body.confidential is not None:
+        confidentiality.set_thread_confidential(message, body.confidential)
+        if body.seen is None and body.folder is None:
+            fresh = dal.get_message(message.id)
+            assert fresh is not None
+            return to_out(fresh)
     _require_synced(message)
     account = require_account(Target(message.tenant_id, message.user_id))
     ops: list[dal.OpModel] = []
@@ -291,8 +312,26 @@ def send_message(principal: Principal, user_id: str, body: MessageSendIn) -> Mes
         **metadata_fields(parsed, sha),
     )
     op = dal.new_op(target.tenant_id, target.user_id, "append", message_id)
+    confidentiality.classify_new(account, [message])
     dal.create_outgoing(message, op)
+    dal.write_message_indexes([message])
     scheduling.enqueue(target.tenant_id, target.user_id, "push")
     stored = dal.get_message(message_id)
     assert stored is not None
     return to_out(stored)
+
+
+def contact_messages(principal: Principal, address: str, limit: int, cursor: str | None) -> DossierPageOut:
+    """Every message of the tenant involving ``address`` (From, To, Cc) that the caller may see."""
+    address = address.strip().lower()
+    start = _decode_cursor(cursor, ("pk", dal.contact_pk(principal.tenant_id, address)))
+    entries, last = dal.contact_messages(principal.tenant_id, address, principal.user_id, limit, start)
+    found = dal.batch_get_messages(e.id for e in entries)
+    out = []
+    for entry in entries:
+        message = found.get(entry.id)
+        # The index is a pointer; visibility is decided on the message itself, every time.
+        if visible_to(principal, message):
+            assert message is not None
+            out.append(DossierMessageOut(**to_out(message).model_dump(by_alias=True), owner=message.user_id))
+    return DossierPageOut(messages=out, next_cursor=_encode_cursor(last))

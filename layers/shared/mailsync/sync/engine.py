@@ -26,6 +26,8 @@ from mailsync import blobstore, dal, mime
 from mailsync.events import MESSAGE_DETACHED, MESSAGE_RECEIVED, MESSAGE_UPDATED, Event, message_event
 from mailsync.mailbox.reader import FetchedMessage, MailboxReader, MessageSummary
 from mailsync.observability import logger
+from mailsync.privacy import TenantRules
+from mailsync.services import confidentiality
 from mailsync.sync import planner
 from mailsync.sync.metadata import metadata_fields
 from mailsync.sync.planner import Arrival, FirstSync, FolderState, Known, Mode, ServerStatus
@@ -149,6 +151,7 @@ class AccountSync:
         self._written: dict[str, Any] | None = None
         # CRM-written messages not yet appended: an arrival with their key is them.
         self.revivable = {k: list(v) for k, v in (revivable or {}).items()}
+        self._rules: TenantRules | None = None
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -478,6 +481,9 @@ class AccountSync:
             message = self._message_item(message_id, crm_folder, arrival, body.raw, s3_key, sha)
             location, window = self._location_items(arrival, message_id)
             rows.append((message, location, window))
+        if self._rules is None:
+            self._rules = confidentiality.tenant_rules(self.tenant)
+        confidentiality.classify_new(self.account, [m for m, _, _ in rows], self._rules)
         dal.write_new_messages(rows, between=lambda: faults.hit("before_location_write"))
         for message, _, _ in rows:
             self.events.append(message_event(MESSAGE_RECEIVED, message))
