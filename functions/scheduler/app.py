@@ -8,7 +8,7 @@ from mailsync.observability import logger, metrics, tracer
 from mailsync.services import scheduling
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:

@@ -30,14 +30,36 @@ def record_handler(record: SQSRecord) -> None:
     job = sync_jobs.parse_job(record.body)
     logger.append_keys(tenant_id=job.tenant_id, user_id=job.user_id)
     result = sync_jobs.run_job(job, _deadline)
+    record_metrics(result)
+    logger.info(
+        "sync job done",
+        extra={"result": result.status, "error": result.error, "duration_ms": result.duration_ms},
+    )
+
+
+def record_metrics(result: sync_jobs.JobResult) -> None:
+    """One metric per outcome; the alarms in template.yaml watch SyncFailures_auth_failed and SyncLagSeconds."""
     metrics.add_metric(name=f"Sync_{result.status}", unit=MetricUnit.Count, value=1)
-    if result.outcome is not None:
-        metrics.add_metric(name="MessagesCreated", unit=MetricUnit.Count, value=result.outcome.created)
-        metrics.add_metric(name="ImapCommands", unit=MetricUnit.Count, value=result.outcome.imap_commands)
-    logger.info("sync job done", extra={"result": result.status, "error": result.error})
+    if result.error:
+        metrics.add_metric(name=f"SyncFailures_{result.error}", unit=MetricUnit.Count, value=1)
+    if result.status in ("synced", "incomplete", "failed"):
+        metrics.add_metric(name="SyncDuration", unit=MetricUnit.Milliseconds, value=result.duration_ms)
+    if result.lag_seconds is not None:
+        metrics.add_metric(name="SyncLagSeconds", unit=MetricUnit.Seconds, value=result.lag_seconds)
+    outcome = result.outcome
+    if outcome is not None:
+        for name, value in (
+            ("MessagesCreated", outcome.created),
+            ("MessagesMoved", outcome.relinked),
+            ("MessagesDetached", outcome.detached),
+            ("FlagUpdates", outcome.flag_updates),
+            ("CrmChangesPushed", outcome.pushed),
+            ("ImapCommands", outcome.imap_commands),
+        ):
+            metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:

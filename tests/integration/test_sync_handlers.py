@@ -103,3 +103,25 @@ def test_scheduled_duplicate_right_after_a_sync_is_skipped(api, local_mail_env, 
     assert account.sync().status == "synced"
     assert account.sync(reason=reason).status == "skipped"
     assert account.sync(reason="user").status == "synced"
+
+
+def test_worker_publishes_sync_metrics(api, local_mail_env, mail_user, aws, monkeypatch, capsys) -> None:
+    import json as _json
+
+    from mailsync.observability import metrics
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    monkeypatch.setattr(metrics, "metrics_disabled", False, raising=False)
+    connect_account(api, mail_user)
+    with mail_user.client() as imap:
+        imap.append("INBOX", message("metered", days=1), internal_date=days_ago(1))
+    body = json.dumps({"tenant_id": "acme", "user_id": "alice", "reason": "user"})
+    event = sqs_event([{"MessageId": "m1", "ReceiptHandle": "r", "Body": body}], "arn:aws:sqs:eu-west-1:1:q")
+    capsys.readouterr()
+    load_handler("sync_worker")(event, LambdaContext(function_name="SyncWorkerFunction"))
+    blobs = [_json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    emitted = {k: v for blob in blobs for k, v in blob.items() if not k.startswith("_")}
+    assert emitted["Sync_synced"] == [1.0] or emitted["Sync_synced"] == 1.0
+    assert emitted["MessagesCreated"] in (1.0, [1.0])
+    assert "SyncDuration" in emitted
+    assert emitted["service"] == "mailsync"

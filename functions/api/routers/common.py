@@ -9,6 +9,7 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
 from mailsync.config import get_settings
 from mailsync.identity import USER_ID_PATTERN, Principal, principal_from_claims
+from mailsync.observability import logger
 from mailsync.schemas import ErrorOut
 
 UserIdPath = Annotated[
@@ -20,7 +21,10 @@ UserIdPath = Annotated[
 def principal(event: APIGatewayProxyEventV2) -> Principal:
     authorizer = event.request_context.authorizer
     claims = authorizer.jwt_claim if authorizer else None
-    return principal_from_claims(claims, get_settings())
+    caller = principal_from_claims(claims, get_settings())
+    # Every log line of this request carries who asked (never what they sent).
+    logger.append_keys(tenant_id=caller.tenant_id, caller_id=caller.user_id)
+    return caller
 
 
 def _error(description: str) -> dict:

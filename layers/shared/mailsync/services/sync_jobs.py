@@ -53,6 +53,8 @@ class JobResult:
     status: str  # synced | incomplete | skipped | busy | failed | gone
     outcome: SyncOutcome | None = None
     error: str | None = None
+    duration_ms: int = 0
+    lag_seconds: int | None = None  # since the previous successful sync, at the start of this one
 
 
 def parse_job(body: str) -> SyncJob:
@@ -95,7 +97,11 @@ def run_job(
             final = {"state": "idle"}  # waiting for room on the host, not syncing
             return JobResult("busy")
         try:
+            started = time.monotonic()
             result, final = _sync(account, state, owner, deadline, reader_factory)
+            result.duration_ms = int((time.monotonic() - started) * 1000)
+            if state.last_success_at is not None:
+                result.lag_seconds = int(time.time() - state.last_success_at.timestamp())
             return result
         finally:
             dal.release_host_slot(account.host, slot, owner)
