@@ -7,6 +7,7 @@ scheduler runs on a timer and the worker drains the queue in-process.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import signal
@@ -78,23 +79,25 @@ class _ApiRequestHandler(BaseHTTPRequestHandler):
                 # API Gateway's JWT authorizer answers exactly this before any Lambda runs.
                 self._send(HTTPStatus.UNAUTHORIZED, {"content-type": "application/json"}, b'{"message":"Unauthorized"}')
                 return
+        try:
+            body: str | None = raw.decode("utf-8") if raw else None
+            encoded = False
+        except UnicodeDecodeError:
+            # API Gateway passes bodies that are not UTF-8 base64-encoded; so do we.
+            body, encoded = base64.b64encode(raw).decode("ascii"), True
         event = http_event(
             self.command,
             url.path,
-            body=raw.decode("utf-8") if raw else None,
+            body=body,
             query=url.query,
             headers=dict(self.headers.items()),
             claims=claims,
             source_ip=self.client_address[0],
         )
+        event["isBase64Encoded"] = encoded
         result = self.server.stack.api_handler(event, LambdaContext(function_name="ApiFunction", timeout_seconds=29))
         body = result.get("body") or ""
-        if result.get("isBase64Encoded"):
-            import base64
-
-            payload = base64.b64decode(body)
-        else:
-            payload = body.encode("utf-8")
+        payload = base64.b64decode(body) if result.get("isBase64Encoded") else body.encode("utf-8")
         headers = {k.lower(): v for k, v in (result.get("headers") or {}).items()}
         self._send(int(result.get("statusCode", 200)), headers, payload, result.get("cookies") or [])
 
@@ -110,7 +113,12 @@ class _ApiRequestHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(payload)
 
-    do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = do_HEAD = _handle
+    do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
+
+    def _not_allowed(self) -> None:
+        self._send(HTTPStatus.METHOD_NOT_ALLOWED, {"content-type": "application/json"}, b'{"message":"Not Found"}')
+
+    do_TRACE = do_CONNECT = do_QUERY = _not_allowed
 
 
 class _ApiServer(ThreadingHTTPServer):

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+)
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from mailsync.api_errors import error_response, validation_error_response
-from mailsync.errors import MailboxError, MailsyncError, NotFound
+from mailsync.api_errors import error_response, non_json_body_response, validation_error_response
+from mailsync.errors import MailboxError, MailsyncError, NotFound, UnsupportedMediaType, ValidationFailed
 from mailsync.observability import logger, metrics, tracer
 from routers import dossiers, folders, messages, settings
 
@@ -36,6 +39,16 @@ def _invalid_request(exc: RequestValidationError) -> Response:
     return validation_error_response(exc.errors())
 
 
+@app.exception_handler(RequestUnsupportedContentType)
+def _unsupported_content_type(exc: RequestUnsupportedContentType) -> Response:
+    return error_response(UnsupportedMediaType("Send the request body as JSON (Content-Type: application/json)"))
+
+
+@app.exception_handler(UnicodeDecodeError)
+def _not_utf8(exc: UnicodeDecodeError) -> Response:
+    return error_response(ValidationFailed("The request body is not valid UTF-8 JSON", field="body"))
+
+
 @app.exception_handler(MailsyncError)
 def _domain_error(exc: MailsyncError) -> Response:
     if isinstance(exc, MailboxError):
@@ -58,4 +71,4 @@ def _unexpected(exc: Exception) -> Response:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    return app.resolve(event, context)
+    return non_json_body_response(event) or app.resolve(event, context)

@@ -36,6 +36,7 @@ ERRORS: dict[int, dict] = {
     401: _error("Missing or unusable identity claims"),
     403: _error("`forbidden`: acting on a colleague without the admin role"),
     404: _error("`not_found`"),
+    415: _error("`unsupported_media_type`: the body must be JSON"),
     422: _error("`validation_error`, with `field` naming the offending field"),
 }
 MAILBOX_ERRORS: dict[int, dict] = {
@@ -46,4 +47,5 @@ MAILBOX_ERRORS: dict[int, dict] = {
 
 
 def responses(ok: dict[int, dict] | None = None, *, mailbox: bool = False) -> dict[int, dict]:
-    return {**(ok or {}), **(MAILBOX_ERRORS if mailbox else ERRORS)}
+    """The route's success response(s) (the body schema comes from its return type) and errors."""
+    return {**(ok or {200: {"description": "OK"}}), **(MAILBOX_ERRORS if mailbox else ERRORS)}

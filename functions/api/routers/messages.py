@@ -92,7 +92,9 @@ def get_sync_status(user_id: UserIdPath) -> SyncStatusOut:
     "/messages/<message_id>",
     tags=["Messages"],
     summary="Mark read/unread and/or move; applied to the mail server within seconds",
-    responses=responses({409: {"description": "`conflict`: the message is no longer on the server"}}),
+    responses=responses(
+        {200: {"description": "OK"}, 409: {"description": "`conflict`: the message is no longer on the server"}}
+    ),
 )
 def patch_message(message_id: MessageIdPath, body: Annotated[MessagePatchIn, Body()]) -> MessageOut:
     return messages.patch_message(principal(router.current_event), message_id, body)

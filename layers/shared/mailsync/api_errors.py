@@ -40,3 +40,31 @@ def validation_error_response(errors: Sequence[dict[str, Any]]) -> Response:
     if field:
         body["field"] = field
     return Response(status_code=422, content_type="application/json", body=json.dumps({"error": body}))
+
+
+_BODY_METHODS = frozenset({"PUT", "POST", "PATCH"})
+
+
+def non_json_body_response(event: dict[str, Any]) -> dict[str, Any] | None:
+    """A 415 for a request whose body is declared as something other than JSON.
+
+    Checked before routing because the event handler's request validation tries to parse such
+    bodies itself (multipart without a boundary raises a bare ValueError there).
+    """
+    method = ((event.get("requestContext") or {}).get("http") or {}).get("method", "")
+    if method.upper() not in _BODY_METHODS or not event.get("body"):
+        return None
+    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
+    media_type = (headers.get("content-type") or "application/json").split(";", 1)[0].strip().lower()
+    if media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json")):
+        return None
+    error = {
+        "code": "unsupported_media_type",
+        "message": "Send the request body as JSON (Content-Type: application/json)",
+    }
+    return {
+        "statusCode": 415,
+        "headers": {"Content-Type": "application/json"},
+        "body": json.dumps({"error": error}),
+        "isBase64Encoded": False,
+    }

@@ -42,6 +42,11 @@ class Unauthorized(MailsyncError):
     status = 401
 
 
+class UnsupportedMediaType(MailsyncError):
+    code = "unsupported_media_type"
+    status = 415
+
+
 class Conflict(MailsyncError):
     code = "conflict"
     status = 409

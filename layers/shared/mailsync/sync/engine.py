@@ -221,13 +221,17 @@ class AccountSync:
                 highestmodseq=snapshot.highestmodseq,
                 messages=snapshot.messages,
             )
-        known_now: set[int] = set()
+        current: dict[int, dal.LocationModel] = {}
         for location in dal.locations(self.tenant, self.user, server_folder):
             if int(location.uidvalidity) != first.uidvalidity:
                 # UIDVALIDITY changed: every old copy counts as gone until re-matched below.
                 self.vanished.append(_known(server_folder, location))
             else:
-                known_now.add(int(location.uid))
+                current[int(location.uid)] = location
+        if current:
+            # A resumed first sync: what it stored before may have left the folder meanwhile.
+            self._collect_vanished_by_uids(server_folder, set(self.reader.search_from_uid(1)), current)
+        known_now = set(current)
         window = self.reader.search_since(self.cutoff.date())
         # Resuming needs no cursor: what a previous run stored has a location record now.
         todo = sorted((u for u in window if u not in known_now), reverse=True)
