@@ -75,5 +75,9 @@ $(STAMP): requirements-dev.txt layers/shared/requirements.txt
 clean:
 	rm -rf .aws-sam .pytest_cache .ruff_cache
 
-bench: $(STAMP) dovecot  ## benchmark scripts under bench/
-	$(BIN)/python bench/bench_settings_api.py
+bench: $(STAMP) dovecot  ## benchmark scripts under bench/ (BENCH_ARGS=--small for a quick run)
+	@if ! command -v mbsync >/dev/null; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq isync; \
+	fi
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
