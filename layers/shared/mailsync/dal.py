@@ -102,6 +102,10 @@ class AccountModel(Model):
 
     due = DueIndex()
 
+    def mapped_folders(self) -> dict[str, str]:
+        """CRM folder -> server folder; before a map is saved, INBOX alone is synced."""
+        return dict(self.folder_map.as_dict()) if self.folder_map is not None else {"inbox": "INBOX"}
+
 
 TENANT_SETTINGS_USER = "#tenant"  # user ids cannot contain "#": no account can collide
 

@@ -161,7 +161,7 @@ def sync_status(principal: Principal, user_id: str) -> SyncStatusOut:
     target = target_for(principal, user_id)
     account = require_account(target)
     state = dal.get_sync_state(target.tenant_id, target.user_id)
-    folder_map = account.folder_map.as_dict() if account.folder_map is not None else {"inbox": "INBOX"}
+    folder_map = account.mapped_folders()
     stored = state.folders.as_dict() if state is not None and state.folders is not None else {}
     # Counts include confidential mail: only the owner sees them.
     owner = target.user_id == principal.user_id
@@ -204,7 +204,7 @@ def _own_message(principal: Principal, message_id: str) -> dal.MessageModel:
 
 
 def _server_folder(account: dal.AccountModel, crm_folder: str, field: str) -> str:
-    folder_map = account.folder_map.as_dict() if account.folder_map is not None else {"inbox": "INBOX"}
+    folder_map = account.mapped_folders()
     if crm_folder not in folder_map:
         raise ValidationFailed(f"CRM folder '{crm_folder}' is not mapped to a server folder", field=field)
     return folder_map[crm_folder]
@@ -251,7 +251,7 @@ def delete_message(principal: Principal, message_id: str) -> MessageOut:
     """Move to the mapped trash folder (a pending move)."""
     message = _own_message(principal, message_id)
     account = require_account(Target(message.tenant_id, message.user_id))
-    folder_map = account.folder_map.as_dict() if account.folder_map is not None else {}
+    folder_map = account.mapped_folders() if account.folder_map is not None else {}
     if "trash" not in folder_map:
         raise Conflict("No trash folder is mapped: map `trash` in the folder map to delete messages")
     return patch_message(principal, message_id, MessagePatchIn(folder="trash"))

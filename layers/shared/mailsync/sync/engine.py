@@ -139,7 +139,7 @@ class AccountSync:
         self.user = account.user_id
         self.now = now or dal.utcnow()
         self.cutoff = self.now - timedelta(days=int(account.sync_window_days))
-        folder_map = account.folder_map.as_dict() if account.folder_map is not None else {"inbox": "INBOX"}
+        folder_map = account.mapped_folders()
         self.crm_for: dict[str, str] = {server: crm for crm, server in folder_map.items()}
         raw_states = state.folders.as_dict() if state.folders is not None else {}
         self.folder_meta: dict[str, dict[str, Any]] = {name: dict(data) for name, data in raw_states.items()}

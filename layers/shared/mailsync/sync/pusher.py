@@ -47,9 +47,7 @@ class Pusher:
         self.faults = faults
         self.tenant = account.tenant_id
         self.user = account.user_id
-        self.folder_map: dict[str, str] = (
-            account.folder_map.as_dict() if account.folder_map is not None else {"inbox": "INBOX"}
-        )
+        self.folder_map: dict[str, str] = account.mapped_folders()
         self.crm_for = {server: crm for crm, server in self.folder_map.items()}
         self.events: list[Event] = []
         self._uidvalidity: dict[str, int] = {}
