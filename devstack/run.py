@@ -30,6 +30,7 @@ from devstack.lambda_runtime import (
     scheduled_event,
     sqs_event,
 )
+from devstack.moto_atomic import make_dynamodb_atomic
 
 TEMPLATE = ROOT / "template.yaml"
 # Metrics are disabled locally; Powertools still warns on every invocation.
@@ -161,6 +162,7 @@ class LocalStack:
         from moto.server import ThreadedMotoServer
 
         ensure_layer_on_path()
+        make_dynamodb_atomic()
         if not self.verbose:
             # moto's embedded werkzeug logs every AWS call; only the developer's requests matter.
             logging.getLogger("werkzeug").setLevel(logging.WARNING)

@@ -11,6 +11,7 @@ import pytest
 from moto import mock_aws
 
 from devstack.lambda_runtime import LambdaContext, http_event, load_handler
+from devstack.moto_atomic import make_dynamodb_atomic
 from devstack.run import local_defaults
 
 pytest_plugins = ["tests.fixtures.dovecot"]
@@ -37,6 +38,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("MAILSYNC_EXTRA_CA_FILE", raising=False)
+    make_dynamodb_atomic()
     with mock_aws():
         from devstack.provision import provision_mock
 

@@ -157,25 +157,6 @@ def test_crash_during_a_move_then_rerun(account: Account) -> None:
     assert len(account.messages()) == 3
 
 
-@pytest.fixture
-def atomic_dynamodb(monkeypatch: pytest.MonkeyPatch) -> None:
-    """DynamoDB applies a conditional write atomically; moto's in-memory backend checks and
-    writes without a lock, so two threads can both pass one condition. Give it the real peer's
-    per-request atomicity for tests that race threads."""
-    from moto.dynamodb.models import DynamoDBBackend
-
-    lock = threading.RLock()
-    for name in ("update_item", "put_item", "delete_item", "transact_write_items"):
-        original = getattr(DynamoDBBackend, name)
-
-        def locked(self, *args, _original=original, **kwargs):
-            with lock:
-                return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(DynamoDBBackend, name, locked)
-
-
-@pytest.mark.usefixtures("atomic_dynamodb")
 def test_two_workers_racing_for_one_account(account: Account) -> None:
     with account.user.client() as imap:
         for i in range(20):
