@@ -133,3 +133,18 @@ def connect_account(
     mapped = api("PUT", "/v1/users/me/folder-map", folder_map or DEFAULT_MAP, caller=account.caller)
     assert mapped.status == 200, mapped.body
     return account
+
+
+def flavoured_account(request: Any, api: ApiCall, monkeypatch: Any, folder_map: dict[str, str]) -> Account:
+    """An account on the Dovecot flavour named by ``request.param`` ("full" or "basic")."""
+    from mailsync.config import get_settings
+
+    if request.param == "basic":
+        server = request.getfixturevalue("dovecot_basic")
+        # Each flavour has its own CA; trust the basic one's for this test.
+        monkeypatch.setenv("MAILSYNC_EXTRA_CA_FILE", str(server.ca_file))
+        get_settings.cache_clear()
+        user = request.getfixturevalue("mail_user_basic")
+    else:
+        user = request.getfixturevalue("mail_user")
+    return connect_account(api, user, folder_map)

@@ -20,7 +20,7 @@ import pytest
 
 from devstack.dovecot import make_message
 from mailsync.mime import normalise_message_id, parse_message
-from tests.integration.sync_support import Account, connect_account, days_ago
+from tests.integration.sync_support import Account, days_ago, flavoured_account
 
 MAPPED = {"inbox": "INBOX", "sent": "Sent", "archive": "Archive", "trash": "Trash"}
 SERVER_FOLDERS = [*MAPPED.values(), "Junk"]  # Junk is not mapped
@@ -30,16 +30,7 @@ SEED = int(os.environ.get("MAILSYNC_CONVERGENCE_SEED", "20261121"))
 
 @pytest.fixture(params=["full", "basic"])
 def account(request, api, local_mail_env, monkeypatch) -> Account:
-    from mailsync.config import get_settings
-
-    if request.param == "basic":
-        server = request.getfixturevalue("dovecot_basic")
-        monkeypatch.setenv("MAILSYNC_EXTRA_CA_FILE", str(server.ca_file))
-        get_settings.cache_clear()
-        user = request.getfixturevalue("mail_user_basic")
-    else:
-        user = request.getfixturevalue("mail_user")
-    return connect_account(api, user, MAPPED)
+    return flavoured_account(request, api, monkeypatch, MAPPED)
 
 
 class Convergence:

@@ -5,39 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
 from devstack.dovecot import MailUser, make_message
-from mailsync.config import Settings
-from mailsync.mailbox.base import ServerParams
-from mailsync.mailbox.imap import ImapSession, open_imap
 from mailsync.mailbox.reader import FolderGone, MailboxReader
 from mailsync.mailbox.writer import MailboxWriter
-
-BOTH = pytest.mark.parametrize("flavour", ["full", "basic"])
-
-
-def _user(request: pytest.FixtureRequest, flavour: str) -> MailUser:
-    return request.getfixturevalue("mail_user" if flavour == "full" else "mail_user_basic")
-
-
-@contextmanager
-def _session(user: MailUser) -> Iterator[ImapSession]:
-    params = ServerParams(
-        host=user.host, port=user.imaps_port, username=user.username, password=user.password, security="ssl"
-    )
-    with open_imap(params, Settings(allow_private_hosts=True, extra_ca_file=str(user.ca_file))) as session:
-        yield session
-
-
-@contextmanager
-def _counted(session: ImapSession, expected: int) -> Iterator[None]:
-    before = session.command_count
-    yield
-    assert session.command_count - before == expected
+from tests.integration.imap_support import BOTH, _counted, _session, _user
 
 
 def _sha(raw: bytes) -> str:

@@ -8,23 +8,20 @@ import base64
 import pytest
 
 from devstack.dovecot import make_message
-from tests.integration.sync_support import Account, capture_events, connect_account, days_ago, message
+from tests.integration.sync_support import (
+    Account,
+    capture_events,
+    days_ago,
+    flavoured_account,
+    message,
+)
 
 FULL_MAP = {"inbox": "INBOX", "sent": "Sent", "archive": "Archive", "trash": "Trash"}
 
 
 @pytest.fixture(params=["full", "basic"])
 def account(request, api, local_mail_env, monkeypatch) -> Account:
-    from mailsync.config import get_settings
-
-    if request.param == "basic":
-        server = request.getfixturevalue("dovecot_basic")
-        monkeypatch.setenv("MAILSYNC_EXTRA_CA_FILE", str(server.ca_file))
-        get_settings.cache_clear()
-        user = request.getfixturevalue("mail_user_basic")
-    else:
-        user = request.getfixturevalue("mail_user")
-    return connect_account(api, user, FULL_MAP)
+    return flavoured_account(request, api, monkeypatch, FULL_MAP)
 
 
 def patch(account: Account, message_id: str, **body):

@@ -34,7 +34,6 @@ class Settings(BaseModel):
     host_concurrency: int = Field(default=5, ge=1)
     # Scheduler: accounts spread over this many due-index partitions (one Query each per tick).
     due_shards: int = Field(default=16, ge=1, le=1000)
-    sync_interval_seconds: int = Field(default=60, ge=10)
     claim_user: str = "sub"
     claim_tenant: str = "tenant_id"
     claim_role: str = "role"
@@ -57,7 +56,6 @@ class Settings(BaseModel):
             "imap_timeout_seconds": env.get("MAILSYNC_IMAP_TIMEOUT_SECONDS"),
             "host_concurrency": env.get("MAILSYNC_HOST_CONCURRENCY"),
             "due_shards": env.get("MAILSYNC_DUE_SHARDS"),
-            "sync_interval_seconds": env.get("MAILSYNC_SYNC_INTERVAL_SECONDS"),
             "claim_user": env.get("MAILSYNC_CLAIM_USER"),
             "claim_tenant": env.get("MAILSYNC_CLAIM_TENANT"),
             "claim_role": env.get("MAILSYNC_CLAIM_ROLE"),

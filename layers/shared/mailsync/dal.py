@@ -34,12 +34,18 @@ from pynamodb.attributes import (
     UnicodeAttribute,
     UTCDateTimeAttribute,
 )
-from pynamodb.exceptions import DoesNotExist, PutError, TransactWriteError, UpdateError
+from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.models import Model
 from pynamodb.transactions import TransactWrite
 
 from mailsync.config import Settings, get_settings
+
+
+class _Timeouts:
+    # Every DynamoDB call of ours is bounded: a slow request must not eat a Lambda's time.
+    connect_timeout_seconds = 5
+    read_timeout_seconds = 20
 
 
 def utcnow() -> datetime:
@@ -70,10 +76,8 @@ class DueIndex(GlobalSecondaryIndex):
 class AccountModel(Model):
     """One CRM user's mailbox: connection settings, folder map, status, due time."""
 
-    class Meta:
+    class Meta(_Timeouts):
         table_name = "mailsync-accounts"
-        connect_timeout_seconds = 5
-        read_timeout_seconds = 20
 
     tenant_id = UnicodeAttribute(hash_key=True)
     user_id = UnicodeAttribute(range_key=True)
@@ -113,10 +117,8 @@ TENANT_SETTINGS_USER = "#tenant"  # user ids cannot contain "#": no account can 
 class TenantSettingsModel(Model):
     """Tenant-wide privacy settings, stored beside the tenant's accounts."""
 
-    class Meta:
+    class Meta(_Timeouts):
         table_name = "mailsync-accounts"
-        connect_timeout_seconds = 5
-        read_timeout_seconds = 20
 
     tenant_id = UnicodeAttribute(hash_key=True)
     user_id = UnicodeAttribute(range_key=True, default=TENANT_SETTINGS_USER)
@@ -160,10 +162,8 @@ class FolderIndex(GlobalSecondaryIndex):
 
 
 class _Item(Model):
-    class Meta:
+    class Meta(_Timeouts):
         table_name = "mailsync-messages"
-        connect_timeout_seconds = 5
-        read_timeout_seconds = 20
 
     pk = UnicodeAttribute(hash_key=True)
     sk = UnicodeAttribute(range_key=True)
@@ -226,9 +226,8 @@ class MessageModel(_Item):
         seen: dict[str, None] = {}
         for group in (self.from_, self.to, self.cc):
             for address in group or []:
-                email = address["email"] if isinstance(address, dict) else address.email
-                if email:
-                    seen.setdefault(email.lower(), None)
+                if address.email:
+                    seen.setdefault(address.email.lower(), None)
         return list(seen)
 
 
@@ -366,6 +365,29 @@ def window_sk(internal_date: datetime, uidvalidity: int, uid: int) -> str:
     return f"{iso(internal_date)}#{location_sk(uidvalidity, uid)}"
 
 
+def location_item(
+    tenant_id: str, user_id: str, server_folder: str, uidvalidity: int, uid: int, /, **attributes: Any
+) -> LocationModel:
+    """A location record (only its key, unless ``attributes`` are given)."""
+    return LocationModel(location_pk(tenant_id, user_id, server_folder), location_sk(uidvalidity, uid), **attributes)
+
+
+def window_item(
+    tenant_id: str,
+    user_id: str,
+    server_folder: str,
+    internal_date: datetime,
+    uidvalidity: int,
+    uid: int,
+    /,
+    **attributes: Any,
+) -> WindowModel:
+    """A window record (only its key, unless ``attributes`` are given)."""
+    return WindowModel(
+        window_pk(tenant_id, user_id, server_folder), window_sk(internal_date, uidvalidity, uid), **attributes
+    )
+
+
 def match_pk(tenant_id: str, user_id: str, key: str) -> str:
     return f"{account_pk(tenant_id, user_id)}#K#{key}"
 
@@ -413,11 +435,7 @@ def update_account(account: AccountModel, fields: dict[str, Any]) -> AccountMode
     """Write only ``fields`` (None removes), so settings edits and the sync engine never
     overwrite each other's attributes."""
     bind_tables()
-    fields = {**fields, "updated_at": utcnow()}
-    actions = []
-    for name, value in fields.items():
-        attribute = getattr(AccountModel, name)
-        actions.append(attribute.remove() if value is None else attribute.set(value))
+    actions = _set_actions(AccountModel, {**fields, "updated_at": utcnow()})
     account.update(actions=actions, condition=AccountModel.user_id.exists())
     return account
 
@@ -428,9 +446,7 @@ def update_account_status(
     """Set status unless the settings changed since ``account`` was read (then the result is stale)."""
     bind_tables()
     fields: dict[str, Any] = {"status": status, "last_error": last_error, "updated_at": utcnow(), **(extra or {})}
-    actions = [
-        getattr(AccountModel, k).remove() if v is None else getattr(AccountModel, k).set(v) for k, v in fields.items()
-    ]
+    actions = _set_actions(AccountModel, fields)
     try:
         account.update(actions=actions, condition=AccountModel.settings_version == account.settings_version)
     except UpdateError as exc:
@@ -505,10 +521,7 @@ def acquire_lease(
 def release_lease(state: SyncStateModel, owner: str, fields: dict[str, Any] | None = None) -> None:
     """Give the lease back, writing the final sync state in the same request."""
     bind_tables()
-    actions = [SyncStateModel.lease_owner.remove(), SyncStateModel.lease_expires.remove()]
-    for name, value in (fields or {}).items():
-        attribute = getattr(SyncStateModel, name)
-        actions.append(attribute.remove() if value is None else attribute.set(value))
+    actions = _set_actions(SyncStateModel, {**(fields or {}), "lease_owner": None, "lease_expires": None})
     try:
         state.update(actions=actions, condition=SyncStateModel.lease_owner == owner)
     except UpdateError as exc:
@@ -519,11 +532,7 @@ def release_lease(state: SyncStateModel, owner: str, fields: dict[str, Any] | No
 def save_sync_progress(state: SyncStateModel, owner: str, fields: dict[str, Any]) -> None:
     """Checkpoint while holding the lease (and extend nothing: a lost lease stops the writer)."""
     bind_tables()
-    actions = []
-    for name, value in fields.items():
-        attribute = getattr(SyncStateModel, name)
-        actions.append(attribute.remove() if value is None else attribute.set(value))
-    state.update(actions=actions, condition=SyncStateModel.lease_owner == owner)
+    state.update(actions=_set_actions(SyncStateModel, fields), condition=SyncStateModel.lease_owner == owner)
 
 
 def delete_sync_state(tenant_id: str, user_id: str) -> None:
@@ -897,15 +906,6 @@ def complete_op(op: OpModel, message: MessageModel | None, fields: dict[str, Any
             tx.update(message, actions=actions, condition=MessageModel.pk.exists())
 
 
-def link_location(message: MessageModel, location: LocationModel, window: WindowModel, fields: dict[str, Any]) -> None:
-    """Give a message written in the CRM its server copy."""
-    bind_tables()
-    with _transaction() as tx:
-        tx.save(location)
-        tx.save(window)
-        tx.update(message, actions=_set_actions(MessageModel, fields))
-
-
 def _state_key(tenant_id: str, user_id: str) -> SyncStateModel:
     return SyncStateModel(account_pk(tenant_id, user_id), "STATE")
 
@@ -916,14 +916,9 @@ def _transaction() -> TransactWrite:
 
 
 def _set_actions(model: type[Model], fields: dict[str, Any]) -> list[Any]:
+    """SET each field, REMOVE those given as None."""
     actions = []
     for name, value in fields.items():
         attribute = getattr(model, name)
         actions.append(attribute.remove() if value is None else attribute.set(value))
     return actions
-
-
-__all__ = [
-    "DoesNotExist",
-    "TransactWriteError",
-]

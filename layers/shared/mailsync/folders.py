@@ -9,7 +9,6 @@ from collections.abc import Iterable, Mapping
 from mailsync.errors import ValidationFailed
 from mailsync.mailbox.base import ServerFolder
 
-STANDARD_CRM_FOLDERS = ("inbox", "sent", "drafts", "trash", "archive")
 CRM_FOLDER_PATTERN = r"^[a-z0-9_-]{1,40}$"
 _CRM_FOLDER_RE = re.compile(CRM_FOLDER_PATTERN)
 

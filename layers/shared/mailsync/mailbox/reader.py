@@ -34,6 +34,7 @@ from imapclient.util import to_unicode
 from mailsync.errors import ConnectFailed
 from mailsync.mailbox.base import translate_errors
 from mailsync.mailbox.imap import ImapSession
+from mailsync.mime import normalise_message_id
 
 __all__ = [
     "FETCH_CHUNK",
@@ -46,7 +47,6 @@ __all__ = [
     "MailboxReader",
     "MessageSummary",
     "compact_uid_set",
-    "normalise_message_id",
 ]
 
 # UIDs per UID FETCH of flags/summaries/bodies. Keeps command lines well below server limits
@@ -61,7 +61,6 @@ _NOT_SELECTABLE = {"\\noselect", "\\nonexistent"}
 _TRANSIENT_CODES = {"UNAVAILABLE", "SERVERBUG", "INUSE", "LIMIT", "CONTACTADMIN"}
 _SUMMARY_ITEMS = "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
 _BODY_ITEMS = "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])"
-_ANGLE_ID = re.compile(r"<([^<>]*)>")
 _FOLDED = re.compile(rb"\r?\n[ \t]+")
 # Per-connection state kept on the IMAPClient: ENABLE lasts as long as the connection, and
 # several readers may share one session.
@@ -133,17 +132,6 @@ def compact_uid_set(uids: Iterable[int]) -> str:
         start = prev = uid
     parts.append(f"{start}:{prev}" if prev != start else str(start))
     return ",".join(parts)
-
-
-def normalise_message_id(value: str | None) -> str | None:
-    """``" <a@b> "`` -> ``"a@b"``; whitespace-only or empty -> None."""
-    if value is None:
-        return None
-    text = " ".join(value.split())
-    match = _ANGLE_ID.search(text)
-    if match:
-        text = match.group(1).strip()
-    return text or None
 
 
 def _expand_uid_set(text: str) -> set[int]:

@@ -17,8 +17,8 @@ def tenant_rules(tenant_id: str) -> TenantRules:
     return TenantRules(keywords=keywords, contacts=frozenset(c.lower() for c in item.confidential_contacts or []))
 
 
-def _emails(values: list) -> tuple[str, ...]:
-    return tuple((v["email"] if isinstance(v, dict) else v.email).lower() for v in values or [])
+def _emails(values: list[dal.AddressMap]) -> tuple[str, ...]:
+    return tuple(v.email.lower() for v in values or [])
 
 
 def facts(message: dal.MessageModel) -> MessageFacts:

@@ -316,9 +316,7 @@ def send_message(principal: Principal, user_id: str, body: MessageSendIn) -> Mes
     dal.create_outgoing(message, op)
     dal.write_message_indexes([message])
     scheduling.enqueue(target.tenant_id, target.user_id, "push")
-    stored = dal.get_message(message_id)
-    assert stored is not None
-    return to_out(stored)
+    return to_out(message)
 
 
 def contact_messages(principal: Principal, address: str, limit: int, cursor: str | None) -> DossierPageOut:

@@ -325,19 +325,16 @@ class AccountSync:
         if not work.todo:
             return True
         self.reader.examine(work.server_folder)
-        sizes: dict[int, int] = {}
-        dates: dict[int, datetime] = {}
-        for chunk in planner.batches(work.todo, None, max_count=BATCH_COUNT * 20, max_bytes=1 << 62):
-            for summary in self.reader.summaries(chunk):
-                sizes[summary.uid] = summary.size
-                dates[summary.uid] = summary.internal_date
+        # Headers only (the reader chunks the command); bodies are fetched per batch below.
+        summaries = {s.uid: s for s in self.reader.summaries(work.todo)}
+        sizes = {uid: s.size for uid, s in summaries.items()}
         # Newest mail first, so the CRM shows what matters while a big first sync runs. UIDs
         # gone between SEARCH and FETCH have no summary: they are not arrivals any more.
-        todo = sorted((u for u in work.todo if u in sizes), key=lambda u: (dates[u], u), reverse=True)
+        todo = sorted(summaries, key=lambda u: (summaries[u].internal_date, u), reverse=True)
         for batch in planner.batches(todo, sizes, max_count=BATCH_COUNT, max_bytes=BATCH_BYTES):
             if self.deadline():
                 return False
-            self._store_batch(work, batch)
+            self._store_batch(work, [summaries[u] for u in batch])
             if work.first_sync is not None:
                 first = work.first_sync
                 work.first_sync = FirstSync(**{**first.__dict__, "done": first.done + len(batch), "cursor": min(batch)})
@@ -348,8 +345,8 @@ class AccountSync:
             self._checkpoint()
         return True
 
-    def _store_batch(self, work: FolderWork, uids: list[int]) -> None:
-        summaries = [s for s in self.reader.summaries(uids) if s.internal_date >= self.cutoff]
+    def _store_batch(self, work: FolderWork, batch: list[MessageSummary]) -> None:
+        summaries = [s for s in batch if s.internal_date >= self.cutoff]
         fetched: dict[int, FetchedMessage] = {}
         without_id = [s.uid for s in summaries if not s.message_id]
         if without_id:
@@ -392,22 +389,21 @@ class AccountSync:
         )
 
     def _detached_candidates(self, keys: Iterable[str]) -> dict[str, list[str]]:
+        ids_by_key = {key: dal.ids_for_match_key(self.tenant, self.user, key) for key in keys}
+        messages = dal.batch_get_messages(i for ids in ids_by_key.values() for i in ids)
         out: dict[str, list[str]] = {}
-        for key in keys:
-            ids = dal.ids_for_match_key(self.tenant, self.user, key)
-            if not ids:
-                continue
-            messages = dal.batch_get_messages(ids)
+        for key, ids in ids_by_key.items():
             detached = [i for i in ids if i in messages and messages[i].state == "detached"]
             if detached:
                 out[key] = detached
         return out
 
     def _location_items(self, arrival: Arrival, message_id: str) -> tuple[dal.LocationModel, dal.WindowModel]:
-        loc_sk = dal.location_sk(arrival.uidvalidity, arrival.uid)
-        location = dal.LocationModel(
-            dal.location_pk(self.tenant, self.user, arrival.server_folder),
-            loc_sk,
+        place = (self.tenant, self.user, arrival.server_folder)
+        location = dal.location_item(
+            *place,
+            arrival.uidvalidity,
+            arrival.uid,
             id=message_id,
             uidvalidity=arrival.uidvalidity,
             uid=arrival.uid,
@@ -415,11 +411,8 @@ class AccountSync:
             internal_date=arrival.internal_date,
             match_key=arrival.match_key,
         )
-        window = dal.WindowModel(
-            dal.window_pk(self.tenant, self.user, arrival.server_folder),
-            dal.window_sk(arrival.internal_date, arrival.uidvalidity, arrival.uid),
-            id=message_id,
-            loc_sk=loc_sk,
+        window = dal.window_item(
+            *place, arrival.internal_date, arrival.uidvalidity, arrival.uid, id=message_id, loc_sk=location.sk
         )
         return location, window
 
@@ -451,17 +444,7 @@ class AccountSync:
             fields["seen"] = bool(message.seen)
             fields["flags"] = _with_seen(arrival.flags, bool(message.seen))
             crm_folder = message.folder
-        old = None
-        if relink.old is not None:
-            o = relink.old
-            old_location = dal.LocationModel(
-                dal.location_pk(self.tenant, self.user, o.server_folder), dal.location_sk(o.uidvalidity, o.uid)
-            )
-            old_window = dal.WindowModel(
-                dal.window_pk(self.tenant, self.user, o.server_folder),
-                dal.window_sk(o.internal_date, o.uidvalidity, o.uid),
-            )
-            old = (old_location, old_window)
+        old = self._keys_of(relink.old) if relink.old is not None else None
         previous_folder = message.folder
         dal.relink_message(message, location, window, fields, old)
         for name, value in fields.items():
@@ -544,24 +527,29 @@ class AccountSync:
         if not force and time.time() - last < SWEEP_INTERVAL_SECONDS:
             return
         for server_folder in self.crm_for:
-            for window in list(dal.aged_out(self.tenant, self.user, server_folder, self.cutoff)):
-                uidvalidity, uid = (int(x) for x in window.loc_sk.split("#"))
-                found = dal.get_locations(self.tenant, self.user, server_folder, [(uidvalidity, uid)])
+            windows = {
+                tuple(int(x) for x in w.loc_sk.split("#")): w
+                for w in dal.aged_out(self.tenant, self.user, server_folder, self.cutoff)
+            }
+            found = dal.get_locations(self.tenant, self.user, server_folder, windows)
+            for (uidvalidity, uid), window in windows.items():
                 location = found.get((uidvalidity, uid))
                 if location is None:
-                    dal.drop_location(dal.LocationModel(window.pk.replace("#W#", "#L#", 1), window.loc_sk), window)
+                    stale = dal.location_item(self.tenant, self.user, server_folder, uidvalidity, uid)
+                    dal.drop_location(stale, window)
                     continue
                 self._detach(_known(server_folder, location), "aged_out")
         self.state.last_sweep_at = int(time.time())
 
+    def _keys_of(self, known: Known) -> tuple[dal.LocationModel, dal.WindowModel]:
+        place = (self.tenant, self.user, known.server_folder)
+        return (
+            dal.location_item(*place, known.uidvalidity, known.uid),
+            dal.window_item(*place, known.internal_date, known.uidvalidity, known.uid),
+        )
+
     def _detach(self, known: Known, reason: str) -> None:
-        location = dal.LocationModel(
-            dal.location_pk(self.tenant, self.user, known.server_folder), dal.location_sk(known.uidvalidity, known.uid)
-        )
-        window = dal.WindowModel(
-            dal.window_pk(self.tenant, self.user, known.server_folder),
-            dal.window_sk(known.internal_date, known.uidvalidity, known.uid),
-        )
+        location, window = self._keys_of(known)
         message = dal.get_message(known.id)
         at_this_copy = (
             message is not None
@@ -586,11 +574,11 @@ class AccountSync:
     # -- step 6 ---------------------------------------------------------------------------------
 
     def _advance(self, work: FolderWork) -> None:
-        base = work.first_sync or work.snapshot
         status = work.snapshot
         if work.first_sync is not None:
             # Changes during a first sync are picked up next time from the values seen at its start.
-            status = ServerStatus(base.uidvalidity, base.uidnext, base.messages, base.highestmodseq)
+            first = work.first_sync
+            status = ServerStatus(first.uidvalidity, first.uidnext, first.messages, first.highestmodseq)
         self.states[work.server_folder] = FolderState(
             uidvalidity=status.uidvalidity,
             uidnext=status.uidnext,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailsync import mime
+from mailsync.dal import AddressMap, AttachmentMap
 
 # DynamoDB items are at most 400 KB; a hostile header must not make a message unstorable.
 MAX_TEXT = 2000
@@ -15,8 +16,8 @@ def cap(value: str | None, limit: int) -> str | None:
     return value if value is None or len(value) <= limit else value[: limit - 1] + "…"
 
 
-def _addresses(values: list[mime.Address]) -> list[dict[str, Any]]:
-    return [{"name": cap(a.name, 200), "email": a.email[:320]} for a in values[:MAX_LIST]]
+def _addresses(values: list[mime.Address]) -> list[AddressMap]:
+    return [AddressMap(name=cap(a.name, 200), email=a.email[:320]) for a in values[:MAX_LIST]]
 
 
 def metadata_fields(parsed: mime.ParsedMessage, content_sha256: str) -> dict[str, Any]:
@@ -35,7 +36,7 @@ def metadata_fields(parsed: mime.ParsedMessage, content_sha256: str) -> dict[str
         "thread_id": mime.thread_key(parsed, content_sha256),
         "snippet": parsed.snippet,
         "attachments": [
-            {"filename": cap(a.filename, 300), "content_type": a.content_type[:200], "size": a.size}
+            AttachmentMap(filename=cap(a.filename, 300), content_type=a.content_type[:200], size=a.size)
             for a in parsed.attachments[:MAX_LIST]
         ],
         "participants": mime.participants(parsed)[: MAX_LIST * 4],

@@ -114,9 +114,8 @@ class Pusher:
         if flags is None:
             return False
         agreed = sorted(normalise_flags(flags))
-        location = dal.LocationModel(
-            dal.location_pk(self.tenant, self.user, message.server_folder),
-            dal.location_sk(int(message.uidvalidity), int(message.uid)),
+        location = dal.location_item(
+            self.tenant, self.user, message.server_folder, int(message.uidvalidity), int(message.uid)
         )
         # The server's flags after the store become the agreed base, CRM and location alike.
         dal.update_flags(message, location, agreed, "\\Seen" in agreed)
@@ -210,39 +209,29 @@ class Pusher:
 
     def _relink(self, message: dal.MessageModel, folder: str, uid: int, old: tuple[str, int, int] | None) -> None:
         uidvalidity = self._folder_uidvalidity(folder)
-        loc_sk = dal.location_sk(uidvalidity, uid)
-        flags = list(message.flags or [])
-        location = dal.LocationModel(
-            dal.location_pk(self.tenant, self.user, folder),
-            loc_sk,
+        place = (self.tenant, self.user, folder)
+        location = dal.location_item(
+            *place,
+            uidvalidity,
+            uid,
             id=message.id,
             uidvalidity=uidvalidity,
             uid=uid,
-            flags=flags,
+            flags=list(message.flags or []),
             internal_date=message.internal_date,
             match_key=message.match_key,
         )
-        window = dal.WindowModel(
-            dal.window_pk(self.tenant, self.user, folder),
-            dal.window_sk(message.internal_date, uidvalidity, uid),
-            id=message.id,
-            loc_sk=loc_sk,
-        )
+        window = dal.window_item(*place, message.internal_date, uidvalidity, uid, id=message.id, loc_sk=location.sk)
         fields: dict[str, Any] = {"server_folder": folder, "uidvalidity": uidvalidity, "uid": uid}
         crm_folder = self.crm_for.get(folder)
         if crm_folder is not None and int(message.pending_ops or 0) <= 1:
             fields.update(folder=crm_folder, gsi2pk=dal.folder_gsi_pk(self.tenant, self.user, crm_folder))
         previous = None
         if old is not None:
-            old_folder, old_validity, old_uid = old
+            old_place = (self.tenant, self.user, old[0])
             previous = (
-                dal.LocationModel(
-                    dal.location_pk(self.tenant, self.user, old_folder), dal.location_sk(old_validity, old_uid)
-                ),
-                dal.WindowModel(
-                    dal.window_pk(self.tenant, self.user, old_folder),
-                    dal.window_sk(message.internal_date, old_validity, old_uid),
-                ),
+                dal.location_item(*old_place, old[1], old[2]),
+                dal.window_item(*old_place, message.internal_date, old[1], old[2]),
             )
         dal.relink_message(message, location, window, fields, previous)
         for name, value in fields.items():
