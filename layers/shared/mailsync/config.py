@@ -38,6 +38,14 @@ class Settings(BaseModel):
     claim_tenant: str = "tenant_id"
     claim_role: str = "role"
     admin_role: str = "admin"
+    # Budgets against hostile or broken mail servers (and poison mail); exceeding one is
+    # ``server_misbehaving`` for that account only. See README "Budgets".
+    job_budget_seconds: float = Field(default=120.0, gt=0, le=900)
+    max_line_bytes: int = Field(default=1_000_000, ge=1024)
+    max_message_bytes: int = Field(default=50_000_000, ge=1024)
+    max_untagged_per_command: int = Field(default=200_000, ge=10)
+    max_folders: int = Field(default=5_000, ge=1)
+    max_pop3_response_bytes: int = Field(default=60_000_000, ge=1024)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -60,6 +68,12 @@ class Settings(BaseModel):
             "claim_tenant": env.get("MAILSYNC_CLAIM_TENANT"),
             "claim_role": env.get("MAILSYNC_CLAIM_ROLE"),
             "admin_role": env.get("MAILSYNC_ADMIN_ROLE"),
+            "job_budget_seconds": env.get("MAILSYNC_JOB_BUDGET_SECONDS"),
+            "max_line_bytes": env.get("MAILSYNC_MAX_LINE_BYTES"),
+            "max_message_bytes": env.get("MAILSYNC_MAX_MESSAGE_BYTES"),
+            "max_untagged_per_command": env.get("MAILSYNC_MAX_UNTAGGED_PER_COMMAND"),
+            "max_folders": env.get("MAILSYNC_MAX_FOLDERS"),
+            "max_pop3_response_bytes": env.get("MAILSYNC_MAX_POP3_RESPONSE_BYTES"),
         }
         return cls(**{k: v for k, v in values.items() if v not in (None, "")})
 

@@ -76,3 +76,38 @@ class TlsFailed(MailboxError):
 class MailTimeout(MailboxError):
     code = "timeout"
     status = 504
+
+
+class ServerBusy(MailboxError):
+    """The server turned us away for now (BYE at greeting or login, ``[UNAVAILABLE]``, throttling,
+    a reset or a timeout during login): transient, retried with backoff, never ``auth_failed``."""
+
+    code = "server_busy"
+    status = 503
+
+
+class ProtocolMismatch(MailboxError):
+    """Something other than the configured protocol answers on the port (SMTP, HTTP, POP3 on an
+    IMAP setting, ...)."""
+
+    code = "protocol_mismatch"
+
+
+class ServerMisbehaving(MailboxError):
+    """The server broke a budget (line or literal too long, endless untagged responses, too many
+    folders, a whole job's wall time) or sent something unparseable: backoff for this account."""
+
+    code = "server_misbehaving"
+
+
+class OperationRefused(MailboxError):
+    """The server answered NO/BAD to one command on one message or folder (over quota, read-only
+    mailbox, folder deleted). Fails that operation only, never the account."""
+
+    code = "server_refused"
+
+
+class FolderMissing(OperationRefused):
+    """A folder we work on does not exist on the server (any more)."""
+
+    code = "folder_missing"
