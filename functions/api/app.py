@@ -13,8 +13,20 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from mailsync.api_errors import error_response, non_json_body_response, validation_error_response
-from mailsync.errors import MailboxError, MailsyncError, NotFound, UnsupportedMediaType, ValidationFailed
+from mailsync.api_errors import (
+    error_response,
+    non_json_body_response,
+    unparseable_body_response,
+    validation_error_response,
+)
+from mailsync.errors import (
+    MailboxError,
+    MailsyncError,
+    NotFound,
+    ServerMisbehaving,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from mailsync.observability import logger, metrics, tracer
 from routers import dossiers, folders, messages, settings
 
@@ -45,8 +57,17 @@ def _unsupported_content_type(exc: RequestUnsupportedContentType) -> Response:
 
 
 @app.exception_handler(UnicodeDecodeError)
-def _not_utf8(exc: UnicodeDecodeError) -> Response:
-    return error_response(ValidationFailed("The request body is not valid UTF-8 JSON", field="body"))
+def _undecodable(exc: UnicodeDecodeError) -> Response:
+    # Request bodies are checked before routing (unparseable_body_response), so text that does
+    # not decode here came from the mail server, not from the client.
+    logger.warning("undecodable text from the mail server", extra={"encoding": exc.encoding})
+    return error_response(ServerMisbehaving("The mail server sent text that is not valid in its declared encoding"))
+
+
+@app.exception_handler(RecursionError)
+def _too_deep(exc: RecursionError) -> Response:
+    # Backstop for a nesting that slipped past the depth check (a parameter, not the body).
+    return error_response(ValidationFailed("The request is nested too deeply", field="body"))
 
 
 @app.exception_handler(MailsyncError)
@@ -71,4 +92,4 @@ def _unexpected(exc: Exception) -> Response:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    return non_json_body_response(event) or app.resolve(event, context)
+    return non_json_body_response(event) or unparseable_body_response(event) or app.resolve(event, context)

@@ -34,7 +34,10 @@ def _error(description: str) -> dict:
 # Every route documents the one error shape the API returns.
 ERRORS: dict[int, dict] = {
     401: _error("Missing or unusable identity claims"),
-    403: _error("`forbidden`: acting on a colleague without the admin role"),
+    403: _error(
+        "`forbidden`: acting on a colleague without the admin role, or (admins too) changing or adding "
+        "messages in a colleague's mailbox"
+    ),
     404: _error("`not_found`"),
     415: _error("`unsupported_media_type`: the body must be JSON"),
     422: _error("`validation_error`, with `field` naming the offending field"),

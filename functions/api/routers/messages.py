@@ -7,7 +7,7 @@ from typing import Annotated
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
+from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 
 from mailsync.schemas import (
     MessageOut,
@@ -115,8 +115,37 @@ def delete_message(message_id: MessageIdPath) -> Response[MessageOut]:
     "/users/<user_id>/messages",
     tags=["Messages"],
     summary="Place a message written in the CRM in the mapped server folder (Sent by default)",
-    responses=responses({201: {"description": "Stored; the append is pending"}}),
+    responses=responses(
+        {
+            201: {
+                "description": "Stored; the append is pending. A retry (same Idempotency-Key or Message-ID) "
+                "returns the first answer"
+            },
+            409: {
+                "description": "`conflict`: the Idempotency-Key or Message-ID was already used for a different "
+                "message, or the same message is being stored right now"
+            },
+        }
+    ),
 )
-def send_message(user_id: UserIdPath, body: Annotated[MessageSendIn, Body()]) -> Response[MessageOut]:
-    out = messages.send_message(principal(router.current_event), user_id, body)
+def send_message(
+    user_id: UserIdPath,
+    body: Annotated[MessageSendIn, Body()],
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            pattern=r"^[\x21-\x7e]{1,255}$",
+            description="Makes retries safe: a repeated request with the same key returns the first answer and "
+            "stores nothing new (else the message's Message-ID is the key)",
+        ),
+    ] = None,
+) -> Response[MessageOut]:
+    out = messages.send_message(
+        principal(router.current_event),
+        user_id,
+        body,
+        idempotency_key=idempotency_key,
+        lambda_context=router.lambda_context,
+    )
     return Response(status_code=201, content_type="application/json", body=out)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,3 +71,58 @@ def non_json_body_response(event: dict[str, Any]) -> dict[str, Any] | None:
         "body": json.dumps({"error": error}),
         "isBase64Encoded": False,
     }
+
+
+# Deeper JSON than any request of this API needs; Python's parser recurses, so a body nested
+# 100,000 deep must be refused before anything parses it.
+MAX_JSON_DEPTH = 32
+# A JSON string (with escapes) or one bracket: enough to measure nesting without parsing.
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]+|\\.)*"|[\[\]{}]')
+
+
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of arrays and objects in ``body`` (brackets inside strings ignored)."""
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return 0  # cannot be too deep: the common case costs two C-speed counts
+    depth = deepest = 0
+    for match in _JSON_TOKENS.finditer(body):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                break
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+def _error_event_response(status: int, code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    error = {"code": code, "message": message} | ({"field": field} if field else {})
+    return {
+        "statusCode": status,
+        "headers": {"Content-Type": "application/json"},
+        "body": json.dumps({"error": error}),
+        "isBase64Encoded": False,
+    }
+
+
+def unparseable_body_response(event: dict[str, Any]) -> dict[str, Any] | None:
+    """A 422 for a JSON body that no route could use: not UTF-8, or nested too deeply.
+
+    Checked before routing, so the body parser never meets them (a deep body would end in a
+    RecursionError, which is no client's fault to see as a 500).
+    """
+    raw = event.get("body")
+    if not raw:
+        return None
+    try:
+        body = base64.b64decode(raw, validate=False) if event.get("isBase64Encoded") else raw.encode("utf-8")
+        body.decode("utf-8")
+    except (binascii.Error, ValueError, UnicodeError):
+        return _error_event_response(422, "validation_error", "The request body is not valid UTF-8 JSON", "body")
+    if json_depth(body) > MAX_JSON_DEPTH:
+        return _error_event_response(
+            422, "validation_error", f"The request body is nested deeper than {MAX_JSON_DEPTH} levels", "body"
+        )
+    return None

@@ -34,7 +34,7 @@ from pynamodb.attributes import (
     UnicodeAttribute,
     UTCDateTimeAttribute,
 )
-from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
+from pynamodb.exceptions import DoesNotExist, PutError, TransactWriteError, UpdateError
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.models import Model
 from pynamodb.transactions import TransactWrite
@@ -205,6 +205,10 @@ class MessageModel(_Item):
     attachments = ListAttribute(of=AttachmentMap, default=list)
     participants = ListAttribute(of=UnicodeAttribute, default=list)
     parse_errors = ListAttribute(of=UnicodeAttribute, default=list)
+    # Some header fields were cut to keep the item within DynamoDB's limits (the raw copy is whole).
+    metadata_truncated = BooleanAttribute(default=False)
+    # Over the message size cap: only the headers were fetched and stored (raw copy = headers).
+    too_large = BooleanAttribute(default=False)
     match_key = UnicodeAttribute()
     s3_key = UnicodeAttribute()
     content_hash = UnicodeAttribute()
@@ -293,6 +297,9 @@ class SyncStateModel(_Item):
     # Kept in the same transactions as the op items, so a sync with nothing to push does not
     # even query for ops (the lease write returns this item).
     ops_pending = NumberAttribute(default=0)
+    # The mailbox (protocol, host, user name) the pending ops were recorded for, kept when the
+    # mail settings are deleted: a re-PUT of the same mailbox applies them, another fails them.
+    ops_server = UnicodeAttribute(null=True)
     folders = MapAttribute(default=dict)
 
 
@@ -307,6 +314,9 @@ class OpModel(_Item):
     seen = BooleanAttribute(null=True)
     folder = UnicodeAttribute(null=True)  # CRM folder (move)
     created_at = UTCDateTimeAttribute(default_for_new=utcnow)
+    # Transient failures (connection lost, timeout, server busy) met while applying this op; it
+    # fails for good after a bounded number, so one op can never hold up an account.
+    attempts = NumberAttribute(default=0)
 
 
 class HostSlotModel(_Item):
@@ -538,6 +548,62 @@ def save_sync_progress(state: SyncStateModel, owner: str, fields: dict[str, Any]
 def delete_sync_state(tenant_id: str, user_id: str) -> None:
     bind_tables()
     SyncStateModel(account_pk(tenant_id, user_id), "STATE").delete()
+
+
+def forget_sync_state(tenant_id: str, user_id: str, ops_server: str) -> None:
+    """Mail settings deleted: forget what syncs knew of the mailbox (lease, checkpoints, errors)
+    but keep the op counters, so pending ops stay visible to the next sync and op sequence
+    numbers are never reused (a reused one would overwrite a pending op)."""
+    bind_tables()
+    forgotten = (
+        SyncStateModel.lease_owner,
+        SyncStateModel.lease_expires,
+        SyncStateModel.last_started_at,
+        SyncStateModel.last_success_at,
+        SyncStateModel.last_error,
+        SyncStateModel.last_sweep_at,
+    )
+    actions = [
+        *(attribute.remove() for attribute in forgotten),
+        SyncStateModel.state.set("never"),
+        SyncStateModel.failures.set(0),
+        SyncStateModel.folders.set({}),
+        SyncStateModel.ops_server.set(ops_server),
+    ]
+    try:
+        _state_key(tenant_id, user_id).update(actions=actions, condition=SyncStateModel.pk.exists())
+    except UpdateError as exc:
+        if not _conditional_failure(exc):
+            raise
+
+
+def fail_pending_ops(tenant_id: str, user_id: str, error: str) -> int:
+    """Drop every pending op of the account as failed: each message keeps ``last_op_error`` and
+    no longer shows a pending change. Returns how many ops failed."""
+    bind_tables()
+    ops = pending_ops(tenant_id, user_id)
+    for op in ops:
+        try:
+            with _transaction() as tx:
+                tx.delete(op, condition=OpModel.pk.exists())
+                tx.update(_state_key(tenant_id, user_id), actions=[SyncStateModel.ops_pending.add(-1)])
+        except TransactWriteError as exc:
+            if not _conditional_failure(exc):
+                raise  # else a worker completed it meanwhile
+    for message in batch_get_messages({op.message_id for op in ops}).values():
+        try:
+            message.update(
+                actions=[
+                    MessageModel.pending_ops.set(0),
+                    MessageModel.last_op_error.set(error),
+                    MessageModel.updated_at.set(utcnow()),
+                ],
+                condition=MessageModel.pk.exists(),
+            )
+        except UpdateError as exc:
+            if not _conditional_failure(exc):
+                raise
+    return len(ops)
 
 
 def acquire_host_slot(host: str, owner: str, slots: int, seconds: int) -> str | None:
@@ -904,6 +970,18 @@ def complete_op(op: OpModel, message: MessageModel | None, fields: dict[str, Any
         if message is not None:
             actions = [*_set_actions(MessageModel, fields or {}), MessageModel.pending_ops.add(-1)]
             tx.update(message, actions=actions, condition=MessageModel.pk.exists())
+
+
+def count_op_attempt(op: OpModel) -> int:
+    """One more transient failure of ``op``; returns the new count (0 if the op is gone)."""
+    bind_tables()
+    try:
+        op.update(actions=[OpModel.attempts.add(1)], condition=OpModel.pk.exists())
+    except UpdateError as exc:
+        if _conditional_failure(exc):
+            return 0
+        raise
+    return int(op.attempts or 0)
 
 
 def _state_key(tenant_id: str, user_id: str) -> SyncStateModel:

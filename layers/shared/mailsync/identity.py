@@ -18,6 +18,13 @@ from mailsync.errors import Forbidden, NotFound, Unauthorized
 ME = "me"
 USER_ID_PATTERN = r"^[A-Za-z0-9._@:+\-]{1,128}$"
 _USER_ID_RE = re.compile(USER_ID_PATTERN)
+# Tenant ids are part of every key ("A#{tenant}#{user}"): no "#", bounded length.
+TENANT_ID_PATTERN = r"^[A-Za-z0-9._@:+\-]{1,128}$"
+_TENANT_ID_RE = re.compile(TENANT_ID_PATTERN)
+# Claims that hold a list of groups/roles by nature (Cognito's ``cognito:groups``, ``groups``,
+# ``roles``, namespaced ``https://example.com/roles``). Only for these is API Gateway's string
+# rendering of an array claim, "[a b]", read as a list.
+_LIST_CLAIM_LEAVES = frozenset({"groups", "roles"})
 
 
 @dataclass(frozen=True)
@@ -27,28 +34,45 @@ class Principal:
     is_admin: bool
 
 
-def _roles(raw: Any) -> set[str]:
-    # API Gateway renders array claims as "[a b]"; Cognito groups arrive that way.
-    if raw is None:
-        return set()
-    if isinstance(raw, list | tuple | set):
-        return {str(r) for r in raw}
-    text = str(raw).strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    return {part for part in re.split(r"[\s,]+", text) if part}
+def is_list_claim(name: str) -> bool:
+    """Whether the claim called ``name`` carries a list (groups, roles) rather than one role."""
+    leaf = re.split(r"[:/]", name)[-1].lower()
+    return leaf in _LIST_CLAIM_LEAVES
+
+
+def has_role(raw: Any, claim_name: str, role: str) -> bool:
+    """Whether the role claim grants ``role``. Exact matches only, never a substring or a split:
+    "user admin", "sales,admin" or "admin assistant" are not "admin".
+
+    - a string claim equal to ``role``;
+    - a JSON list (the local stack passes claims as decoded JSON) containing ``role``;
+    - for a list claim (see ``is_list_claim``) API Gateway's rendering "[a b]" of an array,
+      split on single spaces, containing ``role``. For a single-valued claim such as ``role``,
+      "[admin]" is just a strange string, not the admin role.
+    """
+    if isinstance(raw, list | tuple):
+        return any(isinstance(item, str) and item == role for item in raw)
+    if not isinstance(raw, str):
+        return False
+    if raw == role:
+        return True
+    if is_list_claim(claim_name) and len(raw) >= 2 and raw[0] == "[" and raw[-1] == "]":
+        return role in raw[1:-1].split(" ")
+    return False
 
 
 def principal_from_claims(claims: Mapping[str, Any] | None, settings: Settings) -> Principal:
-    """Build the caller from verified claims; missing user or tenant is a 401."""
+    """Build the caller from verified claims; a missing or malformed user or tenant id is a 401."""
     claims = claims or {}
     user_id = claims.get(settings.claim_user)
     tenant_id = claims.get(settings.claim_tenant)
     if not user_id or not tenant_id:
         raise Unauthorized(f"The access token lacks the '{settings.claim_user}' or '{settings.claim_tenant}' claim")
-    if not _USER_ID_RE.match(str(user_id)):
+    if not isinstance(user_id, str | int) or not _USER_ID_RE.fullmatch(str(user_id)):
         raise Unauthorized("The access token's user id is not a valid user id")
-    is_admin = settings.admin_role in _roles(claims.get(settings.claim_role))
+    if not isinstance(tenant_id, str | int) or not _TENANT_ID_RE.fullmatch(str(tenant_id)):
+        raise Unauthorized("The access token's tenant id is not a valid tenant id")
+    is_admin = has_role(claims.get(settings.claim_role), settings.claim_role, settings.admin_role)
     return Principal(user_id=str(user_id), tenant_id=str(tenant_id), is_admin=is_admin)
 
 

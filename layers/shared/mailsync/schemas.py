@@ -40,6 +40,22 @@ def _check_host(value: str) -> str:
     return name.lower()
 
 
+def _encodable(value: str) -> str:
+    # JSON may carry lone surrogates ("\\ud800"): valid in a Python str, but no UTF-8 encoder,
+    # KMS or DynamoDB accepts them. The value itself is never echoed (it may be a password).
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return value
+
+
+def _encodable_secret(value: SecretStr | None) -> SecretStr | None:
+    if value is not None:
+        _encodable(value.get_secret_value())
+    return value
+
+
 class MailSettingsIn(BaseModel):
     """The "E-mail settings" screen. `password` is write-only: required on create, omit it to keep the saved one."""
 
@@ -64,6 +80,16 @@ class MailSettingsIn(BaseModel):
     def _host(cls, value: str) -> str:
         return _check_host(value)
 
+    @field_validator("username")
+    @classmethod
+    def _username(cls, value: str) -> str:
+        return _encodable(value)
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: SecretStr | None) -> SecretStr | None:
+        return _encodable_secret(value)
+
 
 class MailSettingsTestIn(BaseModel):
     """Settings to try before saving; any field left out is taken from the saved settings."""
@@ -83,6 +109,16 @@ class MailSettingsTestIn(BaseModel):
     @classmethod
     def _host(cls, value: str | None) -> str | None:
         return None if value is None else _check_host(value)
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, value: str | None) -> str | None:
+        return None if value is None else _encodable(value)
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: SecretStr | None) -> SecretStr | None:
+        return _encodable_secret(value)
 
 
 class MailSettingsOut(BaseModel):
@@ -174,11 +210,18 @@ class MessageOut(BaseModel):
     participants: list[str]
     state: Literal["synced", "detached"]
     detach_reason: Literal["removed", "moved_unmapped", "aged_out"] | None = None
-    sync_state: Literal["synced", "pending"] = Field(
-        description="`pending` while a change made in the CRM has not reached the mail server yet"
+    sync_state: Literal["synced", "pending", "failed"] = Field(
+        description="`pending` while a change made in the CRM has not reached the mail server yet; "
+        "`failed` when the last one could not be applied (`last_op_error` says why)"
     )
     last_op_error: str | None = Field(default=None, description="Why the last CRM change could not be applied")
     confidential: bool = Field(default=False, description="Only the owner can see this message")
+    metadata_truncated: bool = Field(
+        default=False, description="Some header fields were cut to fit storage limits; the raw message is whole"
+    )
+    too_large: bool = Field(
+        default=False, description="Over the size cap: only the headers were stored (the raw copy is the headers)"
+    )
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -255,6 +298,11 @@ class TenantSettingsIn(BaseModel):
     confidential_contacts: list[Annotated[str, Field(pattern=_EMAIL, max_length=320)]] = Field(
         max_length=5000, description="E-mail addresses: mail from (incoming) or to (outgoing) them is confidential"
     )
+
+    @field_validator("confidential_keywords", "confidential_contacts")
+    @classmethod
+    def _texts(cls, value: list[str]) -> list[str]:
+        return [_encodable(v) for v in value]
 
 
 class TenantSettingsOut(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from mailsync import crypto, dal
 from mailsync.config import Settings, get_settings
@@ -14,8 +15,42 @@ from mailsync.observability import logger
 from mailsync.schemas import MailSettingsIn, MailSettingsOut, MailSettingsTestIn, default_port
 from mailsync.services import scheduling
 
-# Fields whose change means "a different mailbox or login": they reset the account status.
+# Fields whose change means "a different mailbox or login": they reset the account status, and
+# the saved password is never sent anywhere but to the combination it was saved with.
 _CONNECTION_FIELDS = ("host", "port", "username", "security", "protocol")
+REENTER_MESSAGE = "Enter the password again when the server changes"
+
+
+OPS_FOR_OTHER_SERVER = "The mail settings changed to another server before this change could be applied"
+
+
+def mailbox_identity(values: dal.AccountModel | dict[str, Any]) -> str:
+    """Which mailbox settings reach: protocol, host and user name (security and port are only
+    the way there). Pending CRM changes belong to one mailbox."""
+    get = values.get if isinstance(values, dict) else (lambda name: getattr(values, name))
+    return "\0".join((str(get("protocol")), str(get("host")).lower(), str(get("username"))))
+
+
+def _settle_pending_ops(target: Target, before: str | None, after: str) -> None:
+    """Pending CRM changes recorded for another mailbox can never apply here: fail them."""
+    if before is None or before == after:
+        return
+    state = dal.get_sync_state(target.tenant_id, target.user_id)
+    if state is not None and int(state.ops_pending or 0) > 0:
+        failed = dal.fail_pending_ops(target.tenant_id, target.user_id, OPS_FOR_OTHER_SERVER)
+        logger.info("pending ops failed: mailbox changed", extra={"user_id": target.user_id, "ops": failed})
+
+
+def _saved_connection(account: dal.AccountModel) -> dict[str, object]:
+    return {f: (int(account.port) if f == "port" else getattr(account, f)) for f in _CONNECTION_FIELDS}
+
+
+def _require_password_for(account: dal.AccountModel, wanted: dict[str, object]) -> None:
+    """The saved password belongs to the host, port, user name, security and protocol it was
+    saved with: anything else must come with the password (admins included), or whoever can
+    edit the settings could send it to a server of their choice."""
+    if _saved_connection(account) != {f: wanted[f] for f in _CONNECTION_FIELDS}:
+        raise ValidationFailed(REENTER_MESSAGE, field="password")
 
 
 @dataclass(frozen=True)
@@ -83,10 +118,18 @@ def put_settings(principal: Principal, user_id: str, body: MailSettingsIn) -> tu
 
     values = body.model_dump(exclude={"password"})
     values["port"] = body.port or default_port(body.protocol, body.security)
+    if account is not None and body.password is None:
+        _require_password_for(account, values)
     if body.password is not None:
         values["password_ciphertext"] = crypto.encrypt_password(
             body.password.get_secret_value(), target.tenant_id, target.user_id, settings
         )
+    if account is None:
+        state = dal.get_sync_state(target.tenant_id, target.user_id)
+        before = state.ops_server if state is not None else None
+    else:
+        before = mailbox_identity(account)
+    _settle_pending_ops(target, before, mailbox_identity(values))
     if account is None:
         values.update(status="pending", last_error=None, settings_version=1)
         values.update(scheduling.due_fields(target.tenant_id, target.user_id, body.fetch_enabled, "pending"))
@@ -120,7 +163,9 @@ def delete_settings(principal: Principal, user_id: str) -> None:
     target = target_for(principal, user_id)
     account = require_account(target)
     dal.delete_account(account)
-    dal.delete_sync_state(target.tenant_id, target.user_id)
+    # Pending CRM changes outlive the settings: a re-PUT of this mailbox applies them, a PUT of
+    # another mailbox fails them (put_settings), instead of leaving them pending for ever.
+    dal.forget_sync_state(target.tenant_id, target.user_id, mailbox_identity(account))
     logger.info("mail settings deleted", extra={"tenant_id": target.tenant_id, "user_id": target.user_id})
 
 
@@ -128,7 +173,7 @@ def server_params(account: dal.AccountModel, settings: Settings) -> ServerParams
     """Decrypt the password in memory only, for one login."""
     if account.password_ciphertext is None:
         raise ValidationFailed("No password saved for this mailbox", field="password")
-    password = crypto.decrypt_password(account.password_ciphertext, account.tenant_id, account.user_id, settings)
+    password = crypto.decrypt_saved_password(account.password_ciphertext, account.tenant_id, account.user_id, settings)
     return ServerParams(
         host=account.host,
         port=int(account.port),
@@ -167,28 +212,40 @@ def test_connection(principal: Principal, user_id: str, body: MailSettingsTestIn
             raise NotFound(f"No mail settings saved for user '{target.user_id}'")
         return _check_saved(account, settings)
 
-    base = {}
+    base: dict[str, object] = {}
     if account is not None:
         base = {f: getattr(account, f) for f in ("host", "username", "security", "protocol")}
-        if not {"protocol", "security", "host"} & overrides.keys():
+        # The saved port goes with the saved host, security and protocol; another of these
+        # without a port means that one's default port.
+        if all(overrides.get(f, base[f]) == base[f] for f in ("protocol", "security", "host")):
             base["port"] = int(account.port)
     merged = {**base, **overrides}
     for required in ("host", "username"):
         if not merged.get(required):
             raise ValidationFailed(f"{required} is required to test a connection", field=required)
-    security = merged.get("security", "ssl")
-    protocol = merged.get("protocol", "imap")
-    _check_policy(security, merged["host"], settings)
-    if body and body.password is not None:
+    security = str(merged.get("security", "ssl"))
+    protocol = str(merged.get("protocol", "imap"))
+    merged.update(
+        security=security, protocol=protocol, port=int(merged.get("port") or default_port(protocol, security))
+    )
+    use_saved = body is None or body.password is None
+    if use_saved:
+        if account is None or account.password_ciphertext is None:
+            raise ValidationFailed("password is required to test a connection", field="password")
+        # Before any policy check or connection: the saved password goes nowhere new.
+        _require_password_for(account, merged)
+    _check_policy(security, str(merged["host"]), settings)
+    if body is not None and body.password is not None:
         password = body.password.get_secret_value()
-    elif account is not None and account.password_ciphertext is not None:
-        password = crypto.decrypt_password(account.password_ciphertext, account.tenant_id, account.user_id, settings)
     else:
-        raise ValidationFailed("password is required to test a connection", field="password")
+        assert account is not None and account.password_ciphertext is not None
+        password = crypto.decrypt_saved_password(
+            account.password_ciphertext, account.tenant_id, account.user_id, settings
+        )
     params = ServerParams(
-        host=merged["host"],
-        port=int(merged.get("port") or default_port(protocol, security)),
-        username=merged["username"],
+        host=str(merged["host"]),
+        port=int(merged["port"]),
+        username=str(merged["username"]),
         password=password,
         security=security,
         protocol=protocol,

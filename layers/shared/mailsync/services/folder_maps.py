@@ -18,8 +18,9 @@ _POP3_INBOX = ServerFolder(name="INBOX", delimiter=None, flags=(), special_use=N
 def live_folders(account: dal.AccountModel) -> list[ServerFolder]:
     """List the server's folders now, with the saved settings (POP3 has only INBOX)."""
     settings = get_settings()
-    params = server_params(account, settings)
     try:
+        # Inside the try: a password that no longer decrypts is recorded like a failed login.
+        params = server_params(account, settings)
         if params.protocol == "pop3":
             open_mailbox_check(params, settings)
             folders = [_POP3_INBOX]

@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
+import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyValidationError,
+)
+
 from mailsync import blobstore, dal, mime
+from mailsync.aws import client
+from mailsync.config import get_settings
 from mailsync.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from mailsync.identity import Principal
 from mailsync.schemas import (
@@ -24,12 +38,21 @@ from mailsync.schemas import (
     RawLinkOut,
     SyncStatusOut,
 )
-from mailsync.services import confidentiality, scheduling
+from mailsync.services import confidentiality, scheduling, sync_jobs
 from mailsync.services.accounts import Target, require_account, target_for
 from mailsync.sync import planner
 from mailsync.sync.metadata import metadata_fields
 
 RAW_URL_SECONDS = 300
+
+
+def _sync_state(message: dal.MessageModel) -> str:
+    """``pending`` while CRM changes wait; ``failed`` when one could not be applied to a message
+    still on the server (``last_op_error`` says why; the next change clears it); else ``synced``.
+    A change dropped because the message left the server shows through ``state: detached``."""
+    if int(message.pending_ops or 0) > 0:
+        return "pending"
+    return "failed" if message.last_op_error and message.state == "synced" else "synced"
 
 
 def to_out(message: dal.MessageModel) -> MessageOut:
@@ -65,9 +88,11 @@ def to_out(message: dal.MessageModel) -> MessageOut:
             "participants": list(message.participants or []),
             "state": message.state,
             "detach_reason": message.detach_reason,
-            "sync_state": "pending" if int(message.pending_ops or 0) > 0 else "synced",
+            "sync_state": _sync_state(message),
             "confidential": bool(message.confidential),
             "last_op_error": message.last_op_error,
+            "metadata_truncated": bool(message.metadata_truncated),
+            "too_large": bool(message.too_large),
         }
     )
 
@@ -78,19 +103,53 @@ def _encode_cursor(key: dict[str, Any] | None) -> str | None:
     return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
+# The key attributes a page can end on, per listing: the table's key plus the index's key.
+_CURSOR_KEYS = {
+    "gsi1pk": frozenset({"pk", "sk", "gsi1pk", "gsi1sk"}),
+    "gsi2pk": frozenset({"pk", "sk", "gsi2pk", "gsi2sk"}),
+    "pk": frozenset({"pk", "sk"}),
+}
+MAX_CURSOR_CHARS = 2048
+
+
+def _bad_cursor() -> ValidationFailed:
+    return ValidationFailed("cursor is not a cursor this API returned", field="cursor")
+
+
 def _decode_cursor(cursor: str | None, expected_pk: tuple[str, str]) -> dict[str, Any] | None:
+    """The start key inside a cursor, checked to the last attribute: a forged cursor of any shape
+    is a 422, never a DynamoDB error (or another listing's page)."""
     if not cursor:
         return None
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise _bad_cursor()
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        key = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise ValidationFailed("cursor is not a cursor this API returned", field="cursor") from None
+        key = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (binascii.Error, ValueError, UnicodeError, RecursionError):
+        raise _bad_cursor() from None
     attribute, value = expected_pk
-    if not isinstance(key, dict) or key.get(attribute, {}).get("S") != value:
+    if not isinstance(key, dict) or set(key) != _CURSOR_KEYS[attribute]:
+        raise _bad_cursor()
+    for item in key.values():
+        if not (
+            isinstance(item, dict) and set(item) == {"S"} and isinstance(item["S"], str) and 0 < len(item["S"]) <= 1024
+        ):
+            raise _bad_cursor()
+    if key[attribute]["S"] != value:
         # A cursor from another query (or user) would silently page through the wrong list.
         raise ValidationFailed("cursor does not belong to this listing", field="cursor")
     return key
+
+
+def _utc(since: datetime | None) -> datetime | None:
+    if since is None:
+        return None
+    try:
+        # Aware times far at either end of the calendar overflow when moved to UTC.
+        return since.astimezone(UTC) if since.tzinfo is not None else since.replace(tzinfo=UTC)
+    except (OverflowError, ValueError):
+        raise ValidationFailed("since is outside the supported range of dates", field="since") from None
 
 
 def list_messages(
@@ -113,7 +172,7 @@ def list_messages(
         target.tenant_id,
         target.user_id,
         folder=folder,
-        since=since,
+        since=_utc(since),
         seen=seen,
         limit=limit,
         start_key=start,
@@ -157,13 +216,39 @@ def request_sync(principal: Principal, user_id: str) -> None:
     scheduling.enqueue(target.tenant_id, target.user_id, "user")
 
 
+STOPPED_UNEXPECTEDLY = "The last sync stopped unexpectedly; it will be retried"
+
+
+def _shown_state(state: dal.SyncStateModel | None) -> tuple[str, str | None]:
+    """``syncing`` only while a job holds the account's lease (or, between the jobs of a long
+    sync, for at most one lease period after the last one started). A ``syncing`` left behind by
+    a worker that died shows as ``failed``, never as ``syncing`` forever."""
+    if state is None:
+        return "never", None
+    now = time.time()
+    if state.state != "syncing":
+        return state.state, state.last_error
+    if state.lease_expires is not None and int(state.lease_expires) >= now:
+        return "syncing", state.last_error
+    started = state.last_started_at.timestamp() if state.last_started_at is not None else 0.0
+    if state.lease_expires is None and now - started < sync_jobs.LEASE_SECONDS:
+        return "syncing", state.last_error  # a continuation job is on its way
+    return "failed", state.last_error or STOPPED_UNEXPECTEDLY
+
+
 def sync_status(principal: Principal, user_id: str) -> SyncStatusOut:
+    """Sync state and per-folder progress.
+
+    Counts include confidential mail, so a non-owner (an admin) gets none of them: ``messages``,
+    ``server_messages`` and ``first_sync`` are null for anyone but the owner. (Subtracting the
+    confidential ones is impossible for the server's own counts, and a partial count would
+    still be a count.)
+    """
     target = target_for(principal, user_id)
     account = require_account(target)
     state = dal.get_sync_state(target.tenant_id, target.user_id)
     folder_map = account.mapped_folders()
     stored = state.folders.as_dict() if state is not None and state.folders is not None else {}
-    # Counts include confidential mail: only the owner sees them.
     owner = target.user_id == principal.user_id
     folders = []
     for crm_folder, server_folder in folder_map.items():
@@ -174,19 +259,20 @@ def sync_status(principal: Principal, user_id: str) -> SyncStatusOut:
                 server_folder=server_folder,
                 crm_folder=crm_folder,
                 messages=dal.count_locations(target.tenant_id, target.user_id, server_folder) if owner else None,
-                server_messages=int(meta["messages"]) if meta.get("messages") is not None else None,
+                server_messages=int(meta["messages"]) if owner and meta.get("messages") is not None else None,
                 first_sync=FolderProgressOut(total=int(first.get("total", 0)), done=int(first.get("done", 0)))
-                if first
+                if owner and first
                 else None,
                 error=meta.get("error"),
             )
         )
+    shown, last_error = _shown_state(state)
     return SyncStatusOut(
-        state=state.state if state is not None else "never",
+        state=shown,
         account_status=account.status,
         last_started_at=state.last_started_at if state else None,
         last_success_at=state.last_success_at if state else None,
-        last_error=(state.last_error if state else None) or account.last_error,
+        last_error=last_error or account.last_error,
         folders=folders,
     )
 
@@ -194,6 +280,12 @@ def sync_status(principal: Principal, user_id: str) -> SyncStatusOut:
 # --- changes made in the CRM -------------------------------------------------------------------
 
 MAX_RAW_BYTES = 25 * 1024 * 1024
+# Header bounds of a message written in the CRM: generous for real mail (long References of a
+# long thread stay far below), small enough that the stored metadata fits a DynamoDB item.
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_BLOCK_BYTES = 256 * 1024
+# How long a retried POST of the same message returns the first answer.
+IDEMPOTENCY_SECONDS = 24 * 3600
 
 
 def _own_message(principal: Principal, message_id: str) -> dal.MessageModel:
@@ -267,9 +359,51 @@ def _with_message_id(raw: bytes, sender_domain: str | None) -> tuple[bytes, str]
     return f"Message-ID: <{new_id}>\r\n".encode() + raw, new_id
 
 
-def send_message(principal: Principal, user_id: str, body: MessageSendIn) -> MessageOut:
-    """Store a message written in the CRM and queue its append to the mapped server folder."""
+def header_size_error(raw: bytes) -> str | None:
+    """Why the header block of ``raw`` is too large to store, or None.
+
+    A header is counted with its folded continuation lines. Bounded so that no single field
+    (a 450 KB References) or header block can make a message item exceed DynamoDB's 400 KB.
+    """
+    end = len(raw)
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        found = raw.find(separator)
+        if found != -1:
+            end = min(end, found)
+    # Past this much, either a header is already too large or the whole block is: the scan is bounded.
+    scanned = raw[: min(end, MAX_HEADER_BLOCK_BYTES + MAX_HEADER_BYTES + 1)]
+    name, size = None, 0
+    for line in scanned.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and name is not None:
+            size += len(line)
+        else:
+            name, size = line.split(b":", 1)[0].strip()[:80], len(line)
+        if size > MAX_HEADER_BYTES:
+            shown = (name or b"?").decode("ascii", errors="replace")
+            return f"The {shown} header is larger than {MAX_HEADER_BYTES // 1024} KB"
+    if end > MAX_HEADER_BLOCK_BYTES:
+        return f"The message's headers are larger than {MAX_HEADER_BLOCK_BYTES // 1024} KB"
+    return None
+
+
+def send_message(
+    principal: Principal,
+    user_id: str,
+    body: MessageSendIn,
+    *,
+    idempotency_key: str | None = None,
+    lambda_context: Any = None,
+) -> MessageOut:
+    """Store a message written in the CRM and queue its append to the mapped server folder.
+
+    Only the owner writes into a mailbox (an admin reading a colleague's mail must not make
+    mail appear in it). Retries are idempotent: keyed on ``idempotency_key`` (the
+    ``Idempotency-Key`` header), else on the message's Message-ID, scoped by tenant and user; a
+    retry returns the first answer and stores nothing new.
+    """
     target = target_for(principal, user_id)
+    if target.user_id != principal.user_id:
+        raise Forbidden("Only the mailbox owner can place messages in a mailbox")
     account = require_account(target)
     server_folder = _server_folder(account, body.folder, "folder")
     try:
@@ -280,7 +414,54 @@ def send_message(principal: Principal, user_id: str, body: MessageSendIn) -> Mes
         raise ValidationFailed("raw is empty", field="raw")
     if len(raw) > MAX_RAW_BYTES:
         raise ValidationFailed(f"raw is larger than {MAX_RAW_BYTES // (1024 * 1024)} MB", field="raw")
+    too_large = header_size_error(raw)
+    if too_large:
+        raise ValidationFailed(too_large, field="raw")
     first = mime.parse_message(raw)
+    key = idempotency_key or first.message_id
+    if not key:
+        return _store_outgoing(target, account, body.folder, server_folder, raw, first)
+    request = {
+        "tenant_id": target.tenant_id,
+        "user_id": target.user_id,
+        "key": key,
+        "keyed_by": "header" if idempotency_key else "message_id",
+        "payload": hashlib.sha256(body.folder.encode() + b"\0" + raw).hexdigest(),
+    }
+
+    def store(request: dict[str, Any]) -> dict[str, Any]:
+        out = _store_outgoing(target, account, body.folder, server_folder, raw, first)
+        return out.model_dump(mode="json", by_alias=True)
+
+    config = IdempotencyConfig(
+        event_key_jmespath="[tenant_id, user_id, keyed_by, key]",
+        payload_validation_jmespath="payload",
+        expires_after_seconds=IDEMPOTENCY_SECONDS,
+        lambda_context=lambda_context,
+    )
+    persistence = DynamoDBPersistenceLayer(table_name=get_settings().idempotency_table, boto3_client=client("dynamodb"))
+    once = idempotent_function(
+        store, data_keyword_argument="request", persistence_store=persistence, config=config, key_prefix="send_message"
+    )
+    field = "idempotency-key" if idempotency_key else "raw"
+    try:
+        result = once(request=request)
+    except IdempotencyValidationError:
+        what = "This Idempotency-Key" if idempotency_key else "A message with this Message-ID"
+        raise Conflict(f"{what} was already used for a different message", field=field) from None
+    except IdempotencyAlreadyInProgressError:
+        raise Conflict("The same message is being stored right now; retry in a moment", field=field) from None
+    return MessageOut.model_validate(result)
+
+
+def _store_outgoing(
+    target: Target,
+    account: dal.AccountModel,
+    folder: str,
+    server_folder: str,
+    raw: bytes,
+    first: mime.ParsedMessage,
+) -> MessageOut:
     sender_domain = first.from_[0].email.rpartition("@")[2] if first.from_ else None
     raw, internet_id = _with_message_id(raw, sender_domain or None)
     parsed = mime.parse_message(raw)
@@ -293,12 +474,12 @@ def send_message(principal: Principal, user_id: str, body: MessageSendIn) -> Mes
         "M",
         gsi1pk=dal.account_pk(target.tenant_id, target.user_id),
         gsi1sk=sort_key,
-        gsi2pk=dal.folder_gsi_pk(target.tenant_id, target.user_id, body.folder),
+        gsi2pk=dal.folder_gsi_pk(target.tenant_id, target.user_id, folder),
         gsi2sk=sort_key,
         id=message_id,
         tenant_id=target.tenant_id,
         user_id=target.user_id,
-        folder=body.folder,
+        folder=folder,
         server_folder=server_folder,
         flags=["\\Seen"],
         seen=True,
