@@ -72,20 +72,27 @@ def translate_errors(params: ServerParams) -> Iterator[None]:
         raise ConnectFailed(f"Could not connect to {where}: {exc.strerror or exc}") from None
 
 
-def precheck(params: ServerParams, settings: Settings) -> None:
-    """Checks done before any byte is sent to the mail server."""
+def precheck(params: ServerParams, settings: Settings) -> list[str]:
+    """Checks done before any byte is sent to the mail server.
+
+    Returns the checked addresses: the adapters connect to these, so the host name is resolved
+    exactly once (no second, unchecked DNS answer).
+    """
     if params.security == "none" and not settings.allow_insecure:
         raise TlsFailed("Unencrypted connections are not allowed by this deployment")
-    resolve_checked(params.host, params.port, settings.allow_private_hosts)
+    return resolve_checked(params.host, params.port, settings.allow_private_hosts)
 
 
-def open_mailbox_check(params: ServerParams, settings: Settings) -> ConnectionCheck:
-    """Log in for real with either protocol and report what the server offers."""
+def open_mailbox_check(params: ServerParams, settings: Settings, *, deadline: float | None = None) -> ConnectionCheck:
+    """Log in for real with either protocol and report what the server offers.
+
+    ``deadline`` is a ``time.monotonic()`` instant; without one an interactive budget applies.
+    """
     if params.protocol == "pop3":
         from mailsync.mailbox.pop import check_pop3
 
-        return check_pop3(params, settings)
+        return check_pop3(params, settings, deadline=deadline)
     from mailsync.mailbox.imap import open_imap
 
-    with open_imap(params, settings) as session:
+    with open_imap(params, settings, deadline=deadline) as session:
         return ConnectionCheck(protocol="imap", capabilities=session.capabilities())
