@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 
 from devstack.dovecot import DovecotServer, MailUser, make_message
-from mailsync.errors import ConnectFailed
+from mailsync.errors import ConnectFailed, FolderMissing
 from mailsync.mailbox.reader import (
     FETCH_CHUNK,
     SEARCH_CHUNK,
@@ -113,7 +113,7 @@ def test_a_folder_removed_after_status_raises_folder_gone(request: pytest.Fixtur
         with pytest.raises(FolderGone) as excinfo:
             reader.examine("Temp")
         assert excinfo.value.folder == "Temp"
-        assert isinstance(excinfo.value, ConnectFailed)
+        assert isinstance(excinfo.value, FolderMissing)  # fails that folder or op, not the account
         with pytest.raises(FolderGone):
             reader.find_message_ids("Temp", ["a@example.com"])
         # The connection stays usable and the folder is simply absent now.

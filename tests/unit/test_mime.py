@@ -726,3 +726,20 @@ def test_a_failing_field_does_not_cost_the_others(monkeypatch: pytest.MonkeyPatc
     assert parsed.subject == "still here"
     assert parsed.date is None
     assert "could not read Date header: IndexError" in parsed.parse_errors
+
+
+# --- identity of a message without Message-ID across an mbsync move (finding 12) ---------------
+
+
+def test_match_hash_ignores_x_tuid_lines_that_mbsync_adds() -> None:
+    from mailsync.mime import match_hash
+
+    original = b"From: a@example.com\r\nSubject: no id\r\n\r\nBody\r\nX-TUID: in the body counts\r\n"
+    at_end = original.replace(b"\r\n\r\n", b"\r\nX-TUID: Ab1Cd2Ef3Gh4\r\n\r\n", 1)
+    at_start = b"X-TUID: Ab1Cd2Ef3Gh4\r\n" + original
+    folded = original.replace(b"\r\n\r\n", b"\r\nx-tuid: Ab1\r\n Cd2\r\n\r\n", 1)
+    assert match_hash(at_end) == match_hash(at_start) == match_hash(folded) == match_hash(original)
+    # The body is hashed as is, and any other change still counts.
+    assert match_hash(original.replace(b"X-TUID: in", b"X-TUID: on")) != match_hash(original)
+    assert match_hash(original.replace(b"no id", b"no iD")) != match_hash(original)
+    assert content_hash(at_end) != content_hash(original)

@@ -464,3 +464,49 @@ def test_given_an_oversized_item_when_batched_then_alone_in_its_batch(items: lis
 
 def test_given_items_missing_from_sizes_when_batched_then_counted_as_zero_bytes() -> None:
     assert batches(["a", "b", "c"], {"a": 100}, max_count=10, max_bytes=100) == [["a", "b", "c"]]
+
+
+# --- relinking a message the server moved (finding 12: "a CRM folder stays wrong for good") ------
+
+
+def _view(**kw: object):
+    from mailsync.sync.planner import relink_view
+
+    base = {
+        "server_crm_folder": "archive",
+        "server_flags": ("\\Flagged",),
+        "crm_folder": "inbox",
+        "crm_seen": True,
+        "ops_pending": False,
+        "move_pending": False,
+    }
+    return relink_view(**{**base, **kw})
+
+
+def test_relink_without_pending_changes_shows_the_server() -> None:
+    view = _view()
+    assert (view.folder, view.seen, view.flags) == ("archive", False, ("\\Flagged",))
+
+
+def test_relink_with_a_pending_seen_change_takes_the_server_folder_and_keeps_the_crm_seen() -> None:
+    # Another client moved it INBOX -> Archive while the CRM user marked it read: the folder
+    # follows the server, the waiting \Seen stays shown (the pusher applies it at the new place).
+    view = _view(ops_pending=True)
+    assert (view.folder, view.seen, view.flags) == ("archive", True, ("\\Flagged", "\\Seen"))
+
+
+def test_relink_with_a_pending_move_keeps_the_crm_folder() -> None:
+    view = _view(ops_pending=True, move_pending=True, crm_folder="trash", crm_seen=False)
+    assert (view.folder, view.seen, view.flags) == ("trash", False, ("\\Flagged",))
+
+
+def test_relink_with_a_pending_unread_change_drops_the_server_seen() -> None:
+    view = _view(ops_pending=True, server_flags=("\\Seen",), crm_seen=False)
+    assert (view.folder, view.seen, view.flags) == ("archive", False, ())
+
+
+def test_match_key_hashes_message_ids_long_in_utf8_bytes() -> None:
+    # 200 characters but 800 bytes: the key ends up in a DynamoDB partition key (<= 2048 bytes).
+    long_in_bytes = "😂" * 200
+    assert match_key(long_in_bytes, "").startswith("midh:")
+    assert match_key("a" * 400, "") == "mid:" + "a" * 400

@@ -14,8 +14,11 @@ SOURCE = "mailsync"
 MESSAGE_RECEIVED = "message.received"
 MESSAGE_UPDATED = "message.updated"
 MESSAGE_DETACHED = "message.detached"
+# A change made in the CRM could not be applied on the mail server (the message says why).
+MESSAGE_SYNC_FAILED = "message.sync_failed"
 ACCOUNT_AUTH_FAILED = "account.auth_failed"
 ACCOUNT_SYNC_FAILED = "account.sync_failed"
+ACCOUNT_FOLDER_MISSING = "account.folder_missing"
 
 
 @dataclass(frozen=True)

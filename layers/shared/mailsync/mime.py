@@ -72,6 +72,24 @@ def content_hash(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+# mbsync adds "X-TUID:" when it re-uploads a message (a move in its Maildir); the message is
+# otherwise the same, so it must keep matching (see ``match_hash``).
+_VOLATILE_HEADER = re.compile(rb"^X-TUID:[^\n]*\n(?:[ \t][^\n]*\n)*", re.IGNORECASE | re.MULTILINE)
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def match_hash(raw: bytes) -> str:
+    """SHA-256 hex digest identifying a message without a Message-ID across moves.
+
+    The content hash of the raw bytes with header lines that other mail programs add on a
+    re-upload (``X-TUID``) left out; the body is hashed as is.
+    """
+    end = _HEADER_END.search(raw)
+    split = end.end() if end else len(raw)
+    header = _VOLATILE_HEADER.sub(b"", raw[:split])
+    return hashlib.sha256(header + raw[split:]).hexdigest()
+
+
 def normalise_message_id(value: str | None) -> str | None:
     """The first message id in ``value`` without angle brackets or whitespace; None if there is none."""
     if value is None:

@@ -31,7 +31,7 @@ from imapclient.imap_utf7 import encode as encode_utf7
 from imapclient.response_parser import gen_parsed_response
 from imapclient.util import to_unicode
 
-from mailsync.errors import ConnectFailed
+from mailsync.errors import ConnectFailed, FolderMissing
 from mailsync.mailbox.base import translate_errors
 from mailsync.mailbox.imap import ImapSession
 from mailsync.mime import normalise_message_id
@@ -67,8 +67,8 @@ _FOLDED = re.compile(rb"\r?\n[ \t]+")
 _QRESYNC_ATTR = "mailsync_qresync_enabled"
 
 
-class FolderGone(ConnectFailed):
-    """The folder does not exist on the server (any more)."""
+class FolderGone(FolderMissing):
+    """The folder does not exist on the server (any more): fails the operation, not the account."""
 
     def __init__(self, folder: str) -> None:
         super().__init__(f"The folder {folder!r} does not exist on the mail server (deleted or renamed?)")
@@ -390,24 +390,36 @@ class MailboxReader:
 
     # -- selected folder ------------------------------------------------------
 
-    def search_since(self, since: date) -> list[int]:
-        """UIDs with an INTERNALDATE on or after ``since`` (server's day boundaries), ascending.
+    def search_since(self, since: date, *, below: int | None = None) -> list[int]:
+        """UIDs with an INTERNALDATE on or after ``since`` (server's day boundaries), ascending;
+        with ``below``, only UIDs under it (a snapshot's UIDNEXT).
 
-        One command (UID SEARCH SINCE).
+        One command (UID SEARCH SINCE); none when ``below`` leaves no UID.
         """
         criterion = f"SINCE {since.day}-{_MONTHS[since.month - 1]}-{since.year}"
+        if below is not None:
+            if below <= 1:
+                return []
+            criterion = f"UID 1:{below - 1} {criterion}"
         with self._guard("searching messages by date"):
-            return self._uid_search(criterion)
+            found = self._uid_search(criterion)
+        return [uid for uid in found if below is None or uid < below]
 
-    def search_from_uid(self, first_uid: int) -> list[int]:
-        """UIDs >= ``first_uid``, ascending. One command (UID SEARCH UID n:*)."""
+    def search_from_uid(self, first_uid: int, *, below: int | None = None) -> list[int]:
+        """UIDs >= ``first_uid``, ascending; with ``below``, only UIDs under it (a snapshot's UIDNEXT).
+
+        One command (UID SEARCH UID n:* or n:below-1); none when the range is empty.
+        """
         if first_uid < 1:
             first_uid = 1
+        if below is not None and below <= first_uid:
+            return []
+        upper = "*" if below is None else str(below - 1)
         with self._guard("searching new messages"):
-            found = self._uid_search(f"UID {first_uid}:*")
+            found = self._uid_search(f"UID {first_uid}:{upper}")
         # "n:*" with n above the highest UID means "highest:n", so the newest message comes
         # back even though it is older than first_uid.
-        return [uid for uid in found if uid >= first_uid]
+        return [uid for uid in found if uid >= first_uid and (below is None or uid < below)]
 
     def flags(self, uids: Sequence[int]) -> dict[int, tuple[str, ...]]:
         """Current flags of those ``uids`` that still exist.
@@ -455,6 +467,31 @@ class MailboxReader:
                 for uid in sorted(fetched):
                     attrs = fetched[uid]
                     raw = attrs.get(b"BODY[]")
+                    out.append(
+                        FetchedMessage(
+                            uid=uid,
+                            flags=_flags(attrs.get(b"FLAGS")),
+                            internal_date=_internal_date(attrs.get(b"INTERNALDATE")),
+                            size=int(attrs.get(b"RFC822.SIZE") or 0),
+                            raw=raw if isinstance(raw, bytes) else b"",
+                        )
+                    )
+        return out
+
+    def fetch_headers(self, uids: Sequence[int], max_bytes: int) -> list[FetchedMessage]:
+        """The header section only (``raw``), at most ``max_bytes`` of it, of those ``uids`` that exist.
+
+        For messages over the size cap: their body is never transferred. One UID FETCH per
+        FETCH_CHUNK UIDs; ``size`` is the whole message's RFC822.SIZE.
+        """
+        out: list[FetchedMessage] = []
+        items = f"(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER]<0.{max(1, int(max_bytes))}>)"
+        with self._guard("downloading message headers"):
+            for chunk in _chunks(sorted(set(uids)), FETCH_CHUNK):
+                fetched = self._uid_fetch(chunk, items)
+                for uid in sorted(fetched):
+                    attrs = fetched[uid]
+                    raw = _section(attrs, b"BODY[HEADER]")
                     out.append(
                         FetchedMessage(
                             uid=uid,

@@ -22,19 +22,32 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from pynamodb.exceptions import PutError
+
 from mailsync import blobstore, dal, mime
-from mailsync.events import MESSAGE_DETACHED, MESSAGE_RECEIVED, MESSAGE_UPDATED, Event, message_event
-from mailsync.mailbox.reader import FetchedMessage, MailboxReader, MessageSummary
+from mailsync.config import get_settings
+from mailsync.events import (
+    ACCOUNT_FOLDER_MISSING,
+    MESSAGE_DETACHED,
+    MESSAGE_RECEIVED,
+    MESSAGE_UPDATED,
+    Event,
+    message_event,
+)
+from mailsync.mailbox.reader import FetchedMessage, FolderGone, MailboxReader, MessageSummary
 from mailsync.observability import logger
 from mailsync.privacy import TenantRules
 from mailsync.services import confidentiality
 from mailsync.sync import planner
-from mailsync.sync.metadata import metadata_fields
+from mailsync.sync.metadata import metadata_fields, minimal_fields
 from mailsync.sync.planner import Arrival, FirstSync, FolderState, Known, Mode, ServerStatus
 
 BATCH_COUNT = 50
 BATCH_BYTES = 8 * 1024 * 1024
 SWEEP_INTERVAL_SECONDS = 3600
+# Of a message over the size cap only this much of its header section is fetched and stored.
+TOO_LARGE_HEADER_BYTES = 1024 * 1024
+FOLDER_MISSING = "folder_missing"
 
 
 def _with_seen(flags: Iterable[str], seen: bool) -> list[str]:
@@ -78,6 +91,9 @@ faults = FaultPoints()
 class FolderWork:
     server_folder: str
     mode: Mode
+    # What the folder state advances to: the sync's STATUS snapshot, taken before any scan.
+    # Arrivals are bounded by its UIDNEXT, so whatever lands later (a move by another client
+    # mid-sync) is next sync's arrival and meets its disappearance there.
     snapshot: ServerStatus
     todo: list[int] = field(default_factory=list)  # arrival candidates, highest UID first
     first_sync: FirstSync | None = None
@@ -129,6 +145,7 @@ class AccountSync:
         deadline: Callable[[], bool] = lambda: False,
         now: datetime | None = None,
         revivable: dict[str, list[str]] | None = None,
+        pending_moves: frozenset[str] = frozenset(),
     ) -> None:
         self.account = account
         self.state = state
@@ -152,6 +169,10 @@ class AccountSync:
         # CRM-written messages not yet appended: an arrival with their key is them.
         self.revivable = {k: list(v) for k, v in (revivable or {}).items()}
         self._rules: TenantRules | None = None
+        # Ids of messages with a CRM move still waiting: only those keep their CRM folder on a relink.
+        self.pending_moves = pending_moves
+        self.max_message_bytes = get_settings().max_message_bytes
+        self.snapshots: dict[str, ServerStatus] = {}
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -162,20 +183,37 @@ class AccountSync:
         for server_folder in self.crm_for:
             status = statuses.get(server_folder)
             if status is None:
-                self._folder_error(server_folder, "folder not found on the mail server")
+                self._folder_missing(server_folder)
+                continue
+            self.snapshots[server_folder] = _status(status)
+            try:
+                item = self._prepare_folder(server_folder, _status(status))
+            except FolderGone:
+                # Deleted between the STATUS and now: the other folders still sync.
+                self._folder_missing(server_folder)
                 continue
             self.folder_meta.setdefault(server_folder, {}).pop("error", None)
-            item = self._prepare_folder(server_folder, _status(status))
             if item is not None:
                 work.append(item)
+        done: list[FolderWork] = []
         for item in work:
-            if not self._process_arrivals(item):
-                self.outcome.complete = False
-                self._checkpoint()
-                return self._finish()
-        self._detach_vanished()
-        self._sweep_aged_out(force=any(w.mode is Mode.FULL for w in work))
-        for item in work:
+            try:
+                if not self._process_arrivals(item):
+                    self.outcome.complete = False
+                    self._checkpoint()
+                    return self._finish()
+            except FolderGone:
+                self._folder_missing(item.server_folder)
+                continue
+            done.append(item)
+        waiting = self._detach_vanished()
+        self._sweep_aged_out(force=any(w.mode is Mode.FULL for w in done))
+        for item in done:
+            if item.server_folder in waiting:
+                # Its disappearances wait for the next sync: it must see them again from the old state.
+                self.folder_meta.setdefault(item.server_folder, {})["deferred"] = True
+                continue
+            self.folder_meta.setdefault(item.server_folder, {}).pop("deferred", None)
             self._advance(item)
         self._checkpoint()
         return self._finish()
@@ -193,10 +231,24 @@ class AccountSync:
             self.states.pop(server_folder, None)
             self.folder_meta.pop(server_folder, None)
 
-    def _folder_error(self, server_folder: str, message: str) -> None:
-        self.outcome.folder_errors[server_folder] = message
-        self.folder_meta.setdefault(server_folder, {})["error"] = message
-        logger.warning("folder skipped", extra={"server_folder": server_folder, "reason": message})
+    def _folder_missing(self, server_folder: str) -> None:
+        """A mapped folder the server no longer has: shown in sync-status, announced once."""
+        meta = self.folder_meta.setdefault(server_folder, {})
+        if meta.get("error") != FOLDER_MISSING:
+            self.events.append(
+                Event(
+                    ACCOUNT_FOLDER_MISSING,
+                    self.tenant,
+                    self.user,
+                    {"server_folder": server_folder, "crm_folder": self.crm_for[server_folder], "code": FOLDER_MISSING},
+                )
+            )
+        self._folder_error(server_folder, FOLDER_MISSING)
+
+    def _folder_error(self, server_folder: str, code: str) -> None:
+        self.outcome.folder_errors[server_folder] = code
+        self.folder_meta.setdefault(server_folder, {})["error"] = code
+        logger.warning("folder skipped", extra={"server_folder": server_folder, "reason": code})
 
     # -- step 2 ---------------------------------------------------------------------------------
 
@@ -206,20 +258,27 @@ class AccountSync:
         if mode is Mode.SKIP:
             return None
         if mode is Mode.FULL:
-            return self._prepare_full(server_folder, stored)
+            return self._prepare_full(server_folder, stored, status)
         if mode is Mode.SCAN:
-            return self._prepare_scan(server_folder, stored)
-        return self._prepare_modseq(server_folder, stored, mode)
+            return self._prepare_scan(server_folder, stored, status)
+        return self._prepare_modseq(server_folder, stored, mode, status)
 
-    def _prepare_full(self, server_folder: str, stored: FolderState) -> FolderWork:
+    @staticmethod
+    def _bound(listed: ServerStatus, live: ServerStatus) -> ServerStatus:
+        """The snapshot arrivals are bounded by: the sync's STATUS when it describes the folder
+        read now (same UIDVALIDITY, a UIDNEXT reported), else what EXAMINE reported."""
+        return listed if listed.uidvalidity == live.uidvalidity and listed.uidnext > 0 else live
+
+    def _prepare_full(self, server_folder: str, stored: FolderState, listed: ServerStatus) -> FolderWork:
         snapshot = _status(self.reader.examine(server_folder))
         first = stored.first_sync
+        bound = self._bound(listed, snapshot)
         if first is None or first.uidvalidity != snapshot.uidvalidity:
             first = FirstSync(
                 uidvalidity=snapshot.uidvalidity,
-                uidnext=snapshot.uidnext,
-                highestmodseq=snapshot.highestmodseq,
-                messages=snapshot.messages,
+                uidnext=bound.uidnext,
+                highestmodseq=bound.highestmodseq,
+                messages=bound.messages,
             )
         current: dict[int, dal.LocationModel] = {}
         for location in dal.locations(self.tenant, self.user, server_folder):
@@ -232,7 +291,9 @@ class AccountSync:
             # A resumed first sync: what it stored before may have left the folder meanwhile.
             self._collect_vanished_by_uids(server_folder, set(self.reader.search_from_uid(1)), current)
         known_now = set(current)
-        window = self.reader.search_since(self.cutoff.date())
+        # This sync's snapshot bounds the arrivals (a resumed first sync's own UIDNEXT is older:
+        # what came since is stored now and known next time).
+        window = self.reader.search_since(self.cutoff.date(), below=bound.uidnext or None)
         # Resuming needs no cursor: what a previous run stored has a location record now.
         todo = sorted((u for u in window if u not in known_now), reverse=True)
         first = FirstSync(**{**first.__dict__, "total": len(window), "done": len(window) - len(todo)})
@@ -241,14 +302,15 @@ class AccountSync:
         )
         return FolderWork(server_folder, Mode.FULL, snapshot, todo, first)
 
-    def _prepare_modseq(self, server_folder: str, stored: FolderState, mode: Mode) -> FolderWork:
+    def _prepare_modseq(self, server_folder: str, stored: FolderState, mode: Mode, listed: ServerStatus) -> FolderWork:
         assert stored.uidvalidity is not None and stored.highestmodseq is not None
         changes = self.reader.changes_since(server_folder, stored.uidvalidity, stored.highestmodseq)
-        snapshot = _status(changes.status)
-        if snapshot.uidvalidity != stored.uidvalidity:
-            return self._prepare_full(server_folder, FolderState())
+        live = _status(changes.status)
+        if live.uidvalidity != stored.uidvalidity:
+            return self._prepare_full(server_folder, FolderState(), listed)
+        snapshot = self._bound(listed, live)
         self._apply_flag_changes(server_folder, stored.uidvalidity, changes.changed_flags)
-        new_uids = [u for u in self.reader.search_from_uid(stored.uidnext or 1)]
+        new_uids = self.reader.search_from_uid(stored.uidnext or 1, below=snapshot.uidnext or None)
         if changes.vanished is not None:
             gone = dal.get_locations(
                 self.tenant, self.user, server_folder, ((stored.uidvalidity, u) for u in changes.vanished)
@@ -261,16 +323,17 @@ class AccountSync:
         todo = sorted((u for u in new_uids if (stored.uidvalidity, u) not in known), reverse=True)
         return FolderWork(server_folder, mode, snapshot, todo)
 
-    def _prepare_scan(self, server_folder: str, stored: FolderState) -> FolderWork:
-        snapshot = _status(self.reader.examine(server_folder))
-        if snapshot.uidvalidity != stored.uidvalidity:
-            return self._prepare_full(server_folder, FolderState())
+    def _prepare_scan(self, server_folder: str, stored: FolderState, listed: ServerStatus) -> FolderWork:
+        live = _status(self.reader.examine(server_folder))
+        if live.uidvalidity != stored.uidvalidity:
+            return self._prepare_full(server_folder, FolderState(), listed)
+        snapshot = self._bound(listed, live)
         all_uids = set(self.reader.search_from_uid(1))
         known = {int(loc.uid): loc for loc in dal.locations(self.tenant, self.user, server_folder)}
         self._collect_vanished_by_uids(server_folder, all_uids, known)
         present = sorted(u for u in known if u in all_uids)
         self._apply_flag_changes(server_folder, snapshot.uidvalidity, self.reader.flags(present), known)
-        window = self.reader.search_since(self.cutoff.date())
+        window = self.reader.search_since(self.cutoff.date(), below=snapshot.uidnext or None)
         todo = sorted((u for u in window if u not in known), reverse=True)
         return FolderWork(server_folder, Mode.SCAN, snapshot, todo)
 
@@ -327,7 +390,7 @@ class AccountSync:
         self.reader.examine(work.server_folder)
         # Headers only (the reader chunks the command); bodies are fetched per batch below.
         summaries = {s.uid: s for s in self.reader.summaries(work.todo)}
-        sizes = {uid: s.size for uid, s in summaries.items()}
+        sizes = {uid: self._fetch_size(s.size) for uid, s in summaries.items()}
         # Newest mail first, so the CRM shows what matters while a big first sync runs. UIDs
         # gone between SEARCH and FETCH have no summary: they are not arrivals any more.
         todo = sorted(summaries, key=lambda u: (summaries[u].internal_date, u), reverse=True)
@@ -348,10 +411,11 @@ class AccountSync:
     def _store_batch(self, work: FolderWork, batch: list[MessageSummary]) -> None:
         summaries = [s for s in batch if s.internal_date >= self.cutoff]
         fetched: dict[int, FetchedMessage] = {}
+        sizes = {s.uid: s.size for s in summaries}
         without_id = [s.uid for s in summaries if not s.message_id]
         if without_id:
             # A message without Message-ID is recognised by its content: that needs its bytes.
-            fetched.update({m.uid: m for m in self.reader.fetch(without_id)})
+            fetched.update(self._fetch(without_id, sizes))
         arrivals = [self._arrival(work, s, fetched.get(s.uid)) for s in summaries]
         # Oldest UID first, as the vanished copies are consumed: two copies with the same
         # Message-ID keep their own ids across a UIDVALIDITY reset.
@@ -368,14 +432,28 @@ class AccountSync:
         if result.creates:
             need = [a.uid for a in result.creates if a.uid not in fetched]
             if need:
-                fetched.update({m.uid: m for m in self.reader.fetch(need)})
+                fetched.update(self._fetch(need, sizes))
             self._create(work, [(a, fetched[a.uid]) for a in result.creates if a.uid in fetched])
+
+    def _fetch_size(self, size: int) -> int:
+        return min(size, TOO_LARGE_HEADER_BYTES) if size > self.max_message_bytes else size
+
+    def _fetch(self, uids: list[int], sizes: dict[int, int]) -> dict[int, FetchedMessage]:
+        """Raw messages; of one over the size cap only its headers (its body never enters memory)."""
+        whole = [u for u in uids if sizes.get(u, 0) <= self.max_message_bytes]
+        big = [u for u in uids if sizes.get(u, 0) > self.max_message_bytes]
+        out = {m.uid: m for m in self.reader.fetch(whole)} if whole else {}
+        if big:
+            limit = min(self.max_message_bytes, TOO_LARGE_HEADER_BYTES)
+            out.update({m.uid: m for m in self.reader.fetch_headers(big, limit)})
+        return out
 
     def _arrival(self, work: FolderWork, summary: MessageSummary, body: FetchedMessage | None) -> Arrival | None:
         if summary.message_id:
             key = planner.match_key(summary.message_id, "")
         elif body is not None:
-            key = planner.match_key(None, mime.content_hash(body.raw))
+            # Without X-TUID lines: mbsync adds one when it re-uploads a moved message.
+            key = planner.match_key(None, mime.match_hash(body.raw))
         else:
             return None
         return Arrival(
@@ -436,14 +514,22 @@ class AccountSync:
             "gsi2pk": dal.folder_gsi_pk(self.tenant, self.user, crm_folder),
             "updated_at": dal.utcnow(),
         }
-        if int(message.pending_ops or 0) > 0:
-            # CRM changes wait for this message: it keeps showing them (folder, \Seen) while
-            # its server copy is tracked; the pusher applies them from here.
-            for name in ("folder", "gsi2pk"):
-                fields.pop(name)
-            fields["seen"] = bool(message.seen)
-            fields["flags"] = _with_seen(arrival.flags, bool(message.seen))
-            crm_folder = message.folder
+        view = planner.relink_view(
+            server_crm_folder=crm_folder,
+            server_flags=arrival.flags,
+            crm_folder=message.folder,
+            crm_seen=bool(message.seen),
+            ops_pending=int(message.pending_ops or 0) > 0,
+            move_pending=relink.id in self.pending_moves,
+        )
+        # Waiting CRM changes stay visible while the server copy is tracked; the pusher applies them from here.
+        crm_folder = view.folder
+        fields.update(
+            folder=view.folder,
+            gsi2pk=dal.folder_gsi_pk(self.tenant, self.user, view.folder),
+            seen=view.seen,
+            flags=list(view.flags),
+        )
         old = self._keys_of(relink.old) if relink.old is not None else None
         previous_folder = message.folder
         dal.relink_message(message, location, window, fields, old)
@@ -471,15 +557,42 @@ class AccountSync:
         if self._rules is None:
             self._rules = confidentiality.tenant_rules(self.tenant)
         confidentiality.classify_new(self.account, [m for m, _, _ in rows], self._rules)
-        dal.write_new_messages(rows, between=lambda: faults.hit("before_location_write"))
+        try:
+            dal.write_new_messages(rows, between=lambda: faults.hit("before_location_write"))
+        except PutError as exc:
+            if exc.cause_response_code != "ValidationException":
+                raise
+            # One item over a DynamoDB limit fails its whole batch write: store the messages one
+            # by one, so only an unstorable one loses metadata (puts: redoing the others is safe).
+            for row in rows:
+                self._write_one(row)
         for message, _, _ in rows:
             self.events.append(message_event(MESSAGE_RECEIVED, message))
         self.outcome.created += len(rows)
+
+    def _write_one(self, row: tuple[dal.MessageModel, dal.LocationModel, dal.WindowModel]) -> None:
+        try:
+            dal.write_new_messages([row], between=lambda: faults.hit("before_location_write"))
+            return
+        except PutError as exc:
+            if exc.cause_response_code != "ValidationException":
+                raise
+        message = row[0]
+        logger.warning("message metadata cannot be stored: kept raw with minimal metadata", extra={"id": message.id})
+        note = "Metadata too large to store: only a minimal part is shown; the raw message is complete"
+        for name, value in minimal_fields(message.subject, message.from_ or [], message.message_id, note).items():
+            setattr(message, name, value)
+        dal.write_new_messages([row], between=lambda: faults.hit("before_location_write"))
 
     def _message_item(
         self, message_id: str, crm_folder: str, arrival: Arrival, raw: bytes, s3_key: str, sha: str
     ) -> dal.MessageModel:
         parsed = mime.parse_message(raw)
+        metadata = metadata_fields(parsed, sha)
+        too_large = arrival.size > self.max_message_bytes
+        if too_large:
+            note = f"Message of {arrival.size} bytes is over the cap of {self.max_message_bytes}: headers only"
+            metadata["parse_errors"] = [note, *metadata["parse_errors"]][:20]
         sort_key = f"{dal.iso(arrival.internal_date)}#{message_id}"
         return dal.MessageModel(
             dal.message_pk(message_id),
@@ -503,24 +616,49 @@ class AccountSync:
             s3_key=s3_key,
             content_hash=sha,
             state="synced",
-            **metadata_fields(parsed, sha),
+            too_large=too_large,
+            **metadata,
         )
 
     # -- steps 4 and 5 --------------------------------------------------------------------------
 
-    def _detach_vanished(self) -> None:
+    def _detach_vanished(self) -> set[str]:
+        """Detach what disappeared unmatched; returns the folders whose disappearances wait instead."""
         if not self.vanished:
-            return
+            return set()
+        folders = {k.server_folder for k in self.vanished}
+        if not any(self.folder_meta.get(f, {}).get("deferred") for f in folders) and self._changed_since_snapshot():
+            # Something happened after the snapshot (arrivals past it are next sync's): a copy
+            # that vanished may be one of them, a move. It waits one sync to meet its arrival,
+            # rather than being detached as removed now; only once, so a busy mailbox still detaches.
+            logger.info("disappearances wait for the next sync", extra={"count": len(self.vanished)})
+            self.vanished = []
+            return folders
         moved_away: set[str] = set()
         searchable = sorted({k.match_key[4:] for k in self.vanished if k.match_key.startswith("mid:")})
         if searchable:
             mapped = set(self.crm_for)
             for folder in self.reader.list_folder_names():
                 if folder not in mapped:
-                    moved_away |= {f"mid:{m}" for m in self.reader.find_message_ids(folder, searchable)}
+                    try:
+                        moved_away |= {f"mid:{m}" for m in self.reader.find_message_ids(folder, searchable)}
+                    except FolderGone:
+                        continue  # deleted since the LIST: nothing moved there
         for known in self.vanished:
             self._detach(known, "moved_unmapped" if known.match_key in moved_away else "removed")
         self.vanished = []
+        return set()
+
+    def _changed_since_snapshot(self) -> bool:
+        """Whether any mapped folder moved on since the sync's STATUS snapshot (one more STATUS)."""
+        if not self.snapshots:
+            return False
+        now = self.reader.status(list(self.snapshots))
+        for server_folder, snapshot in self.snapshots.items():
+            current = now.get(server_folder)
+            if current is not None and _status(current) != snapshot:
+                return True
+        return False
 
     def _sweep_aged_out(self, *, force: bool) -> None:
         last = int(self.state.last_sweep_at or 0)

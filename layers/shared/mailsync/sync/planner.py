@@ -118,7 +118,7 @@ def match_key(message_id: str | None, content_hash: str) -> str:
 
     An absurdly long Message-ID is hashed ("midh:") so it still fits in a DynamoDB key.
     """
-    if message_id and len(message_id) > MAX_PLAIN_MESSAGE_ID:
+    if message_id and len(message_id.encode("utf-8", "surrogateescape")) > MAX_PLAIN_MESSAGE_ID:
         return "midh:" + hashlib.sha256(message_id.encode("utf-8", "surrogateescape")).hexdigest()
     return f"mid:{message_id}" if message_id else f"sha:{content_hash}"
 
@@ -201,6 +201,41 @@ def reconcile(
     for remaining in pool.values():
         result.vanished.extend(remaining)
     return result
+
+
+@dataclass(frozen=True)
+class RelinkView:
+    """What a relinked message shows in the CRM."""
+
+    folder: str
+    seen: bool
+    flags: tuple[str, ...]
+
+
+def relink_view(
+    *,
+    server_crm_folder: str,
+    server_flags: Iterable[str],
+    crm_folder: str,
+    crm_seen: bool,
+    ops_pending: bool,
+    move_pending: bool,
+) -> RelinkView:
+    """Where a message the server moved shows up in the CRM, and its \\Seen.
+
+    The server's folder wins unless a CRM *move* of this message still waits (the user's own
+    move is applied from the new place); any waiting CRM change keeps the CRM's \\Seen, since
+    a waiting mark-read/unread is what the pusher applies next. Freezing the folder for any
+    pending op would leave it wrong for good once a \\Seen op completes without a folder.
+    """
+    flags = normalise_flags(server_flags)
+    folder = crm_folder if move_pending else server_crm_folder
+    if not ops_pending and not move_pending:
+        return RelinkView(folder, "\\Seen" in flags, tuple(sorted(flags)))
+    flags.discard("\\Seen")
+    if crm_seen:
+        flags.add("\\Seen")
+    return RelinkView(folder, crm_seen, tuple(sorted(flags)))
 
 
 _SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft", "\\Recent")}
