@@ -14,7 +14,7 @@ from devstack.lambda_runtime import LambdaContext, http_event, load_handler
 from devstack.moto_atomic import make_dynamodb_atomic
 from devstack.run import local_defaults
 
-pytest_plugins = ["tests.fixtures.dovecot"]
+pytest_plugins = ["tests.fixtures.dovecot", "tests.fixtures.other_servers"]
 
 # The local stack's AWS defaults, but the deployed defaults for Mailsync's own guards.
 FAKE_AWS = {k: v for k, v in local_defaults().items() if not k.startswith("MAILSYNC_")} | {
