@@ -1,8 +1,11 @@
 """Sync worker function: one SQS record is one account to sync; failures are reported per record.
 
-Mailbox problems (wrong password, server down) are handled by the job itself — status, backoff,
-events — and do not fail the record. Anything unexpected does, so SQS retries it and, after
-``maxReceiveCount`` attempts, parks it in the dead-letter queue.
+Mailbox problems (wrong password, server down) and unexpected exceptions inside a job are handled
+by the job itself — sync state ``failed``, ``last_error``, backoff, events, a ``SyncFailures_<code>``
+metric (``internal_error`` for the unexpected) — and do not fail the record: the account's own
+backoff decides when it runs again. Only a record that is not a job (or storage failing while the
+job records its outcome) fails, so SQS retries it and, after ``maxReceiveCount`` attempts, parks it
+in the dead-letter queue.
 """
 
 from __future__ import annotations

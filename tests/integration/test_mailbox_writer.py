@@ -3,12 +3,18 @@ basic one that hides them, so both the one-command paths and the fallbacks are e
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
+import re
 
 import pytest
 
 from devstack.dovecot import MailUser, make_message
+from mailsync.config import Settings
+from mailsync.errors import ConnectFailed, FolderMissing, OperationRefused
+from mailsync.mailbox.base import ServerParams
+from mailsync.mailbox.imap import open_imap
 from mailsync.mailbox.reader import FolderGone, MailboxReader
 from mailsync.mailbox.writer import MailboxWriter
 from tests.integration.imap_support import BOTH, _counted, _session, _user
@@ -433,3 +439,205 @@ def test_move_paths_for_servers_with_only_some_extensions(
     assert _snapshot(mail_user, "Archive")[2][0] == raw
     inbox = _snapshot(mail_user, "INBOX")
     assert list(inbox) == [trashed] and "\\Deleted" in inbox[trashed][1]
+
+
+# -- refusals: typed errors, and Courier's read-only APPEND ----------------------------------
+
+
+class RefusingProxy:
+    """A plain-text line proxy in front of Dovecot's imap port that answers NO where another
+    server would, for refusals Dovecot never gives: Courier-IMAP's "NO Current box is selected
+    READ-ONLY." to an APPEND into the mailbox the session has EXAMINEd (``courier=True``), and a
+    NO to every APPEND into the folders in ``refuse_append`` (an over-quota or read-only
+    mailbox). Everything else is the real server's answer."""
+
+    COURIER_NO = b"NO Current box is selected READ-ONLY."
+
+    def __init__(self, user: MailUser, *, courier: bool = False, refuse_append: dict[str, bytes] | None = None):
+        import socket
+        import threading
+
+        self._socket_mod = socket
+        self.user = user
+        self.courier = courier
+        self.refuse_append = {k.upper(): v for k, v in (refuse_append or {}).items()}
+        self.refused: list[bytes] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._threads: list[threading.Thread] = []
+        self._accept = threading.Thread(target=self._serve, daemon=True)
+        self._accept.start()
+
+    def close(self) -> None:
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = self._socket_mod.create_connection((self.user.host, self.user.imap_port), timeout=10)
+            lock = threading.Lock()
+            for target in (self._client_to_server, self._server_to_client):
+                thread = threading.Thread(target=target, args=(client, server, lock), daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def _server_to_client(self, client, server, lock) -> None:
+        with contextlib.suppress(OSError):
+            while data := server.recv(65536):
+                with lock:
+                    client.sendall(data)
+        with contextlib.suppress(OSError):
+            client.shutdown(self._socket_mod.SHUT_RDWR)
+
+    def _client_to_server(self, client, server, lock) -> None:
+        reader = client.makefile("rb")
+        examined: bytes | None = None
+        try:
+            while line := reader.readline(1_000_000):
+                words = line.split(maxsplit=3)
+                verb = words[1].upper() if len(words) > 1 else b""
+                mailbox = words[2].strip(b'"').upper() if len(words) > 2 else b""
+                if verb == b"EXAMINE":
+                    examined = mailbox
+                elif verb in (b"SELECT", b"UNSELECT", b"CLOSE"):
+                    examined = None
+                elif verb == b"APPEND":
+                    answer = self.refuse_append.get(mailbox.decode())
+                    if answer is None and self.courier and examined == mailbox:
+                        answer = self.COURIER_NO
+                    if answer is not None:
+                        # Refused before the "+" continuation: the literal is never sent.
+                        self.refused.append(mailbox)
+                        with lock:
+                            client.sendall(words[0] + b" " + answer + b"\r\n")
+                        continue
+                server.sendall(line)
+                literal = re.search(rb"\{(\d+)\}\r\n$", line)
+                if literal:
+                    server.sendall(reader.read(int(literal.group(1))))
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            server.shutdown(self._socket_mod.SHUT_RDWR)
+
+
+@contextlib.contextmanager
+def _proxied_session(user: MailUser, proxy: RefusingProxy):
+    params = ServerParams(
+        host="127.0.0.1", port=proxy.port, username=user.username, password=user.password, security="none"
+    )
+    settings = Settings(allow_private_hosts=True, allow_insecure=True)
+    with open_imap(params, settings) as session:
+        yield session
+
+
+@BOTH
+def test_append_after_find_leaves_the_read_only_selection_courier_refuses(
+    request: pytest.FixtureRequest, flavour: str
+) -> None:
+    """Issue 9 finding 3: the pusher looks for the message in Sent (EXAMINE) and then APPENDs
+    into Sent on the same selection; Courier answers NO, which used to fail the account."""
+    user = _user(request, flavour)
+    raw = make_message(subject="to Sent", message_id="<courier@mailsync.test>")
+    proxy = RefusingProxy(user, courier=True)
+    try:
+        with _proxied_session(user, proxy) as session:
+            writer = MailboxWriter(session)
+            assert writer.find_by_message_id("Sent", "courier@mailsync.test") == []
+            uid = writer.append(
+                "Sent",
+                raw,
+                flags=["\\Seen"],
+                internal_date=None,
+                message_id="courier@mailsync.test",
+                content_sha256=None,
+            )
+            # The session goes on as usual afterwards: the copy is found and can be changed.
+            assert writer.find_by_message_id("Sent", "courier@mailsync.test") == [uid]
+            assert writer.set_seen("Sent", uid, False) == ()
+    finally:
+        proxy.close()
+    assert proxy.refused == []
+    assert [r for r, _ in _snapshot(user, "Sent").values()] == [raw]
+
+
+@BOTH
+def test_append_into_a_read_write_selection_stays_selected(request: pytest.FixtureRequest, flavour: str) -> None:
+    user = _user(request, flavour)
+    with user.client() as client:
+        first = client.append("INBOX", make_message())
+    proxy = RefusingProxy(user, courier=True)
+    try:
+        with _proxied_session(user, proxy) as session:
+            writer = MailboxWriter(session)
+            writer.set_seen("INBOX", first, True)
+            before = session.command_count
+            writer.append("Archive", make_message(), flags=[], internal_date=None, message_id=None, content_sha256=None)
+            # No UNSELECT/CLOSE: full: APPEND. basic: STATUS, APPEND, EXAMINE, UID FETCH of the
+            # Message-IDs, UID FETCH of the bodies (matched by content).
+            assert session.command_count - before == (1 if flavour == "full" else 5)
+    finally:
+        proxy.close()
+
+
+@BOTH
+def test_a_refused_append_is_operation_refused_with_the_servers_words(
+    request: pytest.FixtureRequest, flavour: str
+) -> None:
+    user = _user(request, flavour)
+    proxy = RefusingProxy(user, refuse_append={"Sent": b"NO [OVERQUOTA] Quota exceeded (mailbox for user is full)"})
+    try:
+        with _proxied_session(user, proxy) as session:
+            writer = MailboxWriter(session)
+            with pytest.raises(OperationRefused) as excinfo:
+                writer.append(
+                    "Sent", make_message(), flags=[], internal_date=None, message_id=None, content_sha256=None
+                )
+            assert not isinstance(excinfo.value, FolderMissing)
+            assert "Quota exceeded" in excinfo.value.message
+            # The connection is fine: the next command works.
+            assert writer.find_by_message_id("Sent", "nothing@mailsync.test") == []
+    finally:
+        proxy.close()
+
+
+@BOTH
+def test_a_missing_folder_is_folder_missing_not_a_network_failure(request: pytest.FixtureRequest, flavour: str) -> None:
+    user = _user(request, flavour)
+    with user.client() as client:
+        uid = client.append("INBOX", make_message())
+    with _session(user) as session:
+        writer = MailboxWriter(session)
+        for action in (
+            lambda: writer.set_seen("Gone", 1, True),
+            lambda: writer.move("INBOX", uid, "Gone", message_id=None, content_sha256=None),
+            lambda: writer.append(
+                "Gone", make_message(), flags=[], internal_date=None, message_id=None, content_sha256=None
+            ),
+            lambda: writer.find_by_message_id("Gone", "x@mailsync.test"),
+        ):
+            with pytest.raises(FolderMissing) as excinfo:
+                action()
+            assert not isinstance(excinfo.value, ConnectFailed)
+            assert excinfo.value.code == "folder_missing"
+
+
+@BOTH
+def test_a_bad_to_a_command_is_operation_refused(request: pytest.FixtureRequest, flavour: str) -> None:
+    user = _user(request, flavour)
+    with user.client() as client:
+        uid = client.append("INBOX", make_message())
+    with _session(user) as session:
+        writer = MailboxWriter(session)
+        # UID 0 is not a valid UID: Dovecot answers BAD, which imaplib raises.
+        with pytest.raises(OperationRefused) as excinfo:
+            writer.set_seen("INBOX", 0, True)
+        assert "BAD" in excinfo.value.message
+        assert writer.set_seen("INBOX", uid, True) == ("\\Seen",)

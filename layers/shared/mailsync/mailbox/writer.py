@@ -8,13 +8,21 @@ Only what the server advertises is used. Dovecot, for one, sends COPYUID/APPENDU
 UIDPLUS is hidden from its capabilities; those codes are ignored then, since without UIDPLUS
 nothing promises what they mean, and the UIDNEXT-and-search fallback is taken instead.
 
-Errors (all ``MailboxError`` subclasses):
+Errors (all ``MailboxError`` subclasses), split by what the caller should do:
 
-* ``FolderGone`` (a ``ConnectFailed``): the folder worked on, or a move's destination, does
-  not exist.
-* ``ConnectFailed``: any other NO/BAD from the server, a dropped connection, a response we
-  cannot parse, or a new message that could not be found again without UIDPLUS. Socket, TLS
+* ``FolderGone`` (a ``FolderMissing``): the folder worked on, or a move's destination, does
+  not exist. Fails that operation, never the account.
+* ``OperationRefused``: any other NO/BAD to one of our commands (over quota, read-only
+  mailbox, a command the server does not accept); the message carries the server's words.
+  Fails that operation.
+* ``ServerBusy``: a NO with ``[UNAVAILABLE]``, ``[INUSE]`` or ``[SERVERBUG]``: try again later.
+* ``ConnectFailed``/``MailTimeout``: a dropped connection, a response we cannot parse, or a new
+  message that could not be found again without UIDPLUS (a retry finds it first). Socket, TLS
   and timeout failures map as in ``translate_errors``.
+
+Courier-IMAP refuses APPEND into the mailbox the session has EXAMINEd ("NO Current box is
+selected READ-ONLY."), so ``append`` first leaves such a selection (UNSELECT, else CLOSE, which
+expunges nothing on a read-only selection).
 """
 
 from __future__ import annotations
@@ -22,11 +30,13 @@ from __future__ import annotations
 import hashlib
 import imaplib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from mailsync.errors import ConnectFailed
+from mailsync.errors import ConnectFailed, OperationRefused, ServerBusy, ServerMisbehaving
+from mailsync.mailbox.base import translate_errors
 from mailsync.mailbox.imap import ImapSession
 from mailsync.mailbox.reader import (
     FETCH_CHUNK,
@@ -40,6 +50,7 @@ from mailsync.mailbox.reader import (
     _parse_fetch,
     _quote,
     _response_code,
+    _response_text,
     _section,
     compact_uid_set,
 )
@@ -61,6 +72,50 @@ _SELECTION_ATTR = "mailsync_writer_selection"
 # Untagged responses our commands cause and nobody reads later; popped so a long session's
 # imaplib buffer does not grow with every move.
 _NOISE = ("EXPUNGE", "VANISHED", "EXISTS", "RECENT", "FETCH", "OK", "HIGHESTMODSEQ")
+# RFC 5530 codes of a NO that says "not now": retried later, not a refusal of the change.
+_BUSY_CODES = {"UNAVAILABLE", "INUSE", "SERVERBUG"}
+_MISSING_CODES = {"TRYCREATE", "NONEXISTENT"}
+
+
+class _WriterReader(MailboxReader):
+    """The reader's plumbing with the writer's error policy: a NO/BAD to one of our commands
+    refuses that operation (``OperationRefused``) instead of reading as a network failure,
+    which would retry it, and fail the account, forever."""
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        with translate_errors(self._session.params):
+            try:
+                yield
+            except imaplib.IMAP4.readonly:
+                # Another session made the selected mailbox read-only under us.
+                raise OperationRefused(f"The mail server made the folder read-only while {what}") from None
+            except imaplib.IMAP4.abort as exc:
+                raise ConnectFailed(f"The mail server dropped the connection while {what}: {exc}") from None
+            except imaplib.IMAP4.error as exc:
+                # imaplib raises this for a tagged BAD (and for a command illegal in the state).
+                raise OperationRefused(f"The mail server rejected a command while {what}: {exc}") from None
+
+    def _check_ok(self, typ: str, data: list[Any], command: str) -> None:
+        if typ == "OK":
+            return
+        text = _response_text(data)
+        if _response_code(data) in _BUSY_CODES:
+            raise ServerBusy(f"The mail server could not run {command} now: {text}")
+        raise OperationRefused(f"The mail server refused {command}: {typ} {text}")
+
+    def _raise_examine_failed(self, folder: str, data: list[Any]) -> None:
+        code = _response_code(data)
+        if code in _BUSY_CODES:
+            raise ServerBusy(f"The mail server could not open the folder {folder!r} now: {_response_text(data)}")
+        if code in _MISSING_CODES:
+            raise FolderGone(folder)
+        try:
+            super()._raise_examine_failed(folder, data)
+        except ConnectFailed as exc:
+            # Only the reader's "refused to open" (or its LIST check's refusal) lands here:
+            # network failures are still imaplib/socket exceptions at this point.
+            raise OperationRefused(exc.message) from None
 
 
 def _sha256(raw: bytes) -> str:
@@ -108,7 +163,7 @@ def _copyuid_target(values: list[Any], uid: int) -> int | None:
             sources = sorted(_expand_uid_set(parts[1]))
             targets = sorted(_expand_uid_set(parts[2]))
         except ValueError:
-            raise ConnectFailed(f"The mail server sent a malformed COPYUID: {text!r}") from None
+            raise ServerMisbehaving(f"The mail server sent a malformed COPYUID: {text!r}") from None
         if len(sources) == len(targets) and uid in sources:
             return targets[sources.index(uid)]
     return None
@@ -127,7 +182,9 @@ class MailboxWriter:
 
     ``set_seen`` and ``move`` SELECT their folder read-write unless this connection already has
     it selected so; ``find_*`` (and ``append`` without UIDPLUS) use whatever selection of the
-    folder is there, else EXAMINE it. Every method leaves a folder selected. QRESYNC enabled
+    folder is there, else EXAMINE it. ``append`` never writes into a read-only selection of its
+    folder (Courier refuses): it leaves it first. Every method but ``append`` with UIDPLUS
+    leaves a folder selected. QRESYNC enabled
     on the connection (by ``MailboxReader.changes_since``) does no harm: expunges then arrive
     as VANISHED, which nothing here needs to read.
     """
@@ -136,7 +193,7 @@ class MailboxWriter:
         self._session = session
         # The reader's plumbing (error guard, UID SEARCH/FETCH, EXAMINE, folder-gone checks);
         # use_qresync=False so nothing here ever ENABLEs anything on the connection.
-        self._reader = MailboxReader(session, use_qresync=False)
+        self._reader = _WriterReader(session, use_qresync=False)
         # imapclient caches the capabilities from the LOGIN response only while that response
         # is still in imaplib's untagged buffer, which every SELECT/EXAMINE empties; read them
         # now so the first has_uidplus after a SELECT does not cost a CAPABILITY command.
@@ -266,6 +323,7 @@ class MailboxWriter:
 
         Commands: with UIDPLUS, APPEND. Without: STATUS, APPEND, EXAMINE (unless the folder
         is selected), UID FETCH of the new Message-IDs (plus bodies when matching by content).
+        Plus an UNSELECT (or CLOSE) first when the folder may be the one selected read-only.
         """
         wire = _wire_bytes(raw)
         with self._reader._guard(f"adding a message to {folder!r}"):
@@ -274,6 +332,7 @@ class MailboxWriter:
             imap = self._imap
             imap.untagged_responses.pop("APPENDUID", None)
             date_arg = _internal_date_arg(internal_date) if internal_date is not None else None
+            self._leave_read_only_selection(folder)
             imap.literal = wire
             try:
                 typ, data = imap._simple_command("APPEND", _mailbox_arg(folder), _flag_list(flags), date_arg)
@@ -285,7 +344,7 @@ class MailboxWriter:
             self._drop_noise()
             if uidplus:
                 if appended is None:
-                    raise ConnectFailed("The mail server advertises UIDPLUS but sent no APPENDUID")
+                    raise ServerMisbehaving("The mail server advertises UIDPLUS but sent no APPENDUID")
                 return appended
             new_uid = self._find_new(folder, uidnext, message_id, _sha256(wire))
             if new_uid is None:
@@ -356,11 +415,33 @@ class MailboxWriter:
         imap.state = "SELECTED"
         if _response_code(data) == "READ-ONLY":
             imap.is_readonly = True
-            raise ConnectFailed(f"The mail server opened {folder!r} read-only; its messages cannot be changed")
+            raise OperationRefused(f"The mail server opened {folder!r} read-only; its messages cannot be changed")
         setattr(client, _SELECTION_ATTR, (_folder_key(folder), False, imap.untagged_responses))
 
+    def _leave_read_only_selection(self, folder: str) -> None:
+        """Leave a read-only selection that may be ``folder`` before writing into it.
+
+        Courier refuses APPEND into the mailbox the session has EXAMINEd; a selection made by
+        the reader is not recorded here, so any read-only selection of an unknown folder is
+        left too. A read-write selection stays (Courier accepts APPEND into it).
+        """
+        imap = self._imap
+        if imap.state != "SELECTED" or not imap.is_readonly:
+            return
+        client = self._session.client
+        current = getattr(client, _SELECTION_ATTR, None)
+        if current is not None and current[2] is imap.untagged_responses and current[0] != _folder_key(folder):
+            return
+        # CLOSE expunges nothing on a read-only selection (RFC 3501 6.4.2), so it is safe here.
+        command = "UNSELECT" if self._session.has_capability("UNSELECT") else "CLOSE"
+        typ, data = imap._simple_command(command)
+        self._reader._check_ok(typ, data, command)
+        imap.state = "AUTH"
+        setattr(client, _SELECTION_ATTR, None)
+        self._drop_noise()
+
     def _check_folder_ok(self, typ: str, data: list[Any], command: str, folder: str) -> None:
-        if typ == "NO" and _response_code(data) == "TRYCREATE":
+        if typ == "NO" and _response_code(data) in _MISSING_CODES:
             # RFC 3501: the target mailbox does not exist (and could be created).
             raise FolderGone(folder)
         self._reader._check_ok(typ, data, command)
@@ -379,7 +460,7 @@ class MailboxWriter:
             match = re.search(rb"UIDNEXT\s+(\d+)", line, re.IGNORECASE) if isinstance(line, bytes) else None
             if match:
                 return int(match.group(1))
-        raise ConnectFailed(f"The mail server reported no UIDNEXT for {folder!r}")
+        raise ServerMisbehaving(f"The mail server reported no UIDNEXT for {folder!r}")
 
     def _transfer(self, command: str, uid: int, dest: str, uidplus: bool) -> tuple[bool, int | None]:
         """UID COPY or UID MOVE of one message: (False, None) if it is known to be gone, else

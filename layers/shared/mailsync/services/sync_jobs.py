@@ -5,7 +5,17 @@ Failure policy (mail servers lock accounts after repeated failed logins):
   the account leaves the due index until its settings change — no further login attempts;
 - certificate failure: ``tls_failed``, retried with long backoff (someone may fix the server);
 - network trouble: the connection is retried a few times with backoff inside the job, then the
-  account backs off exponentially (``next_sync_at``) and ``account.sync_failed`` is published.
+  account backs off exponentially (``next_sync_at``) and ``account.sync_failed`` is published;
+- a hostile or broken server (``server_misbehaving``, ``protocol_mismatch``): no retry within the
+  job (it would only spend the budget again), backoff;
+- anything unexpected (a bug, a poison message, AWS trouble): the same backoff, sync state
+  ``failed`` with a human ``last_error`` (no internals), the ``SyncFailures_internal_error``
+  metric, and the lease released: never ``syncing`` forever;
+- one CRM operation the server refuses fails alone (see ``sync.pusher``): it never fails the job.
+
+Time: a job has ``job_budget_seconds`` of wall time from its start. The IMAP connection gets that
+as a hard deadline; the engine's soft deadline trips ``DEADLINE_MARGIN_SECONDS`` before it (or
+when the Lambda runs short), so the job checkpoints and re-enqueues itself before the hard cut.
 """
 
 from __future__ import annotations
@@ -19,7 +29,14 @@ from pydantic import BaseModel, ConfigDict
 
 from mailsync import dal, events
 from mailsync.config import Settings, get_settings
-from mailsync.errors import AuthFailed, MailboxError, MailTimeout, TlsFailed
+from mailsync.errors import (
+    AuthFailed,
+    MailboxError,
+    MailTimeout,
+    ProtocolMismatch,
+    ServerMisbehaving,
+    TlsFailed,
+)
 from mailsync.mailbox.base import ServerParams
 from mailsync.mailbox.imap import open_imap
 from mailsync.mailbox.reader import MailboxReader
@@ -27,7 +44,7 @@ from mailsync.mailbox.writer import MailboxWriter
 from mailsync.observability import logger
 from mailsync.services import scheduling
 from mailsync.services.accounts import server_params
-from mailsync.sync.engine import AccountSync, SyncOutcome
+from mailsync.sync.engine import AccountSync, InjectedCrash, SyncOutcome
 from mailsync.sync.engine import faults as engine_faults
 from mailsync.sync.pusher import Pusher
 
@@ -38,6 +55,10 @@ RETRY_BASE_DELAY_SECONDS = 1.0
 # backlog, two ticks): skip it without logging in. User-requested syncs always run.
 MIN_SECONDS_BETWEEN_SCHEDULED_SYNCS = 20
 HOST_BUSY_DELAY_SECONDS = 30
+# The soft deadline trips this long before the job's budget ends: time to finish the current
+# batch, checkpoint and re-enqueue before the connection's hard deadline cuts it.
+DEADLINE_MARGIN_SECONDS = 15.0
+INTERNAL_ERROR = "Syncing this mailbox failed because of an internal error; it will be retried"
 
 
 class SyncJob(BaseModel):
@@ -83,6 +104,7 @@ def run_job(
     if state is None:
         return JobResult("busy")
     final: dict[str, Any] = {}
+    started = time.monotonic()
     try:
         recent = state.last_success_at is not None and (
             time.time() - state.last_success_at.timestamp() < MIN_SECONDS_BETWEEN_SCHEDULED_SYNCS
@@ -97,14 +119,20 @@ def run_job(
             final = {"state": "idle"}  # waiting for room on the host, not syncing
             return JobResult("busy")
         try:
-            started = time.monotonic()
-            result, final = _sync(account, state, owner, deadline, reader_factory)
+            result, final = _sync(account, state, owner, deadline, reader_factory, started)
             result.duration_ms = int((time.monotonic() - started) * 1000)
             if state.last_success_at is not None:
                 result.lag_seconds = int(time.time() - state.last_success_at.timestamp())
             return result
         finally:
             dal.release_host_slot(account.host, slot, owner)
+    except InjectedCrash:
+        raise  # the tests' stand-in for a worker dying mid-job: nothing would catch that
+    except Exception:  # noqa: BLE001 - the job's last line of defence, see the module docstring
+        # Whatever it was, the account must not look "syncing" forever nor be retried at once.
+        logger.exception("sync job failed unexpectedly", extra={"user_id": job.user_id})
+        final = _record_internal_failure(account, state)
+        return JobResult("failed", error="internal_error", duration_ms=int((time.monotonic() - started) * 1000))
     finally:
         # The final state is written with the lease release, in one request.
         dal.release_lease(state, owner, final)
@@ -116,12 +144,17 @@ def _sync(
     owner: str,
     deadline: Callable[[], bool],
     reader_factory: Callable[..., MailboxReader],
+    started: float,
 ) -> tuple[JobResult, dict[str, Any]]:
     settings = get_settings()
+    hard_deadline = started + settings.job_budget_seconds
+    soft_deadline = job_deadline(deadline, hard_deadline, settings.job_budget_seconds)
     try:
         params = server_params(account, settings)
         outcome = _with_connect_retries(
-            lambda: _run_engine(account, state, owner, deadline, params, settings, reader_factory)
+            lambda: _run_engine(account, state, owner, soft_deadline, params, settings, reader_factory, hard_deadline),
+            # The budget alone: the Lambda's deadline callable is the engine's to ask.
+            job_deadline(lambda: False, hard_deadline, settings.job_budget_seconds),
         )
     except AuthFailed as exc:
         final = _record_failure(account, state, exc, due=False)
@@ -162,8 +195,9 @@ def _run_engine(
     params: ServerParams,
     settings: Settings,
     reader_factory: Callable[..., MailboxReader],
+    hard_deadline: float,
 ) -> SyncOutcome:
-    with open_imap(params, settings) as session:
+    with open_imap(params, settings, deadline=hard_deadline) as session:
         reader = reader_factory(session)
         pusher = Pusher(account, reader, MailboxWriter(session), faults=engine_faults)
         ops = dal.pending_ops(account.tenant_id, account.user_id) if int(state.ops_pending or 0) > 0 else []
@@ -173,7 +207,14 @@ def _run_engine(
             # moved or vanished on the server run again once the pull has found where it is.
             waiting = pusher.run(ops)
             engine = AccountSync(
-                account, state, reader, owner=owner, deadline=deadline, revivable=pusher.revivable(waiting)
+                account,
+                state,
+                reader,
+                owner=owner,
+                deadline=deadline,
+                revivable=pusher.revivable(waiting),
+                # Only a pending move keeps a message's CRM folder when the pull relinks it.
+                pending_moves=frozenset(op.message_id for op in waiting if op.kind == "move"),
             )
             outcome = engine.run()
             if waiting and outcome.complete:
@@ -184,15 +225,35 @@ def _run_engine(
             events.publish(pusher.events + (engine.events if engine is not None else []))
 
 
-def _with_connect_retries(action: Callable[[], SyncOutcome]) -> SyncOutcome:
-    """Retry transient network failures (not auth, not TLS) with backoff inside one job."""
+def job_deadline(
+    lambda_deadline: Callable[[], bool],
+    hard_deadline: float,
+    budget_seconds: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> Callable[[], bool]:
+    """The engine's "stop after this batch" signal: the Lambda runs short, or the job's budget
+    is nearly spent. The margin is at most a quarter of the budget, so a small budget still
+    leaves most of it for work (a margin as large as the budget would never let a job start)."""
+    margin = min(DEADLINE_MARGIN_SECONDS, budget_seconds / 4)
+
+    def tripped() -> bool:
+        return lambda_deadline() or clock() >= hard_deadline - margin
+
+    return tripped
+
+
+def _with_connect_retries(
+    action: Callable[[], SyncOutcome], out_of_time: Callable[[], bool] = lambda: False
+) -> SyncOutcome:
+    """Retry transient network failures (not auth, not TLS, not a misbehaving server) with
+    backoff inside one job, while its time lasts."""
     for attempt in range(1, CONNECT_ATTEMPTS + 1):
         try:
             return action()
-        except (AuthFailed, TlsFailed):
+        except (AuthFailed, TlsFailed, ServerMisbehaving, ProtocolMismatch):
             raise
         except MailboxError as exc:
-            if attempt == CONNECT_ATTEMPTS:
+            if attempt == CONNECT_ATTEMPTS or out_of_time():
                 raise
             delay = RETRY_BASE_DELAY_SECONDS * 2 ** (attempt - 1)
             logger.info(
@@ -216,4 +277,21 @@ def _record_failure(
     status = exc.code if not isinstance(exc, MailTimeout) else "timeout"
     dal.update_account_status(account, status, exc.message, extra=extra)
     logger.warning("sync failed", extra={"code": exc.code, "failures": failures, "user_id": account.user_id})
+    return final
+
+
+def _record_internal_failure(account: dal.AccountModel, state: dal.SyncStateModel) -> dict[str, Any]:
+    """Backoff and a human error after an unexpected exception; the account's status (about
+    reaching and logging in to the server) stays as it was. Best effort: if storage is what
+    failed, the lease still goes back (the caller's ``finally``) and expires otherwise."""
+    failures = int(state.failures or 0) + 1
+    final = {"state": "failed", "last_error": INTERNAL_ERROR, "failures": failures}
+    try:
+        delay = scheduling.backoff_seconds(failures)
+        if account.fetch_enabled and account.status != "auth_failed":
+            dal.update_account_status(
+                account, account.status, INTERNAL_ERROR, extra={"next_sync_at": int(time.time()) + delay}
+            )
+    except Exception:  # noqa: BLE001 - already failing; the sync state below still says so
+        logger.exception("recording the failure failed", extra={"user_id": account.user_id})
     return final
