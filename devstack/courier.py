@@ -280,10 +280,12 @@ class CourierServer:
         if result.returncode != 0:
             raise ServerError(f"makeuserdb failed: {result.stderr.decode(errors='replace')}")
 
-    def add_user(self, username: str | None = None, password: str | None = None, *, used: bool = True) -> MailUser:
+    def add_user(self, username: str | None = None, password: str | None = None, *, used: bool = False) -> MailUser:
         """Create a user (random name/password by default) with its Maildir folders, subscribed.
 
-        ``used=False`` leaves every folder as it was created, never having held a message.
+        By default every folder stays as it was created, never having held a message (Mailsync
+        takes such a folder's ever-new UIDVALIDITY in its stride); ``used=True`` puts one message
+        into each folder and deletes it again, as a mailbox some mail program has used.
         """
         if not self.running or self.base_dir is None:
             raise ServerError("start() the server first")
@@ -315,8 +317,7 @@ class CourierServer:
                 client.imap.subscribe_folder(f"INBOX.{name}")
             if used:
                 # Courier stores a folder's UIDVALIDITY with its first message: an empty folder
-                # that never held mail reports a new one on every STATUS, a second apart. A
-                # mailbox some mail program has used has none of those.
+                # that never held mail reports a new one on every STATUS, a second apart.
                 marker = make_message(subject="mailsync harness: first use")
                 for name in ["INBOX", *(f"INBOX.{n}" for n in _SUBFOLDERS)]:
                     client.expunge(name, client.append(name, marker))

@@ -22,6 +22,7 @@ from mailsync.sync.planner import (
     match_key,
     merge_server_flags,
     message_id_for,
+    moved_on,
     plan_folder,
     reconcile,
 )
@@ -122,6 +123,83 @@ def test_given_no_highestmodseq_when_nothing_visible_changed_then_still_scan(
 def test_given_no_highestmodseq_when_new_mail_arrived_then_scan() -> None:
     stored = synced(highestmodseq=None)
     assert plan_folder(stored, status(highestmodseq=None, uidnext=60, messages=45), qresync=False) is Mode.SCAN
+
+
+# A folder that never held a message on Courier-IMAP 5.0 reports a new UIDVALIDITY every second.
+EMPTY = {"uidnext": 1, "highestmodseq": None, "messages": 0}
+
+
+@pytest.mark.parametrize("qresync", [True, False])
+def test_given_empty_folder_with_nothing_stored_when_uidvalidity_changes_then_skip(qresync: bool) -> None:
+    asked: list[bool] = []
+
+    def has_copies() -> bool:
+        asked.append(True)
+        return False
+
+    stored = synced(uidvalidity=796144037, **EMPTY)
+    mode = plan_folder(stored, status(uidvalidity=796144038, **EMPTY), qresync=qresync, has_copies=has_copies)
+    assert (mode, asked) == (Mode.SKIP, [True])
+
+
+def test_given_empty_folder_with_a_stored_copy_when_uidvalidity_changes_then_full() -> None:
+    # A copy stored from it (e.g. appended by the CRM, then deleted elsewhere) must still be detached.
+    stored = synced(uidvalidity=100, **EMPTY)
+    assert plan_folder(stored, status(uidvalidity=101, **EMPTY), qresync=False, has_copies=lambda: True) is Mode.FULL
+
+
+@pytest.mark.parametrize(
+    ("stored", "server"),
+    [
+        (synced(uidvalidity=100, **EMPTY), status(uidvalidity=101, uidnext=2, messages=1, highestmodseq=None)),
+        (synced(uidvalidity=100), status(uidvalidity=101, uidnext=2, messages=1)),
+    ],
+    ids=["first-mail-in-empty-folder", "reset-folder-with-mail"],
+)
+def test_given_new_uidvalidity_when_folder_has_mail_then_full_without_asking_for_copies(
+    stored: FolderState, server: ServerStatus
+) -> None:
+    def has_copies() -> bool:
+        raise AssertionError("a folder with mail on the server is resynced whatever we store")
+
+    assert plan_folder(stored, server, qresync=False, has_copies=has_copies) is Mode.FULL
+
+
+def test_given_empty_folder_never_synced_when_planned_then_full_even_without_copies() -> None:
+    assert plan_folder(FolderState(), status(**EMPTY), qresync=False, has_copies=lambda: False) is Mode.FULL
+
+
+def test_given_first_sync_in_progress_when_empty_folder_uidvalidity_changes_then_full() -> None:
+    first = FirstSync(uidvalidity=100, uidnext=1, highestmodseq=None, messages=0)
+    stored = FolderState(uidvalidity=100, uidnext=1, messages=0, first_sync=first)
+    assert plan_folder(stored, status(uidvalidity=101, **EMPTY), qresync=False, has_copies=lambda: False) is Mode.FULL
+
+
+def test_given_only_uidvalidity_differs_on_an_empty_folder_then_not_moved_on() -> None:
+    assert moved_on(status(uidvalidity=100, **EMPTY), status(uidvalidity=101, **EMPTY)) is False
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        status(uidvalidity=101, uidnext=2, messages=1, highestmodseq=None),  # mail arrived
+        status(uidvalidity=101, uidnext=2, messages=0, highestmodseq=None),  # came and went
+        status(uidvalidity=100, uidnext=1, messages=0, highestmodseq=5),  # modseq moved
+    ],
+    ids=["arrival", "came-and-went", "modseq"],
+)
+def test_given_an_empty_folder_when_more_than_uidvalidity_changes_then_moved_on(after: ServerStatus) -> None:
+    assert moved_on(status(uidvalidity=100, **EMPTY), after) is True
+
+
+@pytest.mark.parametrize(
+    "after",
+    [status(uidvalidity=101), status(uidnext=51), status(messages=39), status(highestmodseq=901)],
+    ids=["uidvalidity", "uidnext", "messages", "modseq"],
+)
+def test_given_a_folder_with_mail_when_anything_changes_then_moved_on(after: ServerStatus) -> None:
+    assert moved_on(status(), after) is True
+    assert moved_on(status(), status()) is False
 
 
 # --- FolderState / FirstSync serialisation -------------------------------------------------------

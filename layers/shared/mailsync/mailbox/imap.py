@@ -13,10 +13,11 @@ from contextlib import contextmanager, suppress
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 from imapclient.imap_utf7 import decode as decode_utf7
+from imapclient.imap_utf7 import encode as encode_utf7
 from imapclient.util import to_unicode
 
 from mailsync.config import Settings
-from mailsync.errors import AuthFailed, ConnectFailed, ServerBusy, ServerMisbehaving, TlsFailed
+from mailsync.errors import AuthFailed, ConnectFailed, ProtocolMismatch, ServerBusy, ServerMisbehaving, TlsFailed
 from mailsync.mailbox.base import (
     SPECIAL_USE_FLAGS,
     ServerFolder,
@@ -189,6 +190,10 @@ class ImapSession:
         self._client = client
         self._params = params
         self._counter = counter or CommandCounter(client)
+        # Names this server listed that are not valid modified UTF-7 ("R&D"): it knows them
+        # only as sent, so they go back byte for byte (see ``mailbox_arg``).
+        self.raw_names: set[str] = set()
+        self._listed = False
 
     @property
     def client(self) -> IMAPClient:
@@ -223,7 +228,10 @@ class ImapSession:
             finally:
                 self._client.folder_encode = encode
         folders = []
+        self._listed = True
         for flags, delimiter, name in raw:
+            if sent_raw(name):
+                self.raw_names.add(folder_name(name))
             text_flags = tuple(to_unicode(f) for f in flags)
             special = next((_SPECIAL_USE[f.lower()] for f in text_flags if f.lower() in _SPECIAL_USE), None)
             folders.append(
@@ -235,6 +243,17 @@ class ImapSession:
                 )
             )
         return folders
+
+    def mailbox_arg(self, folder: str) -> str:
+        """``folder`` as a command argument, spelled the way this server spells it.
+
+        "R&D" is "R&-D" in modified UTF-7 to a server that follows RFC 3501, but "R&D" to one
+        that listed it raw; which one only its LIST tells, so a name with "&" costs one LIST
+        per session when none was done yet.
+        """
+        if "&" in folder and not self._listed:
+            self.list_folders()
+        return mailbox_arg(folder, raw=folder in self.raw_names)
 
     def _limit_folders(self) -> None:
         imap = self._client._imap
@@ -256,6 +275,26 @@ class ImapSession:
             return self._client.list_folders()
         typ, data = imap._untagged_response(typ, data, "LIST")
         return self._client._proc_folder_list(data)
+
+
+def sent_raw(name: bytes | str) -> bool:
+    """Whether a name from the server is not modified UTF-7 (RFC 3501) but the name itself."""
+    if isinstance(name, str):
+        return False
+    if not name.isascii():
+        return True
+    try:
+        decode_utf7(name)
+    except (UnicodeDecodeError, ValueError):
+        return True
+    return False
+
+
+def mailbox_arg(folder: str, *, raw: bool = False) -> str:
+    """A quoted mailbox argument: modified UTF-7 (plain ASCII), or with ``raw`` the name as
+    the server listed it, for a name it sent unencoded ("R&D")."""
+    wire = folder if raw and folder.isascii() else encode_utf7(folder).decode("ascii")
+    return '"' + wire.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def folder_name(raw: bytes | str) -> str:
@@ -295,6 +334,14 @@ def _send_login(imap: imaplib.IMAP4, params: ServerParams) -> tuple[str, list]:
     """LOGIN, or AUTHENTICATE PLAIN in UTF-8 for credentials a quoted string cannot carry."""
     user, password = params.username, params.password
     capabilities = set(imap.capabilities)
+    if "LOGINDISABLED" in capabilities and "AUTH=PLAIN" not in capabilities:
+        # LOGIN would send the password where the server said it must not go; its NO would
+        # then read as a wrong password and take the account off the schedule.
+        if params.security == "none":
+            raise TlsFailed(
+                "The mail server does not allow logging in on this connection: use security 'ssl' or 'starttls'"
+            )
+        raise ProtocolMismatch("The mail server offers no login method this app supports (LOGIN or AUTH=PLAIN)")
     if _quotable(user) and _quotable(password) and "LOGINDISABLED" not in capabilities:
         return imap._simple_command("LOGIN", _quoted(user), _quoted(password))
     user_bytes, password_bytes = user.encode(), password.encode()

@@ -19,21 +19,19 @@ from __future__ import annotations
 
 import imaplib
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
 from imapclient.datetime_util import parse_to_datetime
-from imapclient.imap_utf7 import decode as decode_utf7
-from imapclient.imap_utf7 import encode as encode_utf7
 from imapclient.response_parser import gen_parsed_response
 from imapclient.util import to_unicode
 
 from mailsync.errors import ConnectFailed, FolderMissing
 from mailsync.mailbox.base import translate_errors
-from mailsync.mailbox.imap import ImapSession
+from mailsync.mailbox.imap import ImapSession, folder_name, mailbox_arg
 from mailsync.mime import normalise_message_id
 
 __all__ = [
@@ -153,10 +151,11 @@ def _chunks[T](items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-def _mailbox_arg(folder: str) -> str:
-    # Folder names travel in modified UTF-7, which is plain ASCII; quoting covers spaces etc.
-    encoded = encode_utf7(folder).decode("ascii")
-    return _quote(encoded)
+def _mailbox_arg(folder: str, raw_names: Collection[str] = ()) -> str:
+    """``folder`` as a quoted argument: modified UTF-7 (plain ASCII), except a name in
+    ``raw_names`` (listed by the server unencoded, "R&D"), which goes back as it came.
+    ``ImapSession.mailbox_arg`` knows the session's raw names."""
+    return mailbox_arg(folder, raw=folder in raw_names)
 
 
 def _quote(text: str) -> str:
@@ -173,9 +172,9 @@ def _text(value: object) -> str:
 
 
 def _folder_name(value: object) -> str:
-    # imapclient's decoder passes str through untouched, so it must see the wire bytes.
+    # Decoded from the wire bytes; a name sent raw ("R&D") stays as sent, as in the LIST.
     if isinstance(value, bytes):
-        return decode_utf7(value)
+        return folder_name(value)
     return _text(value)
 
 
@@ -562,8 +561,9 @@ class MailboxReader:
 
     def _status_one(self, folder: str, items: str) -> list[tuple[str, dict[str, int]]]:
         imap = self._imap
+        mailbox = self._session.mailbox_arg(folder)
         imap.untagged_responses.pop("STATUS", None)
-        typ, data = imap._simple_command("STATUS", _mailbox_arg(folder), f"({items})")
+        typ, data = imap._simple_command("STATUS", mailbox, f"({items})")
         if typ == "NO":
             if _response_code(data) in _TRANSIENT_CODES:
                 # "Try again later" must not read as "the folder is gone".
@@ -577,11 +577,11 @@ class MailboxReader:
 
     def _examine(self, folder: str, parameters: str | None) -> FolderStatus:
         imap = self._imap
+        args = [self._session.mailbox_arg(folder)] + ([parameters] if parameters else [])
         # Mirrors imaplib.IMAP4.select(), which cannot pass select parameters: drop the old
         # mailbox's responses so they cannot be mistaken for this one's.
         imap.untagged_responses = {}
         imap.is_readonly = True
-        args = [_mailbox_arg(folder)] + ([parameters] if parameters else [])
         typ, data = imap._simple_command("EXAMINE", *args)
         if typ != "OK":
             # A failed SELECT/EXAMINE leaves no mailbox selected (RFC 3501 6.3.1).
@@ -600,8 +600,9 @@ class MailboxReader:
         # Dovecot 2.3 (and others) say "NO Mailbox doesn't exist" without a response code,
         # so ask LIST before blaming the folder's absence.
         imap = self._imap
+        mailbox = self._session.mailbox_arg(folder)
         imap.untagged_responses.pop("LIST", None)
-        typ, list_data = imap._simple_command("LIST", '""', _mailbox_arg(folder))
+        typ, list_data = imap._simple_command("LIST", '""', mailbox)
         self._check_ok(typ, list_data, "LIST")
         _, entries = imap._untagged_response(typ, list_data, "LIST")
         if not any(

@@ -46,7 +46,6 @@ from mailsync.mailbox.reader import (
     _expand_uid_set,
     _flags,
     _folder_key,
-    _mailbox_arg,
     _parse_fetch,
     _quote,
     _response_code,
@@ -333,9 +332,11 @@ class MailboxWriter:
             imap.untagged_responses.pop("APPENDUID", None)
             date_arg = _internal_date_arg(internal_date) if internal_date is not None else None
             self._leave_read_only_selection(folder)
+            # Spelled before the literal is set: the spelling may cost a LIST of its own.
+            mailbox = self._session.mailbox_arg(folder)
             imap.literal = wire
             try:
-                typ, data = imap._simple_command("APPEND", _mailbox_arg(folder), _flag_list(flags), date_arg)
+                typ, data = imap._simple_command("APPEND", mailbox, _flag_list(flags), date_arg)
             finally:
                 # Left set after a failure, imaplib would send it with the next command.
                 imap.literal = None
@@ -407,7 +408,7 @@ class MailboxWriter:
         # reader's _examine, the old folder's responses must not be mistaken for this one's.
         imap.untagged_responses = {}
         imap.is_readonly = False
-        typ, data = imap._simple_command("SELECT", _mailbox_arg(folder))
+        typ, data = imap._simple_command("SELECT", self._session.mailbox_arg(folder))
         if typ != "OK":
             # A failed SELECT leaves no mailbox selected (RFC 3501 6.3.1).
             imap.state = "AUTH"
@@ -450,7 +451,7 @@ class MailboxWriter:
         """UIDNEXT of ``folder`` by STATUS; raises FolderGone when it does not exist."""
         imap = self._imap
         imap.untagged_responses.pop("STATUS", None)
-        typ, data = imap._simple_command("STATUS", _mailbox_arg(folder), "(UIDNEXT)")
+        typ, data = imap._simple_command("STATUS", self._session.mailbox_arg(folder), "(UIDNEXT)")
         if typ != "OK":
             # Dovecot says "NO Mailbox doesn't exist" without a code; the reader tells a
             # missing folder from a refusal with LIST.
@@ -469,7 +470,7 @@ class MailboxWriter:
         imap.untagged_responses.pop("COPYUID", None)
         # COPYUID arrives in an untagged OK before the EXPUNGE/VANISHED (MOVE) or in the tagged
         # OK (COPY); imaplib files the code of either under "COPYUID".
-        typ, data = imap._simple_command("UID", command, str(uid), _mailbox_arg(dest))
+        typ, data = imap._simple_command("UID", command, str(uid), self._session.mailbox_arg(dest))
         if typ == "NO" and _response_code(data) == "EXPUNGEISSUED":
             # RFC 5530: expunged by another session but not yet announced to ours (Dovecot
             # does not sync before MOVE/COPY, unlike before STORE). For one UID: nothing done.

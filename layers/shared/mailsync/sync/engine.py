@@ -254,7 +254,9 @@ class AccountSync:
 
     def _prepare_folder(self, server_folder: str, status: ServerStatus) -> FolderWork | None:
         stored = self.states.get(server_folder, FolderState())
-        mode = planner.plan_folder(stored, status, qresync=self.reader.has_qresync)
+        mode = planner.plan_folder(
+            stored, status, qresync=self.reader.has_qresync, has_copies=lambda: self._has_copies(server_folder)
+        )
         if mode is Mode.SKIP:
             return None
         if mode is Mode.FULL:
@@ -262,6 +264,13 @@ class AccountSync:
         if mode is Mode.SCAN:
             return self._prepare_scan(server_folder, stored, status)
         return self._prepare_modseq(server_folder, stored, mode, status)
+
+    def _has_copies(self, server_folder: str) -> bool:
+        return next(dal.locations(self.tenant, self.user, server_folder), None) is not None
+
+    def _empty_reset(self, server_folder: str, stored: FolderState, live: ServerStatus) -> bool:
+        """EXAMINE reported a new UIDVALIDITY that changes nothing (see ``planner.empty_reset``)."""
+        return planner.empty_reset(stored, live, has_copies=lambda: self._has_copies(server_folder))
 
     @staticmethod
     def _bound(listed: ServerStatus, live: ServerStatus) -> ServerStatus:
@@ -302,10 +311,14 @@ class AccountSync:
         )
         return FolderWork(server_folder, Mode.FULL, snapshot, todo, first)
 
-    def _prepare_modseq(self, server_folder: str, stored: FolderState, mode: Mode, listed: ServerStatus) -> FolderWork:
+    def _prepare_modseq(
+        self, server_folder: str, stored: FolderState, mode: Mode, listed: ServerStatus
+    ) -> FolderWork | None:
         assert stored.uidvalidity is not None and stored.highestmodseq is not None
         changes = self.reader.changes_since(server_folder, stored.uidvalidity, stored.highestmodseq)
         live = _status(changes.status)
+        if self._empty_reset(server_folder, stored, live):
+            return None
         if live.uidvalidity != stored.uidvalidity:
             return self._prepare_full(server_folder, FolderState(), listed)
         snapshot = self._bound(listed, live)
@@ -323,8 +336,10 @@ class AccountSync:
         todo = sorted((u for u in new_uids if (stored.uidvalidity, u) not in known), reverse=True)
         return FolderWork(server_folder, mode, snapshot, todo)
 
-    def _prepare_scan(self, server_folder: str, stored: FolderState, listed: ServerStatus) -> FolderWork:
+    def _prepare_scan(self, server_folder: str, stored: FolderState, listed: ServerStatus) -> FolderWork | None:
         live = _status(self.reader.examine(server_folder))
+        if self._empty_reset(server_folder, stored, live):
+            return None
         if live.uidvalidity != stored.uidvalidity:
             return self._prepare_full(server_folder, FolderState(), listed)
         snapshot = self._bound(listed, live)
@@ -656,7 +671,7 @@ class AccountSync:
         now = self.reader.status(list(self.snapshots))
         for server_folder, snapshot in self.snapshots.items():
             current = now.get(server_folder)
-            if current is not None and _status(current) != snapshot:
+            if current is not None and planner.moved_on(snapshot, _status(current)):
                 return True
         return False
 

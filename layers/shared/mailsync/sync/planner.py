@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections import defaultdict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -93,8 +93,44 @@ class ServerStatus:
     highestmodseq: int | None
 
 
-def plan_folder(stored: FolderState, status: ServerStatus, *, qresync: bool) -> Mode:
-    """How to sync one folder, from its STATUS alone."""
+def empty_reset(stored: FolderState, status: ServerStatus, *, has_copies: Callable[[], bool]) -> bool:
+    """Whether a new UIDVALIDITY changes nothing: the folder is empty on the server and we store
+    no copy from it, so there is nothing to relink and nothing to detach.
+
+    Courier-IMAP 5.0 stores a folder's UIDVALIDITY with its first message; until then every
+    STATUS or EXAMINE reports a new one (the current second). Taken as a reset, such a folder
+    would be resynced on every sync. ``has_copies`` is asked only when everything else fits.
+    """
+    return (
+        stored.uidvalidity is not None
+        and stored.first_sync is None
+        and status.uidvalidity != stored.uidvalidity
+        and status.messages == 0
+        and not has_copies()
+    )
+
+
+def moved_on(before: ServerStatus, after: ServerStatus) -> bool:
+    """Whether a folder changed between two STATUS reads of one sync.
+
+    Only a new UIDVALIDITY of a folder empty both times is no change (see ``empty_reset``).
+    """
+    if before.messages == 0 and after.messages == 0:
+        return (before.uidnext, before.highestmodseq) != (after.uidnext, after.highestmodseq)
+    return before != after
+
+
+def plan_folder(
+    stored: FolderState,
+    status: ServerStatus,
+    *,
+    qresync: bool,
+    has_copies: Callable[[], bool] = lambda: True,
+) -> Mode:
+    """How to sync one folder, from its STATUS alone (and, for an empty folder with a new
+    UIDVALIDITY, whether we store any copy from it)."""
+    if empty_reset(stored, status, has_copies=has_copies):
+        return Mode.SKIP
     if stored.uidvalidity is None or stored.first_sync is not None or status.uidvalidity != stored.uidvalidity:
         return Mode.FULL
     if status.highestmodseq is None or stored.highestmodseq is None:
