@@ -6,9 +6,15 @@ metric (``internal_error`` for the unexpected) — and do not fail the record: t
 backoff decides when it runs again. Only a record that is not a job (or storage failing while the
 job records its outcome) fails, so SQS retries it and, after ``maxReceiveCount`` attempts, parks it
 in the dead-letter queue.
+
+Time: records run one after another in one invocation. Each job learns when the Lambda will be
+cut off and keeps its hard deadline before it; a record without room left for a whole job is put
+back on the queue (``Sync_deferred``) for the next invocation, never started only to be killed.
 """
 
 from __future__ import annotations
+
+import time
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
@@ -19,20 +25,24 @@ from mailsync.observability import logger, metrics, tracer
 from mailsync.services import sync_jobs
 
 processor = BatchProcessor(event_type=EventType.SQS)
-# Stop starting new batches when less than this is left; the job re-enqueues itself.
-SAFETY_MARGIN_MS = 60_000
 _context: LambdaContext | None = None
+_records_seen = 0  # in this invocation; its first record always starts (see sync_jobs.run_job)
 
 
-def _deadline() -> bool:
-    return _context is not None and _context.get_remaining_time_in_millis() < SAFETY_MARGIN_MS
+def _lambda_deadline() -> float | None:
+    """The ``time.monotonic()`` instant this invocation is cut off, as of now."""
+    if _context is None:
+        return None
+    return time.monotonic() + _context.get_remaining_time_in_millis() / 1000
 
 
 @tracer.capture_method
 def record_handler(record: SQSRecord) -> None:
+    global _records_seen
+    _records_seen += 1
     job = sync_jobs.parse_job(record.body)
     logger.append_keys(tenant_id=job.tenant_id, user_id=job.user_id)
-    result = sync_jobs.run_job(job, _deadline)
+    result = sync_jobs.run_job(job, lambda_deadline=_lambda_deadline(), may_defer=_records_seen > 1)
     record_metrics(result)
     logger.info(
         "sync job done",
@@ -66,6 +76,6 @@ def record_metrics(result: sync_jobs.JobResult) -> None:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    global _context
-    _context = context
+    global _context, _records_seen
+    _context, _records_seen = context, 0
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -215,3 +215,38 @@ def test_non_ascii_credentials_through_the_api(api, aws, utf8_user: MailUser, mo
     tested = api("POST", "/v1/users/me/mail-settings/test")
     assert tested.status == 200, tested.body
     assert api("GET", "/v1/users/me/mail-settings").body["status"] == "ok"
+
+
+# -- LOGINDISABLED without a usable AUTH mechanism ------------------------------------
+
+
+def _logins_recorded(seen: list[bytes]) -> dict:
+    def record(name: bytes):
+        def handler(peer: Peer, tag: bytes, args: bytes) -> None:
+            seen.append(name + b" " + args)
+            peer.send(tag + b" NO [PRIVACYREQUIRED] Plaintext authentication disallowed\r\n")
+
+        return handler
+
+    capability = b"* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED AUTH=GSSAPI\r\n"
+    return {
+        b"CAPABILITY": lambda peer, tag, args: peer.send(capability + tag + b" OK done\r\n"),
+        b"LOGIN": record(b"LOGIN"),
+        b"AUTHENTICATE": record(b"AUTHENTICATE"),
+    }
+
+
+@pytest.mark.parametrize("password", ["pw", "pässwort"])
+def test_login_disabled_sends_no_credentials_and_is_not_a_wrong_password(password: str) -> None:
+    from mailsync.errors import TlsFailed
+
+    config = Settings(allow_private_hosts=True, allow_insecure=True)
+    seen: list[bytes] = []
+    greeting = b"* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED AUTH=GSSAPI] ready"
+    with HostileServer(imap_server(_logins_recorded(seen), greeting=greeting)) as server:
+        params = ServerParams(host=server.host, port=server.port, username="victim", password=password, security="none")
+        with pytest.raises(TlsFailed) as err:
+            log_in(params, config)
+    assert seen == [], "credentials were sent to a server that disabled LOGIN"
+    assert "use security 'ssl' or 'starttls'" in err.value.message
+    assert err.value.code == "tls_failed"

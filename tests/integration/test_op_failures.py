@@ -331,26 +331,6 @@ def test_an_append_that_always_loses_the_connection_fails_after_bounded_attempts
         assert imap.uids("Sent") == []
 
 
-def test_a_busy_server_is_retried_a_bounded_number_of_times_then_the_op_fails(account: Account, refusing) -> None:
-    from mailsync.sync.pusher import OP_ATTEMPTS
-
-    refusing.refuse_append = {"SENT": b"NO [UNAVAILABLE] Temporary failure, try again later"}
-    sent = send(account, "later")
-    first = account.sync(reason="push")
-    assert (first.status, first.error) == ("failed", "server_busy"), "transient: the job backs off"
-    assert account.by_subject()["later"]["sync_state"] == "pending"
-    second = account.sync(reason="push")
-    assert second.status == "synced"
-    assert len(refusing.refused) == OP_ATTEMPTS, "counted on the op across jobs"
-    after = account.by_subject()["later"]
-    assert (after["id"], after["sync_state"]) == (sent["id"], "failed")
-    assert f"after {OP_ATTEMPTS} attempts" in after["last_op_error"]
-    assert "Temporary failure" in after["last_op_error"]
-
-
-# -- the job: an unexpected exception never leaves the account "syncing" ------------------------
-
-
 def test_an_unexpected_exception_fails_the_job_with_backoff_a_metric_and_no_lease(
     api, local_mail_env, mail_user, aws, monkeypatch, capsys
 ) -> None:

@@ -45,7 +45,7 @@ class Flaky:
 
 @pytest.mark.parametrize(
     "error",
-    [ConnectFailed("reset"), MailTimeout("slow"), ServerBusy("BYE too many connections"), OperationRefused("NO")],
+    [ConnectFailed("reset"), MailTimeout("slow"), OperationRefused("NO")],
 )
 def test_transient_failures_are_retried_within_the_job(error: Exception) -> None:
     action = Flaky(error, failures=sync_jobs.CONNECT_ATTEMPTS - 1)
@@ -67,6 +67,10 @@ def test_retries_are_bounded() -> None:
         TlsFailed("certificate"),
         ServerMisbehaving("endless FETCH lines"),  # a retry would spend the budget again
         ProtocolMismatch("port 25 speaks SMTP, not IMAP"),
+        # A throttled login retried within seconds is how mail servers come to lock accounts:
+        # the account's backoff decides when the next login is.
+        ServerBusy("NO [UNAVAILABLE] try later"),
+        ServerBusy("BYE too many connections"),
     ],
 )
 def test_failures_that_a_retry_cannot_fix_are_not_retried(error: Exception) -> None:
@@ -127,3 +131,13 @@ def test_a_small_budget_still_leaves_time_for_work() -> None:
     assert not tripped()
     clock.now += budget * 0.1
     assert tripped()
+
+
+def test_the_hard_deadline_never_passes_the_lambdas_end() -> None:
+    clock = Clock()
+    # The Lambda ends in 60 s; the job's budget would run for 120.
+    hard = sync_jobs.hard_deadline_for(clock.now, 120, clock.now + 60)
+    assert hard == clock.now + 60 - sync_jobs.LAMBDA_MARGIN_SECONDS
+    # Plenty of Lambda time: the budget decides; outside Lambda too.
+    assert sync_jobs.hard_deadline_for(clock.now, 120, clock.now + 900) == clock.now + 120
+    assert sync_jobs.hard_deadline_for(clock.now, 120, None) == clock.now + 120

@@ -27,25 +27,25 @@ def principal(event: APIGatewayProxyEventV2) -> Principal:
     return caller
 
 
-def _error(description: str) -> dict:
+def error_doc(description: str) -> dict:
     return {"description": description, "content": {"application/json": {"model": ErrorOut}}}
 
 
 # Every route documents the one error shape the API returns.
 ERRORS: dict[int, dict] = {
-    401: _error("Missing or unusable identity claims"),
-    403: _error(
+    401: error_doc("Missing or unusable identity claims"),
+    403: error_doc(
         "`forbidden`: acting on a colleague without the admin role, or (admins too) changing or adding "
         "messages in a colleague's mailbox"
     ),
-    404: _error("`not_found`"),
-    415: _error("`unsupported_media_type`: the body must be JSON"),
-    422: _error("`validation_error`, with `field` naming the offending field"),
+    404: error_doc("`not_found`"),
+    415: error_doc("`unsupported_media_type`: the body must be JSON"),
+    422: error_doc("`validation_error`, with `field` naming the offending field"),
 }
 MAILBOX_ERRORS: dict[int, dict] = {
     **ERRORS,
-    502: _error("`auth_failed`, `connect_failed` or `tls_failed` from the mail server"),
-    504: _error("`timeout`: the mail server did not answer in time"),
+    502: error_doc("`auth_failed`, `connect_failed` or `tls_failed` from the mail server"),
+    504: error_doc("`timeout`: the mail server did not answer in time"),
 }
 
 

@@ -19,7 +19,7 @@ from mailsync.schemas import (
     SyncStatusOut,
 )
 from mailsync.services import messages
-from routers.common import UserIdPath, principal, responses
+from routers.common import UserIdPath, error_doc, principal, responses
 
 router = Router()
 
@@ -93,7 +93,7 @@ def get_sync_status(user_id: UserIdPath) -> SyncStatusOut:
     tags=["Messages"],
     summary="Mark read/unread and/or move; applied to the mail server within seconds",
     responses=responses(
-        {200: {"description": "OK"}, 409: {"description": "`conflict`: the message is no longer on the server"}}
+        {200: {"description": "OK"}, 409: error_doc("`conflict`: the message is no longer on the server")}
     ),
 )
 def patch_message(message_id: MessageIdPath, body: Annotated[MessagePatchIn, Body()]) -> MessageOut:
@@ -104,7 +104,7 @@ def patch_message(message_id: MessageIdPath, body: Annotated[MessagePatchIn, Bod
     "/messages/<message_id>",
     tags=["Messages"],
     summary="Move to the mapped trash folder",
-    responses=responses({202: {"description": "Pending"}, 409: {"description": "`conflict`: no trash mapped"}}),
+    responses=responses({202: {"description": "Pending"}, 409: error_doc("`conflict`: no trash mapped")}),
 )
 def delete_message(message_id: MessageIdPath) -> Response[MessageOut]:
     out = messages.delete_message(principal(router.current_event), message_id)
@@ -118,13 +118,13 @@ def delete_message(message_id: MessageIdPath) -> Response[MessageOut]:
     responses=responses(
         {
             201: {
-                "description": "Stored; the append is pending. A retry (same Idempotency-Key or Message-ID) "
-                "returns the first answer"
+                "description": "Stored; the append is pending. A retry (same Idempotency-Key, else same Message-ID, "
+                "else same folder and raw bytes) returns the first answer"
             },
-            409: {
-                "description": "`conflict`: the Idempotency-Key or Message-ID was already used for a different "
+            409: error_doc(
+                "`conflict`: the Idempotency-Key or Message-ID was already used for a different "
                 "message, or the same message is being stored right now"
-            },
+            ),
         }
     ),
 )
@@ -137,7 +137,7 @@ def send_message(
             alias="Idempotency-Key",
             pattern=r"^[\x21-\x7e]{1,255}$",
             description="Makes retries safe: a repeated request with the same key returns the first answer and "
-            "stores nothing new (else the message's Message-ID is the key)",
+            "stores nothing new (else the message's Message-ID is the key, else the folder and raw bytes)",
         ),
     ] = None,
 ) -> Response[MessageOut]:

@@ -10,7 +10,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Body
 
 from mailsync.schemas import ConnectionTestOut, MailSettingsIn, MailSettingsOut, MailSettingsTestIn
 from mailsync.services import accounts
-from routers.common import UserIdPath, principal, responses
+from routers.common import UserIdPath, error_doc, principal, responses
 
 router = Router()
 
@@ -29,7 +29,16 @@ def get_mail_settings(user_id: UserIdPath) -> MailSettingsOut:
     "/users/<user_id>/mail-settings",
     tags=["Mail settings"],
     summary="Create or replace mail settings",
-    responses=responses({200: {"description": "Updated"}, 201: {"description": "Created"}}),
+    responses=responses(
+        {
+            200: {"description": "Updated"},
+            201: {"description": "Created"},
+            409: error_doc(
+                "`conflict`: the settings changed (or were created) meanwhile; reload and try again. "
+                "404 when they were deleted meanwhile"
+            ),
+        }
+    ),
 )
 def put_mail_settings(user_id: UserIdPath, body: Annotated[MailSettingsIn, Body()]) -> Response[MailSettingsOut]:
     out, created = accounts.put_settings(principal(router.current_event), user_id, body)

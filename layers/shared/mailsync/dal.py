@@ -40,6 +40,7 @@ from pynamodb.models import Model
 from pynamodb.transactions import TransactWrite
 
 from mailsync.config import Settings, get_settings
+from mailsync.errors import NotFound
 
 
 class _Timeouts:
@@ -446,8 +447,36 @@ def update_account(account: AccountModel, fields: dict[str, Any]) -> AccountMode
     overwrite each other's attributes."""
     bind_tables()
     actions = _set_actions(AccountModel, {**fields, "updated_at": utcnow()})
-    account.update(actions=actions, condition=AccountModel.user_id.exists())
+    try:
+        account.update(actions=actions, condition=AccountModel.user_id.exists())
+    except UpdateError as exc:
+        if _conditional_failure(exc):  # deleted meanwhile: an edit must not re-create it
+            raise NotFound(f"No mail settings saved for user '{account.user_id}'") from None
+        raise
     return account
+
+
+def update_account_if_version(
+    account: AccountModel, fields: dict[str, Any], version: int, ciphertext: bytes | None = None
+) -> bool:
+    """Write ``fields`` only if the account still exists at ``settings_version`` ``version``
+    (and, given ``ciphertext``, still holds that password); False when it was deleted or its
+    connection settings changed since it was read."""
+    bind_tables()
+    actions = _set_actions(AccountModel, {**fields, "updated_at": utcnow()})
+    same = AccountModel.settings_version == version
+    if version == 1:  # items written before settings_version existed read back as 1
+        same = same | AccountModel.settings_version.does_not_exist()
+    if ciphertext is not None:
+        # A delete and re-create restarts the version; the ciphertext (random nonce) never repeats.
+        same = same & (AccountModel.password_ciphertext == ciphertext)
+    try:
+        account.update(actions=actions, condition=AccountModel.user_id.exists() & same)
+    except UpdateError as exc:
+        if _conditional_failure(exc):
+            return False
+        raise
+    return True
 
 
 def update_account_status(
@@ -486,6 +515,11 @@ def due_accounts(shard: int, now: int, limit: int | None = None) -> Iterator[tup
 def _conditional_failure(exc: Exception) -> bool:
     cause = getattr(exc, "cause_response_code", None) or ""
     return "ConditionalCheckFailed" in cause or "TransactionCanceled" in cause
+
+
+def is_conditional_failure(exc: Exception) -> bool:
+    """Whether a write failed only because its condition did not hold (for the services)."""
+    return _conditional_failure(exc)
 
 
 # --- sync state and leases -------------------------------------------------------------------

@@ -7,7 +7,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
@@ -278,31 +278,50 @@ class FolderSyncOut(BaseModel):
 
 
 class SyncStatusOut(BaseModel):
-    state: str = Field(description="never | idle | syncing | failed")
+    state: str = Field(
+        description="never | idle | syncing | failed. A POP3 account is always `never`: POP3 settings can be "
+        "saved and tested, but only IMAP mailboxes sync (`last_error` says so)"
+    )
     account_status: str
     last_started_at: datetime | None = None
     last_success_at: datetime | None = None
-    last_error: str | None = None
+    last_error: str | None = Field(
+        default=None,
+        description="Why the last sync failed; for a POP3 account, the login test's error or "
+        '"POP3 accounts can be saved and tested; syncing them is not available yet"',
+    )
     folders: list[FolderSyncOut]
 
 
 _EMAIL = r"^[^@\s]{1,64}@[^@\s]{1,255}$"
+# Together well under DynamoDB's 400 KB item limit (the tenant settings are one item).
+MAX_CONTACTS_BYTES = 300_000
+MAX_KEYWORDS_BYTES = 50_000
 
 
 class TenantSettingsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     confidential_keywords: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
-        max_length=200, description="Whole words, case-insensitive, matched in subjects"
+        max_length=200,
+        description=f"Whole words, case-insensitive, matched in subjects (at most {MAX_KEYWORDS_BYTES:,} bytes in all)",
     )
     confidential_contacts: list[Annotated[str, Field(pattern=_EMAIL, max_length=320)]] = Field(
-        max_length=5000, description="E-mail addresses: mail from (incoming) or to (outgoing) them is confidential"
+        max_length=5000,
+        description="E-mail addresses: mail from (incoming) or to (outgoing) them is confidential "
+        f"(at most {MAX_CONTACTS_BYTES:,} bytes of UTF-8 in all)",
     )
 
     @field_validator("confidential_keywords", "confidential_contacts")
     @classmethod
-    def _texts(cls, value: list[str]) -> list[str]:
-        return [_encodable(v) for v in value]
+    def _texts(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        texts = [_encodable(v) for v in value]
+        # Both lists live in one DynamoDB item (400 KB at most): the per-entry limits alone
+        # allow 5,000 x 320 characters, far more than one item holds.
+        limit = MAX_CONTACTS_BYTES if info.field_name == "confidential_contacts" else MAX_KEYWORDS_BYTES
+        if sum(len(t.encode("utf-8")) for t in texts) > limit:
+            raise ValueError(f"the entries together must not exceed {limit:,} bytes")
+        return texts
 
 
 class TenantSettingsOut(BaseModel):

@@ -33,6 +33,7 @@ from mailsync.errors import ConnectFailed, FolderMissing
 from mailsync.mailbox.base import translate_errors
 from mailsync.mailbox.imap import ImapSession, folder_name, mailbox_arg
 from mailsync.mime import normalise_message_id
+from mailsync.sync.metadata import cap_flags
 
 __all__ = [
     "FETCH_CHUNK",
@@ -182,8 +183,9 @@ def _flags(value: object) -> tuple[str, ...]:
     if not isinstance(value, tuple):
         return ()
     # \Recent belongs to whichever session saw the message first; storing it would make
-    # flags flip between syncs for no reason.
-    return tuple(sorted({_text(f) for f in value} - {"\\Recent"}, key=str.lower))
+    # flags flip between syncs for no reason. Bounded in count and bytes (system flags kept
+    # first): thousands of keywords on one message would make its every write fail.
+    return cap_flags({_text(f) for f in value} - {"\\Recent"})
 
 
 def _internal_date(value: object) -> datetime:

@@ -21,8 +21,10 @@ from mailsync.config import Settings
 from mailsync.errors import ConnectFailed, MailboxError, MailTimeout, ProtocolMismatch, ServerBusy, ServerMisbehaving
 
 DEADLINE_MESSAGE = "The mail server did not finish within this account's time budget"
-# Interactive calls (settings test, server folders) never wait longer than this, whatever the job budget.
-INTERACTIVE_BUDGET_SECONDS = 30.0
+# Interactive calls (settings test, server folders) never wait longer than this, whatever the job
+# budget: API Gateway cuts an integration at 29 s, and the API Lambda needs time on top of the
+# mail server's (secrets, DynamoDB, the answer) to return a clear error rather than a gateway 504.
+INTERACTIVE_BUDGET_SECONDS = 20.0
 # Python keeps a little bookkeeping per line on top of its bytes; charge it so that a flood of
 # tiny lines cannot get past a byte budget.
 LINE_OVERHEAD_BYTES = 64

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pynamodb.exceptions import PutError
+
 from mailsync import crypto, dal
 from mailsync.config import Settings, get_settings
-from mailsync.errors import MailboxError, NotFound, ValidationFailed
+from mailsync.errors import Conflict, MailboxError, NotFound, ValidationFailed
 from mailsync.identity import Principal, resolve_target_user
 from mailsync.mailbox import ConnectionCheck, ServerParams, open_mailbox_check
 from mailsync.netguard import check_host_literal
@@ -19,6 +21,7 @@ from mailsync.services import scheduling
 # the saved password is never sent anywhere but to the combination it was saved with.
 _CONNECTION_FIELDS = ("host", "port", "username", "security", "protocol")
 REENTER_MESSAGE = "Enter the password again when the server changes"
+SETTINGS_CHANGED_MESSAGE = "The settings changed meanwhile; reload and try again"
 
 
 OPS_FOR_OTHER_SERVER = "The mail settings changed to another server before this change could be applied"
@@ -132,10 +135,17 @@ def put_settings(principal: Principal, user_id: str, body: MailSettingsIn) -> tu
     _settle_pending_ops(target, before, mailbox_identity(values))
     if account is None:
         values.update(status="pending", last_error=None, settings_version=1)
-        values.update(scheduling.due_fields(target.tenant_id, target.user_id, body.fetch_enabled, "pending"))
+        values.update(
+            scheduling.due_fields(target.tenant_id, target.user_id, body.fetch_enabled, "pending", body.protocol)
+        )
         if not body.fetch_enabled:
             values["status"] = "disabled"
-        account = dal.create_account(dal.new_account(target.tenant_id, target.user_id, **values))
+        try:
+            account = dal.create_account(dal.new_account(target.tenant_id, target.user_id, **values))
+        except PutError as exc:
+            if dal.is_conditional_failure(exc):  # a concurrent PUT created them first
+                raise Conflict(SETTINGS_CHANGED_MESSAGE) from None
+            raise
     else:
         changed = any(getattr(account, f) != values[f] for f in _CONNECTION_FIELDS) or body.password is not None
         if changed:
@@ -147,8 +157,18 @@ def put_settings(principal: Principal, user_id: str, body: MailSettingsIn) -> tu
         elif status == "disabled":
             status = "pending"
         values["status"] = status
-        values.update(scheduling.due_fields(target.tenant_id, target.user_id, body.fetch_enabled, status))
-        dal.update_account(account, values)
+        values.update(
+            scheduling.due_fields(target.tenant_id, target.user_id, body.fetch_enabled, status, body.protocol)
+        )
+        # Conditional on what was read: the password check above held for that version only. A
+        # concurrent PUT of another server with its password (or a DELETE) in between would
+        # otherwise leave this write's host beside that PUT's password.
+        read_version = int(account.settings_version or 1)
+        kept_password = account.password_ciphertext if body.password is None else None
+        if not dal.update_account_if_version(account, values, read_version, kept_password):
+            if dal.get_account(target.tenant_id, target.user_id) is None:
+                raise NotFound(f"No mail settings saved for user '{target.user_id}'")
+            raise Conflict(SETTINGS_CHANGED_MESSAGE)
         for name, value in values.items():
             setattr(account, name, value)
     logger.info(
@@ -195,7 +215,7 @@ def record_login_outcome(account: dal.AccountModel, error: MailboxError | None) 
     else:
         status, message = error.code, error.message
     if (account.status, account.last_error) != (status, message):
-        due = scheduling.due_fields(account.tenant_id, account.user_id, account.fetch_enabled, status)
+        due = scheduling.due_fields(account.tenant_id, account.user_id, account.fetch_enabled, status, account.protocol)
         if account.due_shard is not None and due.get("due_shard") is not None:
             due = {}  # already due: keep its place in the schedule
         dal.update_account_status(account, status, message, extra=due)

@@ -20,6 +20,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyValidationError,
 )
+from pynamodb.exceptions import QueryError
 
 from mailsync import blobstore, dal, mime
 from mailsync.aws import client
@@ -44,6 +45,7 @@ from mailsync.sync import planner
 from mailsync.sync.metadata import metadata_fields
 
 RAW_URL_SECONDS = 300
+POP3_NOT_SYNCED = "POP3 accounts can be saved and tested; syncing them is not available yet"
 
 
 def _sync_state(message: dal.MessageModel) -> str:
@@ -133,13 +135,33 @@ def _decode_cursor(cursor: str | None, expected_pk: tuple[str, str]) -> dict[str
         raise _bad_cursor()
     for item in key.values():
         if not (
-            isinstance(item, dict) and set(item) == {"S"} and isinstance(item["S"], str) and 0 < len(item["S"]) <= 1024
+            isinstance(item, dict)
+            and set(item) == {"S"}
+            and isinstance(item["S"], str)
+            and 0 < len(item["S"]) <= 1024
+            and _encodable(item["S"])
         ):
             raise _bad_cursor()
     if key[attribute]["S"] != value:
         # A cursor from another query (or user) would silently page through the wrong list.
         raise ValidationFailed("cursor does not belong to this listing", field="cursor")
     return key
+
+
+def _encodable(text: str) -> bool:
+    # JSON escapes can carry lone surrogates ("\\ud800"), which no DynamoDB request can encode.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_cursor_since(start: dict[str, Any] | None, sort_attribute: str, since: datetime | None) -> None:
+    """A cursor of a page older than ``since`` lies outside the query's key range: DynamoDB
+    refuses such a start key ("outside query boundaries"), so it is the client's 422 here."""
+    if start is not None and since is not None and start[sort_attribute]["S"] < dal.iso(since):
+        raise ValidationFailed("cursor is older than since: start again without the cursor", field="cursor")
 
 
 def _utc(since: datetime | None) -> datetime | None:
@@ -168,16 +190,24 @@ def list_messages(
     else:
         expected = ("gsi1pk", dal.account_pk(target.tenant_id, target.user_id))
     start = _decode_cursor(cursor, expected)
-    items, last = dal.list_messages(
-        target.tenant_id,
-        target.user_id,
-        folder=folder,
-        since=_utc(since),
-        seen=seen,
-        limit=limit,
-        start_key=start,
-        include_confidential=target.user_id == principal.user_id,
-    )
+    since_utc = _utc(since)
+    _check_cursor_since(start, "gsi2sk" if folder is not None else "gsi1sk", since_utc)
+    try:
+        items, last = dal.list_messages(
+            target.tenant_id,
+            target.user_id,
+            folder=folder,
+            since=since_utc,
+            seen=seen,
+            limit=limit,
+            start_key=start,
+            include_confidential=target.user_id == principal.user_id,
+        )
+    except QueryError as exc:
+        # Any start key DynamoDB still refuses came from the client's cursor.
+        if start is not None and getattr(exc, "cause_response_code", None) == "ValidationException":
+            raise _bad_cursor() from None
+        raise
     return MessagePageOut(messages=[to_out(m) for m in items], next_cursor=_encode_cursor(last))
 
 
@@ -213,6 +243,8 @@ def request_sync(principal: Principal, user_id: str) -> None:
     account = require_account(target)
     if not account.fetch_enabled:
         raise ValidationFailed("Fetching is disabled for this mailbox", field="fetch_enabled")
+    if account.protocol not in scheduling.SYNCED_PROTOCOLS:
+        raise ValidationFailed(POP3_NOT_SYNCED, field="protocol")
     scheduling.enqueue(target.tenant_id, target.user_id, "user")
 
 
@@ -267,6 +299,9 @@ def sync_status(principal: Principal, user_id: str) -> SyncStatusOut:
             )
         )
     shown, last_error = _shown_state(state)
+    if account.protocol not in scheduling.SYNCED_PROTOCOLS:
+        # Never due and never synced: say so instead of a "never" that looks like waiting.
+        shown, last_error = "never", account.last_error or POP3_NOT_SYNCED
     return SyncStatusOut(
         state=shown,
         account_status=account.status,
@@ -398,8 +433,8 @@ def send_message(
 
     Only the owner writes into a mailbox (an admin reading a colleague's mail must not make
     mail appear in it). Retries are idempotent: keyed on ``idempotency_key`` (the
-    ``Idempotency-Key`` header), else on the message's Message-ID, scoped by tenant and user; a
-    retry returns the first answer and stores nothing new.
+    ``Idempotency-Key`` header), else on the message's Message-ID, else on the folder and the
+    raw bytes, scoped by tenant and user; a retry returns the first answer and stores nothing new.
     """
     target = target_for(principal, user_id)
     if target.user_id != principal.user_id:
@@ -418,15 +453,21 @@ def send_message(
     if too_large:
         raise ValidationFailed(too_large, field="raw")
     first = mime.parse_message(raw)
-    key = idempotency_key or first.message_id
-    if not key:
-        return _store_outgoing(target, account, body.folder, server_folder, raw, first)
+    payload = hashlib.sha256(body.folder.encode() + b"\0" + raw).hexdigest()
+    if idempotency_key:
+        key, keyed_by = idempotency_key, "header"
+    elif first.message_id:
+        key, keyed_by = first.message_id, "message_id"
+    else:
+        # No key and no Message-ID: a retry is recognised by its bytes (each store would
+        # otherwise invent a new Message-ID, and a retried POST would store a second message).
+        key, keyed_by = payload, "content"
     request = {
         "tenant_id": target.tenant_id,
         "user_id": target.user_id,
         "key": key,
-        "keyed_by": "header" if idempotency_key else "message_id",
-        "payload": hashlib.sha256(body.folder.encode() + b"\0" + raw).hexdigest(),
+        "keyed_by": keyed_by,
+        "payload": payload,
     }
 
     def store(request: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from mailsync.observability import logger
 
 NOT_DUE_STATUSES = frozenset({"auth_failed", "disabled"})
 MAX_BACKOFF_SECONDS = 3600
+SYNCED_PROTOCOLS = frozenset({"imap"})
 
 
 def shard_for(tenant_id: str, user_id: str, shards: int) -> int:
@@ -32,9 +33,14 @@ def shard_for(tenant_id: str, user_id: str, shards: int) -> int:
     return int.from_bytes(digest[:4], "big") % shards
 
 
-def due_fields(tenant_id: str, user_id: str, fetch_enabled: bool, status: str) -> dict[str, Any]:
-    """Index attributes for an account: due now, or absent from the due index."""
-    if not fetch_enabled or status in NOT_DUE_STATUSES:
+def due_fields(
+    tenant_id: str, user_id: str, fetch_enabled: bool, status: str, protocol: str = "imap"
+) -> dict[str, Any]:
+    """Index attributes for an account: due now, or absent from the due index.
+
+    Only IMAP accounts sync (POP3 ones can be saved and tested): a POP3 account in the index
+    would get a job every tick that does nothing."""
+    if not fetch_enabled or status in NOT_DUE_STATUSES or protocol not in SYNCED_PROTOCOLS:
         return {"due_shard": None, "next_sync_at": None}
     return {"due_shard": shard_for(tenant_id, user_id, get_settings().due_shards), "next_sync_at": 0}
 

@@ -8,14 +8,21 @@ Failure policy (mail servers lock accounts after repeated failed logins):
   account backs off exponentially (``next_sync_at``) and ``account.sync_failed`` is published;
 - a hostile or broken server (``server_misbehaving``, ``protocol_mismatch``): no retry within the
   job (it would only spend the budget again), backoff;
+- a busy or throttling server (``server_busy``: BYE, NO [UNAVAILABLE]/[LIMIT] at login): no retry
+  within the job — repeated logins get accounts locked — straight to the account's backoff;
 - anything unexpected (a bug, a poison message, AWS trouble): the same backoff, sync state
   ``failed`` with a human ``last_error`` (no internals), the ``SyncFailures_internal_error``
   metric, and the lease released: never ``syncing`` forever;
 - one CRM operation the server refuses fails alone (see ``sync.pusher``): it never fails the job.
 
-Time: a job has ``job_budget_seconds`` of wall time from its start. The IMAP connection gets that
-as a hard deadline; the engine's soft deadline trips ``DEADLINE_MARGIN_SECONDS`` before it (or
-when the Lambda runs short), so the job checkpoints and re-enqueues itself before the hard cut.
+Time: a job has ``job_budget_seconds`` of wall time from its start, and never more than the
+Lambda has left less ``LAMBDA_MARGIN_SECONDS`` (time to record the outcome, release the lease and
+re-enqueue after the connection is cut). The IMAP connection gets that as a hard deadline; the
+engine's soft deadline trips ``DEADLINE_MARGIN_SECONDS`` before it, so the job checkpoints and
+re-enqueues itself before the hard cut. A job whose Lambda has
+less than its whole budget plus that margin left does not start: it goes back on the queue
+(``deferred``) for a fresh invocation, so a batch of slow accounts never runs a worker into its
+timeout with an account left ``syncing``.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from mailsync.errors import (
     MailboxError,
     MailTimeout,
     ProtocolMismatch,
+    ServerBusy,
     ServerMisbehaving,
     TlsFailed,
 )
@@ -58,6 +66,12 @@ HOST_BUSY_DELAY_SECONDS = 30
 # The soft deadline trips this long before the job's budget ends: time to finish the current
 # batch, checkpoint and re-enqueue before the connection's hard deadline cuts it.
 DEADLINE_MARGIN_SECONDS = 15.0
+# Kept free at the end of the worker Lambda: after the connection's hard deadline the job still
+# writes its outcome, releases its lease and may re-enqueue (a few DynamoDB/SQS requests).
+LAMBDA_MARGIN_SECONDS = 10.0
+# A job deferred for lack of Lambda time waits this long on the queue: enough for the current
+# invocation to finish its batch, short enough that the sync is barely late.
+DEFERRED_DELAY_SECONDS = 5
 INTERNAL_ERROR = "Syncing this mailbox failed because of an internal error; it will be retried"
 
 
@@ -71,7 +85,7 @@ class SyncJob(BaseModel):
 
 @dataclass
 class JobResult:
-    status: str  # synced | incomplete | skipped | busy | failed | gone
+    status: str  # synced | incomplete | skipped | busy | failed | gone | deferred
     outcome: SyncOutcome | None = None
     error: str | None = None
     duration_ms: int = 0
@@ -88,8 +102,28 @@ def run_job(
     *,
     owner: str | None = None,
     reader_factory: Callable[..., MailboxReader] = MailboxReader,
+    lambda_deadline: float | None = None,
+    may_defer: bool = True,
 ) -> JobResult:
-    """Sync one account if it should be synced now; never raises for mailbox problems."""
+    """Sync one account if it should be synced now; never raises for mailbox problems.
+
+    ``lambda_deadline`` is the ``time.monotonic()`` instant the invoking Lambda is cut off (None
+    outside Lambda): the job's hard deadline stays ``LAMBDA_MARGIN_SECONDS`` before it, and a job
+    without room for its whole budget is put back on the queue instead of started — unless
+    ``may_defer`` is false (the invocation's first job: were the budget set longer than the
+    Lambda's timeout, deferring it would bounce it between invocations for ever).
+    """
+    settings = get_settings()
+    if (
+        may_defer
+        and lambda_deadline is not None
+        and lambda_deadline - time.monotonic() < settings.job_budget_seconds + LAMBDA_MARGIN_SECONDS
+    ):
+        # Re-enqueued rather than reported as a batch item failure: SQS would hide a failed record
+        # for the whole visibility timeout and count it towards the dead-letter queue, though
+        # nothing is wrong with it. Nothing was written for the account: it never shows "syncing".
+        scheduling.enqueue(job.tenant_id, job.user_id, job.reason, delay_seconds=DEFERRED_DELAY_SECONDS)
+        return JobResult("deferred")
     owner = owner or scheduling.worker_id()
     account = dal.get_account(job.tenant_id, job.user_id)
     if account is None:
@@ -112,14 +146,13 @@ def run_job(
         if job.reason == "schedule" and recent:
             final = {"state": "idle"}  # it succeeded moments ago
             return JobResult("skipped")
-        settings = get_settings()
         slot = dal.acquire_host_slot(account.host, owner, settings.host_concurrency, LEASE_SECONDS)
         if slot is None:
             scheduling.enqueue(job.tenant_id, job.user_id, job.reason, delay_seconds=HOST_BUSY_DELAY_SECONDS)
             final = {"state": "idle"}  # waiting for room on the host, not syncing
             return JobResult("busy")
         try:
-            result, final = _sync(account, state, owner, deadline, reader_factory, started)
+            result, final = _sync(account, state, owner, deadline, reader_factory, started, lambda_deadline)
             result.duration_ms = int((time.monotonic() - started) * 1000)
             if state.last_success_at is not None:
                 result.lag_seconds = int(time.time() - state.last_success_at.timestamp())
@@ -145,9 +178,10 @@ def _sync(
     deadline: Callable[[], bool],
     reader_factory: Callable[..., MailboxReader],
     started: float,
+    lambda_deadline: float | None = None,
 ) -> tuple[JobResult, dict[str, Any]]:
     settings = get_settings()
-    hard_deadline = started + settings.job_budget_seconds
+    hard_deadline = hard_deadline_for(started, settings.job_budget_seconds, lambda_deadline)
     soft_deadline = job_deadline(deadline, hard_deadline, settings.job_budget_seconds)
     try:
         params = server_params(account, settings)
@@ -225,6 +259,15 @@ def _run_engine(
             events.publish(pusher.events + (engine.events if engine is not None else []))
 
 
+def hard_deadline_for(started: float, budget_seconds: float, lambda_deadline: float | None) -> float:
+    """When the job's connection is cut: its budget, but never past the Lambda's own end (less
+    the time the job needs afterwards to record its outcome)."""
+    hard = started + budget_seconds
+    if lambda_deadline is not None:
+        hard = min(hard, lambda_deadline - LAMBDA_MARGIN_SECONDS)
+    return hard
+
+
 def job_deadline(
     lambda_deadline: Callable[[], bool],
     hard_deadline: float,
@@ -250,7 +293,9 @@ def _with_connect_retries(
     for attempt in range(1, CONNECT_ATTEMPTS + 1):
         try:
             return action()
-        except (AuthFailed, TlsFailed, ServerMisbehaving, ProtocolMismatch):
+        except (AuthFailed, TlsFailed, ServerMisbehaving, ProtocolMismatch, ServerBusy):
+            # ServerBusy: a throttled login retried within seconds is how mail servers come to
+            # lock accounts; the account's backoff spaces the next attempt instead.
             raise
         except MailboxError as exc:
             if attempt == CONNECT_ATTEMPTS or out_of_time():

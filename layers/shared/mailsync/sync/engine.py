@@ -595,7 +595,9 @@ class AccountSync:
         message = row[0]
         logger.warning("message metadata cannot be stored: kept raw with minimal metadata", extra={"id": message.id})
         note = "Metadata too large to store: only a minimal part is shown; the raw message is complete"
-        for name, value in minimal_fields(message.subject, message.from_ or [], message.message_id, note).items():
+        for name, value in minimal_fields(
+            message.subject, message.from_ or [], message.message_id, note, flags=message.flags
+        ).items():
             setattr(message, name, value)
         dal.write_new_messages([row], between=lambda: faults.hit("before_location_write"))
 

@@ -41,6 +41,36 @@ LIST_BYTES = {
 }
 
 
+# Flags come from the server, not the message, but they are stored on the same item: a message
+# with thousands of keywords (one FETCH line can carry ~1 MB of them) would make every write of it
+# fail, and the account's pull stop at it for good. System flags go first, so \Seen is never cut.
+MAX_FLAGS = 100
+FLAG_BYTES = 200
+_SYSTEM_FLAG_ORDER = ("\\seen", "\\answered", "\\flagged", "\\deleted", "\\draft")
+
+
+def cap_flags(flags: Iterable[str]) -> tuple[str, ...]:
+    """At most MAX_FLAGS distinct flags of at most FLAG_BYTES each, sorted case-insensitively.
+
+    System flags are kept before keywords (the standard ones first); an over-long keyword is
+    dropped, not cut: a shortened keyword would be a different one.
+    """
+
+    def priority(flag: str) -> tuple[int, int, str]:
+        lower = flag.lower()
+        if lower in _SYSTEM_FLAG_ORDER:
+            return (0, _SYSTEM_FLAG_ORDER.index(lower), lower)
+        return (1 if flag.startswith("\\") else 2, 0, lower)
+
+    kept: list[str] = []
+    for flag in sorted(set(flags), key=priority):
+        if len(kept) >= MAX_FLAGS:
+            break
+        if len(_utf8(flag)) <= FLAG_BYTES:
+            kept.append(flag)
+    return tuple(sorted(kept, key=str.lower))
+
+
 def _utf8(value: str) -> bytes:
     # Lone surrogates (undecodable input) must not make the size check itself raise.
     return value.encode("utf-8", "surrogatepass")
@@ -141,13 +171,23 @@ def metadata_fields(parsed: mime.ParsedMessage, content_sha256: str) -> dict[str
 
 
 def minimal_fields(
-    subject: str | None, from_: Iterable[AddressMap], message_id: str | None, note: str
+    subject: str | None,
+    from_: Iterable[AddressMap],
+    message_id: str | None,
+    note: str,
+    flags: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """The last resort when a message's metadata still cannot be stored: only what identifies it.
 
-    The raw message (S3) stays whole; the CRM shows a short subject and the sender.
+    The raw message (S3) stays whole; the CRM shows a short subject and the sender. Given the
+    message's ``flags``, they come back bounded (``cap_flags``) with ``seen`` to match, so the
+    fallback write cannot fail on them again.
     """
-    return {
+    out: dict[str, Any] = {}
+    if flags is not None:
+        kept = cap_flags(flags)
+        out = {"flags": list(kept), "seen": any(f.lower() == "\\seen" for f in kept)}
+    return out | {
         "subject": cap(subject, 200),
         "from_": [AddressMap(name=cap(a.name, 100), email=cap(a.email, 254) or "") for a in list(from_)[:1]],
         "to": [],
