@@ -30,17 +30,21 @@ demo: $(STAMP) dovecot  ## the local stack plus a throwaway Dovecot with a sampl
 token: $(STAMP)  ## print a local JWT: make token USER=alice TENANT=acme ROLE=admin
 	@$(BIN)/python -m devstack.token --user "$(TOKEN_USER)" --tenant "$(TENANT)" --role "$(ROLE)"
 
-test: $(STAMP) dovecot lint validate build  ## everything CI runs
+test: $(STAMP) dovecot servers lint validate build  ## everything CI runs
 	$(BIN)/python -m pytest tests
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
-integration: $(STAMP) dovecot
+integration: $(STAMP) dovecot servers
 	$(BIN)/python -m pytest tests/integration
 
 e2e: $(STAMP) dovecot
 	$(BIN)/python -m pytest tests/e2e
+
+.PHONY: soak
+soak: $(STAMP) dovecot  ## long convergence runs (10 seeds x 300 operations per Dovecot flavour); not in CI
+	MAILSYNC_SOAK=1 $(BIN)/python -m pytest tests/integration/test_convergence_mbsync.py tests/integration/test_convergence.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -57,10 +61,16 @@ build: $(STAMP)
 openapi: $(STAMP)  ## export the API's OpenAPI document to docs/openapi.json
 	$(BIN)/python -m devstack.openapi docs/openapi.json
 
-dovecot:  ## install Debian's dovecot-imapd/pop3d when missing (tests start their own servers)
-	@if [ ! -x /usr/sbin/dovecot ]; then \
+# Each package is checked on its own: dovecot-imapd alone (no pop3d) used to pass a binary check.
+# isync is mbsync, the second mail client of the convergence tests.
+MAIL_PACKAGES := dovecot-imapd dovecot-pop3d isync
+
+dovecot:  ## install whichever of Debian's dovecot-imapd/pop3d and isync is missing (tests start their own servers)
+	@missing=$$(for p in $(MAIL_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dovecot-imapd dovecot-pop3d; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
 venv: $(STAMP)
@@ -81,3 +91,7 @@ bench: $(STAMP) dovecot  ## benchmark scripts under bench/ (BENCH_ARGS=--small f
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq isync; \
 	fi
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+
+.PHONY: servers
+servers:  ## unpack Debian's Cyrus IMAP and Courier-IMAP into a cache (they conflict with dovecot-imapd)
+	@bash devstack/install_servers.sh

@@ -1,11 +1,19 @@
 """Just enough of the Lambda runtime to run our handlers in-process (local stack and tests):
-loading a handler from its folder, a context object, and API Gateway HTTP API (v2) events."""
+loading a handler from its folder, a context object, and API Gateway HTTP API (v2) events.
+
+In AWS each function is its own process with its own Logger state. Here the three functions share
+one process and the one Powertools Logger of ``mailsync.observability``, and the local stack runs
+them on concurrent threads (HTTP requests, scheduler, worker). The Logger keeps an invocation's
+keys (function name, request id, correlation id, tenant) in one dict shared by every thread, so
+a worker line logged while an API request ran carried the API's name and correlation id. The
+local runtime therefore gives that dict one copy per thread (``isolate_log_state``)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -45,7 +53,52 @@ def load_handler(function: str) -> Handler:
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
+    isolate_log_state()
     return module.lambda_handler
+
+
+class _PerThreadLogFormat:
+    """Stands in for the formatter's ``log_format`` attribute: each thread reads and replaces its
+    own dict, starting from the keys every line carries (service, level, ...)."""
+
+    def __init__(self, base: dict[str, Any]) -> None:
+        self._base = dict(base)
+        self._local = threading.local()
+
+    def __get__(self, formatter: Any, owner: type | None = None) -> Any:
+        if formatter is None:
+            return self
+        keys = getattr(self._local, "keys", None)
+        if keys is None:
+            keys = self._local.keys = dict(self._base)
+        return keys
+
+    def __set__(self, formatter: Any, keys: dict[str, Any]) -> None:
+        self._local.keys = keys
+
+
+_isolate_lock = threading.Lock()
+# Set by Powertools' inject_lambda_context from the context and the event.
+_INVOCATION_KEYS = frozenset(
+    {"cold_start", "function_name", "function_memory_size", "function_arn", "function_request_id", "correlation_id"}
+)
+
+
+def isolate_log_state() -> None:
+    """Idempotent: give the shared Logger's per-invocation keys one copy per thread.
+
+    Each invocation's ``inject_lambda_context(clear_state=True)`` then resets and fills only its
+    own thread's keys, as a separate Lambda process would; nothing changes in AWS."""
+    from mailsync.observability import logger
+
+    formatter = logger.registered_formatter
+    with _isolate_lock:
+        if isinstance(type(formatter).__dict__.get("log_format"), _PerThreadLogFormat):
+            return
+        # What a new thread starts from: the keys of every line, never an invocation's own.
+        base = {k: v for k, v in formatter.log_format.items() if k not in _INVOCATION_KEYS}
+        cls = type(formatter)
+        formatter.__class__ = type(f"PerThread{cls.__name__}", (cls,), {"log_format": _PerThreadLogFormat(base)})
 
 
 @dataclass
@@ -54,8 +107,13 @@ class LambdaContext:
     memory_limit_in_mb: int = 512
     timeout_seconds: float = 900.0
     aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:000000000000:function:local"
+    invoked_function_arn: str = ""
     _start: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        # Log lines carry the ARN too; it names the function that runs, not a shared "local".
+        if not self.invoked_function_arn:
+            self.invoked_function_arn = f"arn:aws:lambda:eu-west-1:000000000000:function:{self.function_name}"
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self.timeout_seconds - (time.monotonic() - self._start)) * 1000))

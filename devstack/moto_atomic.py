@@ -1,7 +1,10 @@
-"""DynamoDB applies each write atomically (a conditional write's check and write are one step);
-moto's in-memory backend does not lock, so two threads can both pass the same condition. The
-local stack and the tests run threads (API, worker, scheduler), so they get a lock around
-moto's writes — the behaviour of the real peer, not a relaxation of it."""
+"""DynamoDB applies each request atomically (a conditional write's check and write are one step,
+and a read never trips over a concurrent write); moto's in-memory backend does not lock. Its
+tables are plain dicts: two threads can both pass the same condition, and a Query walking the
+items while another thread inserts one raised ``RuntimeError: dictionary changed size during
+iteration``. The local stack and the tests run threads (API, worker, scheduler), so every
+DynamoDB request to the local moto — reads and writes, including the response it serialises from
+the live items — runs under one lock: the behaviour of the real peer, not a relaxation of it."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+# Also locked at the backend, for code that calls moto's backend without a request.
 _WRITES = ("update_item", "put_item", "delete_item", "transact_write_items", "batch_write_item")
 _lock = threading.RLock()
 _patched = False
@@ -24,12 +28,15 @@ def _locked(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def make_dynamodb_atomic() -> None:
-    """Idempotent: patch moto's DynamoDB backend once per process."""
+    """Idempotent: patch moto's DynamoDB request handler and backend once per process."""
     global _patched
     if _patched:
         return
     from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.responses import DynamoHandler
 
+    # call_action runs one whole request: parsing, the backend call and the serialised answer.
+    DynamoHandler.call_action = _locked(DynamoHandler.call_action)  # type: ignore[method-assign]
     for name in _WRITES:
         original = getattr(DynamoDBBackend, name, None)
         if original is not None:

@@ -7,6 +7,8 @@ messages equal the server's: same set by Message-ID, same \\Seen, same folder; n
 no loss, and a message's id never changes. Replay a failure with the seed it reports:
 
     MAILSYNC_CONVERGENCE_SEED=1234 MAILSYNC_CONVERGENCE_OPS=300 pytest tests/integration/test_convergence.py
+
+mbsync as a second mail program, with its Maildir: test_convergence_mbsync.py.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ MAPPED = {"inbox": "INBOX", "sent": "Sent", "archive": "Archive", "trash": "Tras
 SERVER_FOLDERS = [*MAPPED.values(), "Junk"]  # Junk is not mapped
 OPS = int(os.environ.get("MAILSYNC_CONVERGENCE_OPS", "300"))
 SEED = int(os.environ.get("MAILSYNC_CONVERGENCE_SEED", "20261121"))
+# `make soak` (MAILSYNC_SOAK=1): ten seeds instead of one.
+SEEDS = [SEED + n for n in range(10)] if os.environ.get("MAILSYNC_SOAK") == "1" else [SEED]
 
 
 @pytest.fixture(params=["full", "basic"])
@@ -157,8 +161,9 @@ class Convergence:
             self.fail("changes still pending after quiescence")
 
 
-def test_crm_and_another_mail_program_converge(account: Account) -> None:
-    run = Convergence(account, SEED)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_crm_and_another_mail_program_converge(account: Account, seed: int) -> None:
+    run = Convergence(account, seed)
     for _ in range(OPS):
         if run.rng.random() < 0.5:
             run.crm_op()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 
 import boto3
 import pytest
 
+from devstack.dovecot import MailboxClient, MailUser
 from tests.integration.sync_support import (
     Account,
     capture_events,
@@ -225,14 +228,33 @@ def noop_cost(account: Account) -> tuple[int, Counter]:
     return result.outcome.imap_commands, calls
 
 
-def fill(user, count: int, in_window: int) -> None:
+FILL_CHUNK = 500  # messages per MULTIAPPEND
+# Per server reply while filling: this is set-up, not the code under test, and a busy machine
+# took longer than the default 10 s to answer one 20,000-message MULTIAPPEND.
+FILL_TIMEOUT_SECONDS = 120.0
+
+
+def fill(user: MailUser, count: int, in_window: int) -> None:
     """``count`` messages on the server, ``in_window`` of them recent enough to be synced."""
-    with user.client() as imap:
-        raws = []
+    # One message built per distinct age, then numbered: building 20,000 with the email package
+    # took longer than appending them.
+    run = secrets.token_hex(4)
+    templates: dict[int, tuple[bytes, datetime]] = {}
+    batch: list[dict[str, object]] = []
+    with MailboxClient(
+        user.host, user.imaps_port, user.username, user.password, ca_file=user.ca_file, timeout=FILL_TIMEOUT_SECONDS
+    ) as imap:
         for i in range(count):
             age = 1 + (i % 5) if i < in_window else 40 + (i % 300)
-            raws.append((message(f"bulk {i}", days=age), days_ago(age)))
-        imap.imap.multiappend("INBOX", [{"msg": raw, "date": date} for raw, date in raws])
+            if age not in templates:
+                raw = message("bulk NUMBER", days=age, message_id=f"<bulk-NUMBER-{run}@mailsync.test>")
+                templates[age] = (raw, days_ago(age))
+            raw, date = templates[age]
+            batch.append({"msg": raw.replace(b"NUMBER", str(i).encode()), "date": date})
+            if len(batch) == FILL_CHUNK or i == count - 1:
+                imap.imap.multiappend("INBOX", batch)
+                batch = []
+        assert imap.imap.select_folder("INBOX", readonly=True)[b"EXISTS"] == count
 
 
 def test_noop_sync_cost_does_not_grow_with_the_mailbox(api, local_mail_env, dovecot) -> None:
