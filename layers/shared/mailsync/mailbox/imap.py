@@ -30,10 +30,9 @@ from mailsync.mailbox.transport import (
     LINE_OVERHEAD_BYTES,
     Budget,
     BudgetedReader,
-    connect_checked,
     expect_greeting,
+    open_checked,
     server_text,
-    wrap_tls,
 )
 from mailsync.observability import logger
 
@@ -97,9 +96,7 @@ class BudgetedIMAP4(imaplib.IMAP4):
         super().__init__(host, port, timeout=budget.read_timeout)
 
     def _create_socket(self, timeout: float | None) -> socket.socket:
-        sock = connect_checked(self._addresses, self.port, self.budget)
-        if self._tls_context is not None:
-            sock = wrap_tls(sock, self._tls_context, self.host, self.budget)
+        sock = open_checked(self._addresses, self.port, self.host, self._tls_context, self.budget)
         return sock
 
     def open(self, host: str = "", port: int = imaplib.IMAP4_PORT, timeout: float | None = None) -> None:

@@ -461,23 +461,7 @@ class MailboxReader:
 
         One UID FETCH per FETCH_CHUNK UIDs; the caller bounds the batch by count and bytes.
         """
-        out: list[FetchedMessage] = []
-        with self._guard("downloading messages"):
-            for chunk in _chunks(sorted(set(uids)), FETCH_CHUNK):
-                fetched = self._uid_fetch(chunk, _BODY_ITEMS)
-                for uid in sorted(fetched):
-                    attrs = fetched[uid]
-                    raw = attrs.get(b"BODY[]")
-                    out.append(
-                        FetchedMessage(
-                            uid=uid,
-                            flags=_flags(attrs.get(b"FLAGS")),
-                            internal_date=_internal_date(attrs.get(b"INTERNALDATE")),
-                            size=int(attrs.get(b"RFC822.SIZE") or 0),
-                            raw=raw if isinstance(raw, bytes) else b"",
-                        )
-                    )
-        return out
+        return self._fetch_raw(uids, _BODY_ITEMS, b"BODY[]", "downloading messages")
 
     def fetch_headers(self, uids: Sequence[int], max_bytes: int) -> list[FetchedMessage]:
         """The header section only (``raw``), at most ``max_bytes`` of it, of those ``uids`` that exist.
@@ -485,14 +469,17 @@ class MailboxReader:
         For messages over the size cap: their body is never transferred. One UID FETCH per
         FETCH_CHUNK UIDs; ``size`` is the whole message's RFC822.SIZE.
         """
-        out: list[FetchedMessage] = []
         items = f"(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER]<0.{max(1, int(max_bytes))}>)"
-        with self._guard("downloading message headers"):
+        return self._fetch_raw(uids, items, b"BODY[HEADER]", "downloading message headers")
+
+    def _fetch_raw(self, uids: Sequence[int], items: str, section: bytes, what: str) -> list[FetchedMessage]:
+        out: list[FetchedMessage] = []
+        with self._guard(what):
             for chunk in _chunks(sorted(set(uids)), FETCH_CHUNK):
                 fetched = self._uid_fetch(chunk, items)
                 for uid in sorted(fetched):
                     attrs = fetched[uid]
-                    raw = _section(attrs, b"BODY[HEADER]")
+                    raw = _section(attrs, section)
                     out.append(
                         FetchedMessage(
                             uid=uid,

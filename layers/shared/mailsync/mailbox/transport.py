@@ -93,6 +93,14 @@ def connect_checked(addresses: list[str], port: int, budget: Budget) -> socket.s
     raise last
 
 
+def open_checked(
+    addresses: list[str], port: int, host: str, tls_context: ssl.SSLContext | None, budget: Budget
+) -> socket.socket:
+    """The socket imaplib's and poplib's connections use: to a checked address, TLS on ``host``."""
+    sock = connect_checked(addresses, port, budget)
+    return wrap_tls(sock, tls_context, host, budget) if tls_context is not None else sock
+
+
 def wrap_tls(sock: socket.socket, context: ssl.SSLContext, host: str, budget: Budget) -> ssl.SSLSocket:
     """TLS on a socket connected by address: the certificate is still checked against ``host``."""
     try:
