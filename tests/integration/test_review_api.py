@@ -246,6 +246,25 @@ def test_pop3_accounts_are_never_due_and_say_why_they_do_not_sync(
     assert scheduling.enqueue_due_accounts() == 1
 
 
+def test_a_pop3_account_left_in_the_due_index_leaves_it_at_its_first_job(
+    api: ApiCall, aws: dict[str, str], local_mail_env, mail_user
+) -> None:
+    """Accounts saved before POP3 was kept out of the schedule still carry due_shard."""
+    from mailsync import dal
+    from mailsync.services import scheduling
+    from mailsync.services.sync_jobs import SyncJob, run_job
+
+    pop3 = {"host": "127.0.0.1", "port": mail_user.pop3s_port, "username": mail_user.username}
+    assert api("PUT", SETTINGS, pop3 | {"password": mail_user.password, "protocol": "pop3"}, caller=ALICE).status == 201
+    account = dal.get_account("acme", "alice")
+    dal.update_account(account, scheduling.due_fields("acme", "alice", True, "pending"))  # as saved back then
+    assert scheduling.enqueue_due_accounts() == 1
+
+    assert run_job(SyncJob(tenant_id="acme", user_id="alice")).status == "skipped"
+    assert "due_shard" not in account_item(aws, "alice")
+    assert scheduling.enqueue_due_accounts() == 0
+
+
 # --- 6. cursors outside their query's range ------------------------------------------------------
 
 

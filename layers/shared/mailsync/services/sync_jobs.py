@@ -27,6 +27,7 @@ timeout with an account left ``syncing``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from mailsync.errors import (
     AuthFailed,
     MailboxError,
     MailTimeout,
+    NotFound,
     ProtocolMismatch,
     ServerBusy,
     ServerMisbehaving,
@@ -130,6 +132,11 @@ def run_job(
         return JobResult("gone")
     if not account.fetch_enabled or account.status == "auth_failed" or account.protocol != "imap":
         # auth_failed: no login until the settings change (they reset the status).
+        if account.due_shard is not None:
+            # Still in the due index (saved before POP3 accounts were kept out of it): leave it,
+            # or the scheduler sends it a job that does nothing every tick.
+            with contextlib.suppress(NotFound):
+                dal.update_account(account, {"due_shard": None, "next_sync_at": None})
         return JobResult("skipped")
     # Marking the account "syncing" rides on the lease write: one request, not two.
     state = dal.acquire_lease(
