@@ -44,7 +44,11 @@ ERRORS: dict[int, dict] = {
 }
 MAILBOX_ERRORS: dict[int, dict] = {
     **ERRORS,
-    502: error_doc("`auth_failed`, `connect_failed` or `tls_failed` from the mail server"),
+    502: error_doc(
+        "`auth_failed`, `connect_failed`, `tls_failed`, `protocol_mismatch` or `server_misbehaving` "
+        "from the mail server"
+    ),
+    503: error_doc("`server_busy`: the mail server turned us away for now (throttling, too many connections)"),
     504: error_doc("`timeout`: the mail server did not answer in time"),
 }
 
