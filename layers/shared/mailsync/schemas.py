@@ -134,7 +134,10 @@ class MailSettingsOut(BaseModel):
     outgoing_confidential: bool
     sync_window_days: int
     password_set: bool
-    status: str = Field(description="pending | ok | disabled | auth_failed | tls_failed | connect_failed | timeout")
+    status: str = Field(
+        description="pending | ok | disabled | auth_failed | tls_failed | connect_failed | timeout | server_busy | "
+        "protocol_mismatch | server_misbehaving | failed"
+    )
     last_error: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
