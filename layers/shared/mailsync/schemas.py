@@ -136,7 +136,7 @@ class MailSettingsOut(BaseModel):
     password_set: bool
     status: str = Field(
         description="pending | ok | disabled | auth_failed | tls_failed | connect_failed | timeout | server_busy | "
-        "protocol_mismatch | server_misbehaving | failed"
+        "protocol_mismatch | server_misbehaving"
     )
     last_error: str | None = None
     created_at: datetime | None = None
