@@ -19,24 +19,20 @@ import os
 import pwd
 import secrets
 import shlex
-import shutil
 import signal
 import subprocess
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from devstack.cyrus import (
     HOST,
     ServerError,
     ServerNotInstalled,
+    UnpackedImapServer,
     chown_tree,
     free_port,
     install_script,
     library_path,
     reachable_state_dir,
-    servers_root,
-    stop_process_group,
     wait_for_greeting,
 )
 from devstack.dovecot import MailUser, _write_tls_material, make_message
@@ -88,45 +84,15 @@ def _password_hash(password: str) -> str:
     return "{SHA256}" + base64.b64encode(hashlib.sha256(password.encode()).digest()).decode()
 
 
-class CourierServer:
+class CourierServer(UnpackedImapServer):
     """One Courier-IMAP instance on 127.0.0.1: implicit TLS (imaps) and STARTTLS (imap) ports."""
 
     folders = COURIER_FOLDERS
     name = "courier"
-
-    def __init__(self, root: Path | None = None) -> None:
-        self.root = root or servers_root()
-        self.host = HOST
-        self._users: dict[str, str] = {}
-        self._process: subprocess.Popen[bytes] | None = None
-        self.base_dir: Path | None = None
-        self.imap_port = 0
-        self.imaps_port = 0
-        self.ca_file = Path()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def log_file(self) -> Path:
-        assert self.base_dir is not None
-        return self.base_dir / "courier.log"
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except (FileNotFoundError, AssertionError):
-            return "(no courier log)"
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+    _log_name = "courier.log"
+    # unshare --fork ignores SIGTERM, and the namespace's PID 1 ignores it too; SIGKILL of
+    # PID 1 takes down the whole namespace.
+    _stop_signal = signal.SIGKILL
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -150,15 +116,6 @@ class CourierServer:
             pwd.getpwnam(_MAIL_USER)
         except KeyError as exc:
             raise ServerNotInstalled(f"no {_MAIL_USER!r} user; run {install_script()}") from exc
-
-    def start(self) -> None:
-        self._check_installed()
-        try:
-            self._start()
-        except BaseException:
-            # No half-started server and no state directory left behind.
-            self.stop()
-            raise
 
     def _start(self) -> None:
         self.base_dir = reachable_state_dir("mailsync-courier-", None)
@@ -248,16 +205,6 @@ class CourierServer:
             return False
         return True
 
-    def stop(self) -> None:
-        if self._process is not None:
-            # unshare --fork ignores SIGTERM, and the namespace's PID 1 ignores it too; SIGKILL
-            # of PID 1 takes down the whole namespace.
-            stop_process_group(self._process, signal.SIGKILL)
-            self._process = None
-        if self.base_dir is not None:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
-            self.base_dir = None
-
     # -- users ----------------------------------------------------------------
 
     def _make_userdb(self) -> None:
@@ -322,15 +269,3 @@ class CourierServer:
                 for name in ["INBOX", *(f"INBOX.{n}" for n in _SUBFOLDERS)]:
                     client.expunge(name, client.append(name, marker))
         return user
-
-    def user(self, username: str) -> MailUser:
-        return MailUser(
-            username=username,
-            password=self._users[username],
-            host=self.host,
-            imap_port=self.imap_port,
-            imaps_port=self.imaps_port,
-            pop3_port=0,
-            pop3s_port=0,
-            ca_file=self.ca_file,
-        )

@@ -13,7 +13,6 @@ readiness polling.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import secrets
@@ -28,12 +27,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from devstack.dovecot import MailUser, _write_tls_material
+from devstack.dovecot import MailUser, _write_tls_material, stop_process_group
 
 __all__ = [
     "CYRUS_FOLDERS",
     "CyrusServer",
     "ServerNotInstalled",
+    "UnpackedImapServer",
     "free_port",
     "install_script",
     "servers_root",
@@ -42,7 +42,6 @@ __all__ = [
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
-STOP_TIMEOUT = 10.0
 _START_ATTEMPTS = 3
 
 # Logical folder -> the name a client sees on this server (same as Dovecot's here: altnamespace
@@ -121,22 +120,6 @@ def wait_for_greeting(
     return True
 
 
-def stop_process_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    """Signal the process group the server was started in; SIGKILL what is left after a while."""
-    try:
-        pgid = os.getpgid(process.pid)
-    except ProcessLookupError:
-        process.wait()
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=STOP_TIMEOUT)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-    process.wait()
-
-
 def reachable_state_dir(prefix: str, owner: str | None) -> Path:
     """A fresh state directory the server's unprivileged user can enter.
 
@@ -161,20 +144,23 @@ def chown_tree(path: Path, owner: str) -> None:
             os.chown(Path(dirpath) / name, entry.pw_uid, entry.pw_gid)
 
 
-class CyrusServer:
-    """One Cyrus IMAP instance on 127.0.0.1: implicit TLS (imaps) and STARTTLS (imap) ports.
+class UnpackedImapServer:
+    """What the Cyrus and Courier servers share: one instance on 127.0.0.1 with implicit TLS
+    (imaps) and STARTTLS (imap) ports, its state in ``base_dir``, its users in ``_users``.
 
     Use as a context manager, or ``start()``/``stop()``. ``add_user()`` creates a mailbox user.
+    Subclasses give ``name``, ``folders``, ``_log_name``, ``_check_installed()`` and ``_start()``.
     """
 
-    folders = CYRUS_FOLDERS
-    name = "cyrus"
+    folders: dict[str, str]
+    name: str
+    _log_name: str
+    # The signal that stops the server's process group (SIGKILL follows after a while anyway).
+    _stop_signal: int = signal.SIGTERM
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or servers_root()
-        self.master = self.root / "usr/lib/cyrus/bin/master"
         self.host = HOST
-        self.servername = "mailsync-cyrus"
         self._users: dict[str, str] = {}
         self._process: subprocess.Popen[bytes] | None = None
         self.base_dir: Path | None = None
@@ -192,25 +178,80 @@ class CyrusServer:
         self.stop()
 
     @property
-    def unix_user(self) -> str:
-        # As root, master drops privileges to the compiled-in "cyrus" user; otherwise it must
-        # be told to stay the user it runs as.
-        return "cyrus" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
-
-    @property
     def log_file(self) -> Path:
         assert self.base_dir is not None
-        return self.base_dir / "master.log"
+        return self.base_dir / self._log_name
 
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except (FileNotFoundError, AssertionError):
-            return "(no cyrus log)"
+            return f"(no {self.name} log)"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def _check_installed(self) -> None:
+        raise NotImplementedError
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._check_installed()
+        try:
+            self._start()
+        except BaseException:
+            # No half-started server and no state directory left behind.
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self._process is not None:
+            stop_process_group(self._process, self._stop_signal)
+            self._process = None
+        if self.base_dir is not None:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+            self.base_dir = None
+
+    def user(self, username: str) -> MailUser:
+        return MailUser(
+            username=username,
+            password=self._users[username],
+            host=self.host,
+            imap_port=self.imap_port,
+            imaps_port=self.imaps_port,
+            pop3_port=0,
+            pop3s_port=0,
+            ca_file=self.ca_file,
+        )
+
+
+class CyrusServer(UnpackedImapServer):
+    """One Cyrus IMAP instance on 127.0.0.1: implicit TLS (imaps) and STARTTLS (imap) ports.
+
+    Use as a context manager, or ``start()``/``stop()``. ``add_user()`` creates a mailbox user.
+    """
+
+    folders = CYRUS_FOLDERS
+    name = "cyrus"
+    _log_name = "master.log"
+
+    def __init__(self, root: Path | None = None) -> None:
+        super().__init__(root)
+        self.master = self.root / "usr/lib/cyrus/bin/master"
+        self.servername = "mailsync-cyrus"
+
+    @property
+    def unix_user(self) -> str:
+        # As root, master drops privileges to the compiled-in "cyrus" user; otherwise it must
+        # be told to stay the user it runs as.
+        return "cyrus" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
 
     # -- lifecycle ----------------------------------------------------------
 
-    def start(self) -> None:
+    def _check_installed(self) -> None:
         if not self.master.exists():
             raise ServerNotInstalled(f"{self.master} is missing; run {install_script()}")
         if os.geteuid() == 0:
@@ -218,12 +259,6 @@ class CyrusServer:
                 pwd.getpwnam("cyrus")
             except KeyError as exc:
                 raise ServerNotInstalled(f"no 'cyrus' user; run {install_script()}") from exc
-        try:
-            self._start()
-        except BaseException:
-            # No half-started server and no state directory left behind.
-            self.stop()
-            raise
 
     def _start(self) -> None:
         self.base_dir = reachable_state_dir("mailsync-cyrus-", self.unix_user)
@@ -269,18 +304,6 @@ class CyrusServer:
             self._process = None
             return False
         return True
-
-    def stop(self) -> None:
-        if self._process is not None:
-            stop_process_group(self._process)
-            self._process = None
-        if self.base_dir is not None:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
-            self.base_dir = None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     # -- configuration --------------------------------------------------------
 
@@ -374,15 +397,3 @@ EVENTS {{
         if missing:
             raise ServerError(f"cyrus did not autocreate {sorted(missing)}\n{self.log_tail()}")
         return user
-
-    def user(self, username: str) -> MailUser:
-        return MailUser(
-            username=username,
-            password=self._users[username],
-            host=self.host,
-            imap_port=self.imap_port,
-            imaps_port=self.imaps_port,
-            pop3_port=0,
-            pop3s_port=0,
-            ca_file=self.ca_file,
-        )

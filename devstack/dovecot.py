@@ -63,6 +63,7 @@ __all__ = [
     "TlsMode",
     "make_message",
     "seed_sample_mailbox",
+    "stop_process_group",
 ]
 
 DEFAULT_BINARY = Path("/usr/sbin/dovecot")
@@ -716,7 +717,7 @@ class DovecotServer:
         """Stop Dovecot and every process it spawned; idempotent."""
         process, self._process = self._process, None
         if process is not None:
-            _kill_group(process)
+            stop_process_group(process)
         for scratch in self._scratch_dirs:
             shutil.rmtree(scratch, ignore_errors=True)
         self._scratch_dirs.clear()
@@ -1015,7 +1016,8 @@ class _PortTaken(Exception):
     pass
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
+def stop_process_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Signal the process group the server was started in; SIGKILL what is left after a while."""
     try:
         pgid = os.getpgid(process.pid)
     except ProcessLookupError:
@@ -1026,7 +1028,7 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
     # The price is harmless "Killed with signal 15" warnings in the log.
     # SIGKILL then catches anything wedged.
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
+        os.killpg(pgid, sig)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=STOP_TIMEOUT)
     with contextlib.suppress(ProcessLookupError):

@@ -124,6 +124,29 @@ class Account:
         return {m["subject"]: m for m in self.messages()}
 
 
+def _mail_user(mailbox: Account | MailUser) -> MailUser:
+    return mailbox.user if isinstance(mailbox, Account) else mailbox
+
+
+def server_subjects(mailbox: Account | MailUser, folder: str) -> list[str]:
+    """The subjects in ``folder`` as another mail client sees them, sorted."""
+    with _mail_user(mailbox).client() as imap:
+        out = []
+        for uid in imap.uids(folder):
+            raw = imap.fetch_raw(folder, uid)
+            out.append(raw.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode())
+        return sorted(out)
+
+
+def server_flags(mailbox: Account | MailUser, folder: str, subject: str) -> set[str]:
+    """The server's flags on the message with this subject in ``folder``."""
+    with _mail_user(mailbox).client() as imap:
+        for uid in imap.uids(folder):
+            if f"Subject: {subject}\r\n".encode() in imap.fetch_raw(folder, uid):
+                return imap.flags(folder, uid)
+    raise AssertionError(f"{subject!r} not in {folder!r}")
+
+
 def connect_account(
     api: ApiCall, user: MailUser, folder_map: dict[str, str] | None = None, who: str = "alice"
 ) -> Account:

@@ -17,6 +17,8 @@ import pytest
 from devstack.dovecot import MailUser, make_message
 from tests.conftest import ApiCall, Caller
 from tests.integration.sync_support import Account, days_ago, message
+from tests.integration.sync_support import server_flags as flags_of
+from tests.integration.sync_support import server_subjects as subjects
 
 SETTINGS = "/v1/users/me/mail-settings"
 SERVERS = ["dovecot", "dovecot_basic", "cyrus", "courier"]
@@ -71,23 +73,6 @@ def target(request: pytest.FixtureRequest, api: ApiCall, local_mail_env, monkeyp
 
 
 # --- the other mail client ----------------------------------------------------------------------
-
-
-def subjects(user: MailUser, folder: str) -> list[str]:
-    with user.client() as imap:
-        out = []
-        for uid in imap.uids(folder):
-            raw = imap.fetch_raw(folder, uid)
-            out.append(raw.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode())
-        return sorted(out)
-
-
-def flags_of(user: MailUser, folder: str, subject: str) -> set[str]:
-    with user.client() as imap:
-        for uid in imap.uids(folder):
-            if f"Subject: {subject}\r\n".encode() in imap.fetch_raw(folder, uid):
-                return imap.flags(folder, uid)
-    raise AssertionError(f"{subject!r} not in {folder!r}")
 
 
 def seed(target: Target, account: Account, *subjects_: str, crm: str = "inbox", flags=()) -> dict[str, int]:

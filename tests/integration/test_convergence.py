@@ -13,7 +13,6 @@ mbsync as a second mail program, with its Maildir: test_convergence_mbsync.py.
 
 from __future__ import annotations
 
-import base64
 import os
 import random
 from collections import Counter
@@ -22,6 +21,7 @@ import pytest
 
 from devstack.dovecot import make_message
 from mailsync.mime import normalise_message_id, parse_message
+from tests.integration.convergence_support import crm_change
 from tests.integration.sync_support import Account, days_ago, flavoured_account
 
 MAPPED = {"inbox": "INBOX", "sent": "Sent", "archive": "Archive", "trash": "Trash"}
@@ -60,19 +60,13 @@ class Convergence:
         return [m for m in self.account.messages() if m["state"] == "synced"]
 
     def crm_op(self) -> None:
-        messages = self.crm_messages()
-        kind = self.rng.choice(["seen", "seen", "move", "send"] if messages else ["send"])
-        api, caller = self.account.api, self.account.caller
+        kind, subject, body, response = crm_change(
+            self.account, self.rng, self.crm_messages(), MAPPED, self.new_subject
+        )
         if kind == "send":
-            subject = self.new_subject()
-            raw = make_message(subject=subject, date=days_ago(self.rng.uniform(0, 3)))
-            response = api("POST", "/v1/users/me/messages", {"raw": base64.b64encode(raw).decode()}, caller=caller)
             self.log.append(f"crm send {subject} -> {response.status}")
             return
-        target = self.rng.choice(messages)
-        body = {"seen": not target["seen"]} if kind == "seen" else {"folder": self.rng.choice(list(MAPPED))}
-        response = api("PATCH", f"/v1/messages/{target['id']}", body, caller=caller)
-        self.log.append(f"crm {kind} {target['subject']} {body} -> {response.status}")
+        self.log.append(f"crm {kind} {subject} {body} -> {response.status}")
         if response.status not in (200, 409):
             self.fail(f"PATCH answered {response.status}: {response.body}")
 

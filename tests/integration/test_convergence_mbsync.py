@@ -40,7 +40,6 @@ runs 2 x 60.
 
 from __future__ import annotations
 
-import base64
 import email.parser
 import email.policy
 import os
@@ -56,6 +55,7 @@ import pytest
 from devstack.dovecot import make_message
 from mailsync.mime import normalise_message_id
 from tests.fixtures.mbsync import SEEN, Mbsync
+from tests.integration.convergence_support import crm_change
 from tests.integration.sync_support import Account, days_ago, flavoured_account
 
 MAPPED = {"inbox": "INBOX", "sent": "Sent", "archive": "Archive", "trash": "Trash"}
@@ -183,21 +183,13 @@ class MbsyncConvergence:
     # -- the actors ---------------------------------------------------------------------------
 
     def crm_op(self) -> None:
-        messages = self.crm_live()
-        kind = self.rng.choice(["seen", "seen", "move", "send"] if messages else ["send"])
-        api, caller = self.account.api, self.account.caller
+        kind, subject, body, response = crm_change(self.account, self.rng, self.crm_live(), MAPPED, self.new_subject)
         if kind == "send":
-            subject = self.new_subject()
-            raw = make_message(subject=subject, date=days_ago(self.rng.uniform(0, 3)))
-            response = api("POST", "/v1/users/me/messages", {"raw": base64.b64encode(raw).decode()}, caller=caller)
             self.log.append(f"crm send {subject} -> {response.status}")
             if response.status != 201:
                 self.fail(f"POST answered {response.status}: {response.body}")
             return
-        target = self.rng.choice(messages)
-        body = {"seen": not target["seen"]} if kind == "seen" else {"folder": self.rng.choice(list(MAPPED))}
-        response = api("PATCH", f"/v1/messages/{target['id']}", body, caller=caller)
-        self.log.append(f"crm {kind} {target['subject']!r} {body} -> {response.status}")
+        self.log.append(f"crm {kind} {subject!r} {body} -> {response.status}")
         if response.status not in (200, 409):
             self.fail(f"PATCH answered {response.status}: {response.body}")
 

@@ -25,6 +25,8 @@ from tests.integration.sync_support import (
     flavoured_account,
     message,
 )
+from tests.integration.sync_support import server_flags as flags_of
+from tests.integration.sync_support import server_subjects as subjects_in
 from tests.integration.test_mailbox_writer import RefusingProxy
 
 MAP = {"inbox": "INBOX", "sent": "Sent", "archive": "Archive", "trash": "Trash"}
@@ -66,23 +68,6 @@ def send(account: Account, subject: str) -> dict:
 def seed(account: Account, *subjects: str, folder: str = "INBOX", flags=()) -> dict[str, int]:
     with account.user.client() as imap:
         return {s: imap.append(folder, message(s), flags=flags, internal_date=days_ago(1)) for s in subjects}
-
-
-def subjects_in(account: Account, folder: str) -> list[str]:
-    with account.user.client() as imap:
-        out = []
-        for uid in imap.uids(folder):
-            raw = imap.fetch_raw(folder, uid)
-            out.append(raw.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode())
-        return sorted(out)
-
-
-def flags_of(account: Account, folder: str, subject: str) -> set[str]:
-    with account.user.client() as imap:
-        for uid in imap.uids(folder):
-            if f"Subject: {subject}\r\n".encode() in imap.fetch_raw(folder, uid):
-                return imap.flags(folder, uid)
-    raise AssertionError(f"{subject} not in {folder}")
 
 
 def sync_state(account: Account) -> dict:

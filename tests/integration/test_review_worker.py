@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import boto3
 import pytest
@@ -40,6 +41,19 @@ def drain(queue_url: str) -> list[dict]:
     return out
 
 
+def sync_event(users: list[str], **job: str) -> dict[str, Any]:
+    """The sync queue's SQS event carrying one job per user."""
+    records = [
+        {
+            "MessageId": f"m-{u}",
+            "ReceiptHandle": f"r-{u}",
+            "Body": json.dumps({"tenant_id": "acme", "user_id": u, **job}),
+        }
+        for u in users
+    ]
+    return sqs_event(records, "arn:aws:sqs:eu-west-1:000000000000:sync")
+
+
 @pytest.fixture
 def tarpit_accounts(api, aws, monkeypatch: pytest.MonkeyPatch):
     from mailsync.config import get_settings
@@ -65,15 +79,7 @@ def test_a_batch_of_tarpits_defers_what_the_lambda_has_no_time_for(tarpit_accoun
     from mailsync.services import sync_jobs
 
     server = tarpit_accounts
-    records = [
-        {
-            "MessageId": f"m-{user}",
-            "ReceiptHandle": f"r-{user}",
-            "Body": json.dumps({"tenant_id": "acme", "user_id": user, "reason": "user"}),
-        }
-        for user in USERS
-    ]
-    event = sqs_event(records, "arn:aws:sqs:eu-west-1:000000000000:sync")
+    event = sync_event(USERS, reason="user")
     # Time for one whole job and a little more, not for two.
     timeout = BUDGET + sync_jobs.LAMBDA_MARGIN_SECONDS + 3
     context = LambdaContext(function_name="SyncWorkerFunction", timeout_seconds=timeout)
@@ -101,11 +107,7 @@ def test_a_lambda_shorter_than_a_job_runs_its_first_record_cut_to_the_lambdas_ti
     from mailsync.services import sync_jobs
 
     server = tarpit_accounts
-    records = [
-        {"MessageId": f"m-{u}", "ReceiptHandle": f"r-{u}", "Body": json.dumps({"tenant_id": "acme", "user_id": u})}
-        for u in USERS[:2]
-    ]
-    event = sqs_event(records, "arn:aws:sqs:eu-west-1:000000000000:sync")
+    event = sync_event(USERS[:2])
     timeout = BUDGET + sync_jobs.LAMBDA_MARGIN_SECONDS - 2
     context = LambdaContext(function_name="SyncWorkerFunction", timeout_seconds=timeout)
     started = time.monotonic()
@@ -123,11 +125,7 @@ def test_a_lambda_with_time_for_every_job_runs_them_all(tarpit_accounts, aws) ->
     from mailsync.services import sync_jobs
 
     server = tarpit_accounts
-    records = [
-        {"MessageId": f"m-{u}", "ReceiptHandle": f"r-{u}", "Body": json.dumps({"tenant_id": "acme", "user_id": u})}
-        for u in USERS[:2]
-    ]
-    event = sqs_event(records, "arn:aws:sqs:eu-west-1:000000000000:sync")
+    event = sync_event(USERS[:2])
     timeout = 2 * (BUDGET + sync_jobs.LAMBDA_MARGIN_SECONDS) + 5
     context = LambdaContext(function_name="SyncWorkerFunction", timeout_seconds=timeout)
     assert load_handler("sync_worker")(event, context) == {"batchItemFailures": []}

@@ -19,7 +19,14 @@ import pytest
 from devstack.dovecot import make_message
 from devstack.lambda_runtime import LambdaContext, http_event, load_handler
 from tests.conftest import ApiCall, ApiResponse, Caller
-from tests.integration.sync_support import Account, connect_account, days_ago, message
+from tests.integration.sync_support import (
+    Account,
+    connect_account,
+    days_ago,
+    message,
+    server_flags,
+    server_subjects,
+)
 
 SETTINGS = "/v1/users/me/mail-settings"
 MAP = {"inbox": "INBOX", "sent": "Sent", "archive": "Archive", "trash": "Trash"}
@@ -89,23 +96,6 @@ def seed(account: Account, *subjects: str) -> dict[str, dict]:
             imap.append("INBOX", message(subject), internal_date=days_ago(1))
     assert account.sync().status == "synced"
     return account.synced()
-
-
-def server_subjects(account: Account, folder: str) -> list[str]:
-    with account.user.client() as imap:
-        out = []
-        for uid in imap.uids(folder):
-            raw = imap.fetch_raw(folder, uid)
-            out.append(raw.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode())
-        return sorted(out)
-
-
-def server_flags(account: Account, folder: str, subject: str) -> set[str]:
-    with account.user.client() as imap:
-        for uid in imap.uids(folder):
-            if f"Subject: {subject}\r\n".encode() in imap.fetch_raw(folder, uid):
-                return imap.flags(folder, uid)
-    raise AssertionError(f"{subject} not in {folder}")
 
 
 def account_item(aws: dict[str, str], user: str) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from tests.integration.sync_support import (
     days_ago,
     flavoured_account,
     message,
+    server_flags,
+    server_subjects,
 )
 
 FULL_MAP = {"inbox": "INBOX", "sent": "Sent", "archive": "Archive", "trash": "Trash"}
@@ -35,23 +37,6 @@ def seed(account: Account, *subjects: str, folder: str = "INBOX", flags=()) -> d
             uids[subject] = imap.append(folder, message(subject, days=1), flags=flags, internal_date=days_ago(1))
     account.sync()
     return uids
-
-
-def server_flags(account: Account, folder: str, subject: str) -> set[str]:
-    with account.user.client() as imap:
-        for uid in imap.uids(folder):
-            if f"Subject: {subject}".encode() in imap.fetch_raw(folder, uid):
-                return imap.flags(folder, uid)
-    raise AssertionError(f"{subject} not in {folder}")
-
-
-def server_subjects(account: Account, folder: str) -> list[str]:
-    with account.user.client() as imap:
-        out = []
-        for uid in imap.uids(folder):
-            raw = imap.fetch_raw(folder, uid)
-            out.append(raw.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode())
-        return sorted(out)
 
 
 def test_mark_read_and_unread_keeps_other_flags(account: Account, aws) -> None:
