@@ -72,6 +72,16 @@ class Caller:
 ApiCall = Callable[..., ApiResponse]
 
 
+def api_response(result: dict[str, Any]) -> ApiResponse:
+    """The API handler's answer as a test reads it (a body that is not JSON stays in ``raw``)."""
+    raw = result.get("body") or ""
+    try:
+        parsed = json.loads(raw) if raw else None
+    except json.JSONDecodeError:
+        parsed = None
+    return ApiResponse(result["statusCode"], parsed, result.get("headers") or {}, raw)
+
+
 @pytest.fixture
 def api(aws: dict[str, str]) -> ApiCall:
     """Call the API function as API Gateway would, after its JWT authorizer let the caller in."""
@@ -80,13 +90,7 @@ def api(aws: dict[str, str]) -> ApiCall:
     def call(method: str, path: str, body: Any = None, *, caller: Caller | None = None, query: str = "") -> ApiResponse:
         caller = caller or Caller()
         event = http_event(method, path, body=body, query=query, claims=caller.claims)
-        result = handler(event, LambdaContext(function_name="ApiFunction"))
-        raw = result.get("body") or ""
-        try:
-            parsed = json.loads(raw) if raw else None
-        except json.JSONDecodeError:
-            parsed = None
-        return ApiResponse(result["statusCode"], parsed, result.get("headers") or {}, raw)
+        return api_response(handler(event, LambdaContext(function_name="ApiFunction")))
 
     return call
 

@@ -18,7 +18,7 @@ import pytest
 
 from devstack.dovecot import make_message
 from devstack.lambda_runtime import LambdaContext, http_event, load_handler
-from tests.conftest import ApiCall, ApiResponse, Caller
+from tests.conftest import ApiCall, ApiResponse, Caller, api_response
 from tests.integration.sync_support import (
     Account,
     connect_account,
@@ -50,13 +50,7 @@ def call(
 ) -> ApiResponse:
     """The API handler with any claims and headers (the shared ``api`` fixture sets neither)."""
     event = http_event(method, path, body=body, query=query, headers=headers, claims=claims or ALICE.claims)
-    result = load_handler("api")(event, LambdaContext(function_name="ApiFunction"))
-    raw = result.get("body") or ""
-    try:
-        parsed = json.loads(raw) if raw else None
-    except json.JSONDecodeError:
-        parsed = None
-    return ApiResponse(result["statusCode"], parsed, result.get("headers") or {}, raw)
+    return api_response(load_handler("api")(event, LambdaContext(function_name="ApiFunction")))
 
 
 @pytest.fixture

@@ -30,8 +30,8 @@ from mailsync.mailbox.transport import (
     LINE_OVERHEAD_BYTES,
     Budget,
     BudgetedReader,
+    CheckedConnection,
     expect_greeting,
-    open_checked,
     server_text,
 )
 from mailsync.observability import logger
@@ -69,7 +69,7 @@ class CommandCounter:
         imap._new_tag = counted
 
 
-class BudgetedIMAP4(imaplib.IMAP4):
+class BudgetedIMAP4(CheckedConnection, imaplib.IMAP4):
     """imaplib's connection, reading through a ``BudgetedReader`` and connecting to checked addresses.
 
     imaplib reads everything through ``readline()`` and ``read(size)`` (literals) and issues a new
@@ -85,9 +85,7 @@ class BudgetedIMAP4(imaplib.IMAP4):
         tls_context: ssl.SSLContext | None,
         budget: Budget,
     ) -> None:
-        self._addresses = addresses
-        self._tls_context = tls_context
-        self.budget = budget
+        self._init_checked(addresses, tls_context, budget)
         self._reader: BudgetedReader | None = None
         self._untagged = 0
         self._response_bytes = 0
@@ -96,8 +94,7 @@ class BudgetedIMAP4(imaplib.IMAP4):
         super().__init__(host, port, timeout=budget.read_timeout)
 
     def _create_socket(self, timeout: float | None) -> socket.socket:
-        sock = open_checked(self._addresses, self.port, self.host, self._tls_context, self.budget)
-        return sock
+        return self._checked_socket()
 
     def open(self, host: str = "", port: int = imaplib.IMAP4_PORT, timeout: float | None = None) -> None:
         super().open(host, port, timeout)

@@ -14,8 +14,8 @@ from mailsync.mailbox.transport import (
     LINE_OVERHEAD_BYTES,
     Budget,
     BudgetedReader,
+    CheckedConnection,
     expect_greeting,
-    open_checked,
     server_text,
 )
 from mailsync.observability import logger
@@ -24,7 +24,7 @@ from mailsync.observability import logger
 _BUSY_CODES = re.compile(r"\[(IN-USE|LOGIN-DELAY|SYS/TEMP)\]", re.IGNORECASE)
 
 
-class BudgetedPOP3(poplib.POP3):
+class BudgetedPOP3(CheckedConnection, poplib.POP3):
     """poplib's connection, reading through a ``BudgetedReader`` and connecting to checked addresses.
 
     Every response (a multi-line one such as CAPA, LIST or RETR included) is capped in bytes.
@@ -39,14 +39,12 @@ class BudgetedPOP3(poplib.POP3):
         tls_context: ssl.SSLContext | None,
         budget: Budget,
     ) -> None:
-        self._addresses = addresses
-        self._tls_context = tls_context
-        self.budget = budget
+        self._init_checked(addresses, tls_context, budget)
         self._response_bytes = 0
         super().__init__(host, port, timeout=budget.read_timeout)
 
     def _create_socket(self, timeout: float | None) -> socket.socket:
-        sock = open_checked(self._addresses, self.port, self.host, self._tls_context, self.budget)
+        sock = self._checked_socket()
         # poplib sets self.sock only after this returns, and replaces it after STLS.
         self._reader = BudgetedReader(lambda: self.__dict__.get("sock", sock), self.budget)
         try:

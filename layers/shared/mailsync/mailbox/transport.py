@@ -93,12 +93,22 @@ def connect_checked(addresses: list[str], port: int, budget: Budget) -> socket.s
     raise last
 
 
-def open_checked(
-    addresses: list[str], port: int, host: str, tls_context: ssl.SSLContext | None, budget: Budget
-) -> socket.socket:
-    """The socket imaplib's and poplib's connections use: to a checked address, TLS on ``host``."""
-    sock = connect_checked(addresses, port, budget)
-    return wrap_tls(sock, tls_context, host, budget) if tls_context is not None else sock
+class CheckedConnection:
+    """What the budgeted imaplib and poplib connections share: the addresses the SSRF guard
+    checked (never resolved again), the TLS context and the budget."""
+
+    host: str
+    port: int
+
+    def _init_checked(self, addresses: list[str], tls_context: ssl.SSLContext | None, budget: Budget) -> None:
+        self._addresses = addresses
+        self._tls_context = tls_context
+        self.budget = budget
+
+    def _checked_socket(self) -> socket.socket:
+        """Connected to a checked address, with TLS verifying the host name."""
+        sock = connect_checked(self._addresses, self.port, self.budget)
+        return wrap_tls(sock, self._tls_context, self.host, self.budget) if self._tls_context is not None else sock
 
 
 def wrap_tls(sock: socket.socket, context: ssl.SSLContext, host: str, budget: Budget) -> ssl.SSLSocket:
