@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from mailsync.mime import content_hash
+from mailsync.sync.planner import jobs as policy
 from tests.integration.sync_support import Account, connect_account, days_ago
 
 
@@ -142,9 +143,8 @@ def generated_corpus() -> dict[str, bytes]:
 
 @pytest.fixture(autouse=True)
 def no_retry_delay(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mailsync.services import sync_jobs
 
-    monkeypatch.setattr(sync_jobs, "RETRY_BASE_DELAY_SECONDS", 0)
+    monkeypatch.setattr(policy, "RETRY_BASE_DELAY_SECONDS", 0)
 
 
 def _fill(account: Account, corpus: dict[str, bytes]) -> dict[int, bytes]:

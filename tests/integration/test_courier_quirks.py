@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 import pytest
 
 from devstack.courier import CourierServer
 from devstack.dovecot import MailUser
 from mailsync.sync.engine import AccountSync, FolderWork
-from mailsync.sync.planner import ServerStatus
+from mailsync.sync.planner.folders import ServerStatus
 from tests.conftest import ApiCall
 from tests.integration.sync_support import Account, connect_account, days_ago, message
 
@@ -153,7 +152,7 @@ def test_a_new_uidvalidity_seen_only_by_examine_is_no_reset_either(
     def same_second(self: AccountSync, server_folder: str, status: ServerStatus) -> FolderWork | None:
         if server_folder == trash:
             seen["status"] = status.uidvalidity
-            self.states[trash] = replace(self.states[trash], uidvalidity=status.uidvalidity)
+            self.checkpoint = self.checkpoint.with_folder(trash, uidvalidity=status.uidvalidity)
             seen["examine"] = wait_for_new_uidvalidity(user, trash, status.uidvalidity)
         return original(self, server_folder, status)
 

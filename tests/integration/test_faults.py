@@ -23,6 +23,7 @@ import boto3
 import pytest
 
 from devstack.dovecot import make_message
+from mailsync.sync.planner import jobs as policy
 from tests.fixtures.tcp_proxy import Cut, TcpProxy
 from tests.integration.sync_support import Account, connect_account, days_ago
 
@@ -33,9 +34,8 @@ BODY = "".join(f"line {i:05d} of a message body that is long enough to matter\n"
 
 @pytest.fixture(autouse=True)
 def no_retry_delay(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mailsync.services import sync_jobs
 
-    monkeypatch.setattr(sync_jobs, "RETRY_BASE_DELAY_SECONDS", 0)
+    monkeypatch.setattr(policy, "RETRY_BASE_DELAY_SECONDS", 0)
 
 
 @pytest.fixture
@@ -136,7 +136,6 @@ def test_every_connection_cut_mid_fetch_fails_the_job_then_a_rerun_converges(
     account: Account, proxy: TcpProxy, aws, monkeypatch
 ) -> None:
     from mailsync import dal
-    from mailsync.services import sync_jobs
     from mailsync.sync import engine
 
     monkeypatch.setattr(engine, "BATCH_COUNT", 10)
@@ -145,7 +144,7 @@ def test_every_connection_cut_mid_fetch_fails_the_job_then_a_rerun_converges(
     proxy.arm(Cut.after_server_bytes(len(big_message("x")) * 5, times=None, how="reset"))
     result = account.sync()
     assert (result.status, result.error) == ("failed", "connect_failed")
-    assert proxy.cuts == sync_jobs.CONNECT_ATTEMPTS
+    assert proxy.cuts == policy.CONNECT_ATTEMPTS
     assert dal.get_account("acme", "alice").status == "connect_failed"
     assert account.messages() == []
 
@@ -164,7 +163,6 @@ def sent_copies(account: Account, message_id: str) -> int:
 
 @pytest.mark.parametrize("where", ["mid_literal", "reply_lost"])
 def test_cut_mid_append_then_rerun_leaves_one_copy(account: Account, proxy: TcpProxy, aws, where: str) -> None:
-    from mailsync.services import sync_jobs
 
     raw = make_message(subject="offer letter", date=days_ago(0.1), body=BODY * 8)
     body = {"raw": base64.b64encode(raw).decode()}
@@ -176,7 +174,7 @@ def test_cut_mid_append_then_rerun_leaves_one_copy(account: Account, proxy: TcpP
         proxy.arm(Cut.after_client_bytes(len(raw) // 2, times=None))
         result = account.sync(reason="push")
         assert (result.status, result.error) == ("failed", "connect_failed")
-        assert proxy.cuts == sync_jobs.CONNECT_ATTEMPTS
+        assert proxy.cuts == policy.CONNECT_ATTEMPTS
         assert sent_copies(account, message_id) == 0
         assert account.by_subject()["offer letter"]["sync_state"] == "pending"
         proxy.disarm()

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from devstack.dovecot import make_message
+from mailsync.sync.planner import jobs as policy
 from tests.fixtures.tcp_proxy import Cut, TcpProxy
 from tests.integration.sync_support import (
     Account,
@@ -35,9 +36,8 @@ FULL_MAP = MAP | {"projects": "Projects"}
 
 @pytest.fixture(autouse=True)
 def no_retry_delay(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mailsync.services import sync_jobs
 
-    monkeypatch.setattr(sync_jobs, "RETRY_BASE_DELAY_SECONDS", 0)
+    monkeypatch.setattr(policy, "RETRY_BASE_DELAY_SECONDS", 0)
 
 
 @pytest.fixture(params=["full", "basic"])
@@ -278,7 +278,7 @@ BIG = "".join(f"line {i:05d} of a message that is long enough to be cut while it
 def test_an_append_that_always_loses_the_connection_fails_after_bounded_attempts(
     api, local_mail_env, mail_user, aws
 ) -> None:
-    from mailsync.sync.pusher import OP_ATTEMPTS
+    from mailsync.sync.planner.ops import OP_ATTEMPTS
 
     with TcpProxy(mail_user.host, mail_user.imaps_port) as proxy:
         account = connect_account(api, mail_user, MAP)

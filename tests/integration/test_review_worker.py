@@ -16,6 +16,7 @@ import boto3
 import pytest
 
 from devstack.lambda_runtime import LambdaContext, load_handler, sqs_event
+from mailsync.sync.planner import jobs as policy
 from tests.conftest import Caller
 from tests.fixtures.hostile_server import HostileServer, Peer, imap_server
 
@@ -76,19 +77,18 @@ def tarpit_accounts(api, aws, monkeypatch: pytest.MonkeyPatch):
 
 def test_a_batch_of_tarpits_defers_what_the_lambda_has_no_time_for(tarpit_accounts, aws) -> None:
     from mailsync import dal
-    from mailsync.services import sync_jobs
 
     server = tarpit_accounts
     event = sync_event(USERS, reason="user")
     # Time for one whole job and a little more, not for two.
-    timeout = BUDGET + sync_jobs.LAMBDA_MARGIN_SECONDS + 3
+    timeout = BUDGET + policy.LAMBDA_MARGIN_SECONDS + 3
     context = LambdaContext(function_name="SyncWorkerFunction", timeout_seconds=timeout)
     started = time.monotonic()
     result = load_handler("sync_worker")(event, context)
     elapsed = time.monotonic() - started
 
     assert result == {"batchItemFailures": []}, "deferring is not a failure: no DLQ count, no 30 min wait"
-    assert elapsed < timeout - sync_jobs.LAMBDA_MARGIN_SECONDS / 2, elapsed
+    assert elapsed < timeout - policy.LAMBDA_MARGIN_SECONDS / 2, elapsed
     assert server.connections == 1, "only the job with time for its whole budget started"
     first = dal.get_sync_state("acme", "alice")
     assert (first.state, first.lease_owner) == ("failed", None)
@@ -104,11 +104,10 @@ def test_a_lambda_shorter_than_a_job_runs_its_first_record_cut_to_the_lambdas_ti
     # A budget set longer than the worker's timeout: deferring every record would bounce them
     # between invocations for ever, so the first one runs, its connection cut before the Lambda's end.
     from mailsync import dal
-    from mailsync.services import sync_jobs
 
     server = tarpit_accounts
     event = sync_event(USERS[:2])
-    timeout = BUDGET + sync_jobs.LAMBDA_MARGIN_SECONDS - 2
+    timeout = BUDGET + policy.LAMBDA_MARGIN_SECONDS - 2
     context = LambdaContext(function_name="SyncWorkerFunction", timeout_seconds=timeout)
     started = time.monotonic()
     assert load_handler("sync_worker")(event, context) == {"batchItemFailures": []}
@@ -122,11 +121,10 @@ def test_a_lambda_shorter_than_a_job_runs_its_first_record_cut_to_the_lambdas_ti
 
 def test_a_lambda_with_time_for_every_job_runs_them_all(tarpit_accounts, aws) -> None:
     from mailsync import dal
-    from mailsync.services import sync_jobs
 
     server = tarpit_accounts
     event = sync_event(USERS[:2])
-    timeout = 2 * (BUDGET + sync_jobs.LAMBDA_MARGIN_SECONDS) + 5
+    timeout = 2 * (BUDGET + policy.LAMBDA_MARGIN_SECONDS) + 5
     context = LambdaContext(function_name="SyncWorkerFunction", timeout_seconds=timeout)
     assert load_handler("sync_worker")(event, context) == {"batchItemFailures": []}
     assert server.connections == 2
@@ -186,7 +184,7 @@ def test_a_busy_server_costs_one_login_per_job_and_the_op_fails_after_its_attemp
 ) -> None:
     # Replaces test_op_failures' "retried a bounded number of times" test, which counted on
     # three logins per job: each retry within a job is a fresh login seconds after the last.
-    from mailsync.sync.pusher import OP_ATTEMPTS
+    from mailsync.sync.planner.ops import OP_ATTEMPTS
 
     refusing.refuse_append = {"SENT": b"NO [UNAVAILABLE] Temporary failure, try again later"}
     sent = send(account, "later")

@@ -13,6 +13,7 @@ import boto3
 import pytest
 
 from devstack.dovecot import MailboxClient, MailUser
+from mailsync.sync.planner import jobs as policy
 from tests.integration.sync_support import (
     Account,
     capture_events,
@@ -31,9 +32,8 @@ def account(api, local_mail_env, mail_user) -> Account:
 
 @pytest.fixture(autouse=True)
 def no_retry_delay(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mailsync.services import sync_jobs
 
-    monkeypatch.setattr(sync_jobs, "RETRY_BASE_DELAY_SECONDS", 0)
+    monkeypatch.setattr(policy, "RETRY_BASE_DELAY_SECONDS", 0)
 
 
 def login_failures(dovecot, username: str) -> int:

@@ -21,11 +21,12 @@ from mailsync.errors import (
     TlsFailed,
 )
 from mailsync.services import sync_jobs
+from mailsync.sync.planner import jobs as policy
 
 
 @pytest.fixture(autouse=True)
 def no_delay(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sync_jobs, "RETRY_BASE_DELAY_SECONDS", 0)
+    monkeypatch.setattr(policy, "RETRY_BASE_DELAY_SECONDS", 0)
 
 
 class Flaky:
@@ -48,16 +49,16 @@ class Flaky:
     [ConnectFailed("reset"), MailTimeout("slow"), OperationRefused("NO")],
 )
 def test_transient_failures_are_retried_within_the_job(error: Exception) -> None:
-    action = Flaky(error, failures=sync_jobs.CONNECT_ATTEMPTS - 1)
+    action = Flaky(error, failures=policy.CONNECT_ATTEMPTS - 1)
     assert sync_jobs._with_connect_retries(action) == "outcome"
-    assert action.calls == sync_jobs.CONNECT_ATTEMPTS
+    assert action.calls == policy.CONNECT_ATTEMPTS
 
 
 def test_retries_are_bounded() -> None:
     action = Flaky(ConnectFailed("down"), failures=100)
     with pytest.raises(ConnectFailed):
         sync_jobs._with_connect_retries(action)
-    assert action.calls == sync_jobs.CONNECT_ATTEMPTS
+    assert action.calls == policy.CONNECT_ATTEMPTS
 
 
 @pytest.mark.parametrize(
@@ -108,24 +109,24 @@ def test_the_soft_deadline_trips_before_the_hard_one() -> None:
     clock = Clock()
     budget = 120.0
     hard = clock.now + budget
-    tripped = sync_jobs.job_deadline(lambda: False, hard, budget, clock)
-    clock.now = hard - sync_jobs.DEADLINE_MARGIN_SECONDS - 0.1
+    tripped = policy.job_deadline(lambda: False, hard, budget, clock)
+    clock.now = hard - policy.DEADLINE_MARGIN_SECONDS - 0.1
     assert not tripped()
-    clock.now = hard - sync_jobs.DEADLINE_MARGIN_SECONDS
+    clock.now = hard - policy.DEADLINE_MARGIN_SECONDS
     assert tripped(), "checkpoint and continue while there is still time to"
     assert clock.now < hard
 
 
 def test_the_soft_deadline_follows_the_lambda_too() -> None:
     clock = Clock()
-    tripped = sync_jobs.job_deadline(lambda: True, clock.now + 120, 120, clock)
+    tripped = policy.job_deadline(lambda: True, clock.now + 120, 120, clock)
     assert tripped()
 
 
 def test_a_small_budget_still_leaves_time_for_work() -> None:
     clock = Clock()
     budget = 8.0  # smaller than the usual margin: the margin shrinks, the job still progresses
-    tripped = sync_jobs.job_deadline(lambda: False, clock.now + budget, budget, clock)
+    tripped = policy.job_deadline(lambda: False, clock.now + budget, budget, clock)
     assert not tripped()
     clock.now += budget * 0.7
     assert not tripped()
@@ -136,8 +137,8 @@ def test_a_small_budget_still_leaves_time_for_work() -> None:
 def test_the_hard_deadline_never_passes_the_lambdas_end() -> None:
     clock = Clock()
     # The Lambda ends in 60 s; the job's budget would run for 120.
-    hard = sync_jobs.hard_deadline_for(clock.now, 120, clock.now + 60)
-    assert hard == clock.now + 60 - sync_jobs.LAMBDA_MARGIN_SECONDS
+    hard = policy.hard_deadline_for(clock.now, 120, clock.now + 60)
+    assert hard == clock.now + 60 - policy.LAMBDA_MARGIN_SECONDS
     # Plenty of Lambda time: the budget decides; outside Lambda too.
-    assert sync_jobs.hard_deadline_for(clock.now, 120, clock.now + 900) == clock.now + 120
-    assert sync_jobs.hard_deadline_for(clock.now, 120, None) == clock.now + 120
+    assert policy.hard_deadline_for(clock.now, 120, clock.now + 900) == clock.now + 120
+    assert policy.hard_deadline_for(clock.now, 120, None) == clock.now + 120

@@ -11,27 +11,22 @@ from decimal import Decimal
 
 import pytest
 
-from mailsync.sync.planner import (
+from mailsync.sync.planner.folders import FirstSync, FolderCheckpoint, Mode, ServerStatus, moved_on, plan_folder
+from mailsync.sync.planner.messages import (
     Arrival,
-    FirstSync,
-    FolderState,
     Known,
-    Mode,
-    ServerStatus,
     batches,
+    id_for_new_copy,
     match_key,
-    merge_server_flags,
-    message_id_for,
-    moved_on,
-    plan_folder,
     reconcile,
+    server_flags_changed,
 )
 
 WHEN = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 def synced(*, uidvalidity: int = 100, uidnext: int = 50, highestmodseq: int | None = 900, messages: int = 40):
-    return FolderState(uidvalidity=uidvalidity, uidnext=uidnext, highestmodseq=highestmodseq, messages=messages)
+    return FolderCheckpoint(uidvalidity=uidvalidity, uidnext=uidnext, highestmodseq=highestmodseq, messages=messages)
 
 
 def status(*, uidvalidity: int = 100, uidnext: int = 50, highestmodseq: int | None = 900, messages: int = 40):
@@ -66,7 +61,7 @@ def arrival(uid: int, key: str, *, folder: str = "INBOX", uidvalidity: int = 100
 
 
 def test_given_a_folder_never_synced_when_planned_then_full() -> None:
-    assert plan_folder(FolderState(), status(), qresync=True) is Mode.FULL
+    assert plan_folder(FolderCheckpoint(), status(), qresync=True) is Mode.FULL
 
 
 def test_given_uidvalidity_changed_when_planned_then_full() -> None:
@@ -74,7 +69,7 @@ def test_given_uidvalidity_changed_when_planned_then_full() -> None:
 
 
 def test_given_first_sync_still_in_progress_when_planned_then_full_even_if_status_unchanged() -> None:
-    stored = FolderState(
+    stored = FolderCheckpoint(
         uidvalidity=100,
         uidnext=50,
         highestmodseq=900,
@@ -157,7 +152,7 @@ def test_given_empty_folder_with_a_stored_copy_when_uidvalidity_changes_then_ful
     ids=["first-mail-in-empty-folder", "reset-folder-with-mail"],
 )
 def test_given_new_uidvalidity_when_folder_has_mail_then_full_without_asking_for_copies(
-    stored: FolderState, server: ServerStatus
+    stored: FolderCheckpoint, server: ServerStatus
 ) -> None:
     def has_copies() -> bool:
         raise AssertionError("a folder with mail on the server is resynced whatever we store")
@@ -166,12 +161,12 @@ def test_given_new_uidvalidity_when_folder_has_mail_then_full_without_asking_for
 
 
 def test_given_empty_folder_never_synced_when_planned_then_full_even_without_copies() -> None:
-    assert plan_folder(FolderState(), status(**EMPTY), qresync=False, has_copies=lambda: False) is Mode.FULL
+    assert plan_folder(FolderCheckpoint(), status(**EMPTY), qresync=False, has_copies=lambda: False) is Mode.FULL
 
 
 def test_given_first_sync_in_progress_when_empty_folder_uidvalidity_changes_then_full() -> None:
     first = FirstSync(uidvalidity=100, uidnext=1, highestmodseq=None, messages=0)
-    stored = FolderState(uidvalidity=100, uidnext=1, messages=0, first_sync=first)
+    stored = FolderCheckpoint(uidvalidity=100, uidnext=1, messages=0, first_sync=first)
     assert plan_folder(stored, status(uidvalidity=101, **EMPTY), qresync=False, has_copies=lambda: False) is Mode.FULL
 
 
@@ -202,7 +197,7 @@ def test_given_a_folder_with_mail_when_anything_changes_then_moved_on(after: Ser
     assert moved_on(status(), status()) is False
 
 
-# --- FolderState / FirstSync serialisation -------------------------------------------------------
+# --- FolderCheckpoint / FirstSync serialisation -------------------------------------------------------
 
 
 def test_given_first_sync_with_every_field_when_round_tripped_then_equal() -> None:
@@ -224,7 +219,7 @@ def test_given_zero_highestmodseq_and_cursor_when_round_tripped_then_zeros_kept(
 
 
 def test_given_full_folder_state_with_first_sync_when_round_tripped_then_equal() -> None:
-    state = FolderState(
+    state = FolderCheckpoint(
         uidvalidity=7,
         uidnext=500,
         highestmodseq=12345,
@@ -233,21 +228,21 @@ def test_given_full_folder_state_with_first_sync_when_round_tripped_then_equal()
     )
     data = state.to_dict()
     assert isinstance(data["first_sync"], dict)
-    assert FolderState.from_dict(data) == state
+    assert FolderCheckpoint.from_dict(data) == state
 
 
 def test_given_state_without_modseq_when_round_tripped_then_equal_and_none_omitted() -> None:
-    state = FolderState(uidvalidity=7, uidnext=500, highestmodseq=None, messages=480)
+    state = FolderCheckpoint(uidvalidity=7, uidnext=500, highestmodseq=None, messages=480)
     data = state.to_dict()
     assert "highestmodseq" not in data
     assert "first_sync" not in data
-    assert FolderState.from_dict(data) == state
+    assert FolderCheckpoint.from_dict(data) == state
 
 
 @pytest.mark.parametrize("empty", [None, {}])
 def test_given_no_stored_data_when_loaded_then_empty_state_which_plans_full(empty: dict | None) -> None:
-    state = FolderState.from_dict(empty)
-    assert state == FolderState()
+    state = FolderCheckpoint.from_dict(empty)
+    assert state == FolderCheckpoint()
     assert state.to_dict() == {}
     assert plan_folder(state, status(), qresync=True) is Mode.FULL
 
@@ -260,8 +255,8 @@ def test_given_dynamodb_decimals_when_loaded_then_plain_ints() -> None:
         "messages": Decimal(480),
         "first_sync": {"uidvalidity": Decimal(7), "uidnext": Decimal(500), "messages": Decimal(480)},
     }
-    state = FolderState.from_dict(data)
-    assert state == FolderState(
+    state = FolderCheckpoint.from_dict(data)
+    assert state == FolderCheckpoint(
         uidvalidity=7,
         uidnext=500,
         highestmodseq=12345,
@@ -438,35 +433,35 @@ def test_given_a_message_id_equal_to_a_hash_when_keyed_then_namespaces_do_not_co
     assert match_key("deadbeef", "x") != match_key(None, "deadbeef")
 
 
-# --- merge_server_flags --------------------------------------------------------------------------
+# --- server_flags_changed --------------------------------------------------------------------------
 
 
 def test_given_same_flags_in_another_order_when_merged_then_no_change() -> None:
-    assert merge_server_flags(["\\Seen", "\\Flagged"], ("\\Flagged", "\\Seen")) is None
+    assert server_flags_changed(["\\Seen", "\\Flagged"], ("\\Flagged", "\\Seen")) is None
 
 
 def test_given_only_recent_differs_when_merged_then_no_change() -> None:
-    assert merge_server_flags(["\\Seen"], ["\\Seen", "\\Recent"]) is None
-    assert merge_server_flags(["\\Seen", "\\Recent"], ["\\Seen"]) is None
+    assert server_flags_changed(["\\Seen"], ["\\Seen", "\\Recent"]) is None
+    assert server_flags_changed(["\\Seen", "\\Recent"], ["\\Seen"]) is None
 
 
 def test_given_a_flag_added_when_merged_then_sorted_flags_without_recent() -> None:
-    assert merge_server_flags(["\\Seen"], ["\\Recent", "\\Seen", "\\Answered"]) == ("\\Answered", "\\Seen")
+    assert server_flags_changed(["\\Seen"], ["\\Recent", "\\Seen", "\\Answered"]) == ("\\Answered", "\\Seen")
 
 
 def test_given_all_flags_removed_when_merged_then_empty_tuple_not_none() -> None:
-    assert merge_server_flags(["\\Seen"], []) == ()
+    assert server_flags_changed(["\\Seen"], []) == ()
 
 
 def test_given_duplicates_from_server_when_merged_then_deduplicated() -> None:
-    assert merge_server_flags([], ["$Label1", "\\Seen", "$Label1"]) == ("$Label1", "\\Seen")
+    assert server_flags_changed([], ["$Label1", "\\Seen", "$Label1"]) == ("$Label1", "\\Seen")
 
 
-# --- message_id_for ------------------------------------------------------------------------------
+# --- id_for_new_copy ------------------------------------------------------------------------------
 
 
 def test_given_same_location_when_id_derived_twice_then_same_id() -> None:
-    assert message_id_for("t1", "u1", "INBOX", 100, 7) == message_id_for("t1", "u1", "INBOX", 100, 7)
+    assert id_for_new_copy("t1", "u1", "INBOX", 100, 7) == id_for_new_copy("t1", "u1", "INBOX", 100, 7)
 
 
 @pytest.mark.parametrize(
@@ -481,18 +476,18 @@ def test_given_same_location_when_id_derived_twice_then_same_id() -> None:
     ids=["tenant", "user", "folder", "uidvalidity", "uid"],
 )
 def test_given_any_part_of_location_differs_when_id_derived_then_different(other: tuple) -> None:
-    assert message_id_for("t1", "u1", "INBOX", 100, 7) != message_id_for(*other)
+    assert id_for_new_copy("t1", "u1", "INBOX", 100, 7) != id_for_new_copy(*other)
 
 
 def test_given_parts_that_would_concatenate_alike_when_id_derived_then_still_different() -> None:
     # "INBOX" + uidvalidity 11 + uid 2 must not collide with "INBOX" + 1 + 12
-    assert message_id_for("t", "u", "INBOX", 11, 2) != message_id_for("t", "u", "INBOX", 1, 12)
-    assert message_id_for("ab", "c", "F", 1, 1) != message_id_for("a", "bc", "F", 1, 1)
+    assert id_for_new_copy("t", "u", "INBOX", 11, 2) != id_for_new_copy("t", "u", "INBOX", 1, 12)
+    assert id_for_new_copy("ab", "c", "F", 1, 1) != id_for_new_copy("a", "bc", "F", 1, 1)
 
 
 @pytest.mark.parametrize("folder", ["INBOX", "Verzonden items", "[Gmail]/Alle berichten", "Ünïcødé/📁"])
 def test_given_any_folder_name_when_id_derived_then_url_safe_lower_case(folder: str) -> None:
-    mid = message_id_for("tenant-1", "user-1", folder, 4_294_967_295, 1)
+    mid = id_for_new_copy("tenant-1", "user-1", folder, 4_294_967_295, 1)
     assert re.fullmatch(r"[a-z2-7]{24}", mid), mid
 
 
@@ -548,7 +543,7 @@ def test_given_items_missing_from_sizes_when_batched_then_counted_as_zero_bytes(
 
 
 def _view(**kw: object):
-    from mailsync.sync.planner import relink_view
+    from mailsync.sync.planner.messages import relink_view
 
     base = {
         "server_crm_folder": "archive",

@@ -41,8 +41,8 @@ from mailsync.schemas import (
 )
 from mailsync.services import confidentiality, scheduling, sync_jobs
 from mailsync.services.accounts import Target, require_account, target_for
-from mailsync.sync import planner
 from mailsync.sync.metadata import metadata_fields
+from mailsync.sync.planner.messages import match_key
 
 RAW_URL_SECONDS = 300
 POP3_NOT_SYNCED = "POP3 accounts can be saved and tested; syncing them is not available yet"
@@ -526,7 +526,7 @@ def _store_outgoing(
         seen=True,
         internal_date=when,
         size=len(raw),
-        match_key=planner.match_key(internet_id, sha),
+        match_key=match_key(internet_id, sha),
         s3_key=s3_key,
         content_hash=sha,
         state="synced",

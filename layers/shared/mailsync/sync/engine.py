@@ -1,4 +1,4 @@
-"""Sync one account from the server to the CRM.
+"""Sync one account from the server to the CRM: gather inputs, ask ``sync.planner``, carry out.
 
 Order of work (each step is safe to redo after a crash, see README "Sync engine"):
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,9 +38,11 @@ from mailsync.mailbox.reader import FetchedMessage, FolderGone, MailboxReader, M
 from mailsync.observability import logger
 from mailsync.privacy import TenantRules
 from mailsync.services import confidentiality
-from mailsync.sync import planner
 from mailsync.sync.metadata import metadata_fields, minimal_fields
-from mailsync.sync.planner import Arrival, FirstSync, FolderState, Known, Mode, ServerStatus
+from mailsync.sync.planner import folders as plan
+from mailsync.sync.planner import messages as decide
+from mailsync.sync.planner.folders import Checkpoint, FirstSync, FolderCheckpoint, Mode, ServerStatus
+from mailsync.sync.planner.messages import Arrival, Known
 
 BATCH_COUNT = 50
 BATCH_BYTES = 8 * 1024 * 1024
@@ -48,43 +50,6 @@ SWEEP_INTERVAL_SECONDS = 3600
 # Of a message over the size cap only this much of its header section is fetched and stored.
 TOO_LARGE_HEADER_BYTES = 1024 * 1024
 FOLDER_MISSING = "folder_missing"
-
-
-def _with_seen(flags: Iterable[str], seen: bool) -> list[str]:
-    out = set(flags) - {"\\Seen"}
-    if seen:
-        out.add("\\Seen")
-    return sorted(out)
-
-
-def _plain(value: Any) -> Any:
-    """DynamoDB numbers come back as Decimal: compare checkpoints as plain ints."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if hasattr(value, "as_integer_ratio") and not isinstance(value, bool | float):
-        return int(value)
-    return value
-
-
-class InjectedCrash(RuntimeError):
-    """Raised at an armed fault point (tests simulate a crash between two steps)."""
-
-
-class FaultPoints:
-    """Named places where the engine can be made to crash, to prove reruns converge."""
-
-    def __init__(self) -> None:
-        self.armed: set[str] = set()
-
-    def hit(self, name: str) -> None:
-        if name in self.armed:
-            self.armed.discard(name)
-            raise InjectedCrash(name)
-
-
-faults = FaultPoints()
 
 
 @dataclass
@@ -132,6 +97,16 @@ def _known(server_folder: str, location: dal.LocationModel) -> Known:
     )
 
 
+def load_checkpoint(state: dal.SyncStateModel) -> Checkpoint:
+    return Checkpoint.from_dict(
+        {
+            "folders": state.folders.as_dict() if state.folders is not None else {},
+            "has_detached": state.has_detached,
+            "last_sweep_at": state.last_sweep_at,
+        }
+    )
+
+
 class AccountSync:
     """One sync run of one account, holding its lease (``owner``)."""
 
@@ -158,14 +133,11 @@ class AccountSync:
         self.cutoff = self.now - timedelta(days=int(account.sync_window_days))
         folder_map = account.mapped_folders()
         self.crm_for: dict[str, str] = {server: crm for crm, server in folder_map.items()}
-        raw_states = state.folders.as_dict() if state.folders is not None else {}
-        self.folder_meta: dict[str, dict[str, Any]] = {name: dict(data) for name, data in raw_states.items()}
-        self.states: dict[str, FolderState] = {n: FolderState.from_dict(d) for n, d in self.folder_meta.items()}
+        self.checkpoint = load_checkpoint(state)
+        self._saved = self.checkpoint  # what storage holds: an unchanged checkpoint is not written
         self.events: list[Event] = []
         self.vanished: list[Known] = []
         self.outcome = SyncOutcome()
-        self.has_detached = bool(state.has_detached)
-        self._written: dict[str, Any] | None = None
         # CRM-written messages not yet appended: an arrival with their key is them.
         self.revivable = {k: list(v) for k, v in (revivable or {}).items()}
         self._rules: TenantRules | None = None
@@ -192,7 +164,7 @@ class AccountSync:
                 # Deleted between the STATUS and now: the other folders still sync.
                 self._folder_missing(server_folder)
                 continue
-            self.folder_meta.setdefault(server_folder, {}).pop("error", None)
+            self.checkpoint = self.checkpoint.with_folder(server_folder, error=None)
             if item is not None:
                 work.append(item)
         done: list[FolderWork] = []
@@ -200,7 +172,7 @@ class AccountSync:
             try:
                 if not self._process_arrivals(item):
                     self.outcome.complete = False
-                    self._checkpoint()
+                    self._save_checkpoint()
                     return self._finish()
             except FolderGone:
                 self._folder_missing(item.server_folder)
@@ -209,13 +181,12 @@ class AccountSync:
         waiting = self._detach_vanished()
         self._sweep_aged_out(force=any(w.mode is Mode.FULL for w in done))
         for item in done:
-            if item.server_folder in waiting:
-                # Its disappearances wait for the next sync: it must see them again from the old state.
-                self.folder_meta.setdefault(item.server_folder, {})["deferred"] = True
-                continue
-            self.folder_meta.setdefault(item.server_folder, {}).pop("deferred", None)
-            self._advance(item)
-        self._checkpoint()
+            # A folder whose disappearances wait sees them again next sync from its old state.
+            deferred = item.server_folder in waiting
+            self.checkpoint = self.checkpoint.with_folder(item.server_folder, deferred=deferred)
+            if not deferred:
+                self._advance(item)
+        self._save_checkpoint()
         return self._finish()
 
     def _finish(self) -> SyncOutcome:
@@ -225,16 +196,14 @@ class AccountSync:
     # -- step 0 ---------------------------------------------------------------------------------
 
     def _drop_unmapped_folders(self) -> None:
-        for server_folder in [f for f in self.states if f not in self.crm_for]:
+        for server_folder in [f for f in self.checkpoint.folders if f not in self.crm_for]:
             for location in list(dal.locations(self.tenant, self.user, server_folder)):
                 self._detach(_known(server_folder, location), "moved_unmapped")
-            self.states.pop(server_folder, None)
-            self.folder_meta.pop(server_folder, None)
+            self.checkpoint = self.checkpoint.without_folder(server_folder)
 
     def _folder_missing(self, server_folder: str) -> None:
         """A mapped folder the server no longer has: shown in sync-status, announced once."""
-        meta = self.folder_meta.setdefault(server_folder, {})
-        if meta.get("error") != FOLDER_MISSING:
+        if self.checkpoint.folder(server_folder).error != FOLDER_MISSING:
             self.events.append(
                 Event(
                     ACCOUNT_FOLDER_MISSING,
@@ -243,18 +212,15 @@ class AccountSync:
                     {"server_folder": server_folder, "crm_folder": self.crm_for[server_folder], "code": FOLDER_MISSING},
                 )
             )
-        self._folder_error(server_folder, FOLDER_MISSING)
-
-    def _folder_error(self, server_folder: str, code: str) -> None:
-        self.outcome.folder_errors[server_folder] = code
-        self.folder_meta.setdefault(server_folder, {})["error"] = code
-        logger.warning("folder skipped", extra={"server_folder": server_folder, "reason": code})
+        self.outcome.folder_errors[server_folder] = FOLDER_MISSING
+        self.checkpoint = self.checkpoint.with_folder(server_folder, error=FOLDER_MISSING)
+        logger.warning("folder skipped", extra={"server_folder": server_folder, "reason": FOLDER_MISSING})
 
     # -- step 2 ---------------------------------------------------------------------------------
 
     def _prepare_folder(self, server_folder: str, status: ServerStatus) -> FolderWork | None:
-        stored = self.states.get(server_folder, FolderState())
-        mode = planner.plan_folder(
+        stored = self.checkpoint.folder(server_folder)
+        mode = plan.plan_folder(
             stored, status, qresync=self.reader.has_qresync, has_copies=lambda: self._has_copies(server_folder)
         )
         if mode is Mode.SKIP:
@@ -268,51 +234,40 @@ class AccountSync:
     def _has_copies(self, server_folder: str) -> bool:
         return next(dal.locations(self.tenant, self.user, server_folder), None) is not None
 
-    def _empty_reset(self, server_folder: str, stored: FolderState, live: ServerStatus) -> bool:
+    def _empty_reset(self, server_folder: str, stored: FolderCheckpoint, live: ServerStatus) -> bool:
         """EXAMINE reported a new UIDVALIDITY that changes nothing (see ``planner.empty_reset``)."""
-        return planner.empty_reset(stored, live, has_copies=lambda: self._has_copies(server_folder))
+        return plan.empty_reset(stored, live, has_copies=lambda: self._has_copies(server_folder))
 
-    @staticmethod
-    def _bound(listed: ServerStatus, live: ServerStatus) -> ServerStatus:
-        """The snapshot arrivals are bounded by: the sync's STATUS when it describes the folder
-        read now (same UIDVALIDITY, a UIDNEXT reported), else what EXAMINE reported."""
-        return listed if listed.uidvalidity == live.uidvalidity and listed.uidnext > 0 else live
+    def _known_copies(self, server_folder: str) -> list[Known]:
+        return [_known(server_folder, loc) for loc in dal.locations(self.tenant, self.user, server_folder)]
 
-    def _prepare_full(self, server_folder: str, stored: FolderState, listed: ServerStatus) -> FolderWork:
+    def _prepare_full(self, server_folder: str, stored: FolderCheckpoint, listed: ServerStatus) -> FolderWork:
         snapshot = _status(self.reader.examine(server_folder))
-        first = stored.first_sync
-        bound = self._bound(listed, snapshot)
-        if first is None or first.uidvalidity != snapshot.uidvalidity:
-            first = FirstSync(
-                uidvalidity=snapshot.uidvalidity,
-                uidnext=bound.uidnext,
-                highestmodseq=bound.highestmodseq,
-                messages=bound.messages,
-            )
-        current: dict[int, dal.LocationModel] = {}
-        for location in dal.locations(self.tenant, self.user, server_folder):
-            if int(location.uidvalidity) != first.uidvalidity:
-                # UIDVALIDITY changed: every old copy counts as gone until re-matched below.
-                self.vanished.append(_known(server_folder, location))
-            else:
-                current[int(location.uid)] = location
+        bound = plan.snapshot_bound(listed, snapshot)
+        first = plan.first_sync_start(stored.first_sync, snapshot.uidvalidity, bound)
+        current, stale = decide.split_by_uidvalidity(self._known_copies(server_folder), first.uidvalidity)
+        self.vanished.extend(stale)
         if current:
             # A resumed first sync: what it stored before may have left the folder meanwhile.
-            self._collect_vanished_by_uids(server_folder, set(self.reader.search_from_uid(1)), current)
-        known_now = set(current)
+            self.vanished.extend(decide.vanished_by_uids(current, set(self.reader.search_from_uid(1))))
         # This sync's snapshot bounds the arrivals (a resumed first sync's own UIDNEXT is older:
         # what came since is stored now and known next time).
         window = self.reader.search_since(self.cutoff.date(), below=bound.uidnext or None)
-        # Resuming needs no cursor: what a previous run stored has a location record now.
-        todo = sorted((u for u in window if u not in known_now), reverse=True)
-        first = FirstSync(**{**first.__dict__, "total": len(window), "done": len(window) - len(todo)})
-        self.states[server_folder] = FolderState(
-            stored.uidvalidity, stored.uidnext, stored.highestmodseq, stored.messages, first
+        todo = decide.arrivals_todo(window, current)
+        first = plan.first_sync_counted(first, len(window), len(todo))
+        # Until it completes the folder is known only as far as ``stored`` says (nothing, after a reset).
+        self.checkpoint = self.checkpoint.with_folder(
+            server_folder,
+            uidvalidity=stored.uidvalidity,
+            uidnext=stored.uidnext,
+            highestmodseq=stored.highestmodseq,
+            messages=stored.messages,
+            first_sync=first,
         )
         return FolderWork(server_folder, Mode.FULL, snapshot, todo, first)
 
     def _prepare_modseq(
-        self, server_folder: str, stored: FolderState, mode: Mode, listed: ServerStatus
+        self, server_folder: str, stored: FolderCheckpoint, mode: Mode, listed: ServerStatus
     ) -> FolderWork | None:
         assert stored.uidvalidity is not None and stored.highestmodseq is not None
         changes = self.reader.changes_since(server_folder, stored.uidvalidity, stored.highestmodseq)
@@ -320,8 +275,8 @@ class AccountSync:
         if self._empty_reset(server_folder, stored, live):
             return None
         if live.uidvalidity != stored.uidvalidity:
-            return self._prepare_full(server_folder, FolderState(), listed)
-        snapshot = self._bound(listed, live)
+            return self._prepare_full(server_folder, FolderCheckpoint(), listed)
+        snapshot = plan.snapshot_bound(listed, live)
         self._apply_flag_changes(server_folder, stored.uidvalidity, changes.changed_flags)
         new_uids = self.reader.search_from_uid(stored.uidnext or 1, below=snapshot.uidnext or None)
         if changes.vanished is not None:
@@ -329,71 +284,62 @@ class AccountSync:
                 self.tenant, self.user, server_folder, ((stored.uidvalidity, u) for u in changes.vanished)
             )
             self.vanished.extend(_known(server_folder, loc) for loc in gone.values())
-        elif snapshot.messages != (stored.messages or 0) + len(new_uids):
-            # CONDSTORE without QRESYNC names no expunged UIDs; counts tell whether any went.
-            self._collect_vanished_by_uids(server_folder, set(self.reader.search_from_uid(1)))
-        known = dal.get_locations(self.tenant, self.user, server_folder, ((stored.uidvalidity, u) for u in new_uids))
-        todo = sorted((u for u in new_uids if (stored.uidvalidity, u) not in known), reverse=True)
+        elif plan.expunges_unreported(snapshot.messages, stored.messages, len(new_uids)):
+            known = {k.uid: k for k in self._known_copies(server_folder)}
+            self.vanished.extend(decide.vanished_by_uids(known, set(self.reader.search_from_uid(1))))
+        known_new = dal.get_locations(
+            self.tenant, self.user, server_folder, ((stored.uidvalidity, u) for u in new_uids)
+        )
+        todo = decide.arrivals_todo(new_uids, {uid for _, uid in known_new})
         return FolderWork(server_folder, mode, snapshot, todo)
 
-    def _prepare_scan(self, server_folder: str, stored: FolderState, listed: ServerStatus) -> FolderWork | None:
+    def _prepare_scan(self, server_folder: str, stored: FolderCheckpoint, listed: ServerStatus) -> FolderWork | None:
         live = _status(self.reader.examine(server_folder))
         if self._empty_reset(server_folder, stored, live):
             return None
         if live.uidvalidity != stored.uidvalidity:
-            return self._prepare_full(server_folder, FolderState(), listed)
-        snapshot = self._bound(listed, live)
+            return self._prepare_full(server_folder, FolderCheckpoint(), listed)
+        snapshot = plan.snapshot_bound(listed, live)
         all_uids = set(self.reader.search_from_uid(1))
-        known = {int(loc.uid): loc for loc in dal.locations(self.tenant, self.user, server_folder)}
-        self._collect_vanished_by_uids(server_folder, all_uids, known)
+        known = {k.uid: k for k in self._known_copies(server_folder)}
+        self.vanished.extend(decide.vanished_by_uids(known, all_uids))
         present = sorted(u for u in known if u in all_uids)
         self._apply_flag_changes(server_folder, snapshot.uidvalidity, self.reader.flags(present), known)
         window = self.reader.search_since(self.cutoff.date(), below=snapshot.uidnext or None)
-        todo = sorted((u for u in window if u not in known), reverse=True)
-        return FolderWork(server_folder, Mode.SCAN, snapshot, todo)
-
-    def _collect_vanished_by_uids(
-        self, server_folder: str, server_uids: set[int], known: dict[int, dal.LocationModel] | None = None
-    ) -> None:
-        if known is None:
-            known = {int(loc.uid): loc for loc in dal.locations(self.tenant, self.user, server_folder)}
-        self.vanished.extend(_known(server_folder, loc) for uid, loc in known.items() if uid not in server_uids)
+        return FolderWork(server_folder, Mode.SCAN, snapshot, decide.arrivals_todo(window, known))
 
     def _apply_flag_changes(
         self,
         server_folder: str,
         uidvalidity: int,
         changed: dict[int, tuple[str, ...]],
-        known: dict[int, dal.LocationModel] | None = None,
+        known: dict[int, Known] | None = None,
     ) -> None:
         if not changed:
             return
         if known is None:
             found = dal.get_locations(self.tenant, self.user, server_folder, ((uidvalidity, u) for u in changed))
-            known = {uid: loc for (_, uid), loc in found.items()}
-        updates = []
-        for uid, flags in changed.items():
-            location = known.get(uid)
-            if location is None:
-                continue
-            merged = planner.merge_server_flags(location.flags or (), flags)
-            if merged is not None:
-                updates.append((location, merged))
-        if not updates:
+            known = {uid: _known(server_folder, loc) for (_, uid), loc in found.items()}
+        touched = [(known[uid], flags) for uid, flags in changed.items() if uid in known]
+        touched = [(k, f) for k, f in touched if decide.server_flags_changed(k.flags, f) is not None]
+        if not touched:
             return
-        messages = dal.batch_get_messages(loc.id for loc, _ in updates)
-        for location, flags in updates:
-            message = messages.get(location.id)
+        messages = dal.batch_get_messages(k.id for k, _ in touched)
+        for copy, flags in touched:
+            message = messages.get(copy.id)
             if message is None:
                 continue
-            seen = "\\Seen" in flags
-            if int(message.pending_ops or 0) > 0:
-                # A CRM change still waits for this message: its \Seen wins (three-way rule).
-                seen = bool(message.seen)
-            shown = _with_seen(flags, seen)
-            dal.update_flags(message, location, shown, seen, agreed=list(flags))
-            message.flags, message.seen = shown, seen
-            self.events.append(message_event(MESSAGE_UPDATED, message, changes={"flags": list(flags), "seen": seen}))
+            change = decide.pull_flag_change(
+                copy.flags, flags, crm_seen=bool(message.seen), crm_pending=int(message.pending_ops or 0) > 0
+            )
+            if change is None:
+                continue
+            location = dal.location_item(self.tenant, self.user, server_folder, copy.uidvalidity, copy.uid)
+            dal.update_flags(message, location, list(change.flags), change.seen, agreed=list(change.agreed))
+            message.flags, message.seen = list(change.flags), change.seen
+            self.events.append(
+                message_event(MESSAGE_UPDATED, message, changes={"flags": list(change.agreed), "seen": change.seen})
+            )
             self.outcome.flag_updates += 1
 
     # -- step 3 ---------------------------------------------------------------------------------
@@ -409,52 +355,38 @@ class AccountSync:
         # Newest mail first, so the CRM shows what matters while a big first sync runs. UIDs
         # gone between SEARCH and FETCH have no summary: they are not arrivals any more.
         todo = sorted(summaries, key=lambda u: (summaries[u].internal_date, u), reverse=True)
-        for batch in planner.batches(todo, sizes, max_count=BATCH_COUNT, max_bytes=BATCH_BYTES):
+        for batch in decide.batches(todo, sizes, max_count=BATCH_COUNT, max_bytes=BATCH_BYTES):
             if self.deadline():
                 return False
             self._store_batch(work, [summaries[u] for u in batch])
             if work.first_sync is not None:
-                first = work.first_sync
-                work.first_sync = FirstSync(**{**first.__dict__, "done": first.done + len(batch), "cursor": min(batch)})
-                self.states[work.server_folder] = FolderState(
-                    **{**self.states[work.server_folder].__dict__, "first_sync": work.first_sync}
-                )
-            faults.hit("before_checkpoint")
-            self._checkpoint()
+                work.first_sync = plan.first_sync_progress(work.first_sync, batch)
+                self.checkpoint = self.checkpoint.with_folder(work.server_folder, first_sync=work.first_sync)
+            self._save_checkpoint()
         return True
 
     def _store_batch(self, work: FolderWork, batch: list[MessageSummary]) -> None:
-        summaries = [s for s in batch if s.internal_date >= self.cutoff]
-        fetched: dict[int, FetchedMessage] = {}
+        summaries = [s for s in batch if decide.in_window(s.internal_date, self.cutoff)]
         sizes = {s.uid: s.size for s in summaries}
-        without_id = [s.uid for s in summaries if not s.message_id]
-        if without_id:
-            # A message without Message-ID is recognised by its content: that needs its bytes.
-            fetched.update(self._fetch(without_id, sizes))
-        arrivals = [self._arrival(work, s, fetched.get(s.uid)) for s in summaries]
-        # Oldest UID first, as the vanished copies are consumed: two copies with the same
-        # Message-ID keep their own ids across a UIDVALIDITY reset.
-        arrivals = sorted((a for a in arrivals if a is not None), key=lambda a: a.uid)
-        candidates = self._detached_candidates({a.match_key for a in arrivals}) if self.has_detached else {}
-        for key, ids in self.revivable.items():
-            candidates[key] = [*ids, *candidates.get(key, [])]
-        result = planner.reconcile(arrivals, self.vanished, candidates)
-        used = {r.id for r in result.relinks}
-        self.revivable = {k: [i for i in v if i not in used] for k, v in self.revivable.items()}
-        self.vanished = result.vanished
-        for relink in result.relinks:
+        # A message without Message-ID is recognised by its content: that needs its bytes first.
+        fetched = self._fetch([s.uid for s in summaries if not s.message_id], sizes)
+        arrivals = [a for a in (self._arrival(work, s, fetched.get(s.uid)) for s in summaries) if a is not None]
+        detached = self._detached_candidates({a.match_key for a in arrivals}) if self.checkpoint.has_detached else {}
+        step = decide.plan_batch(arrivals, self.vanished, detached, self.revivable, set(fetched))
+        self.revivable, self.vanished = step.revivable, step.vanished
+        for relink in step.relinks:
             self._relink(relink)
-        if result.creates:
-            need = [a.uid for a in result.creates if a.uid not in fetched]
-            if need:
-                fetched.update(self._fetch(need, sizes))
-            self._create(work, [(a, fetched[a.uid]) for a in result.creates if a.uid in fetched])
+        if step.creates:
+            fetched.update(self._fetch(step.fetch, sizes))
+            self._create(work, [(a, fetched[a.uid]) for a in step.creates if a.uid in fetched])
 
     def _fetch_size(self, size: int) -> int:
         return min(size, TOO_LARGE_HEADER_BYTES) if size > self.max_message_bytes else size
 
     def _fetch(self, uids: list[int], sizes: dict[int, int]) -> dict[int, FetchedMessage]:
         """Raw messages; of one over the size cap only its headers (its body never enters memory)."""
+        if not uids:
+            return {}
         whole = [u for u in uids if sizes.get(u, 0) <= self.max_message_bytes]
         big = [u for u in uids if sizes.get(u, 0) > self.max_message_bytes]
         out = {m.uid: m for m in self.reader.fetch(whole)} if whole else {}
@@ -465,17 +397,17 @@ class AccountSync:
 
     def _arrival(self, work: FolderWork, summary: MessageSummary, body: FetchedMessage | None) -> Arrival | None:
         if summary.message_id:
-            key = planner.match_key(summary.message_id, "")
+            key = decide.match_key(summary.message_id, "")
         elif body is not None:
             # Without X-TUID lines: mbsync adds one when it re-uploads a moved message.
-            key = planner.match_key(None, mime.match_hash(body.raw))
+            key = decide.match_key(None, mime.match_hash(body.raw))
         else:
             return None
         return Arrival(
             server_folder=work.server_folder,
             uidvalidity=work.snapshot.uidvalidity,
             uid=summary.uid,
-            flags=tuple(sorted(planner.normalise_flags(summary.flags))),
+            flags=tuple(sorted(decide.normalise_flags(summary.flags))),
             internal_date=summary.internal_date,
             size=summary.size,
             match_key=key,
@@ -509,49 +441,41 @@ class AccountSync:
         )
         return location, window
 
-    def _relink(self, relink: planner.Relink) -> None:
+    def _relink(self, relink: decide.Relink) -> None:
         arrival = relink.arrival
         message = dal.get_message(relink.id)
         if message is None:
             return
-        crm_folder = self.crm_for[arrival.server_folder]
-        location, window = self._location_items(arrival, relink.id)
-        fields: dict[str, Any] = {
-            "folder": crm_folder,
-            "server_folder": arrival.server_folder,
-            "uidvalidity": arrival.uidvalidity,
-            "uid": arrival.uid,
-            "flags": list(arrival.flags),
-            "seen": "\\Seen" in arrival.flags,
-            "state": "synced",
-            "detach_reason": None,
-            "detached_at": None,
-            "gsi2pk": dal.folder_gsi_pk(self.tenant, self.user, crm_folder),
-            "updated_at": dal.utcnow(),
-        }
-        view = planner.relink_view(
-            server_crm_folder=crm_folder,
+        view = decide.relink_view(
+            server_crm_folder=self.crm_for[arrival.server_folder],
             server_flags=arrival.flags,
             crm_folder=message.folder,
             crm_seen=bool(message.seen),
             ops_pending=int(message.pending_ops or 0) > 0,
             move_pending=relink.id in self.pending_moves,
         )
+        location, window = self._location_items(arrival, relink.id)
         # Waiting CRM changes stay visible while the server copy is tracked; the pusher applies them from here.
-        crm_folder = view.folder
-        fields.update(
-            folder=view.folder,
-            gsi2pk=dal.folder_gsi_pk(self.tenant, self.user, view.folder),
-            seen=view.seen,
-            flags=list(view.flags),
-        )
+        fields: dict[str, Any] = {
+            "folder": view.folder,
+            "server_folder": arrival.server_folder,
+            "uidvalidity": arrival.uidvalidity,
+            "uid": arrival.uid,
+            "flags": list(view.flags),
+            "seen": view.seen,
+            "state": "synced",
+            "detach_reason": None,
+            "detached_at": None,
+            "gsi2pk": dal.folder_gsi_pk(self.tenant, self.user, view.folder),
+            "updated_at": dal.utcnow(),
+        }
         old = self._keys_of(relink.old) if relink.old is not None else None
         previous_folder = message.folder
         dal.relink_message(message, location, window, fields, old)
         for name, value in fields.items():
             setattr(message, name, value)
         self.events.append(
-            message_event(MESSAGE_UPDATED, message, changes={"folder": crm_folder, "previous_folder": previous_folder})
+            message_event(MESSAGE_UPDATED, message, changes={"folder": view.folder, "previous_folder": previous_folder})
         )
         self.outcome.relinked += 1
 
@@ -559,21 +483,20 @@ class AccountSync:
         if not items:
             return
         stored = blobstore.put_many(self.tenant, self.user, (body.raw for _, body in items))
-        faults.hit("after_s3_put")
         crm_folder = self.crm_for[work.server_folder]
         rows = []
         for (arrival, body), (s3_key, sha) in zip(items, stored, strict=True):
-            message_id = planner.message_id_for(
+            new_id = decide.id_for_new_copy(
                 self.tenant, self.user, arrival.server_folder, arrival.uidvalidity, arrival.uid
             )
-            message = self._message_item(message_id, crm_folder, arrival, body.raw, s3_key, sha)
-            location, window = self._location_items(arrival, message_id)
+            message = self._message_item(new_id, crm_folder, arrival, body.raw, s3_key, sha)
+            location, window = self._location_items(arrival, new_id)
             rows.append((message, location, window))
         if self._rules is None:
             self._rules = confidentiality.tenant_rules(self.tenant)
         confidentiality.classify_new(self.account, [m for m, _, _ in rows], self._rules)
         try:
-            dal.write_new_messages(rows, between=lambda: faults.hit("before_location_write"))
+            dal.write_new_messages(rows)
         except PutError as exc:
             if exc.cause_response_code != "ValidationException":
                 raise
@@ -587,7 +510,7 @@ class AccountSync:
 
     def _write_one(self, row: tuple[dal.MessageModel, dal.LocationModel, dal.WindowModel]) -> None:
         try:
-            dal.write_new_messages([row], between=lambda: faults.hit("before_location_write"))
+            dal.write_new_messages([row])
             return
         except PutError as exc:
             if exc.cause_response_code != "ValidationException":
@@ -599,10 +522,10 @@ class AccountSync:
             message.subject, message.from_ or [], message.message_id, note, flags=message.flags
         ).items():
             setattr(message, name, value)
-        dal.write_new_messages([row], between=lambda: faults.hit("before_location_write"))
+        dal.write_new_messages([row])
 
     def _message_item(
-        self, message_id: str, crm_folder: str, arrival: Arrival, raw: bytes, s3_key: str, sha: str
+        self, new_id: str, crm_folder: str, arrival: Arrival, raw: bytes, s3_key: str, sha: str
     ) -> dal.MessageModel:
         parsed = mime.parse_message(raw)
         metadata = metadata_fields(parsed, sha)
@@ -610,15 +533,15 @@ class AccountSync:
         if too_large:
             note = f"Message of {arrival.size} bytes is over the cap of {self.max_message_bytes}: headers only"
             metadata["parse_errors"] = [note, *metadata["parse_errors"]][:20]
-        sort_key = f"{dal.iso(arrival.internal_date)}#{message_id}"
+        sort_key = f"{dal.iso(arrival.internal_date)}#{new_id}"
         return dal.MessageModel(
-            dal.message_pk(message_id),
+            dal.message_pk(new_id),
             "M",
             gsi1pk=dal.account_pk(self.tenant, self.user),
             gsi1sk=sort_key,
             gsi2pk=dal.folder_gsi_pk(self.tenant, self.user, crm_folder),
             gsi2sk=sort_key,
-            id=message_id,
+            id=new_id,
             tenant_id=self.tenant,
             user_id=self.user,
             folder=crm_folder,
@@ -644,10 +567,10 @@ class AccountSync:
         if not self.vanished:
             return set()
         folders = {k.server_folder for k in self.vanished}
-        if not any(self.folder_meta.get(f, {}).get("deferred") for f in folders) and self._changed_since_snapshot():
-            # Something happened after the snapshot (arrivals past it are next sync's): a copy
-            # that vanished may be one of them, a move. It waits one sync to meet its arrival,
-            # rather than being detached as removed now; only once, so a busy mailbox still detaches.
+        deferred_before = any(self.checkpoint.folder(f).deferred for f in folders)
+        if plan.disappearances_wait(
+            deferred_before=deferred_before, changed_since_snapshot=self._changed_since_snapshot
+        ):
             logger.info("disappearances wait for the next sync", extra={"count": len(self.vanished)})
             self.vanished = []
             return folders
@@ -662,7 +585,7 @@ class AccountSync:
                     except FolderGone:
                         continue  # deleted since the LIST: nothing moved there
         for known in self.vanished:
-            self._detach(known, "moved_unmapped" if known.match_key in moved_away else "removed")
+            self._detach(known, decide.detach_reason(known, moved_away))
         self.vanished = []
         return set()
 
@@ -673,13 +596,13 @@ class AccountSync:
         now = self.reader.status(list(self.snapshots))
         for server_folder, snapshot in self.snapshots.items():
             current = now.get(server_folder)
-            if current is not None and planner.moved_on(snapshot, _status(current)):
+            if current is not None and plan.moved_on(snapshot, _status(current)):
                 return True
         return False
 
     def _sweep_aged_out(self, *, force: bool) -> None:
-        last = int(self.state.last_sweep_at or 0)
-        if not force and time.time() - last < SWEEP_INTERVAL_SECONDS:
+        now = time.time()
+        if not plan.sweep_due(self.checkpoint.last_sweep_at, now, force=force, interval=SWEEP_INTERVAL_SECONDS):
             return
         for server_folder in self.crm_for:
             windows = {
@@ -694,7 +617,7 @@ class AccountSync:
                     dal.drop_location(stale, window)
                     continue
                 self._detach(_known(server_folder, location), "aged_out")
-        self.state.last_sweep_at = int(time.time())
+        self.checkpoint = replace(self.checkpoint, last_sweep_at=int(now))
 
     def _keys_of(self, known: Known) -> tuple[dal.LocationModel, dal.WindowModel]:
         place = (self.tenant, self.user, known.server_folder)
@@ -706,15 +629,9 @@ class AccountSync:
     def _detach(self, known: Known, reason: str) -> None:
         location, window = self._keys_of(known)
         message = dal.get_message(known.id)
-        at_this_copy = (
-            message is not None
-            and message.state == "synced"
-            and (message.server_folder, message.uidvalidity, message.uid)
-            == (known.server_folder, known.uidvalidity, known.uid)
-        )
-        if not at_this_copy:
-            # The message lives on elsewhere (a rerun after a move, or a second copy): only
-            # this stale location goes.
+        at = (message.server_folder, message.uidvalidity, message.uid) if message is not None else None
+        action = decide.on_vanished(known, message.state if message is not None else None, at)
+        if action is decide.Vanish.DROP_LOCATION:
             dal.drop_location(location, window)
             return
         assert message is not None
@@ -724,17 +641,14 @@ class AccountSync:
         message.state, message.detach_reason = "detached", reason
         self.events.append(message_event(MESSAGE_DETACHED, message, detach_reason=reason))
         self.outcome.detached += 1
-        self.has_detached = True
+        self.checkpoint = replace(self.checkpoint, has_detached=True)
 
     # -- step 6 ---------------------------------------------------------------------------------
 
     def _advance(self, work: FolderWork) -> None:
-        status = work.snapshot
-        if work.first_sync is not None:
-            # Changes during a first sync are picked up next time from the values seen at its start.
-            first = work.first_sync
-            status = ServerStatus(first.uidvalidity, first.uidnext, first.messages, first.highestmodseq)
-        self.states[work.server_folder] = FolderState(
+        status = plan.advanced(work.snapshot, work.first_sync)
+        self.checkpoint = self.checkpoint.with_folder(
+            work.server_folder,
             uidvalidity=status.uidvalidity,
             uidnext=status.uidnext,
             highestmodseq=status.highestmodseq,
@@ -742,26 +656,11 @@ class AccountSync:
             first_sync=None,
         )
 
-    def _checkpoint(self) -> None:
-        folders: dict[str, Any] = {}
-        for server_folder in self.crm_for:
-            meta = dict(self.folder_meta.get(server_folder, {}))
-            meta.update(self.states.get(server_folder, FolderState()).to_dict())
-            if self.states.get(server_folder, FolderState()).first_sync is None:
-                meta.pop("first_sync", None)
-            meta["crm_folder"] = self.crm_for[server_folder]
-            folders[server_folder] = meta
-        fields: dict[str, Any] = {"folders": folders, "has_detached": self.has_detached}
-        if self.state.last_sweep_at is not None:
-            fields["last_sweep_at"] = int(self.state.last_sweep_at)
-        if self._written is None:
-            self._written = {
-                "folders": _plain(self.state.folders.as_dict() if self.state.folders is not None else {}),
-                "has_detached": bool(self.state.has_detached),
-                "last_sweep_at": int(self.state.last_sweep_at) if self.state.last_sweep_at is not None else None,
-            }
-        if _plain(fields) == {k: v for k, v in self._written.items() if k in fields}:
-            return  # a sync that found nothing writes nothing
-        dal.save_sync_progress(self.state, self.owner, fields)
-        self._written = _plain(fields)
-        self.folder_meta = {k: dict(v) for k, v in folders.items()}
+    def _save_checkpoint(self) -> None:
+        """After every batch and at the end; a sync that found nothing writes nothing."""
+        mapped = {name: replace(self.checkpoint.folder(name), crm_folder=crm) for name, crm in self.crm_for.items()}
+        self.checkpoint = replace(self.checkpoint, folders=mapped)
+        if self.checkpoint == self._saved:
+            return
+        dal.save_sync_progress(self.state, self.owner, self.checkpoint.to_dict())
+        self._saved = self.checkpoint

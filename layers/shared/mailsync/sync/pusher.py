@@ -1,21 +1,8 @@
-"""CRM to server: apply pending operations (read/unread, move, append) in order.
+"""CRM to server: carry out pending operations (read/unread, move, append) in order.
 
-Rules (three-way against the last agreed state, as mbsync does; see README "Two-way"):
-- only the flag the CRM changed is stored on the server (+FLAGS/-FLAGS \\Seen), so changes by
-  other mail programs to other flags survive and are pulled as usual;
-- when both sides changed \\Seen since the last agreed state, the CRM's pending operation wins
-  (it is applied before the pull, and the pull keeps a pending message's \\Seen);
-- a move of a message the server moved meanwhile is applied from where it is now: the op waits
-  for the pull to find the message (by Message-ID), then runs again;
-- an op on a message removed from the server is dropped after the pull detached it, and the
-  message says why (``last_op_error``);
-- stored UIDs are only used under the UIDVALIDITY they were seen with: after a reset the op
-  waits for the pull to find the message again (by Message-ID or content), then applies;
-- a refusal (NO/BAD: over quota, read-only mailbox, folder deleted) fails that op only: the
-  message shows the server's truth again (its agreed flags, the CRM folder of where it is),
-  ``last_op_error`` holds the server's words, ``message.sync_failed`` is published, and the
-  other ops and the pull go on. Transient trouble (connection lost, timeout, server busy)
-  is counted on the op (``attempts``) and fails it after ``OP_ATTEMPTS``.
+What to do with each op — apply, wait for the pull, or fail — is decided by
+``sync.planner.ops`` (see the rules there and README "Conflict rules"); this module gathers the
+facts, runs the IMAP commands and records the result.
 
 Every op is idempotent: a move whose source UID is gone does nothing; an append first looks
 for the message in the target folder; a seen change is +FLAGS/-FLAGS. A crash at any point
@@ -33,30 +20,28 @@ from mailsync.events import MESSAGE_SYNC_FAILED, MESSAGE_UPDATED, Event, message
 from mailsync.mailbox.reader import FolderGone, MailboxReader
 from mailsync.mailbox.writer import MailboxWriter
 from mailsync.observability import logger
-from mailsync.sync.planner import normalise_flags
+from mailsync.sync.planner import ops as decide
+from mailsync.sync.planner.messages import normalise_flags
+from mailsync.sync.planner.ops import Action
 
-DROPPED_REMOVED = "The message was removed from the mail server before this change could be applied"
-DROPPED_UNMAPPED = "The target folder is no longer mapped to a server folder"
-NOT_ON_SERVER = "The message is not on the mail server (adding it there failed)"
-NOT_FOUND_AFTER_REBUILD = "The folder was rebuilt on the mail server and the message was not found in it again"
-# Transient failures of one op (over several jobs) before it fails for good.
-OP_ATTEMPTS = 5
+
+def _facts(message: dal.MessageModel) -> decide.MessageFacts:
+    return decide.MessageFacts(
+        state=message.state,
+        server_folder=message.server_folder,
+        uidvalidity=int(message.uidvalidity) if message.uidvalidity is not None else None,
+        uid=int(message.uid) if message.uid is not None else None,
+        last_op_error=message.last_op_error,
+    )
 
 
 class Pusher:
     """Applies one account's pending CRM operations with one IMAP connection."""
 
-    def __init__(
-        self,
-        account: dal.AccountModel,
-        reader: MailboxReader,
-        writer: MailboxWriter,
-        faults: Any = None,
-    ) -> None:
+    def __init__(self, account: dal.AccountModel, reader: MailboxReader, writer: MailboxWriter) -> None:
         self.account = account
         self.reader = reader
         self.writer = writer
-        self.faults = faults
         self.tenant = account.tenant_id
         self.user = account.user_id
         self.folder_map: dict[str, str] = account.mapped_folders()
@@ -103,25 +88,37 @@ class Pusher:
 
     # -- one op ---------------------------------------------------------------------------------
 
+    def _decide(self, op: dal.OpModel, message: dal.MessageModel | None, *, last_chance: bool) -> decide.Decision:
+        facts = decide.OpFacts(op.kind, self.folder_map.get(op.folder or "") if op.kind == "move" else None)
+        about = _facts(message) if message is not None else None
+        append_waiting = message is not None and self._left[(message.id, "append")] > 0
+        decision = decide.decide_op(facts, about, append_waiting=append_waiting, last_chance=last_chance)
+        if decision.action is Action.CHECK_UIDVALIDITY:
+            assert message is not None
+            decision = decide.decide_op(
+                facts,
+                about,
+                append_waiting=append_waiting,
+                folder_uidvalidity=self._folder_uidvalidity(message.server_folder),
+                last_chance=last_chance,
+            )
+        return decision
+
     def _apply(self, op: dal.OpModel, *, last_chance: bool) -> bool:
         message = dal.get_message(op.message_id)
-        if message is None:
-            dal.complete_op(op, None)
-            self._left[(op.message_id, op.kind)] -= 1
-            return True
-        if message.state != "synced":
-            self._fail(op, message, DROPPED_REMOVED, "removed")
-            self._left[(op.message_id, op.kind)] -= 1
-            return True
         try:
-            done = self._apply_to(op, message, last_chance=last_chance)
+            decision = self._decide(op, message, last_chance=last_chance)
+            done = self._carry_out(op, message, decision)
         except OperationRefused as exc:
             # NO/BAD to this change (FolderMissing included): it will not work by retrying.
+            assert message is not None
             self._fail(op, message, exc.message, exc.code)
             done = True
         except Exception as exc:
+            if message is None:
+                raise
             attempts = self._count_attempt(op)
-            if attempts < OP_ATTEMPTS:
+            if not decide.after_transient_failure(attempts):
                 raise  # the job retries (and reconnects); the op is tried again then
             code = exc.code if isinstance(exc, MailboxError) else "internal_error"
             why = exc.message if isinstance(exc, MailboxError) else "an internal error"
@@ -134,33 +131,30 @@ class Pusher:
             self._left[(op.message_id, op.kind)] -= 1
         elif last_chance:
             # Still not where we thought after a full pull: the next job tries again.
-            logger.info("op waits for the next sync", extra={"op": op.kind, "message_id": message.id})
+            logger.info("op waits for the next sync", extra={"op": op.kind, "id": op.message_id})
         return done
 
-    def _apply_to(self, op: dal.OpModel, message: dal.MessageModel, *, last_chance: bool) -> bool:
-        if op.kind == "append":
-            return self._append(op, message)
-        if message.uid is None:
-            if self._left[(message.id, "append")] > 0:
-                return False  # its append comes first
-            self._fail(op, message, message.last_op_error or NOT_ON_SERVER, "not_on_server")
-            return True
-        if op.kind not in ("seen", "move"):
-            logger.error("unknown op kind dropped", extra={"kind": op.kind})
+    def _carry_out(self, op: dal.OpModel, message: dal.MessageModel | None, decision: decide.Decision) -> bool:
+        action = decision.action
+        if action is Action.WAIT:
+            if op.kind != "append" and message is not None and message.uid is not None:
+                logger.info("op waits for a UIDVALIDITY change", extra={"op": op.kind, "id": message.id})
+            return False
+        if action is Action.DONE:
+            if message is not None:
+                logger.error("unknown op kind dropped", extra={"kind": op.kind})
             dal.complete_op(op, message)
             return True
-        if op.kind == "move" and self.folder_map.get(op.folder or "") in (None, message.server_folder):
-            return self._move(op, message)  # unmapped target, or nothing to do on the server
-        if int(message.uidvalidity or 0) != self._folder_uidvalidity(message.server_folder):
-            # The folder was rebuilt: the stored UID may now be another message. The pull
-            # finds this one again (or detaches it); the op runs after that.
-            if last_chance:
-                # A complete pull neither found it again nor detached it: never guess.
-                self._fail(op, message, NOT_FOUND_AFTER_REBUILD, "uidvalidity_changed")
-                return True
-            logger.info("op waits for a UIDVALIDITY change", extra={"op": op.kind, "message_id": message.id})
-            return False
-        if op.kind == "seen":
+        assert message is not None
+        if action is Action.FAIL:
+            self._fail(op, message, decision.reason or "", decision.code or "failed")
+            return True
+        if action is Action.ALREADY_THERE:
+            dal.complete_op(op, message, {"folder": op.folder, "updated_at": dal.utcnow()})
+            return True
+        if action is Action.APPEND:
+            return self._append(op, message)
+        if action is Action.SEEN:
             return self._seen(op, message)
         return self._move(op, message)
 
@@ -174,7 +168,6 @@ class Pusher:
         )
         # The server's flags after the store become the agreed base, CRM and location alike.
         dal.update_flags(message, location, agreed, "\\Seen" in agreed)
-        self._hit("after_store")
         fields: dict[str, Any] = {"updated_at": dal.utcnow()}
         if self._later(op, "seen"):
             # A later op of this message changes \Seen again: keep showing the CRM's wish.
@@ -193,13 +186,7 @@ class Pusher:
         return True
 
     def _move(self, op: dal.OpModel, message: dal.MessageModel) -> bool:
-        target = self.folder_map.get(op.folder or "")
-        if target is None:
-            self._fail(op, message, DROPPED_UNMAPPED, "unmapped")
-            return True
-        if message.server_folder == target:
-            dal.complete_op(op, message, {"folder": op.folder, "updated_at": dal.utcnow()})
-            return True
+        target = self.folder_map[op.folder or ""]
         source = message.server_folder
         new_uid = None
         if not self.writer.has_move:
@@ -218,7 +205,6 @@ class Pusher:
             )
         if new_uid is None:
             return False
-        self._hit("after_move")
         self._relink(op, message, target, new_uid, old=(source, int(message.uidvalidity), int(message.uid)))
         dal.complete_op(op, message, {"updated_at": dal.utcnow()})
         message.pending_ops = int(message.pending_ops or 1) - 1
@@ -239,7 +225,6 @@ class Pusher:
                     message_id=message.message_id,
                     content_sha256=message.content_hash,
                 )
-                self._hit("after_append")
             self._relink(op, message, target, uid, old=None)
         dal.complete_op(op, message, {"updated_at": dal.utcnow()})
         message.pending_ops = int(message.pending_ops or 1) - 1
@@ -259,8 +244,7 @@ class Pusher:
             return None
         uidvalidity = self._folder_uidvalidity(folder)
         known = dal.get_locations(self.tenant, self.user, folder, ((uidvalidity, u) for u in candidates))
-        free = [u for u in candidates if (uidvalidity, u) not in known]
-        return max(free) if free else None
+        return decide.existing_copy(candidates, {uid for _, uid in known})
 
     def _folder_uidvalidity(self, folder: str) -> int:
         if folder not in self._uidvalidity:
@@ -281,11 +265,12 @@ class Pusher:
         return self._left[(op.message_id, kind)] - (1 if op.kind == kind else 0) > 0
 
     def _keeps_folder(self, op: dal.OpModel, message: dal.MessageModel) -> bool:
-        """Whether the CRM folder must keep showing the CRM's wish: a move of ours is still to
-        run, or the message counts more pending ops than this run knows of (one recorded since
-        the job started may be a move)."""
         known = sum(n for (message_id, _), n in self._left.items() if message_id == message.id)
-        return self._later(op, "move") or int(message.pending_ops or 0) > known
+        return decide.keeps_crm_folder(
+            move_later_in_run=self._later(op, "move"),
+            pending_ops=int(message.pending_ops or 0),
+            ops_known_in_run=known,
+        )
 
     def _relink(
         self,
@@ -326,20 +311,26 @@ class Pusher:
 
     def _fail(self, op: dal.OpModel, message: dal.MessageModel, why: str, code: str) -> None:
         """The op cannot be applied: remove it, show the server's truth again and say why."""
+        synced = message.state == "synced"
+        seen_later = self._later(op, "seen")
+        view = decide.failed_op_view(
+            op.kind,
+            message_synced=synced,
+            seen_later=seen_later,
+            keeps_folder=synced and op.kind == "move" and self._keeps_folder(op, message),
+            agreed=self._agreed_flags(message) if synced and op.kind == "seen" and not seen_later else None,
+        )
         fields: dict[str, Any] = {"last_op_error": why, "updated_at": dal.utcnow()}
-        if message.state == "synced":
-            if op.kind == "seen" and not self._later(op, "seen"):
-                agreed = self._agreed_flags(message)
-                if agreed is not None:
-                    fields.update(flags=agreed, seen="\\Seen" in agreed)
-            if op.kind == "move" and not self._keeps_folder(op, message):
-                fields.update(self._folder_fields(message.server_folder))
+        if view.flags is not None:
+            fields.update(flags=list(view.flags), seen=view.seen)
+        if view.show_server_folder:
+            fields.update(self._folder_fields(message.server_folder))
         dal.complete_op(op, message, fields)
         for name, value in fields.items():
             setattr(message, name, value)
         message.pending_ops = max(0, int(message.pending_ops or 1) - 1)
         self.failed += 1
-        logger.warning("op failed", extra={"op": op.kind, "message_id": message.id, "code": code, "reason": why})
+        logger.warning("op failed", extra={"op": op.kind, "id": message.id, "code": code, "reason": why})
         self.events.append(message_event(MESSAGE_SYNC_FAILED, message, op=op.kind, code=code, error=why, origin="crm"))
 
     def _agreed_flags(self, message: dal.MessageModel) -> list[str] | None:
@@ -360,7 +351,3 @@ class Pusher:
     def _event(self, message: dal.MessageModel, changes: dict[str, Any]) -> None:
         self.applied += 1
         self.events.append(message_event(MESSAGE_UPDATED, message, changes=changes, origin="crm"))
-
-    def _hit(self, name: str) -> None:
-        if self.faults is not None:
-            self.faults.hit(name)

@@ -1,0 +1,51 @@
+"""One account's two-way sync over one open connection: push, pull, push.
+
+CRM changes go first (they win conflicts on \\Seen), then the pull; ops whose message moved or
+vanished on the server run again once the pull has found where it is (``last_chance``: a
+complete pull ran, so an op that still cannot apply fails instead of guessing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mailsync import dal, events
+from mailsync.mailbox.reader import MailboxReader
+from mailsync.mailbox.writer import MailboxWriter
+from mailsync.sync.engine import AccountSync, SyncOutcome
+from mailsync.sync.pusher import Pusher
+
+
+def sync_account(
+    account: dal.AccountModel,
+    state: dal.SyncStateModel,
+    reader: MailboxReader,
+    writer: MailboxWriter,
+    *,
+    owner: str,
+    deadline: Callable[[], bool],
+) -> SyncOutcome:
+    """Push pending CRM ops, pull the server's changes, push what waited for the pull; the
+    events of all three go out even when a step fails (what was done stays announced)."""
+    pusher = Pusher(account, reader, writer)
+    ops = dal.pending_ops(account.tenant_id, account.user_id) if int(state.ops_pending or 0) > 0 else []
+    engine: AccountSync | None = None
+    try:
+        waiting = pusher.run(ops)
+        engine = AccountSync(
+            account,
+            state,
+            reader,
+            owner=owner,
+            deadline=deadline,
+            revivable=pusher.revivable(waiting),
+            # Only a pending move keeps a message's CRM folder when the pull relinks it.
+            pending_moves=frozenset(op.message_id for op in waiting if op.kind == "move"),
+        )
+        outcome = engine.run()
+        if waiting and outcome.complete:
+            pusher.run(waiting, last_chance=True)
+        outcome.pushed = pusher.applied
+        return outcome
+    finally:
+        events.publish(pusher.events + (engine.events if engine is not None else []))

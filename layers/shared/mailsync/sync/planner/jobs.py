@@ -1,0 +1,136 @@
+"""Job decisions: whether a sync job runs, its time budget, and what its outcome records.
+
+Failure policy (mail servers lock accounts after repeated failed logins):
+- wrong password: ``auth_failed``; the account leaves the due index until its settings change —
+  no further login attempts;
+- certificate failure: ``tls_failed``, retried with long backoff (someone may fix the server);
+- network trouble: retried a few times with backoff inside the job, then the account backs off
+  exponentially;
+- a hostile or broken server (``server_misbehaving``, ``protocol_mismatch``) or a busy one
+  (``server_busy``): no retry within the job (it would only spend the budget again, and repeated
+  logins get accounts locked), straight to the account's backoff;
+- anything unexpected: the same backoff, sync state ``failed`` with a human ``last_error``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# A scheduled job for an account that finished a sync this recently is a duplicate (queue
+# backlog, two ticks): skip it without logging in. User-requested syncs always run.
+MIN_SECONDS_BETWEEN_SCHEDULED_SYNCS = 20
+CONNECT_ATTEMPTS = 3
+RETRY_BASE_DELAY_SECONDS = 1.0
+# The soft deadline trips this long before the job's budget ends: time to finish the current
+# batch, checkpoint and re-enqueue before the connection's hard deadline cuts it.
+DEADLINE_MARGIN_SECONDS = 15.0
+# Kept free at the end of the worker Lambda: after the connection's hard deadline the job still
+# writes its outcome, releases its lease and may re-enqueue (a few DynamoDB/SQS requests).
+LAMBDA_MARGIN_SECONDS = 10.0
+INTERNAL_ERROR = "Syncing this mailbox failed because of an internal error; it will be retried"
+SYNCED_PROTOCOLS = frozenset({"imap"})
+# Retrying these inside a job only spends the budget again or gets the account locked.
+NOT_RETRIED_IN_JOB = frozenset({"auth_failed", "tls_failed", "server_misbehaving", "protocol_mismatch", "server_busy"})
+
+
+def may_sync(*, fetch_enabled: bool, status: str, protocol: str) -> bool:
+    """auth_failed: no login until the settings change (they reset the status)."""
+    return bool(fetch_enabled) and status != "auth_failed" and protocol in SYNCED_PROTOCOLS
+
+
+def duplicate_scheduled_job(reason: str, seconds_since_success: float | None) -> bool:
+    return (
+        reason == "schedule"
+        and seconds_since_success is not None
+        and seconds_since_success < MIN_SECONDS_BETWEEN_SCHEDULED_SYNCS
+    )
+
+
+def defer_job(*, may_defer: bool, lambda_left: float | None, budget_seconds: float) -> bool:
+    """A job whose Lambda has less than its whole budget plus the margin left does not start:
+    it goes back on the queue for a fresh invocation — unless ``may_defer`` is false (the
+    invocation's first job: were the budget longer than the Lambda's timeout, deferring it
+    would bounce it between invocations for ever)."""
+    return may_defer and lambda_left is not None and lambda_left < budget_seconds + LAMBDA_MARGIN_SECONDS
+
+
+def hard_deadline_for(started: float, budget_seconds: float, lambda_deadline: float | None) -> float:
+    """When the job's connection is cut: its budget, but never past the Lambda's own end (less
+    the time the job needs afterwards to record its outcome)."""
+    hard = started + budget_seconds
+    if lambda_deadline is not None:
+        hard = min(hard, lambda_deadline - LAMBDA_MARGIN_SECONDS)
+    return hard
+
+
+def soft_deadline_at(hard_deadline: float, budget_seconds: float) -> float:
+    """When the engine stops after its current batch: the margin is at most a quarter of the
+    budget, so a small budget still leaves most of it for work."""
+    return hard_deadline - min(DEADLINE_MARGIN_SECONDS, budget_seconds / 4)
+
+
+def job_deadline(
+    lambda_deadline: Callable[[], bool],
+    hard_deadline: float,
+    budget_seconds: float,
+    clock: Callable[[], float],
+) -> Callable[[], bool]:
+    """The engine's "stop after this batch" signal: the Lambda runs short, or the job's budget
+    is nearly spent."""
+    soft = soft_deadline_at(hard_deadline, budget_seconds)
+
+    def tripped() -> bool:
+        return lambda_deadline() or clock() >= soft
+
+    return tripped
+
+
+def retry_in_job(code: str, attempt: int, *, out_of_time: bool) -> bool:
+    """Whether a failed connection is tried again within the job (then after
+    ``retry_delay(attempt)``)."""
+    return code not in NOT_RETRIED_IN_JOB and attempt < CONNECT_ATTEMPTS and not out_of_time
+
+
+def retry_delay(attempt: int) -> float:
+    return RETRY_BASE_DELAY_SECONDS * 2 ** (attempt - 1)
+
+
+@dataclass(frozen=True)
+class FailurePlan:
+    """What a failed job records: the account's status and whether it stays due (with a
+    backoff from ``backoff_base`` seconds) or leaves the schedule."""
+
+    status: str
+    stays_due: bool
+    backoff_base: int
+    sync_state: dict[str, Any]
+
+
+def mailbox_failure(code: str, message: str, failures_before: int) -> FailurePlan:
+    failures = failures_before + 1
+    return FailurePlan(
+        status=code,
+        stays_due=code != "auth_failed",
+        backoff_base=600 if code == "tls_failed" else 60,
+        sync_state={"state": "failed", "last_error": message, "failures": failures},
+    )
+
+
+def internal_failure(failures_before: int) -> FailurePlan:
+    """A bug, a poison message, AWS trouble: never ``syncing`` forever, never retried at once;
+    the account's status (about reaching and logging in to the server) stays as it was."""
+    failures = failures_before + 1
+    return FailurePlan(
+        status="",
+        stays_due=True,
+        backoff_base=60,
+        sync_state={"state": "failed", "last_error": INTERNAL_ERROR, "failures": failures},
+    )
+
+
+def finished_state(*, complete: bool) -> dict[str, Any]:
+    """The sync state a job that reached the server leaves (``last_success_at`` added by the
+    caller for a complete sync); an incomplete one continues in a job it enqueues."""
+    return {"state": "idle" if complete else "syncing", "last_error": None, "failures": 0}
