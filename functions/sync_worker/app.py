@@ -28,7 +28,7 @@ processor = BatchProcessor(event_type=EventType.SQS)
 _records_seen = 0  # in this invocation; its first record always starts (see sync_jobs.run_job)
 
 
-def lambda_deadline(lambda_context: LambdaContext | None) -> float | None:
+def _lambda_deadline(lambda_context: LambdaContext | None) -> float | None:
     """The ``time.monotonic()`` instant this invocation is cut off, as of now (None outside Lambda)."""
     if lambda_context is None:
         return None
@@ -42,7 +42,7 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
     _records_seen += 1
     job = sync_jobs.parse_job(record.body)
     logger.append_keys(tenant_id=job.tenant_id, user_id=job.user_id)
-    result = sync_jobs.run_job(job, lambda_deadline=lambda_deadline(lambda_context), may_defer=_records_seen > 1)
+    result = sync_jobs.run_job(job, lambda_deadline=_lambda_deadline(lambda_context), may_defer=_records_seen > 1)
     record_metrics(result)
     logger.info(
         "sync job done",
