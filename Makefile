@@ -19,7 +19,7 @@ TOKEN_USER := $(if $(filter command line,$(origin USER)),$(USER),alice)
 TENANT ?= acme
 ROLE ?= user
 
-.PHONY: bench run demo token test unit integration e2e lint fmt validate build openapi dovecot venv clean
+.PHONY: bench run demo token test unit integration e2e tooling lint fmt validate build openapi dovecot venv clean
 
 run: $(STAMP)  ## the local stack: moto + API on :3000 + scheduler + worker
 	$(BIN)/python -m devstack.run
@@ -31,7 +31,7 @@ token: $(STAMP)  ## print a local JWT: make token USER=alice TENANT=acme ROLE=ad
 	@$(BIN)/python -m devstack.token --user "$(TOKEN_USER)" --tenant "$(TENANT)" --role "$(ROLE)"
 
 test: $(STAMP) dovecot servers lint validate build  ## everything CI runs
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest  # pyproject.toml's testpaths: tests/ and devstack/tests/
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
@@ -41,6 +41,9 @@ integration: $(STAMP) dovecot servers
 
 e2e: $(STAMP) dovecot
 	$(BIN)/python -m pytest tests/e2e
+
+tooling: $(STAMP) dovecot  ## tests of the tooling itself: the local stack (devstack/) and the test harness
+	$(BIN)/python -m pytest devstack/tests tests/fixtures/tests
 
 .PHONY: soak
 soak: $(STAMP) dovecot  ## long convergence runs (10 seeds x 300 operations per Dovecot flavour); not in CI

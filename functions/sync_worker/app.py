@@ -25,24 +25,24 @@ from mailsync.observability import logger, metrics, tracer
 from mailsync.services import sync_jobs
 
 processor = BatchProcessor(event_type=EventType.SQS)
-_context: LambdaContext | None = None
 _records_seen = 0  # in this invocation; its first record always starts (see sync_jobs.run_job)
 
 
-def _lambda_deadline() -> float | None:
-    """The ``time.monotonic()`` instant this invocation is cut off, as of now."""
-    if _context is None:
+def _lambda_deadline(lambda_context: LambdaContext | None) -> float | None:
+    """The ``time.monotonic()`` instant this invocation is cut off, as of now (None outside Lambda)."""
+    if lambda_context is None:
         return None
-    return time.monotonic() + _context.get_remaining_time_in_millis() / 1000
+    return time.monotonic() + lambda_context.get_remaining_time_in_millis() / 1000
 
 
 @tracer.capture_method
-def record_handler(record: SQSRecord) -> None:
+def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = None) -> None:
+    """One job; the BatchProcessor passes ``lambda_context`` because this signature names it."""
     global _records_seen
     _records_seen += 1
     job = sync_jobs.parse_job(record.body)
     logger.append_keys(tenant_id=job.tenant_id, user_id=job.user_id)
-    result = sync_jobs.run_job(job, lambda_deadline=_lambda_deadline(), may_defer=_records_seen > 1)
+    result = sync_jobs.run_job(job, lambda_deadline=_lambda_deadline(lambda_context), may_defer=_records_seen > 1)
     record_metrics(result)
     logger.info(
         "sync job done",
@@ -76,6 +76,6 @@ def record_metrics(result: sync_jobs.JobResult) -> None:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    global _context, _records_seen
-    _context, _records_seen = context, 0
+    global _records_seen
+    _records_seen = 0
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -105,7 +105,7 @@ class Stack:
     tokens: dict[str, str]
     settings: dict[str, object]
     folder_map: dict[str, str]
-    message_id: str = ""
+    seeded_id: str = ""  # Mailsync's id of the one message in the mailbox
 
     def seed(self) -> None:
         """(Re)store the plain user's working account: fuzzing an earlier operation may have changed it."""
@@ -141,7 +141,7 @@ def stack(dovecot) -> Iterator[Stack]:
         wait_for_sync(running, stack.tokens["user"], after=asked_at)
         _, page = running.request("GET", "/v1/users/me/messages", stack.tokens["user"])
         [message] = page["messages"]
-        stack.message_id = message["id"]
+        stack.seeded_id = message["id"]
         yield stack
     finally:
         stop(running)
@@ -165,8 +165,8 @@ def test_api_answers_as_documented(case, role: str, seeded: Stack) -> None:
         parameters = case.path_parameters or {}
         if "user_id" in parameters:
             parameters["user_id"] = "me"
-        if "message_id" in parameters:
-            parameters["message_id"] = seeded.message_id
+        if "id" in parameters:
+            parameters["id"] = seeded.seeded_id
     started = time.monotonic()
     case.call_and_validate(
         base_url=seeded.running.url,
@@ -193,14 +193,14 @@ def _send(stack: Stack, method: str, path: str, body: bytes, content_type: str) 
 @pytest.mark.parametrize("content_type", ["text/plain", "multipart/form-data"])
 @pytest.mark.parametrize(("method", "path"), BODY_OPERATIONS, ids=[f"{m} {p}" for m, p in BODY_OPERATIONS])
 def test_non_json_body_is_a_client_error(stack: Stack, method: str, path: str, content_type: str) -> None:
-    path = path.replace("{user_id}", "fuzz-admin").replace("{message_id}", stack.message_id)
+    path = path.replace("{user_id}", "fuzz-admin").replace("{id}", stack.seeded_id)
     response = _send(stack, method, path, b'{"folder": "inbox"}', content_type)
     assert 400 <= response.status_code < 500, (response.status_code, response.text)
 
 
 @pytest.mark.parametrize(("method", "path"), BODY_OPERATIONS, ids=[f"{m} {p}" for m, p in BODY_OPERATIONS])
 def test_non_utf8_body_is_a_client_error(stack: Stack, method: str, path: str) -> None:
-    path = path.replace("{user_id}", "fuzz-admin").replace("{message_id}", stack.message_id)
+    path = path.replace("{user_id}", "fuzz-admin").replace("{id}", stack.seeded_id)
     try:
         response = _send(stack, method, path, b'{"folder": "\xe4\xff"}', "application/json")
     except requests.ConnectionError as exc:

@@ -1,9 +1,11 @@
-"""What every route needs: the caller, taken from the verified JWT claims of the event."""
+"""What every route needs: the caller (``CurrentPrincipal``, from the verified JWT claims of the event)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
+from aws_lambda_powertools.event_handler import Depends
+from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
 from aws_lambda_powertools.event_handler.openapi.params import Path
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
@@ -18,13 +20,23 @@ UserIdPath = Annotated[
 ]
 
 
-def principal(event: APIGatewayProxyEventV2) -> Principal:
+def current_principal() -> Principal:
+    """The caller; a route asks for it with a ``CurrentPrincipal`` parameter (resolved once per request)."""
+    # The event being resolved now (what router.current_event reads), not a Depends ``Request``: the resolver
+    # keeps that for the whole request, so a request resolved inside another one (tests interleave two
+    # requests in one thread) would get the outer request's caller. The API's resolver is
+    # APIGatewayHttpResolver, so the event is an HTTP API (v2) event.
+    event = cast(APIGatewayProxyEventV2, BaseRouter.current_event)
     authorizer = event.request_context.authorizer
     claims = authorizer.jwt_claim if authorizer else None
     caller = principal_from_claims(claims, get_settings())
     # Every log line of this request carries who asked (never what they sent).
     logger.append_keys(tenant_id=caller.tenant_id, caller_id=caller.user_id)
     return caller
+
+
+# Not a request parameter: Powertools resolves it after validating the request, and leaves it out of OpenAPI.
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 
 
 def error_doc(description: str) -> dict:

@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
 
 from mailsync.schemas import DossierPageOut, TenantSettingsIn, TenantSettingsOut
 from mailsync.services import confidentiality, messages
-from routers.common import principal, responses
+from routers.common import CurrentPrincipal, responses
 
 router = Router()
 
@@ -25,18 +25,19 @@ AddressPath = Annotated[
     responses=responses(),
 )
 def contact_messages(
+    principal: CurrentPrincipal,
     address: AddressPath,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> DossierPageOut:
-    return messages.contact_messages(principal(router.current_event), address, limit, cursor)
+    return messages.contact_messages(principal, address, limit, cursor)
 
 
 @router.get("/tenant/settings", tags=["Tenant"], summary="Privacy settings (admins)", responses=responses())
-def get_tenant_settings() -> TenantSettingsOut:
-    return confidentiality.get_tenant_settings(principal(router.current_event))
+def get_tenant_settings(principal: CurrentPrincipal) -> TenantSettingsOut:
+    return confidentiality.get_tenant_settings(principal)
 
 
 @router.put("/tenant/settings", tags=["Tenant"], summary="Change privacy settings (admins)", responses=responses())
-def put_tenant_settings(body: Annotated[TenantSettingsIn, Body()]) -> TenantSettingsOut:
-    return confidentiality.put_tenant_settings(principal(router.current_event), body)
+def put_tenant_settings(principal: CurrentPrincipal, body: Annotated[TenantSettingsIn, Body()]) -> TenantSettingsOut:
+    return confidentiality.put_tenant_settings(principal, body)

@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Body
 
 from mailsync.schemas import FolderMapOut, ServerFoldersOut
 from mailsync.services import folder_maps
-from routers.common import UserIdPath, principal, responses
+from routers.common import CurrentPrincipal, UserIdPath, responses
 
 router = Router()
 
@@ -28,8 +28,8 @@ FolderMapBody = Annotated[
     summary="The server's folders, live, with suggestions",
     responses=responses(mailbox=True),
 )
-def get_server_folders(user_id: UserIdPath) -> ServerFoldersOut:
-    return ServerFoldersOut(folders=folder_maps.list_server_folders(principal(router.current_event), user_id))
+def get_server_folders(principal: CurrentPrincipal, user_id: UserIdPath) -> ServerFoldersOut:
+    return ServerFoldersOut(folders=folder_maps.list_server_folders(principal, user_id))
 
 
 @router.get(
@@ -38,8 +38,8 @@ def get_server_folders(user_id: UserIdPath) -> ServerFoldersOut:
     summary="The saved folder map, or a suggestion",
     responses=responses(mailbox=True),
 )
-def get_folder_map(user_id: UserIdPath) -> FolderMapOut:
-    return folder_maps.get_folder_map(principal(router.current_event), user_id)
+def get_folder_map(principal: CurrentPrincipal, user_id: UserIdPath) -> FolderMapOut:
+    return folder_maps.get_folder_map(principal, user_id)
 
 
 @router.put(
@@ -48,7 +48,7 @@ def get_folder_map(user_id: UserIdPath) -> FolderMapOut:
     summary="Save the folder map (checked live)",
     responses=responses(mailbox=True),
 )
-def put_folder_map(user_id: UserIdPath, body: FolderMapBody) -> FolderMapOut:
+def put_folder_map(principal: CurrentPrincipal, user_id: UserIdPath, body: FolderMapBody) -> FolderMapOut:
     if isinstance(body.get("folders"), dict):
         body = body["folders"]
-    return folder_maps.put_folder_map(principal(router.current_event), user_id, body)
+    return folder_maps.put_folder_map(principal, user_id, body)

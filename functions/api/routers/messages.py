@@ -19,11 +19,13 @@ from mailsync.schemas import (
     SyncStatusOut,
 )
 from mailsync.services import messages
-from routers.common import UserIdPath, error_doc, principal, responses
+from routers.common import CurrentPrincipal, UserIdPath, error_doc, responses
 
 router = Router()
 
-MessageIdPath = Annotated[str, Path(pattern=r"^[a-z2-7]{8,64}$", description="A message id")]
+MessageIdPath = Annotated[
+    str, Path(pattern=r"^[a-z2-7]{8,64}$", description="Mailsync's id of the message (not its Message-ID)")
+]
 CRM_FOLDER = r"^[a-z0-9_-]{1,40}$"
 
 
@@ -34,6 +36,7 @@ CRM_FOLDER = r"^[a-z0-9_-]{1,40}$"
     responses=responses(),
 )
 def list_messages(
+    principal: CurrentPrincipal,
     user_id: UserIdPath,
     folder: Annotated[str | None, Query(pattern=CRM_FOLDER, description="CRM folder, e.g. inbox")] = None,
     seen: Annotated[bool | None, Query()] = None,
@@ -42,7 +45,7 @@ def list_messages(
     cursor: Annotated[str | None, Query(max_length=2048, description="`next_cursor` of the previous page")] = None,
 ) -> MessagePageOut:
     return messages.list_messages(
-        principal(router.current_event),
+        principal,
         user_id,
         folder=folder,
         seen=seen,
@@ -52,19 +55,19 @@ def list_messages(
     )
 
 
-@router.get("/messages/<message_id>", tags=["Messages"], summary="One message's metadata", responses=responses())
-def get_message(message_id: MessageIdPath) -> MessageOut:
-    return messages.get_message(principal(router.current_event), message_id)
+@router.get("/messages/<id>", tags=["Messages"], summary="One message's metadata", responses=responses())
+def get_message(principal: CurrentPrincipal, id: MessageIdPath) -> MessageOut:
+    return messages.get_message(principal, id)
 
 
 @router.get(
-    "/messages/<message_id>/raw",
+    "/messages/<id>/raw",
     tags=["Messages"],
     summary="A short-lived URL of the raw RFC 822 message",
     responses=responses(),
 )
-def get_raw(message_id: MessageIdPath) -> RawLinkOut:
-    return messages.raw_link(principal(router.current_event), message_id)
+def get_raw(principal: CurrentPrincipal, id: MessageIdPath) -> RawLinkOut:
+    return messages.raw_link(principal, id)
 
 
 @router.post(
@@ -73,8 +76,8 @@ def get_raw(message_id: MessageIdPath) -> RawLinkOut:
     summary="Sync this mailbox now",
     responses=responses({202: {"description": "Enqueued"}}),
 )
-def post_sync(user_id: UserIdPath) -> Response[SyncRequestOut]:
-    messages.request_sync(principal(router.current_event), user_id)
+def post_sync(principal: CurrentPrincipal, user_id: UserIdPath) -> Response[SyncRequestOut]:
+    messages.request_sync(principal, user_id)
     return Response(status_code=202, content_type="application/json", body=SyncRequestOut(enqueued=True))
 
 
@@ -84,30 +87,32 @@ def post_sync(user_id: UserIdPath) -> Response[SyncRequestOut]:
     summary="Sync state, last success and error, per-folder counts and first-sync progress",
     responses=responses(),
 )
-def get_sync_status(user_id: UserIdPath) -> SyncStatusOut:
-    return messages.sync_status(principal(router.current_event), user_id)
+def get_sync_status(principal: CurrentPrincipal, user_id: UserIdPath) -> SyncStatusOut:
+    return messages.sync_status(principal, user_id)
 
 
 @router.patch(
-    "/messages/<message_id>",
+    "/messages/<id>",
     tags=["Messages"],
     summary="Mark read/unread and/or move; applied to the mail server within seconds",
     responses=responses(
         {200: {"description": "OK"}, 409: error_doc("`conflict`: the message is no longer on the server")}
     ),
 )
-def patch_message(message_id: MessageIdPath, body: Annotated[MessagePatchIn, Body()]) -> MessageOut:
-    return messages.patch_message(principal(router.current_event), message_id, body)
+def patch_message(
+    principal: CurrentPrincipal, id: MessageIdPath, body: Annotated[MessagePatchIn, Body()]
+) -> MessageOut:
+    return messages.patch_message(principal, id, body)
 
 
 @router.delete(
-    "/messages/<message_id>",
+    "/messages/<id>",
     tags=["Messages"],
     summary="Move to the mapped trash folder",
     responses=responses({202: {"description": "Pending"}, 409: error_doc("`conflict`: no trash mapped")}),
 )
-def delete_message(message_id: MessageIdPath) -> Response[MessageOut]:
-    out = messages.delete_message(principal(router.current_event), message_id)
+def delete_message(principal: CurrentPrincipal, id: MessageIdPath) -> Response[MessageOut]:
+    out = messages.delete_message(principal, id)
     return Response(status_code=202, content_type="application/json", body=out)
 
 
@@ -129,6 +134,7 @@ def delete_message(message_id: MessageIdPath) -> Response[MessageOut]:
     ),
 )
 def send_message(
+    principal: CurrentPrincipal,
     user_id: UserIdPath,
     body: Annotated[MessageSendIn, Body()],
     idempotency_key: Annotated[
@@ -142,7 +148,7 @@ def send_message(
     ] = None,
 ) -> Response[MessageOut]:
     out = messages.send_message(
-        principal(router.current_event),
+        principal,
         user_id,
         body,
         idempotency_key=idempotency_key,

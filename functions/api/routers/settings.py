@@ -10,7 +10,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Body
 
 from mailsync.schemas import ConnectionTestOut, MailSettingsIn, MailSettingsOut, MailSettingsTestIn
 from mailsync.services import accounts
-from routers.common import UserIdPath, error_doc, principal, responses
+from routers.common import CurrentPrincipal, UserIdPath, error_doc, responses
 
 router = Router()
 
@@ -21,8 +21,8 @@ router = Router()
     summary="Read mail settings (no password)",
     responses=responses(),
 )
-def get_mail_settings(user_id: UserIdPath) -> MailSettingsOut:
-    return accounts.get_settings_for(principal(router.current_event), user_id)
+def get_mail_settings(principal: CurrentPrincipal, user_id: UserIdPath) -> MailSettingsOut:
+    return accounts.get_settings_for(principal, user_id)
 
 
 @router.put(
@@ -40,8 +40,10 @@ def get_mail_settings(user_id: UserIdPath) -> MailSettingsOut:
         }
     ),
 )
-def put_mail_settings(user_id: UserIdPath, body: Annotated[MailSettingsIn, Body()]) -> Response[MailSettingsOut]:
-    out, created = accounts.put_settings(principal(router.current_event), user_id, body)
+def put_mail_settings(
+    principal: CurrentPrincipal, user_id: UserIdPath, body: Annotated[MailSettingsIn, Body()]
+) -> Response[MailSettingsOut]:
+    out, created = accounts.put_settings(principal, user_id, body)
     return Response(status_code=201 if created else 200, content_type="application/json", body=out)
 
 
@@ -51,8 +53,9 @@ def put_mail_settings(user_id: UserIdPath, body: Annotated[MailSettingsIn, Body(
     summary="Stop syncing, destroy credentials",
     responses=responses({204: {"description": "Deleted"}}),
 )
-def delete_mail_settings(user_id: UserIdPath):  # untyped: Response[None] would serialise "null"
-    accounts.delete_settings(principal(router.current_event), user_id)
+def delete_mail_settings(principal: CurrentPrincipal, user_id: UserIdPath):
+    # The return type stays unannotated: Response[None] would serialise "null".
+    accounts.delete_settings(principal, user_id)
     return Response(status_code=204, content_type="application/json", body="")
 
 
@@ -63,7 +66,9 @@ def delete_mail_settings(user_id: UserIdPath):  # untyped: Response[None] would 
     responses=responses(mailbox=True),
 )
 def test_mail_settings(
-    user_id: UserIdPath, body: Annotated[MailSettingsTestIn | None, Body()] = None
+    principal: CurrentPrincipal,
+    user_id: UserIdPath,
+    body: Annotated[MailSettingsTestIn | None, Body()] = None,
 ) -> ConnectionTestOut:
-    check = accounts.test_connection(principal(router.current_event), user_id, body)
+    check = accounts.test_connection(principal, user_id, body)
     return ConnectionTestOut(protocol=check.protocol, capabilities=check.capabilities)

@@ -1,0 +1,1 @@
+"""Tests of the local-stack tooling itself (run by `make test` and `make tooling`)."""
