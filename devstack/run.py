@@ -96,7 +96,11 @@ class _ApiRequestHandler(BaseHTTPRequestHandler):
             source_ip=self.client_address[0],
         )
         event["isBase64Encoded"] = encoded
-        result = self.server.stack.api_handler(event, LambdaContext(function_name="ApiFunction", timeout_seconds=29))
+        # Lambda runs one request per instance; Powertools keeps the current event in globals, so
+        # the threaded local server runs the handler one request at a time too.
+        context = LambdaContext(function_name="ApiFunction", timeout_seconds=29)
+        with self.server.stack.api_lock:
+            result = self.server.stack.api_handler(event, context)
         body = result.get("body") or ""
         payload = base64.b64decode(body) if result.get("isBase64Encoded") else body.encode("utf-8")
         headers = {k.lower(): v for k, v in (result.get("headers") or {}).items()}
@@ -191,6 +195,7 @@ class LocalStack:
         get_settings.cache_clear()
         reset_clients()
         self.api_handler = load_handler("api")
+        self.api_lock = threading.Lock()
         self.scheduler_handler = load_handler("scheduler")
         self.worker_handler = load_handler("sync_worker")
 
