@@ -130,6 +130,8 @@ def dossier_addresses(message: Any) -> list[str]:
 class Location:
     """Where a synced message lives on the server now, with the flags last agreed."""
 
+    tenant_id: str
+    user_id: str
     server_folder: str
     uidvalidity: int
     uid: int

@@ -221,8 +221,10 @@ def op_from(item: OpModel) -> Op:
     )
 
 
-def location_from(server_folder: str, item: LocationModel) -> Location:
+def location_from(tenant_id: str, user_id: str, server_folder: str, item: LocationModel) -> Location:
     return Location(
+        tenant_id=tenant_id,
+        user_id=user_id,
         server_folder=server_folder,
         uidvalidity=int(item.uidvalidity),
         uid=int(item.uid),
@@ -318,6 +320,40 @@ def release_lease(state: SyncStateModel, owner: str, fields: dict[str, Any] | No
     except UpdateError as exc:
         if not conditional_failure(exc):
             raise
+
+
+def location_record(location: Location) -> LocationModel:
+    """The one factory of a location item."""
+    return location_item(
+        location.tenant_id,
+        location.user_id,
+        location.server_folder,
+        location.uidvalidity,
+        location.uid,
+        id=location.id,
+        uidvalidity=location.uidvalidity,
+        uid=location.uid,
+        flags=list(location.flags),
+        internal_date=location.internal_date,
+        match_key=location.match_key,
+    )
+
+
+def window_record(location: Location) -> WindowModel:
+    """The one factory of a window item (the location by INTERNALDATE)."""
+    place = (location.tenant_id, location.user_id, location.server_folder)
+    return window_item(
+        *place,
+        location.internal_date,
+        location.uidvalidity,
+        location.uid,
+        id=location.id,
+        loc_sk=keys.location_sk(location.uidvalidity, location.uid),
+    )
+
+
+def op_key(op: Any) -> OpModel:
+    return OpModel(keys.ops_pk(op.tenant_id, op.user_id), keys.op_sk(int(op.seq)))
 
 
 # --- writing ----------------------------------------------------------------------------------------

@@ -19,18 +19,20 @@ from mailsync.dal._items import (
     conditional_failure,
     contact_item,
     location_from,
+    location_record,
     match_key_item,
     message_fields,
     message_from,
     message_item,
     message_key,
     op_from,
+    op_key,
     release_lease,
     set_actions,
     state_key,
     sync_state_from,
     transaction,
-    window_item,
+    window_record,
     write_message_indexes,
     write_new_messages,
 )
@@ -40,12 +42,14 @@ from mailsync.dal._models import (
     ContactIndexModel,
     HostSlotModel,
     LocationModel,
+    MatchKeyModel,
     MessageModel,
     OpModel,
     SyncStateModel,
     TenantSettingsModel,
     ThreadMemberModel,
     ThreadModel,
+    WindowModel,
     utcnow,
 )
 from mailsync.domain import Account, Change, Location, Message, Op, SyncState, TenantSettings, ThreadMark
@@ -492,48 +496,106 @@ def contact_messages(
     return [item.id for item in items], keys.encode_cursor(last_key)
 
 
-# --- sync core: locations (designed for the converted engine) ----------------------------------------
+# --- sync core (designed for the converted engine and pusher; not used yet) -------------------------
 
 
 def folder_locations(tenant_id: str, user_id: str, server_folder: str) -> Iterator[Location]:
     """(sync core) Every synced copy in a server folder."""
     for item in LocationModel.query(keys.location_pk(tenant_id, user_id, server_folder)):
-        yield location_from(server_folder, item)
+        yield location_from(tenant_id, user_id, server_folder, item)
 
 
-def store_new_messages(
-    tenant_id: str,
-    user_id: str,
-    rows: list[tuple[Message, Location]],
-    between: Callable[[], None] | None = None,
-) -> None:
+def find_locations(
+    tenant_id: str, user_id: str, server_folder: str, wanted: Iterable[tuple[int, int]]
+) -> dict[tuple[int, int], Location]:
+    """(sync core) Locations for (uidvalidity, uid) pairs; missing ones are absent."""
+    pk = keys.location_pk(tenant_id, user_id, server_folder)
+    item_keys = [(pk, keys.location_sk(v, u)) for v, u in set(wanted)]
+    found = LocationModel.batch_get(item_keys) if item_keys else []
+    return {
+        (int(item.uidvalidity), int(item.uid)): location_from(tenant_id, user_id, server_folder, item) for item in found
+    }
+
+
+def aged_out_locations(tenant_id: str, user_id: str, server_folder: str, cutoff: datetime) -> list[tuple[int, int]]:
+    """(sync core) (uidvalidity, uid) of the synced copies with an INTERNALDATE before ``cutoff``."""
+    window = WindowModel.query(keys.window_pk(tenant_id, user_id, server_folder), WindowModel.sk < keys.iso(cutoff))
+    return [tuple(int(part) for part in item.loc_sk.split("#")) for item in window]  # type: ignore[misc]
+
+
+def ids_for_match_key(tenant_id: str, user_id: str, key: str) -> list[str]:
+    """(sync core) Mailsync ids of the messages with this match key (Message-ID or content hash)."""
+    return [item.id for item in MatchKeyModel.query(keys.match_pk(tenant_id, user_id, key))]
+
+
+def store_new_messages(rows: list[tuple[Message, Location]], between: Callable[[], None] | None = None) -> None:
     """(sync core) Store new messages with their locations; locations go last (a location marks a
     server copy as done, so a crash in between is redone under the same deterministic id)."""
-    items = []
-    for message, location in rows:
-        loc = _location_item(tenant_id, user_id, location)
-        window = window_item(
-            tenant_id,
-            user_id,
-            location.server_folder,
-            location.internal_date,
-            location.uidvalidity,
-            location.uid,
-            id=location.id,
-            loc_sk=loc.sk,
-        )
-        items.append((message_item(message), loc, window))
+    items = [(message_item(m), location_record(loc), window_record(loc)) for m, loc in rows]
     write_new_messages(items, between)
 
 
-def _location_item(tenant_id: str, user_id: str, location: Location) -> LocationModel:
-    return LocationModel(
-        keys.location_pk(tenant_id, user_id, location.server_folder),
-        keys.location_sk(location.uidvalidity, location.uid),
-        id=location.id,
-        uidvalidity=location.uidvalidity,
-        uid=location.uid,
-        flags=list(location.flags),
-        internal_date=location.internal_date,
-        match_key=location.match_key,
-    )
+def relink(message: Message, to: Location, shown: Mapping[str, Any], old: Location | None) -> None:
+    """(sync core) Point a message at its new server copy, atomically (a move must never look
+    like a removal); ``shown``: ``Message`` attributes to write along."""
+    fields = message_fields(message.tenant_id, message.user_id, dict(shown))
+    with transaction() as tx:
+        tx.save(location_record(to))
+        tx.save(window_record(to))
+        tx.update(message_key(message), actions=set_actions(MessageModel, fields))
+        if old is not None:
+            tx.delete(location_record(old))
+            tx.delete(window_record(old))
+
+
+def detach(message: Message, location: Location, reason: str) -> None:
+    """(sync core) Stop syncing a message but keep it, atomically with removing its location."""
+    fields = {"state": "detached", "detach_reason": reason, "detached_at": utcnow(), "updated_at": utcnow()}
+    with transaction() as tx:
+        tx.update(message_key(message), actions=set_actions(MessageModel, fields))
+        tx.delete(location_record(location))
+        tx.delete(window_record(location))
+
+
+def drop(location: Location) -> None:
+    """(sync core) Forget a server copy whose message is gone or elsewhere."""
+    with transaction() as tx:
+        tx.delete(location_record(location))
+        tx.delete(window_record(location))
+
+
+def set_flags(
+    message: Message, location: Location, flags: list[str], seen: bool, agreed: list[str] | None = None
+) -> None:
+    """(sync core) Flags shown on the message, and those last agreed with the server on its
+    location (they differ only while a CRM change waits)."""
+    with transaction() as tx:
+        tx.update(
+            message_key(message),
+            actions=[MessageModel.flags.set(flags), MessageModel.seen.set(seen), MessageModel.updated_at.set(utcnow())],
+        )
+        tx.update(location_record(location), actions=[LocationModel.flags.set(flags if agreed is None else agreed)])
+
+
+def finish_op(op: Op, message: Message | None, shown: Mapping[str, Any] | None = None) -> None:
+    """(sync core) The op reached the server (or was dropped): remove it and update the message
+    (``shown``: ``Message`` attributes) in one go."""
+    with transaction() as tx:
+        tx.delete(op_key(op), condition=OpModel.pk.exists())
+        tx.update(state_key(op.tenant_id, op.user_id), actions=[SyncStateModel.ops_pending.add(-1)])
+        if message is not None:
+            fields = message_fields(message.tenant_id, message.user_id, dict(shown or {}))
+            actions = [*set_actions(MessageModel, fields), MessageModel.pending_ops.add(-1)]
+            tx.update(message_key(message), actions=actions, condition=MessageModel.pk.exists())
+
+
+def count_attempt(op: Op) -> int:
+    """(sync core) One more transient failure of ``op``; the new count (0 if the op is gone)."""
+    item = op_key(op)
+    try:
+        item.update(actions=[OpModel.attempts.add(1)], condition=OpModel.pk.exists())
+    except UpdateError as exc:
+        if conditional_failure(exc):
+            return 0
+        raise
+    return int(item.attempts or 0)

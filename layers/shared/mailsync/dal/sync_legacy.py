@@ -31,7 +31,6 @@ from mailsync.dal._keys import account_pk, folder_gsi_pk, iso, message_pk
 from mailsync.dal._models import (
     AccountModel,
     LocationModel,
-    MatchKeyModel,
     MessageModel,
     OpModel,
     SyncStateModel,
@@ -60,7 +59,6 @@ __all__ = [
     "folder_gsi_pk",
     "get_locations",
     "get_message",
-    "ids_for_match_key",
     "iso",
     "location_item",
     "locations",
@@ -123,10 +121,6 @@ def get_locations(
 
 def aged_out(tenant_id: str, user_id: str, server_folder: str, cutoff: datetime) -> Iterator[WindowModel]:
     yield from WindowModel.query(keys.window_pk(tenant_id, user_id, server_folder), WindowModel.sk < iso(cutoff))
-
-
-def ids_for_match_key(tenant_id: str, user_id: str, key: str) -> list[str]:
-    return [item.id for item in MatchKeyModel.query(keys.match_pk(tenant_id, user_id, key))]
 
 
 def relink_message(
