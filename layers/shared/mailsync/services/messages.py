@@ -305,7 +305,7 @@ def delete_message(principal: Principal, message_id: str) -> MessageOut:
     return patch_message(principal, message_id, MessagePatchIn(folder="trash"))
 
 
-def _with_message_id(raw: bytes, sender_domain: str | None) -> tuple[bytes, str]:
+def _with_internet_message_id(raw: bytes, sender_domain: str | None) -> tuple[bytes, str]:
     parsed = mime.parse_message(raw)
     if parsed.message_id:
         return raw, parsed.message_id
@@ -378,6 +378,7 @@ def send_message(
     if idempotency_key:
         key, keyed_by = idempotency_key, "header"
     elif first.message_id:
+        # "message_id" names the RFC 5322 Message-ID here: a stored idempotency record's key, kept as is.
         key, keyed_by = first.message_id, "message_id"
     else:
         # No key and no Message-ID: a retry is recognised by its bytes (each store would
@@ -425,7 +426,7 @@ def _store_outgoing(
     first: mime.ParsedMessage,
 ) -> MessageOut:
     sender_domain = first.from_[0].email.rpartition("@")[2] if first.from_ else None
-    raw, internet_message_id = _with_message_id(raw, sender_domain or None)
+    raw, internet_message_id = _with_internet_message_id(raw, sender_domain or None)
     parsed = mime.parse_message(raw)
     s3_key, sha = blobstore.put_raw(target.tenant_id, target.user_id, raw)
     metadata = {k: tuple(v) if isinstance(v, list) else v for k, v in metadata_fields(parsed, sha).items()}
