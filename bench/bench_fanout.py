@@ -32,35 +32,36 @@ TENANTS = 50
 
 def populate(due: int) -> dict[str, int]:
     from mailsync import dal
+    from mailsync.domain import Account
     from mailsync.services import scheduling
 
-    dal.bind_tables()
     not_due_failed = due // 100
     backing_off = due // 50
     later = int(time.time()) + 3600
     per_shard: Counter[int] = Counter()
-    with dal.AccountModel.batch_write() as batch:
-        for i in range(due + not_due_failed + backing_off):
-            tenant, user = f"tenant-{i % TENANTS:03d}", f"user-{i:06d}"
-            status = "auth_failed" if i >= due + backing_off else "ok"
-            fields = scheduling.due_fields(tenant, user, True, status)
-            if due <= i < due + backing_off:
-                fields["next_sync_at"] = later
-            if i < due:
-                per_shard[fields["due_shard"]] += 1
-            batch.save(
-                dal.AccountModel(
-                    tenant,
-                    user,
-                    host="imap.example.com",
-                    port=993,
-                    username=f"{user}@example.com",
-                    security="ssl",
-                    status=status,
-                    folder_map={"inbox": "INBOX"},
-                    **fields,
-                )
+    accounts = []
+    for i in range(due + not_due_failed + backing_off):
+        tenant, user = f"tenant-{i % TENANTS:03d}", f"user-{i:06d}"
+        status = "auth_failed" if i >= due + backing_off else "ok"
+        fields = scheduling.due_fields(tenant, user, True, status)
+        if due <= i < due + backing_off:
+            fields["next_sync_at"] = later
+        if i < due:
+            per_shard[fields["due_shard"]] += 1
+        accounts.append(
+            Account(
+                tenant_id=tenant,
+                user_id=user,
+                host="imap.example.com",
+                port=993,
+                username=f"{user}@example.com",
+                security="ssl",
+                status=status,
+                folder_map={"inbox": "INBOX"},
+                **fields,
             )
+        )
+    dal.put_accounts(accounts)
     return {
         "due": due,
         "auth_failed": not_due_failed,

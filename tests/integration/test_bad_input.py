@@ -203,7 +203,7 @@ def test_malformed_corpus_syncs_completely_and_exactly(api, local_mail_env, mail
             assert attachment["size"] >= 0
 
     by_subject = {m["subject"]: m for m in listed}
-    assert by_subject["no message id"]["message_id"] is None
+    assert by_subject["no message id"]["internet_message_id"] is None
     assert by_subject["deep nesting"]["snippet"] == "innermost text"
     assert by_subject["ten thousand header lines"]["snippet"] == "after the header block"
     assert by_subject["two megabytes on one line"]["size"] > 2 * 1024 * 1024

@@ -156,7 +156,7 @@ def test_visibility_matrix(alice: Account, bob: Account, api, aws) -> None:
     assert api("GET", "/v1/users/alice/sync-status", caller=ADMIN).body["folders"][0]["messages"] is None
     assert api("GET", "/v1/users/me/sync-status", caller=ALICE).body["folders"][0]["messages"] == 2
 
-    received = {e["message_id"]: e for e in events.of_type("message.received")}
+    received = {e["id"]: e for e in events.of_type("message.received")}
     assert received[secret["id"]]["confidential"] is True
     assert received[public["id"]]["confidential"] is False
     assert "candidate.jansen@example.com" in received[secret["id"]]["participants"]

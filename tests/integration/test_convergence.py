@@ -110,9 +110,9 @@ class Convergence:
 
     def check_ids(self) -> None:
         for m in self.account.messages():
-            if m["message_id"] is None:
+            if m["internet_message_id"] is None:
                 continue
-            first = self.ids.setdefault(m["message_id"], m["id"])
+            first = self.ids.setdefault(m["internet_message_id"], m["id"])
             if first != m["id"] and m["state"] == "synced":
                 # A second live copy would be a duplicate; a changed id breaks the CRM's links.
                 self.fail(f"{m['subject']} has id {m['id']}, first seen as {first}")
@@ -142,11 +142,11 @@ class Convergence:
     def verify(self) -> None:
         server = self.server_view()
         crm_messages = self.crm_messages()
-        counts = Counter(m["message_id"] for m in crm_messages)
+        counts = Counter(m["internet_message_id"] for m in crm_messages)
         duplicates = [k for k, n in counts.items() if n > 1]
         if duplicates:
             self.fail(f"duplicates in the CRM: {duplicates}")
-        crm = {m["message_id"]: (MAPPED[m["folder"]], m["seen"]) for m in crm_messages}
+        crm = {m["internet_message_id"]: (MAPPED[m["folder"]], m["seen"]) for m in crm_messages}
         if set(crm) != set(server):
             only_server, only_crm = sorted(set(server) - set(crm)), sorted(set(crm) - set(server))
             self.fail(f"only on the server: {only_server}; only in the CRM: {only_crm}")

@@ -161,7 +161,9 @@ class MbsyncConvergence:
         return [m for m in self.account.messages() if m["state"] == "synced"]
 
     def crm_copies(self, messages: list[dict]) -> list[Copy]:
-        return [Copy(identity_of(m["message_id"], m["subject"]), MAPPED[m["folder"]], m["seen"]) for m in messages]
+        return [
+            Copy(identity_of(m["internet_message_id"], m["subject"]), MAPPED[m["folder"]], m["seen"]) for m in messages
+        ]
 
     def server_copies(self) -> list[Copy]:
         copies = []
@@ -299,7 +301,7 @@ class MbsyncConvergence:
     def check_identities(self) -> None:
         live: dict[str, set[str]] = defaultdict(set)
         for m in self.crm_live():
-            live[identity_of(m["message_id"], m["subject"])].add(m["id"])
+            live[identity_of(m["internet_message_id"], m["subject"])].add(m["id"])
         server: dict[str, list[Copy]] | None = None
         for identity, ids in live.items():
             known = self.known_ids[identity]

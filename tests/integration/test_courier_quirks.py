@@ -59,8 +59,8 @@ def stored_uidvalidity(account: Account, folder: str) -> int:
     from mailsync import dal
 
     state = dal.get_sync_state(account.tenant, account.caller.user)
-    assert state is not None and state.folders is not None
-    return int(state.folders.as_dict()[folder]["uidvalidity"])
+    assert state is not None
+    return int(state.folders[folder]["uidvalidity"])
 
 
 def connect(api: ApiCall, courier: CourierServer, user: MailUser) -> Account:

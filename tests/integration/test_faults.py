@@ -98,7 +98,7 @@ def assert_converged(account: Account, aws: dict[str, str], expected: int) -> No
     server = server_messages(account)
     crm = account.messages()
     assert len(server) == expected, Counter(m["subject"] for m in server)
-    for key in ("subject", "message_id"):
+    for key in ("subject", "internet_message_id"):
         duplicates = {v: n for v, n in Counter(m[key] for m in crm).items() if n > 1}
         assert not duplicates, f"duplicated in the CRM ({key}): {duplicates}"
     assert [m for m in crm if m["state"] != "synced"] == []
@@ -107,7 +107,7 @@ def assert_converged(account: Account, aws: dict[str, str], expected: int) -> No
     for m in crm:
         copy = on_server.pop((m["server_folder"], m["uid"]), None)
         assert copy is not None, f"{m['subject']} points at no server copy"
-        assert (copy["subject"], copy["message_id"]) == (m["subject"], m["message_id"])
+        assert (copy["subject"], copy["message_id"]) == (m["subject"], m["internet_message_id"])
     assert on_server == {}, f"not in the CRM: {sorted(c['subject'] for c in on_server.values())}"
     assert raw_objects(aws) == expected, "one raw object per message"
 
@@ -168,7 +168,7 @@ def test_cut_mid_append_then_rerun_leaves_one_copy(account: Account, proxy: TcpP
     body = {"raw": base64.b64encode(raw).decode()}
     created = account.api("POST", "/v1/users/me/messages", body, caller=account.caller)
     assert created.status == 201, created.body
-    message_id = created.body["message_id"]
+    message_id = created.body["internet_message_id"]
     if where == "mid_literal":
         # Every attempt dies halfway through the APPEND literal: the server never gets it.
         proxy.arm(Cut.after_client_bytes(len(raw) // 2, times=None))
@@ -458,10 +458,10 @@ def test_dynamodb_throttled_after_the_append_then_rerun_leaves_one_copy(account:
     outcome = account.sync(reason="push")
     assert (outcome.status, outcome.error) == ("failed", "internal_error")
     assert fault.injected >= 4, "PynamoDB's client retried the throttled transaction"
-    assert sent_copies(account, created.body["message_id"]) == 1
+    assert sent_copies(account, created.body["internet_message_id"]) == 1
     aws_faults.clear()
     assert account.sync(reason="push").status == "synced"
     account.sync()
-    assert sent_copies(account, created.body["message_id"]) == 1
+    assert sent_copies(account, created.body["internet_message_id"]) == 1
     assert_converged(account, aws, 1)
     assert account.by_subject()["sent from the crm"]["id"] == created.body["id"]

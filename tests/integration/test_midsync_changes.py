@@ -94,7 +94,7 @@ def test_a_move_between_the_snapshot_and_the_scan_keeps_the_id(account: Account,
     assert (moved["id"], moved["folder"], moved["state"]) == (original["id"], "archive", "synced")
     assert moved["server_folder"] == "Archive"
     # Never shown as removed on the way.
-    assert [e for e in events.of_type("message.detached") if e["message_id"] == original["id"]] == []
+    assert [e for e in events.of_type("message.detached") if e["id"] == original["id"]] == []
     assert account.sync().status == "synced"
     assert account.synced()["moving"]["id"] == original["id"]
 

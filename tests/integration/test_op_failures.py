@@ -126,7 +126,7 @@ def test_a_refused_append_fails_that_op_only_and_the_pull_goes_on(account: Accou
     assert failed["sync_state"] == "failed"
     assert subjects_in(account, "Sent") == []
     [event] = events.of_type("message.sync_failed")
-    assert (event["message_id"], event["op"], event["code"]) == (sent["id"], "append", "server_refused")
+    assert (event["id"], event["op"], event["code"]) == (sent["id"], "append", "server_refused")
     assert "Quota exceeded" in event["error"]
     status = account.api("GET", "/v1/users/me/mail-settings", caller=account.caller).body["status"]
     assert status == "ok"
@@ -174,7 +174,7 @@ def test_a_mapped_folder_deleted_on_the_server_fails_the_ops_not_the_account(acc
     seen = messages["filed"]
     assert (seen["seen"], seen["sync_state"]) == (False, "failed"), "back to the server's flags"
     assert "\\Seen" not in seen["flags"]
-    failures = {e["message_id"]: (e["op"], e["code"]) for e in events.of_type("message.sync_failed")}
+    failures = {e["id"]: (e["op"], e["code"]) for e in events.of_type("message.sync_failed")}
     assert failures == {to_file["id"]: ("move", "folder_missing"), filed["id"]: ("seen", "folder_missing")}
     assert sync_state(account)["ops_pending"] == 0
     assert account.api("GET", "/v1/users/me/mail-settings", caller=account.caller).body["status"] == "ok"

@@ -48,9 +48,13 @@ def stored(account: Account) -> dict[str, dict[str, Any]]:
 
     out = {}
     for m in account.messages():
-        item = dal.get_message(m["id"])
+        item = dal.find_message(m["id"])
         assert item is not None
-        out[m["message_id"]] = {**m, "truncated": bool(item.metadata_truncated), "too_large": bool(item.too_large)}
+        out[m["internet_message_id"]] = {
+            **m,
+            "truncated": bool(item.metadata_truncated),
+            "too_large": bool(item.too_large),
+        }
     return out
 
 

@@ -197,7 +197,7 @@ def test_a_retried_post_without_message_id_or_key_stores_once(api: ApiCall, alic
     assert (first.status, again.status) == (201, 201), again.raw
     assert again.body == first.body
     assert [m["id"] for m in alice.messages()] == [first.body["id"]]
-    assert len(dal.pending_ops("acme", "alice")) == 1
+    assert len(dal.ops_waiting("acme", "alice")) == 1
     # Another folder is another request.
     archived = api("POST", "/v1/users/me/messages", body | {"folder": "archive"}, caller=ALICE)
     assert archived.status == 201 and archived.body["id"] != first.body["id"]

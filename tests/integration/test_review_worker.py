@@ -167,12 +167,12 @@ def test_a_message_with_twenty_thousand_keywords_is_stored_and_the_account_goes_
     assert (status["state"], status["last_error"]) == ("idle", None)
     by_subject = {m["subject"]: m for m in synced.messages()}
     assert set(by_subject) == {"before", "keywords", "after"}
-    item = dal.get_message(by_subject["keywords"]["id"])
+    item = dal.find_message(by_subject["keywords"]["id"])
     assert item.seen is True and "\\Seen" in item.flags
     assert 1 < len(item.flags) <= 100
     # The next sync reads the same capped flags: nothing to update, nothing failing.
     assert synced.sync(reason="user").status == "synced"
-    assert dal.get_message(by_subject["keywords"]["id"]).flags == item.flags
+    assert dal.find_message(by_subject["keywords"]["id"]).flags == item.flags
 
 
 # -- a busy server is not retried within the job ----------------------------------------------

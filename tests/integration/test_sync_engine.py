@@ -44,7 +44,7 @@ def test_first_sync_imports_the_window_only(account: Account, aws) -> None:
     assert synced["recent"]["uidvalidity"] >= 1
 
     received = events.of_type("message.received")
-    assert {e["message_id"] for e in received} == {m["id"] for m in synced.values()}
+    assert {e["id"] for e in received} == {m["id"] for m in synced.values()}
     assert all("alice@example.com" in e["participants"] for e in received)
 
     status = account.api("GET", "/v1/users/me/sync-status", caller=account.caller).body
@@ -81,7 +81,7 @@ def test_new_arrivals_and_server_flag_changes(account: Account, aws) -> None:
     assert synced["first"]["seen"] is True
     assert "\\Flagged" in synced["first"]["flags"]
     updated = events.of_type("message.updated")
-    assert [e["message_id"] for e in updated] == [synced["first"]["id"]]
+    assert [e["id"] for e in updated] == [synced["first"]["id"]]
 
     with account.user.client() as imap:
         imap.remove_flags("INBOX", uid, ["\\Seen"])
@@ -116,7 +116,7 @@ def test_move_to_unmapped_folder_and_expunge_detach_with_reason(account: Account
     messages = account.by_subject()
     assert (messages["to junk"]["state"], messages["to junk"]["detach_reason"]) == ("detached", "moved_unmapped")
     assert (messages["to delete"]["state"], messages["to delete"]["detach_reason"]) == ("detached", "removed")
-    detached = {e["message_id"]: e["detach_reason"] for e in events.of_type("message.detached")}
+    detached = {e["id"]: e["detach_reason"] for e in events.of_type("message.detached")}
     assert detached == {messages["to junk"]["id"]: "moved_unmapped", messages["to delete"]["id"]: "removed"}
     # The CRM keeps its archived copy, raw included.
     assert account.api("GET", f"/v1/messages/{messages['to delete']['id']}/raw", caller=account.caller).status == 200
@@ -157,7 +157,7 @@ def test_message_without_message_id_moves_by_content(account: Account) -> None:
         uid = imap.append("INBOX", message("anonymous", days=1, message_id=None), internal_date=days_ago(1))
     account.sync()
     first = account.synced()["anonymous"]
-    assert first["message_id"] is None
+    assert first["internet_message_id"] is None
     with account.user.client() as imap:
         imap.move("INBOX", uid, "Archive")
     account.sync()

@@ -183,9 +183,9 @@ def test_two_workers_racing_for_one_account(account: Account) -> None:
 def test_lease_held_by_another_worker(account: Account) -> None:
     from mailsync import dal
 
-    assert dal.acquire_lease("acme", "alice", "someone-else", 600) is not None
+    assert dal.take_lease("acme", "alice", "someone-else", 600) is not None
     assert account.sync().status == "busy"
-    dal.release_lease(dal.get_sync_state("acme", "alice"), "someone-else")
+    dal.give_back_lease("acme", "alice", "someone-else")
     assert account.sync().status == "synced"
 
 

@@ -101,7 +101,7 @@ def account_item(aws: dict[str, str], user: str) -> dict[str, Any]:
 def pending_op_count(user: str) -> int:
     from mailsync import dal
 
-    return len(dal.pending_ops("acme", user))
+    return len(dal.ops_waiting("acme", user))
 
 
 # --- 1. credentials stay with their server ------------------------------------------------------
@@ -344,9 +344,11 @@ def test_no_count_shown_to_a_non_owner_includes_confidential_mail(api: ApiCall, 
     assert alice.sync().status == "synced"
     state = dal.get_sync_state("acme", "alice")
     assert state is not None
-    folders = state.folders.as_dict()
-    folders["INBOX"]["first_sync"] = {"total": 2, "done": 1}  # as while a first sync runs
-    state.update(actions=[dal.SyncStateModel.folders.set(folders)])
+    # As while a first sync runs:
+    folders = {**state.folders, "INBOX": {**state.folders["INBOX"], "first_sync": {"total": 2, "done": 1}}}
+    assert dal.take_lease("acme", "alice", "test-worker", 60) is not None
+    dal.save_checkpoint("acme", "alice", "test-worker", folders=folders)
+    dal.give_back_lease("acme", "alice", "test-worker")
 
     own = {f["server_folder"]: f for f in api("GET", "/v1/users/me/sync-status", caller=ALICE).body["folders"]}
     assert (own["INBOX"]["server_messages"], own["INBOX"]["first_sync"]) == (2, {"total": 2, "done": 1})
@@ -358,12 +360,12 @@ def test_no_count_shown_to_a_non_owner_includes_confidential_mail(api: ApiCall, 
 def test_syncing_is_shown_only_while_a_live_lease_exists(api: ApiCall, alice: Account) -> None:
     from mailsync import dal
 
-    assert dal.acquire_lease("acme", "alice", "live-worker", 300, {"state": "syncing"}) is not None
+    assert dal.take_lease("acme", "alice", "live-worker", 300, state="syncing") is not None
     assert api("GET", "/v1/users/me/sync-status", caller=ALICE).body["state"] == "syncing"
-    dal.release_lease(dal.get_sync_state("acme", "alice"), "live-worker", {"state": "idle"})
+    dal.give_back_lease("acme", "alice", "live-worker", state="idle")
 
     # A worker that died: its lease ran out with the state still "syncing".
-    assert dal.acquire_lease("acme", "alice", "dead-worker", -1, {"state": "syncing"}) is not None
+    assert dal.take_lease("acme", "alice", "dead-worker", -1, state="syncing") is not None
     status = api("GET", "/v1/users/me/sync-status", caller=ALICE).body
     assert status["state"] == "failed"
     assert status["last_error"].startswith("The last sync stopped unexpectedly")
@@ -400,7 +402,9 @@ def test_idempotency_key_header_and_scoping(api: ApiCall, alice: Account, doveco
     first = call("POST", "/v1/users/me/messages", {"raw": b64(raw)}, headers=key)
     again = call("POST", "/v1/users/me/messages", {"raw": b64(raw)}, headers=key)
     assert (first.status, again.status) == (201, 201)
-    assert again.body["id"] == first.body["id"] and again.body["message_id"] == first.body["message_id"]
+    assert (
+        again.body["id"] == first.body["id"] and again.body["internet_message_id"] == first.body["internet_message_id"]
+    )
     # Another user with the same key (and another with the same Message-ID) is another message.
     bobs = call("POST", "/v1/users/me/messages", {"raw": b64(raw)}, headers=key, claims=BOB.claims)
     assert bobs.status == 201 and bobs.body["id"] != first.body["id"]

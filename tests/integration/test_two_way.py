@@ -51,7 +51,7 @@ def test_mark_read_and_unread_keeps_other_flags(account: Account, aws) -> None:
     after = account.synced()["read me"]
     assert (after["seen"], after["sync_state"]) == (True, "synced")
     [event] = events.of_type("message.updated")
-    assert (event["message_id"], event["origin"], event["changes"]["seen"]) == (msg["id"], "crm", True)
+    assert (event["id"], event["origin"], event["changes"]["seen"]) == (msg["id"], "crm", True)
 
     patch(account, msg["id"], seen=False)
     account.sync(reason="push")
@@ -111,7 +111,7 @@ def test_send_appends_to_sent_with_seen_and_date(account: Account) -> None:
     assert response.status == 201, response.body
     created = response.body
     assert (created["folder"], created["sync_state"], created["seen"]) == ("sent", "pending", True)
-    assert created["message_id"], "a Message-ID was added"
+    assert created["internet_message_id"], "a Message-ID was added"
     account.sync(reason="push")
     assert server_subjects(account, "Sent") == ["Offer for you"]
     assert "\\Seen" in server_flags(account, "Sent", "Offer for you")

@@ -6,11 +6,11 @@ import unicodedata
 
 import pytest
 
+from mailsync.domain import ThreadMark
 from mailsync.privacy import (
     DEFAULT_KEYWORDS,
     MessageFacts,
     TenantRules,
-    ThreadState,
     involves_confidential_contact,
     is_outgoing,
     reasons,
@@ -41,7 +41,7 @@ def why(
     message: MessageFacts,
     rules: TenantRules | None = None,
     *,
-    thread: ThreadState | None = None,
+    thread: ThreadMark | None = None,
     incoming_default: bool = False,
     outgoing_default: bool = False,
 ) -> list[str]:
@@ -243,13 +243,13 @@ def test_contact_rule_in_reasons() -> None:
 
 
 def test_auto_confidential_thread_makes_a_reply_confidential() -> None:
-    thread = ThreadState(confidential=True, by_owner=False)
+    thread = ThreadMark(confidential=True, by_owner=False)
     assert why(facts("Re: hello"), thread=thread) == [THREAD]
     assert why(facts("Re: hello", outgoing=True), thread=thread) == [THREAD]
 
 
 def test_non_confidential_or_missing_thread_adds_nothing() -> None:
-    assert why(facts("Re: hello"), thread=ThreadState(confidential=False, by_owner=False)) == []
+    assert why(facts("Re: hello"), thread=ThreadMark(confidential=False, by_owner=False)) == []
     assert why(facts("Re: hello"), thread=None) == []
 
 
@@ -257,21 +257,21 @@ def test_non_confidential_or_missing_thread_adds_nothing() -> None:
 
 
 def test_owner_set_makes_confidential_without_any_other_rule() -> None:
-    thread = ThreadState(confidential=True, by_owner=True)
+    thread = ThreadMark(confidential=True, by_owner=True)
     assert why(facts("Hello"), TenantRules(keywords=()), thread=thread) == [OWNER]
     assert why(facts("Hello", outgoing=True), thread=thread) == [OWNER]
 
 
 def test_owner_set_replaces_the_automatic_reasons() -> None:
     rules = TenantRules(contacts=frozenset({VIP}))
-    thread = ThreadState(confidential=True, by_owner=True)
+    thread = ThreadMark(confidential=True, by_owner=True)
     message = facts("Confidential", senders=(VIP,))
     assert why(message, rules, thread=thread, incoming_default=True) == [OWNER]
 
 
 def test_owner_cleared_wins_over_every_automatic_rule() -> None:
     rules = TenantRules(contacts=frozenset({VIP}))
-    thread = ThreadState(confidential=False, by_owner=True)
+    thread = ThreadMark(confidential=False, by_owner=True)
     incoming = facts("Re: Confidential", senders=(VIP,))
     outgoing = facts("Re: vertrouwelijk", outgoing=True, recipients=(VIP,))
     assert why(incoming, rules, thread=thread) == []
@@ -308,14 +308,14 @@ def test_nothing_applies() -> None:
 
 def test_reasons_lists_every_applicable_reason_incoming() -> None:
     rules = TenantRules(contacts=frozenset({VIP}))
-    thread = ThreadState(confidential=True, by_owner=False)
+    thread = ThreadMark(confidential=True, by_owner=False)
     message = facts("Re: Confidential", senders=(VIP,))
     assert why(message, rules, thread=thread, incoming_default=True) == [KEYWORD, THREAD, CONTACT, DEFAULT_IN]
 
 
 def test_reasons_lists_every_applicable_reason_outgoing() -> None:
     rules = TenantRules(contacts=frozenset({VIP}))
-    thread = ThreadState(confidential=True, by_owner=False)
+    thread = ThreadMark(confidential=True, by_owner=False)
     message = facts("Re: vertrouwelijk", outgoing=True, recipients=("a@x.example", VIP))
     assert why(message, rules, thread=thread, outgoing_default=True) == [KEYWORD, THREAD, CONTACT, DEFAULT_OUT]
 
@@ -344,3 +344,84 @@ def test_is_outgoing(folder: str, expected: bool) -> None:
 @pytest.mark.parametrize("folder", ["trash", "", "other"])
 def test_other_folders_are_not_outgoing(folder: str) -> None:
     assert not is_outgoing(folder)
+
+
+# --- classify_new: a batch of new messages, with the stored thread marks ------------------------
+
+
+def _new(message_id: str, thread: str, minutes: int, subject: str = "hello", folder: str = "inbox", sender: str = ""):
+    from datetime import UTC, datetime, timedelta
+
+    from mailsync.domain import Address, Message
+
+    return Message(
+        id=message_id,
+        tenant_id="acme",
+        user_id="alice",
+        folder=folder,
+        server_folder="INBOX",
+        internal_date=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes),
+        size=1,
+        match_key=f"mid:{message_id}",
+        s3_key="k",
+        content_hash="0",
+        thread_id=thread,
+        subject=subject,
+        from_=(Address(sender or "someone@example.com"),),
+    )
+
+
+class _Owner:
+    incoming_confidential = False
+    outgoing_confidential = False
+
+
+def test_classify_new_makes_later_replies_of_a_new_confidential_thread_confidential() -> None:
+    from mailsync.privacy import classify_new
+
+    # Given a confidential first message and a later reply in the same (unmarked) thread
+    reply = _new("b", "t1", minutes=5, subject="Re: hello")
+    first = _new("a", "t1", minutes=1, subject="Confidential: offer")
+    # When they are classified in one batch, in any order
+    result = classify_new(_Owner(), [reply, first], TenantRules(), {})
+    # Then the reply follows its thread and the thread is to be marked
+    assert result.reasons == {"a": [KEYWORD], "b": [THREAD]}
+    assert result.threads_to_mark == frozenset({"t1"})
+
+
+def test_classify_new_keeps_the_owners_decision_and_marks_nothing_new() -> None:
+    from mailsync.privacy import classify_new
+
+    cleared = {"t1": ThreadMark(confidential=False, by_owner=True)}
+    result = classify_new(_Owner(), [_new("a", "t1", 1, subject="Confidential")], TenantRules(), cleared)
+    assert result.reasons == {"a": []} and result.threads_to_mark == frozenset()
+
+
+def test_classify_new_does_not_mark_a_thread_already_confidential() -> None:
+    from mailsync.privacy import classify_new
+
+    marked = {"t1": ThreadMark(confidential=True, by_owner=False)}
+    result = classify_new(_Owner(), [_new("a", "t1", 1)], TenantRules(), marked)
+    assert result.reasons == {"a": [THREAD]} and result.threads_to_mark == frozenset()
+
+
+def test_classify_new_uses_the_owners_defaults_and_the_tenants_contacts() -> None:
+    from mailsync.privacy import classify_new
+
+    class Private(_Owner):
+        outgoing_confidential = True
+
+    rules = TenantRules(contacts=frozenset({VIP}))
+    messages = [_new("in", "t1", 1, sender=VIP.upper()), _new("out", "t2", 2, folder="sent")]
+    result = classify_new(Private(), messages, rules, {})
+    assert result.reasons == {"in": [CONTACT], "out": [DEFAULT_OUT]}
+
+
+def test_rules_from_saved_settings() -> None:
+    from mailsync.domain import TenantSettings
+    from mailsync.privacy import rules_from
+
+    assert rules_from(None) == TenantRules()
+    assert rules_from(TenantSettings()) == TenantRules(keywords=DEFAULT_KEYWORDS)
+    saved = rules_from(TenantSettings(confidential_keywords=(), confidential_contacts=("A@B.example",)))
+    assert saved == TenantRules(keywords=(), contacts=frozenset({"a@b.example"}))

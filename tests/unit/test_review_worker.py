@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from mailsync.config import Settings
-from mailsync.dal import AddressMap
+from mailsync.domain import Address
 from mailsync.mailbox.reader import _flags
 from mailsync.mailbox.transport import Budget
 from mailsync.sync import metadata
@@ -47,7 +47,7 @@ def test_few_flags_stay_as_they_are() -> None:
 
 def test_minimal_metadata_bounds_the_flags_too() -> None:
     fields = metadata.minimal_fields(
-        "s", [AddressMap(name=None, email="a@example.com")], "<id@x>", "note", flags=[*KEYWORDS, "\\Seen"]
+        "s", [Address(email="a@example.com")], "<id@x>", "note", flags=[*KEYWORDS, "\\Seen"]
     )
     assert len(fields["flags"]) <= metadata.MAX_FLAGS and "\\Seen" in fields["flags"]
     assert fields["seen"] is True

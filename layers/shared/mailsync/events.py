@@ -45,12 +45,12 @@ def message_event(detail_type: str, message: Any, **extra: Any) -> Event:
         message.tenant_id,
         message.user_id,
         {
-            "message_id": message.id,
+            "id": message.id,
             "folder": message.folder,
             "state": message.state,
             "participants": list(message.participants or []),
             "confidential": bool(getattr(message, "confidential", False)),
-            "internet_message_id": message.message_id,
+            "internet_message_id": message.internet_message_id,
             **extra,
         },
     )

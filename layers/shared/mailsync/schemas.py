@@ -204,7 +204,9 @@ class MessageOut(BaseModel):
     date: datetime | None = None
     internal_date: datetime
     size: int
-    message_id: str | None = Field(default=None, description="The Message-ID header")
+    internet_message_id: str | None = Field(
+        default=None, description="The RFC 5322 Message-ID header (`id` is Mailsync's own id of the message)"
+    )
     in_reply_to: str | None = None
     references: list[str]
     thread_id: str

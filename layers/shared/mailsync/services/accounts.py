@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pynamodb.exceptions import PutError
-
 from mailsync import crypto, dal
 from mailsync.config import Settings, get_settings
+from mailsync.domain import Account
 from mailsync.errors import Conflict, MailboxError, NotFound, ValidationFailed
 from mailsync.identity import Principal, resolve_target_user
 from mailsync.mailbox import ConnectionCheck, ServerParams, open_mailbox_check
@@ -27,7 +26,7 @@ SETTINGS_CHANGED_MESSAGE = "The settings changed meanwhile; reload and try again
 OPS_FOR_OTHER_SERVER = "The mail settings changed to another server before this change could be applied"
 
 
-def mailbox_identity(values: dal.AccountModel | dict[str, Any]) -> str:
+def mailbox_identity(values: Account | dict[str, Any]) -> str:
     """Which mailbox settings reach: protocol, host and user name (security and port are only
     the way there). Pending CRM changes belong to one mailbox."""
     get = values.get if isinstance(values, dict) else (lambda name: getattr(values, name))
@@ -44,11 +43,11 @@ def _settle_pending_ops(target: Target, before: str | None, after: str) -> None:
         logger.info("pending ops failed: mailbox changed", extra={"user_id": target.user_id, "ops": failed})
 
 
-def _saved_connection(account: dal.AccountModel) -> dict[str, object]:
+def _saved_connection(account: Account) -> dict[str, object]:
     return {f: (int(account.port) if f == "port" else getattr(account, f)) for f in _CONNECTION_FIELDS}
 
 
-def _require_password_for(account: dal.AccountModel, wanted: dict[str, object]) -> None:
+def _require_password_for(account: Account, wanted: dict[str, object]) -> None:
     """The saved password belongs to the host, port, user name, security and protocol it was
     saved with: anything else must come with the password (admins included), or whoever can
     edit the settings could send it to a server of their choice."""
@@ -68,14 +67,14 @@ def target_for(principal: Principal, user_id: str) -> Target:
     return Target(principal.tenant_id, resolved)
 
 
-def require_account(target: Target) -> dal.AccountModel:
+def require_account(target: Target) -> Account:
     account = dal.get_account(target.tenant_id, target.user_id)
     if account is None:
         raise NotFound(f"No mail settings saved for user '{target.user_id}'")
     return account
 
 
-def to_out(account: dal.AccountModel) -> MailSettingsOut:
+def to_out(account: Account) -> MailSettingsOut:
     return MailSettingsOut(
         user_id=account.user_id,
         host=account.host,
@@ -140,12 +139,10 @@ def put_settings(principal: Principal, user_id: str, body: MailSettingsIn) -> tu
         )
         if not body.fetch_enabled:
             values["status"] = "disabled"
-        try:
-            account = dal.create_account(dal.new_account(target.tenant_id, target.user_id, **values))
-        except PutError as exc:
-            if dal.is_conditional_failure(exc):  # a concurrent PUT created them first
-                raise Conflict(SETTINGS_CHANGED_MESSAGE) from None
-            raise
+        created_account = dal.create_account(Account(tenant_id=target.tenant_id, user_id=target.user_id, **values))
+        if created_account is None:  # a concurrent PUT created them first
+            raise Conflict(SETTINGS_CHANGED_MESSAGE)
+        account = created_account
     else:
         changed = any(getattr(account, f) != values[f] for f in _CONNECTION_FIELDS) or body.password is not None
         if changed:
@@ -165,12 +162,12 @@ def put_settings(principal: Principal, user_id: str, body: MailSettingsIn) -> tu
         # otherwise leave this write's host beside that PUT's password.
         read_version = int(account.settings_version or 1)
         kept_password = account.password_ciphertext if body.password is None else None
-        if not dal.update_account_if_version(account, values, read_version, kept_password):
+        updated = dal.update_account_if_version(account, values, read_version, kept_password)
+        if updated is None:
             if dal.get_account(target.tenant_id, target.user_id) is None:
                 raise NotFound(f"No mail settings saved for user '{target.user_id}'")
             raise Conflict(SETTINGS_CHANGED_MESSAGE)
-        for name, value in values.items():
-            setattr(account, name, value)
+        account = updated
     logger.info(
         "mail settings saved",
         extra={"tenant_id": target.tenant_id, "user_id": target.user_id, "created_account": created},
@@ -182,14 +179,14 @@ def delete_settings(principal: Principal, user_id: str) -> None:
     """Stop syncing and destroy the credentials (the archived messages stay)."""
     target = target_for(principal, user_id)
     account = require_account(target)
-    dal.delete_account(account)
+    dal.delete_account(target.tenant_id, target.user_id)
     # Pending CRM changes outlive the settings: a re-PUT of this mailbox applies them, a PUT of
     # another mailbox fails them (put_settings), instead of leaving them pending for ever.
     dal.forget_sync_state(target.tenant_id, target.user_id, mailbox_identity(account))
     logger.info("mail settings deleted", extra={"tenant_id": target.tenant_id, "user_id": target.user_id})
 
 
-def server_params(account: dal.AccountModel, settings: Settings) -> ServerParams:
+def server_params(account: Account, settings: Settings) -> ServerParams:
     """Decrypt the password in memory only, for one login."""
     if account.password_ciphertext is None:
         raise ValidationFailed("No password saved for this mailbox", field="password")
@@ -204,7 +201,7 @@ def server_params(account: dal.AccountModel, settings: Settings) -> ServerParams
     )
 
 
-def record_login_outcome(account: dal.AccountModel, error: MailboxError | None) -> None:
+def record_login_outcome(account: Account, error: MailboxError | None) -> None:
     """Remember what a user-initiated login with the saved settings showed.
 
     A failed login here counts like one in the sync engine: after auth_failed the account is
@@ -273,7 +270,7 @@ def test_connection(principal: Principal, user_id: str, body: MailSettingsTestIn
     return open_mailbox_check(params, settings)
 
 
-def _check_saved(account: dal.AccountModel, settings: Settings) -> ConnectionCheck:
+def _check_saved(account: Account, settings: Settings) -> ConnectionCheck:
     try:
         result = open_mailbox_check(server_params(account, settings), settings)
     except MailboxError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mailsync import dal
 from mailsync.config import get_settings
+from mailsync.domain import Account
 from mailsync.errors import MailboxError
 from mailsync.folders import check_folders_exist, suggest, suggested_map, validate_map_shape
 from mailsync.identity import Principal
@@ -15,7 +16,7 @@ from mailsync.services.accounts import record_login_outcome, require_account, se
 _POP3_INBOX = ServerFolder(name="INBOX", delimiter=None, flags=(), special_use=None)
 
 
-def live_folders(account: dal.AccountModel) -> list[ServerFolder]:
+def live_folders(account: Account) -> list[ServerFolder]:
     """List the server's folders now, with the saved settings (POP3 has only INBOX)."""
     settings = get_settings()
     try:
@@ -54,9 +55,7 @@ def get_folder_map(principal: Principal, user_id: str) -> FolderMapOut:
     """The saved map, or before any save the live suggestion marked ``saved: false``."""
     account = require_account(target_for(principal, user_id))
     if account.folder_map is not None:
-        return FolderMapOut(
-            folders=dict(account.folder_map.as_dict()), saved=True, updated_at=account.folder_map_updated_at
-        )
+        return FolderMapOut(folders=dict(account.folder_map), saved=True, updated_at=account.folder_map_updated_at)
     return FolderMapOut(folders=suggested_map(live_folders(account)), saved=False)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,11 +20,11 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyValidationError,
 )
-from pynamodb.exceptions import QueryError
 
 from mailsync import blobstore, dal, mime
 from mailsync.aws import client
 from mailsync.config import get_settings
+from mailsync.domain import Account, Address, Change, Message, SyncState
 from mailsync.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from mailsync.identity import Principal
 from mailsync.schemas import (
@@ -48,18 +48,18 @@ RAW_URL_SECONDS = 300
 POP3_NOT_SYNCED = "POP3 accounts can be saved and tested; syncing them is not available yet"
 
 
-def _sync_state(message: dal.MessageModel) -> str:
+def _sync_state(message: Message) -> str:
     """``pending`` while CRM changes wait; ``failed`` when one could not be applied to a message
     still on the server (``last_op_error`` says why; the next change clears it); else ``synced``.
     A change dropped because the message left the server shows through ``state: detached``."""
-    if int(message.pending_ops or 0) > 0:
+    if message.pending_ops > 0:
         return "pending"
     return "failed" if message.last_op_error and message.state == "synced" else "synced"
 
 
-def to_out(message: dal.MessageModel) -> MessageOut:
-    def addresses(values: Any) -> list[dict[str, Any]]:
-        return [{"name": a.name, "email": a.email} for a in values or []]
+def to_out(message: Message) -> MessageOut:
+    def addresses(values: Iterable[Address]) -> list[dict[str, Any]]:
+        return [{"name": a.name, "email": a.email} for a in values]
 
     return MessageOut.model_validate(
         {
@@ -67,9 +67,9 @@ def to_out(message: dal.MessageModel) -> MessageOut:
             "user_id": message.user_id,
             "folder": message.folder,
             "server_folder": message.server_folder,
-            "uidvalidity": int(message.uidvalidity) if message.uidvalidity is not None else None,
-            "uid": int(message.uid) if message.uid is not None else None,
-            "flags": list(message.flags or []),
+            "uidvalidity": message.uidvalidity,
+            "uid": message.uid,
+            "flags": list(message.flags),
             "seen": message.seen,
             "subject": message.subject,
             "from": addresses(message.from_),
@@ -77,91 +77,25 @@ def to_out(message: dal.MessageModel) -> MessageOut:
             "cc": addresses(message.cc),
             "date": message.date,
             "internal_date": message.internal_date,
-            "size": int(message.size),
-            "message_id": message.message_id,
+            "size": message.size,
+            "internet_message_id": message.internet_message_id,
             "in_reply_to": message.in_reply_to,
-            "references": list(message.references or []),
+            "references": list(message.references),
             "thread_id": message.thread_id,
-            "snippet": message.snippet or "",
+            "snippet": message.snippet,
             "attachments": [
-                {"filename": a.filename, "content_type": a.content_type, "size": int(a.size)}
-                for a in message.attachments or []
+                {"filename": a.filename, "content_type": a.content_type, "size": a.size} for a in message.attachments
             ],
-            "participants": list(message.participants or []),
+            "participants": list(message.participants),
             "state": message.state,
             "detach_reason": message.detach_reason,
             "sync_state": _sync_state(message),
-            "confidential": bool(message.confidential),
+            "confidential": message.confidential,
             "last_op_error": message.last_op_error,
-            "metadata_truncated": bool(message.metadata_truncated),
-            "too_large": bool(message.too_large),
+            "metadata_truncated": message.metadata_truncated,
+            "too_large": message.too_large,
         }
     )
-
-
-def _encode_cursor(key: dict[str, Any] | None) -> str | None:
-    if not key:
-        return None
-    return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
-
-
-# The key attributes a page can end on, per listing: the table's key plus the index's key.
-_CURSOR_KEYS = {
-    "gsi1pk": frozenset({"pk", "sk", "gsi1pk", "gsi1sk"}),
-    "gsi2pk": frozenset({"pk", "sk", "gsi2pk", "gsi2sk"}),
-    "pk": frozenset({"pk", "sk"}),
-}
-MAX_CURSOR_CHARS = 2048
-
-
-def _bad_cursor() -> ValidationFailed:
-    return ValidationFailed("cursor is not a cursor this API returned", field="cursor")
-
-
-def _decode_cursor(cursor: str | None, expected_pk: tuple[str, str]) -> dict[str, Any] | None:
-    """The start key inside a cursor, checked to the last attribute: a forged cursor of any shape
-    is a 422, never a DynamoDB error (or another listing's page)."""
-    if not cursor:
-        return None
-    if len(cursor) > MAX_CURSOR_CHARS:
-        raise _bad_cursor()
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        key = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-    except (binascii.Error, ValueError, UnicodeError, RecursionError):
-        raise _bad_cursor() from None
-    attribute, value = expected_pk
-    if not isinstance(key, dict) or set(key) != _CURSOR_KEYS[attribute]:
-        raise _bad_cursor()
-    for item in key.values():
-        if not (
-            isinstance(item, dict)
-            and set(item) == {"S"}
-            and isinstance(item["S"], str)
-            and 0 < len(item["S"]) <= 1024
-            and _encodable(item["S"])
-        ):
-            raise _bad_cursor()
-    if key[attribute]["S"] != value:
-        # A cursor from another query (or user) would silently page through the wrong list.
-        raise ValidationFailed("cursor does not belong to this listing", field="cursor")
-    return key
-
-
-def _encodable(text: str) -> bool:
-    # JSON escapes can carry lone surrogates ("\\ud800"), which no DynamoDB request can encode.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _check_cursor_since(start: dict[str, Any] | None, sort_attribute: str, since: datetime | None) -> None:
-    """A cursor of a page older than ``since`` lies outside the query's key range: DynamoDB
-    refuses such a start key ("outside query boundaries"), so it is the client's 422 here."""
-    if start is not None and since is not None and start[sort_attribute]["S"] < dal.iso(since):
-        raise ValidationFailed("cursor is older than since: start again without the cursor", field="cursor")
 
 
 def _utc(since: datetime | None) -> datetime | None:
@@ -185,33 +119,20 @@ def list_messages(
     cursor: str | None,
 ) -> MessagePageOut:
     target = target_for(principal, user_id)
-    if folder is not None:
-        expected = ("gsi2pk", dal.folder_gsi_pk(target.tenant_id, target.user_id, folder))
-    else:
-        expected = ("gsi1pk", dal.account_pk(target.tenant_id, target.user_id))
-    start = _decode_cursor(cursor, expected)
-    since_utc = _utc(since)
-    _check_cursor_since(start, "gsi2sk" if folder is not None else "gsi1sk", since_utc)
-    try:
-        items, last = dal.list_messages(
-            target.tenant_id,
-            target.user_id,
-            folder=folder,
-            since=since_utc,
-            seen=seen,
-            limit=limit,
-            start_key=start,
-            include_confidential=target.user_id == principal.user_id,
-        )
-    except QueryError as exc:
-        # Any start key DynamoDB still refuses came from the client's cursor.
-        if start is not None and getattr(exc, "cause_response_code", None) == "ValidationException":
-            raise _bad_cursor() from None
-        raise
-    return MessagePageOut(messages=[to_out(m) for m in items], next_cursor=_encode_cursor(last))
+    items, next_cursor = dal.list_messages(
+        target.tenant_id,
+        target.user_id,
+        folder=folder,
+        since=_utc(since),
+        seen=seen,
+        limit=limit,
+        cursor=cursor,
+        include_confidential=target.user_id == principal.user_id,
+    )
+    return MessagePageOut(messages=[to_out(m) for m in items], next_cursor=next_cursor)
 
 
-def visible_to(principal: Principal, message: dal.MessageModel | None) -> bool:
+def visible_to(principal: Principal, message: Message | None) -> bool:
     """The owner sees their messages; colleagues of the tenant (admins included) see the
     non-confidential ones (they are in the dossiers); nobody sees another tenant's."""
     if message is None or message.tenant_id != principal.tenant_id:
@@ -219,8 +140,8 @@ def visible_to(principal: Principal, message: dal.MessageModel | None) -> bool:
     return message.user_id == principal.user_id or not message.confidential
 
 
-def _visible_message(principal: Principal, message_id: str) -> dal.MessageModel:
-    message = dal.get_message(message_id)
+def _visible_message(principal: Principal, message_id: str) -> Message:
+    message = dal.find_message(message_id)
     if not visible_to(principal, message):
         # A confidential message, or another tenant's, is indistinguishable from a missing one.
         raise NotFound(f"Message '{message_id}' not found")
@@ -251,7 +172,7 @@ def request_sync(principal: Principal, user_id: str) -> None:
 STOPPED_UNEXPECTEDLY = "The last sync stopped unexpectedly; it will be retried"
 
 
-def _shown_state(state: dal.SyncStateModel | None) -> tuple[str, str | None]:
+def _shown_state(state: SyncState | None) -> tuple[str, str | None]:
     """``syncing`` only while a job holds the account's lease (or, between the jobs of a long
     sync, for at most one lease period after the last one started). A ``syncing`` left behind by
     a worker that died shows as ``failed``, never as ``syncing`` forever."""
@@ -280,7 +201,7 @@ def sync_status(principal: Principal, user_id: str) -> SyncStatusOut:
     account = require_account(target)
     state = dal.get_sync_state(target.tenant_id, target.user_id)
     folder_map = account.mapped_folders()
-    stored = state.folders.as_dict() if state is not None and state.folders is not None else {}
+    stored = state.folders if state is not None else {}
     owner = target.user_id == principal.user_id
     folders = []
     for crm_folder, server_folder in folder_map.items():
@@ -323,21 +244,21 @@ MAX_HEADER_BLOCK_BYTES = 256 * 1024
 IDEMPOTENCY_SECONDS = 24 * 3600
 
 
-def _own_message(principal: Principal, message_id: str) -> dal.MessageModel:
+def _own_message(principal: Principal, message_id: str) -> Message:
     message = _visible_message(principal, message_id)
     if message.user_id != principal.user_id:
         raise Forbidden("Only the mailbox owner can change a message")
     return message
 
 
-def _server_folder(account: dal.AccountModel, crm_folder: str, field: str) -> str:
+def _server_folder(account: Account, crm_folder: str, field: str) -> str:
     folder_map = account.mapped_folders()
     if crm_folder not in folder_map:
         raise ValidationFailed(f"CRM folder '{crm_folder}' is not mapped to a server folder", field=field)
     return folder_map[crm_folder]
 
 
-def _require_synced(message: dal.MessageModel) -> None:
+def _require_synced(message: Message) -> None:
     if message.state != "synced":
         raise Conflict(
             f"The message is no longer on the mail server ({message.detach_reason}); only its archived copy remains"
@@ -352,24 +273,24 @@ def patch_message(principal: Principal, message_id: str, body: MessagePatchIn) -
     if body.confidential is not None:
         confidentiality.set_thread_confidential(message, body.confidential)
         if body.seen is None and body.folder is None:
-            fresh = dal.get_message(message.id)
+            fresh = dal.find_message(message.id)
             assert fresh is not None
             return to_out(fresh)
     _require_synced(message)
     account = require_account(Target(message.tenant_id, message.user_id))
-    ops: list[dal.OpModel] = []
-    fields: dict[str, Any] = {"updated_at": dal.utcnow(), "last_op_error": None}
+    changes: list[Change] = []
+    shown: dict[str, Any] = {"updated_at": dal.utcnow(), "last_op_error": None}
     if body.seen is not None:
-        ops.append(dal.new_op(message.tenant_id, message.user_id, "seen", message.id, seen=body.seen))
-        flags = set(message.flags or []) | {"\\Seen"} if body.seen else set(message.flags or []) - {"\\Seen"}
-        fields.update(seen=body.seen, flags=sorted(flags))
+        changes.append(Change("seen", seen=body.seen))
+        flags = set(message.flags) | {"\\Seen"} if body.seen else set(message.flags) - {"\\Seen"}
+        shown.update(seen=body.seen, flags=sorted(flags))
     if body.folder is not None:
         _server_folder(account, body.folder, "folder")
-        ops.append(dal.new_op(message.tenant_id, message.user_id, "move", message.id, folder=body.folder))
-        fields.update(folder=body.folder, gsi2pk=dal.folder_gsi_pk(message.tenant_id, message.user_id, body.folder))
-    dal.record_ops(message, ops, fields)
+        changes.append(Change("move", folder=body.folder))
+        shown.update(folder=body.folder)
+    dal.record_changes(message, changes, shown)
     scheduling.enqueue(message.tenant_id, message.user_id, "push")
-    fresh = dal.get_message(message.id)
+    fresh = dal.find_message(message.id)
     assert fresh is not None
     return to_out(fresh)
 
@@ -378,13 +299,13 @@ def delete_message(principal: Principal, message_id: str) -> MessageOut:
     """Move to the mapped trash folder (a pending move)."""
     message = _own_message(principal, message_id)
     account = require_account(Target(message.tenant_id, message.user_id))
-    folder_map = account.mapped_folders() if account.folder_map is not None else {}
+    folder_map = account.folder_map or {}
     if "trash" not in folder_map:
         raise Conflict("No trash folder is mapped: map `trash` in the folder map to delete messages")
     return patch_message(principal, message_id, MessagePatchIn(folder="trash"))
 
 
-def _with_message_id(raw: bytes, sender_domain: str | None) -> tuple[bytes, str]:
+def _with_internet_message_id(raw: bytes, sender_domain: str | None) -> tuple[bytes, str]:
     parsed = mime.parse_message(raw)
     if parsed.message_id:
         return raw, parsed.message_id
@@ -457,6 +378,7 @@ def send_message(
     if idempotency_key:
         key, keyed_by = idempotency_key, "header"
     elif first.message_id:
+        # "message_id" names the RFC 5322 Message-ID here: a stored idempotency record's key, kept as is.
         key, keyed_by = first.message_id, "message_id"
     else:
         # No key and no Message-ID: a retry is recognised by its bytes (each store would
@@ -497,61 +419,50 @@ def send_message(
 
 def _store_outgoing(
     target: Target,
-    account: dal.AccountModel,
+    account: Account,
     folder: str,
     server_folder: str,
     raw: bytes,
     first: mime.ParsedMessage,
 ) -> MessageOut:
     sender_domain = first.from_[0].email.rpartition("@")[2] if first.from_ else None
-    raw, internet_id = _with_message_id(raw, sender_domain or None)
+    raw, internet_message_id = _with_internet_message_id(raw, sender_domain or None)
     parsed = mime.parse_message(raw)
     s3_key, sha = blobstore.put_raw(target.tenant_id, target.user_id, raw)
-    message_id = base64.b32encode(uuid.uuid4().bytes[:15]).decode().lower()
-    when = parsed.date or dal.utcnow()
-    sort_key = f"{dal.iso(when)}#{message_id}"
-    message = dal.MessageModel(
-        dal.message_pk(message_id),
-        "M",
-        gsi1pk=dal.account_pk(target.tenant_id, target.user_id),
-        gsi1sk=sort_key,
-        gsi2pk=dal.folder_gsi_pk(target.tenant_id, target.user_id, folder),
-        gsi2sk=sort_key,
-        id=message_id,
+    metadata = {k: tuple(v) if isinstance(v, list) else v for k, v in metadata_fields(parsed, sha).items()}
+    message = Message(
+        id=base64.b32encode(uuid.uuid4().bytes[:15]).decode().lower(),
         tenant_id=target.tenant_id,
         user_id=target.user_id,
         folder=folder,
         server_folder=server_folder,
-        flags=["\\Seen"],
+        flags=("\\Seen",),
         seen=True,
-        internal_date=when,
+        internal_date=parsed.date or dal.utcnow(),
         size=len(raw),
-        match_key=match_key(internet_id, sha),
+        match_key=match_key(internet_message_id, sha),
         s3_key=s3_key,
         content_hash=sha,
         state="synced",
-        pending_ops=1,
-        **metadata_fields(parsed, sha),
+        pending_ops=1,  # its append
+        **metadata,
     )
-    op = dal.new_op(target.tenant_id, target.user_id, "append", message_id)
-    confidentiality.classify_new(account, [message])
-    dal.create_outgoing(message, op)
-    dal.write_message_indexes([message])
+    [message] = confidentiality.classify_new(account, [message])
+    stored = dal.create_outgoing(message)
     scheduling.enqueue(target.tenant_id, target.user_id, "push")
-    return to_out(message)
+    return to_out(stored)
 
 
 def contact_messages(principal: Principal, address: str, limit: int, cursor: str | None) -> DossierPageOut:
     """Every message of the tenant involving ``address`` (From, To, Cc) that the caller may see."""
     address = address.strip().lower()
-    start = _decode_cursor(cursor, ("pk", dal.contact_pk(principal.tenant_id, address)))
-    entries, last = dal.contact_messages(principal.tenant_id, address, principal.user_id, limit, start)
-    found = dal.batch_get_messages(e.id for e in entries)
+    ids, next_cursor = dal.contact_messages(principal.tenant_id, address, principal.user_id, limit, cursor)
+    found = dal.find_messages(ids)
     out = []
-    for entry in entries:
-        message = found.get(entry.id)
+    for message_id in ids:
+        message = found.get(message_id)
         # The index is a pointer; visibility is decided on the message itself, every time.
         if visible_to(principal, message):
             assert message is not None
             out.append(DossierMessageOut(**to_out(message).model_dump(by_alias=True), owner=message.user_id))
-    return DossierPageOut(messages=out, next_cursor=_encode_cursor(last))
+    return DossierPageOut(messages=out, next_cursor=next_cursor)

@@ -18,8 +18,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from mailsync import dal
-from mailsync.aws import client
+from mailsync import dal, queue
 from mailsync.config import get_settings
 from mailsync.observability import logger
 
@@ -56,31 +55,19 @@ def job_body(tenant_id: str, user_id: str, reason: str) -> str:
 
 
 def enqueue(tenant_id: str, user_id: str, reason: str, delay_seconds: int = 0) -> None:
-    client("sqs").send_message(
-        QueueUrl=get_settings().sync_queue_url,
-        MessageBody=job_body(tenant_id, user_id, reason),
-        DelaySeconds=max(0, min(900, delay_seconds)),
-    )
+    queue.send(job_body(tenant_id, user_id, reason), delay_seconds)
 
 
 def _send_batches(accounts: list[tuple[str, str]], reason: str) -> int:
-    sqs = client("sqs")
-    queue_url = get_settings().sync_queue_url
     sent = 0
-    for start in range(0, len(accounts), 10):
-        chunk = accounts[start : start + 10]
-        entries = [
-            {"Id": str(i), "MessageBody": job_body(tenant, user, reason)} for i, (tenant, user) in enumerate(chunk)
-        ]
-        response = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
-        failed = response.get("Failed", [])
+    for start in range(0, len(accounts), queue.BATCH_SIZE):
+        bodies = [job_body(tenant, user, reason) for tenant, user in accounts[start : start + queue.BATCH_SIZE]]
+        failed = queue.send_batch(bodies)
         if failed:
             # Partial failures are retried once entry by entry; what still fails waits for the next tick.
-            retry = [entries[int(f["Id"])] for f in failed]
-            again = sqs.send_message_batch(QueueUrl=queue_url, Entries=retry)
-            failed = again.get("Failed", [])
+            failed = [failed[i] for i in queue.send_batch([bodies[i] for i in failed])]
             logger.warning("sync jobs not enqueued", extra={"failed": len(failed)})
-        sent += len(chunk) - len(failed)
+        sent += len(bodies) - len(failed)
     return sent
 
 

@@ -36,8 +36,7 @@ from mailsync.events import (
 )
 from mailsync.mailbox.reader import FetchedMessage, FolderGone, MailboxReader, MessageSummary
 from mailsync.observability import logger
-from mailsync.privacy import TenantRules
-from mailsync.services import confidentiality
+from mailsync.privacy import TenantRules, rules_from
 from mailsync.sync.metadata import metadata_fields, minimal_fields
 from mailsync.sync.planner import folders as plan
 from mailsync.sync.planner import messages as decide
@@ -493,8 +492,8 @@ class AccountSync:
             location, window = self._location_items(arrival, new_id)
             rows.append((message, location, window))
         if self._rules is None:
-            self._rules = confidentiality.tenant_rules(self.tenant)
-        confidentiality.classify_new(self.account, [m for m, _, _ in rows], self._rules)
+            self._rules = rules_from(dal.get_tenant_settings(self.tenant))
+        dal.classify_new_items(self.account, [m for m, _, _ in rows], self._rules)
         try:
             dal.write_new_messages(rows)
         except PutError as exc:
@@ -519,7 +518,7 @@ class AccountSync:
         logger.warning("message metadata cannot be stored: kept raw with minimal metadata", extra={"id": message.id})
         note = "Metadata too large to store: only a minimal part is shown; the raw message is complete"
         for name, value in minimal_fields(
-            message.subject, message.from_ or [], message.message_id, note, flags=message.flags
+            message.subject, message.from_ or [], message.internet_message_id, note, flags=message.flags
         ).items():
             setattr(message, name, value)
         dal.write_new_messages([row])

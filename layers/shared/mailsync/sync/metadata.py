@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from mailsync import mime
-from mailsync.dal import AddressMap, AttachmentMap
+from mailsync.domain import Address, Attachment
 
 MAX_TEXT = 2000  # characters shown of a subject (and its byte budget below)
 MAX_LIST = 100
@@ -122,7 +122,7 @@ class _Cuts:
         return out
 
 
-def _address_size(a: AddressMap) -> int:
+def _address_size(a: Address) -> int:
     return len(_utf8(a.name or "")) + len(_utf8(a.email)) + 16
 
 
@@ -130,9 +130,9 @@ def metadata_fields(parsed: mime.ParsedMessage, content_sha256: str) -> dict[str
     """Everything the CRM shows about a message that comes from its content, bounded in bytes."""
     cuts = _Cuts()
 
-    def addresses(name: str, values: list[mime.Address]) -> list[AddressMap]:
-        def convert(a: mime.Address) -> AddressMap:
-            return AddressMap(name=cuts.text(a.name, NAME_BYTES), email=cuts.text(a.email, EMAIL_BYTES))
+    def addresses(name: str, values: list[mime.Address]) -> list[Address]:
+        def convert(a: mime.Address) -> Address:
+            return Address(name=cuts.text(a.name, NAME_BYTES), email=cuts.text(a.email, EMAIL_BYTES))
 
         return cuts.items(name, values, convert, _address_size)
 
@@ -147,7 +147,7 @@ def metadata_fields(parsed: mime.ParsedMessage, content_sha256: str) -> dict[str
         "bcc": addresses("bcc", parsed.bcc),
         "reply_to": addresses("reply_to", parsed.reply_to),
         "date": parsed.date,
-        "message_id": cuts.text(parsed.message_id, ID_BYTES),
+        "internet_message_id": cuts.text(parsed.message_id, ID_BYTES),
         "in_reply_to": cuts.text(parsed.in_reply_to, ID_BYTES),
         # The nearest ancestors are last: keep those.
         "references": text_list("references", parsed.references, ID_BYTES, last=True),
@@ -156,7 +156,7 @@ def metadata_fields(parsed: mime.ParsedMessage, content_sha256: str) -> dict[str
         "attachments": cuts.items(
             "attachments",
             parsed.attachments,
-            lambda a: AttachmentMap(
+            lambda a: Attachment(
                 filename=cuts.text(a.filename, FILENAME_BYTES),
                 content_type=cuts.text(a.content_type, CONTENT_TYPE_BYTES) or "",
                 size=a.size,
@@ -172,8 +172,8 @@ def metadata_fields(parsed: mime.ParsedMessage, content_sha256: str) -> dict[str
 
 def minimal_fields(
     subject: str | None,
-    from_: Iterable[AddressMap],
-    message_id: str | None,
+    from_: Iterable[Address],
+    internet_message_id: str | None,
     note: str,
     flags: Iterable[str] | None = None,
 ) -> dict[str, Any]:
@@ -189,12 +189,12 @@ def minimal_fields(
         out = {"flags": list(kept), "seen": any(f.lower() == "\\seen" for f in kept)}
     return out | {
         "subject": cap(subject, 200),
-        "from_": [AddressMap(name=cap(a.name, 100), email=cap(a.email, 254) or "") for a in list(from_)[:1]],
+        "from_": [Address(name=cap(a.name, 100), email=cap(a.email, 254) or "") for a in list(from_)[:1]],
         "to": [],
         "cc": [],
         "bcc": [],
         "reply_to": [],
-        "message_id": cap(message_id, 250),
+        "internet_message_id": cap(internet_message_id, 250),
         "in_reply_to": None,
         "references": [],
         "snippet": "",

@@ -200,7 +200,7 @@ class Pusher:
                 source,
                 int(message.uid),
                 target,
-                message_id=message.message_id,
+                message_id=message.internet_message_id,
                 content_sha256=message.content_hash,
             )
         if new_uid is None:
@@ -222,7 +222,7 @@ class Pusher:
                     raw,
                     flags=["\\Seen"],
                     internal_date=message.internal_date,
-                    message_id=message.message_id,
+                    message_id=message.internet_message_id,
                     content_sha256=message.content_hash,
                 )
             self._relink(op, message, target, uid, old=None)
@@ -236,8 +236,8 @@ class Pusher:
     def _find_existing(self, folder: str, message: dal.MessageModel) -> int | None:
         """A copy the server already has (it saved the sent mail itself, or our APPEND went
         through before a crash) that no other CRM message owns."""
-        if message.message_id:
-            candidates = self.writer.find_by_message_id(folder, message.message_id)
+        if message.internet_message_id:
+            candidates = self.writer.find_by_message_id(folder, message.internet_message_id)
         else:
             candidates = self.writer.find_by_content(folder, message.content_hash)
         if not candidates:

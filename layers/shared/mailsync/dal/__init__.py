@@ -1,0 +1,127 @@
+"""All DynamoDB access, behind domain values (``mailsync.domain``) in and out.
+
+Two tables. The accounts table holds one item per CRM user (settings, folder map, status,
+due time) and one per tenant (privacy settings). The messages table is a single-table design
+keyed by ``pk``/``sk``:
+
+==========================  =======================================  ============================
+item                        pk                                       sk
+==========================  =======================================  ============================
+message                     ``M#{id}``                               ``M``
+location (synced copy)      ``A#{t}#{u}#L#{server folder}``          ``{uidvalidity}#{uid}``
+window (for aging out)      ``A#{t}#{u}#W#{server folder}``          ``{internal date}#{uidvalidity}#{uid}``
+match key (Message-ID/hash) ``A#{t}#{u}#K#{key}``                    ``{id}``
+sync state + lease          ``A#{t}#{u}``                            ``STATE``
+pending CRM change (op)     ``A#{t}#{u}#OPS``                        ``{sequence number}``
+thread mark / member        ``A#{t}#{u}#T#{thread}``                 ``THREAD`` / ``M#{id}``
+dossier entry               ``C#{t}#{address}``                      ``{internal date}#{id}``
+mail-host slot              ``H#{host}``                             ``{slot}``
+==========================  =======================================  ============================
+
+Messages are listed newest first through ``gsi1`` (account) and ``gsi2`` (account + CRM folder),
+both sorted by ``{internal date}#{id}``. Models (``_models``), key and cursor formats (``_keys``)
+and item factories (``_items``) are private to this package; cursors leave it as opaque strings.
+Table names are read from the settings on use: nothing binds them.
+
+``sync_legacy`` holds the item-level functions the sync core still uses (re-exported here under
+their old names until it is converted); nothing else may use them.
+"""
+
+from mailsync.dal import sync_legacy
+from mailsync.dal._keys import BadCursor
+from mailsync.dal._models import utcnow
+from mailsync.dal._store import (
+    account_exists,
+    acquire_host_slot,
+    aged_out_locations,
+    contact_messages,
+    count_attempt,
+    count_locations,
+    create_account,
+    create_outgoing,
+    delete_account,
+    detach,
+    drop,
+    due_accounts,
+    fail_pending_ops,
+    find_locations,
+    find_message,
+    find_messages,
+    finish_op,
+    folder_locations,
+    forget_sync_state,
+    get_account,
+    get_sync_state,
+    get_tenant_settings,
+    give_back_lease,
+    ids_for_match_key,
+    list_messages,
+    mark_threads,
+    ops_waiting,
+    put_accounts,
+    record_changes,
+    release_host_slot,
+    relink,
+    save_checkpoint,
+    save_tenant_settings,
+    set_confidential,
+    set_flags,
+    store_new_messages,
+    take_lease,
+    thread_marks,
+    thread_member_ids,
+    update_account,
+    update_account_if_version,
+    update_account_status,
+)
+
+# LEGACY: the sync core's item-level names, until it is converted (nothing else may use them).
+from mailsync.dal.sync_legacy import *  # noqa: F403
+
+__all__ = [
+    "BadCursor",
+    "account_exists",
+    "acquire_host_slot",
+    "aged_out_locations",
+    "contact_messages",
+    "count_attempt",
+    "count_locations",
+    "create_account",
+    "create_outgoing",
+    "delete_account",
+    "detach",
+    "drop",
+    "due_accounts",
+    "fail_pending_ops",
+    "find_locations",
+    "find_message",
+    "find_messages",
+    "finish_op",
+    "folder_locations",
+    "forget_sync_state",
+    "get_account",
+    "get_sync_state",
+    "get_tenant_settings",
+    "give_back_lease",
+    "ids_for_match_key",
+    "list_messages",
+    "mark_threads",
+    "ops_waiting",
+    "put_accounts",
+    "record_changes",
+    "release_host_slot",
+    "relink",
+    "save_checkpoint",
+    "save_tenant_settings",
+    "set_confidential",
+    "set_flags",
+    "store_new_messages",
+    "take_lease",
+    "thread_marks",
+    "thread_member_ids",
+    "update_account",
+    "update_account_if_version",
+    "update_account_status",
+    "utcnow",
+]
+__all__ += sync_legacy.__all__

@@ -1,0 +1,379 @@
+"""Items <-> domain values, the one factory of each item, and writes shared by both APIs of the package."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+from pynamodb.exceptions import UpdateError
+from pynamodb.models import Model
+from pynamodb.transactions import TransactWrite
+
+from mailsync.dal import _keys as keys
+from mailsync.dal._models import (
+    AccountModel,
+    ContactIndexModel,
+    LocationModel,
+    MatchKeyModel,
+    MessageModel,
+    OpModel,
+    SyncStateModel,
+    ThreadMemberModel,
+    WindowModel,
+)
+from mailsync.domain import Account, Location, Message, Op, SyncState
+
+_MESSAGE_FIELDS = tuple(f.name for f in dataclasses.fields(Message))
+_TUPLES = frozenset(
+    {
+        "flags",
+        "from_",
+        "to",
+        "cc",
+        "bcc",
+        "reply_to",
+        "references",
+        "attachments",
+        "participants",
+        "parse_errors",
+        "confidential_reasons",
+    }
+)
+_INTS = frozenset({"uidvalidity", "uid", "size", "pending_ops"})
+
+
+def _plain(value: Any) -> Any:
+    """Numbers read back from DynamoDB as int; everything else as is."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# --- messages ------------------------------------------------------------------------------------
+
+
+def message_item(message: Message) -> MessageModel:
+    """The one factory of a message item: keys and index attributes are derived here only."""
+    sort_key = keys.message_sort_key(message.internal_date, message.id)
+    values = {name: getattr(message, name) for name in _MESSAGE_FIELDS}
+    values = {name: list(value) if name in _TUPLES else value for name, value in values.items()}
+    if values["created_at"] is None:
+        del values["created_at"]
+    if values["updated_at"] is None:
+        del values["updated_at"]
+    return MessageModel(
+        keys.message_pk(message.id),
+        keys.MESSAGE_SK,
+        gsi1pk=keys.account_pk(message.tenant_id, message.user_id),
+        gsi1sk=sort_key,
+        gsi2pk=keys.folder_gsi_pk(message.tenant_id, message.user_id, message.folder),
+        gsi2sk=sort_key,
+        **values,
+    )
+
+
+def message_from(item: MessageModel) -> Message:
+    values: dict[str, Any] = {}
+    for name in _MESSAGE_FIELDS:
+        value = getattr(item, name)
+        if name in _TUPLES:
+            value = tuple(value or ())
+        elif name in _INTS and value is not None:
+            value = int(value)
+        values[name] = value
+    values["seen"] = bool(values["seen"])
+    values["confidential"] = bool(values["confidential"])
+    values["metadata_truncated"] = bool(values["metadata_truncated"])
+    values["too_large"] = bool(values["too_large"])
+    values["pending_ops"] = int(values["pending_ops"] or 0)
+    values["snippet"] = values["snippet"] or ""
+    return Message(**values)
+
+
+def message_key(message: Any) -> MessageModel:
+    """The key of ``message``'s item (anything with an ``id``), for updates and deletes."""
+    return MessageModel(keys.message_pk(message.id), keys.MESSAGE_SK)
+
+
+def message_fields(tenant_id: str, user_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """Attributes to write for changed message fields: a new CRM folder moves the folder index too."""
+    out = {name: list(value) if name in _TUPLES and value is not None else value for name, value in fields.items()}
+    if fields.get("folder") is not None:
+        out["gsi2pk"] = keys.folder_gsi_pk(tenant_id, user_id, fields["folder"])
+    return out
+
+
+def match_key_item(message: Any) -> MatchKeyModel:
+    return MatchKeyModel(
+        keys.match_pk(message.tenant_id, message.user_id, message.match_key), message.id, id=message.id
+    )
+
+
+def contact_item(message: Any, address: str) -> ContactIndexModel:
+    return ContactIndexModel(
+        keys.contact_pk(message.tenant_id, address),
+        keys.message_sort_key(message.internal_date, message.id),
+        id=message.id,
+        user_id=message.user_id,
+        confidential=bool(message.confidential),
+    )
+
+
+def write_message_indexes(messages: Iterable[Any]) -> None:
+    """Thread membership and the dossier index of new messages (idempotent puts)."""
+    messages = list(messages)
+    with ThreadMemberModel.batch_write() as batch:
+        for m in messages:
+            batch.save(
+                ThreadMemberModel(
+                    keys.thread_pk(m.tenant_id, m.user_id, m.thread_id), keys.thread_member_sk(m.id), id=m.id
+                )
+            )
+    with ContactIndexModel.batch_write() as batch:
+        for m in messages:
+            for address in m.dossier_addresses():
+                batch.save(contact_item(m, address))
+
+
+# --- other items -----------------------------------------------------------------------------------
+
+
+def account_from(item: AccountModel) -> Account:
+    return Account(
+        tenant_id=item.tenant_id,
+        user_id=item.user_id,
+        host=item.host,
+        port=int(item.port),
+        username=item.username,
+        security=item.security,
+        password_ciphertext=item.password_ciphertext,
+        protocol=item.protocol or "imap",
+        fetch_enabled=bool(item.fetch_enabled),
+        keep_copy=bool(item.keep_copy),
+        incoming_confidential=bool(item.incoming_confidential),
+        outgoing_confidential=bool(item.outgoing_confidential),
+        sync_window_days=int(item.sync_window_days if item.sync_window_days is not None else 30),
+        status=item.status,
+        last_error=item.last_error,
+        settings_version=int(item.settings_version or 1),
+        folder_map=dict(item.folder_map.as_dict()) if item.folder_map is not None else None,
+        folder_map_updated_at=item.folder_map_updated_at,
+        due_shard=_plain(item.due_shard),
+        next_sync_at=_plain(item.next_sync_at),
+        created_at=item.created_at,
+        updated_at=item.updated_at,
+    )
+
+
+def account_item(account: Account) -> AccountModel:
+    values = dataclasses.asdict(account)
+    for stamp in ("created_at", "updated_at"):
+        if values[stamp] is None:
+            del values[stamp]  # the model's defaults: now
+    return AccountModel(**values)
+
+
+def account_key(account: Any) -> AccountModel:
+    return AccountModel(account.tenant_id, account.user_id)
+
+
+def sync_state_from(item: SyncStateModel) -> SyncState:
+    return SyncState(
+        state=item.state or "idle",
+        lease_owner=item.lease_owner,
+        lease_expires=_plain(item.lease_expires),
+        last_started_at=item.last_started_at,
+        last_success_at=item.last_success_at,
+        last_error=item.last_error,
+        failures=int(item.failures or 0),
+        last_sweep_at=_plain(item.last_sweep_at),
+        has_detached=bool(item.has_detached),
+        ops_pending=int(item.ops_pending or 0),
+        ops_server=item.ops_server,
+        folders=_plain_tree(item.folders.as_dict() if item.folders is not None else {}),
+    )
+
+
+def _plain_tree(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_tree(v) for v in value]
+    return _plain(value)
+
+
+def state_key(tenant_id: str, user_id: str) -> SyncStateModel:
+    return SyncStateModel(keys.account_pk(tenant_id, user_id), keys.STATE_SK)
+
+
+def op_from(item: OpModel) -> Op:
+    return Op(
+        seq=int(item.seq),
+        tenant_id=item.tenant_id,
+        user_id=item.user_id,
+        kind=item.kind,
+        message_id=item.message_id,
+        seen=item.seen,
+        folder=item.folder,
+        created_at=item.created_at,
+        attempts=int(item.attempts or 0),
+    )
+
+
+def location_from(tenant_id: str, user_id: str, server_folder: str, item: LocationModel) -> Location:
+    return Location(
+        tenant_id=tenant_id,
+        user_id=user_id,
+        server_folder=server_folder,
+        uidvalidity=int(item.uidvalidity),
+        uid=int(item.uid),
+        id=item.id,
+        internal_date=item.internal_date,
+        match_key=item.match_key,
+        flags=tuple(item.flags or ()),
+    )
+
+
+def location_item(
+    tenant_id: str, user_id: str, server_folder: str, uidvalidity: int, uid: int, /, **attributes: Any
+) -> LocationModel:
+    """A location record (only its key, unless ``attributes`` are given)."""
+    return LocationModel(
+        keys.location_pk(tenant_id, user_id, server_folder), keys.location_sk(uidvalidity, uid), **attributes
+    )
+
+
+def window_item(
+    tenant_id: str,
+    user_id: str,
+    server_folder: str,
+    internal_date: datetime,
+    uidvalidity: int,
+    uid: int,
+    /,
+    **attributes: Any,
+) -> WindowModel:
+    """A window record (only its key, unless ``attributes`` are given)."""
+    return WindowModel(
+        keys.window_pk(tenant_id, user_id, server_folder),
+        keys.window_sk(internal_date, uidvalidity, uid),
+        **attributes,
+    )
+
+
+def write_new_messages(
+    rows: list[tuple[MessageModel, LocationModel, WindowModel]], between: Callable[[], None] | None = None
+) -> None:
+    """Store new messages. Location items go last: a location is what marks a server copy as
+    done, so a crash in between leaves work that is redone under the same deterministic id."""
+    with MessageModel.batch_write() as batch:
+        for message, _, _ in rows:
+            batch.save(message)
+    with MatchKeyModel.batch_write() as batch:
+        for message, _, _ in rows:
+            batch.save(match_key_item(message))
+    with WindowModel.batch_write() as batch:
+        for _, _, window in rows:
+            batch.save(window)
+    write_message_indexes([message for message, _, _ in rows])
+    if between is not None:
+        between()
+    with LocationModel.batch_write() as batch:
+        for _, location, _ in rows:
+            batch.save(location)
+
+
+def acquire_lease(
+    tenant_id: str, user_id: str, owner: str, seconds: int, fields: dict[str, Any] | None = None
+) -> SyncStateModel | None:
+    """Take the account's lease (conditional write with expiry); returns the state (read by the
+    same request), or None if another worker holds it. ``fields`` are written along."""
+    now = int(time.time())
+    state = state_key(tenant_id, user_id)
+    condition = (
+        SyncStateModel.lease_expires.does_not_exist()
+        | (SyncStateModel.lease_expires < now)
+        | (SyncStateModel.lease_owner == owner)
+    )
+    try:
+        state.update(
+            actions=[
+                SyncStateModel.lease_owner.set(owner),
+                SyncStateModel.lease_expires.set(now + seconds),
+                *set_actions(SyncStateModel, fields or {}),
+            ],
+            condition=condition,
+        )
+    except UpdateError as exc:
+        if conditional_failure(exc):
+            return None
+        raise
+    return state
+
+
+def release_lease(state: SyncStateModel, owner: str, fields: dict[str, Any] | None = None) -> None:
+    """Give the lease back, writing the final sync state in the same request."""
+    actions = set_actions(SyncStateModel, {**(fields or {}), "lease_owner": None, "lease_expires": None})
+    try:
+        state.update(actions=actions, condition=SyncStateModel.lease_owner == owner)
+    except UpdateError as exc:
+        if not conditional_failure(exc):
+            raise
+
+
+def location_record(location: Location) -> LocationModel:
+    """The one factory of a location item."""
+    return location_item(
+        location.tenant_id,
+        location.user_id,
+        location.server_folder,
+        location.uidvalidity,
+        location.uid,
+        id=location.id,
+        uidvalidity=location.uidvalidity,
+        uid=location.uid,
+        flags=list(location.flags),
+        internal_date=location.internal_date,
+        match_key=location.match_key,
+    )
+
+
+def window_record(location: Location) -> WindowModel:
+    """The one factory of a window item (the location by INTERNALDATE)."""
+    place = (location.tenant_id, location.user_id, location.server_folder)
+    return window_item(
+        *place,
+        location.internal_date,
+        location.uidvalidity,
+        location.uid,
+        id=location.id,
+        loc_sk=keys.location_sk(location.uidvalidity, location.uid),
+    )
+
+
+def op_key(op: Any) -> OpModel:
+    return OpModel(keys.ops_pk(op.tenant_id, op.user_id), keys.op_sk(int(op.seq)))
+
+
+# --- writing ----------------------------------------------------------------------------------------
+
+
+def transaction() -> TransactWrite:
+    # The models' own connection: same region, endpoint and retry settings as every other call.
+    return TransactWrite(connection=MessageModel._get_connection().connection)
+
+
+def set_actions(model: type[Model], fields: dict[str, Any]) -> list[Any]:
+    """SET each field, REMOVE those given as None."""
+    actions = []
+    for name, value in fields.items():
+        attribute = getattr(model, name)
+        actions.append(attribute.remove() if value is None else attribute.set(value))
+    return actions
+
+
+def conditional_failure(exc: Exception) -> bool:
+    """Whether a write failed only because its condition did not hold."""
+    cause = getattr(exc, "cause_response_code", None) or ""
+    return "ConditionalCheckFailed" in cause or "TransactionCanceled" in cause

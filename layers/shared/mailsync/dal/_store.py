@@ -1,0 +1,601 @@
+"""The data layer's domain API: ``mailsync.domain`` values in and out (re-exported by ``mailsync.dal``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+from pynamodb.exceptions import DoesNotExist, PutError, QueryError, TransactWriteError, UpdateError
+
+from mailsync.dal import _keys as keys
+from mailsync.dal._items import (
+    account_from,
+    account_item,
+    account_key,
+    acquire_lease,
+    conditional_failure,
+    contact_item,
+    location_from,
+    location_record,
+    match_key_item,
+    message_fields,
+    message_from,
+    message_item,
+    message_key,
+    op_from,
+    op_key,
+    release_lease,
+    set_actions,
+    state_key,
+    sync_state_from,
+    transaction,
+    window_record,
+    write_message_indexes,
+    write_new_messages,
+)
+from mailsync.dal._models import (
+    TENANT_SETTINGS_USER,
+    AccountModel,
+    ContactIndexModel,
+    HostSlotModel,
+    LocationModel,
+    MatchKeyModel,
+    MessageModel,
+    OpModel,
+    SyncStateModel,
+    TenantSettingsModel,
+    ThreadMemberModel,
+    ThreadModel,
+    WindowModel,
+    utcnow,
+)
+from mailsync.domain import Account, Change, Location, Message, Op, SyncState, TenantSettings, ThreadMark
+from mailsync.errors import NotFound
+
+# --- accounts --------------------------------------------------------------------------------------
+
+
+def get_account(tenant_id: str, user_id: str) -> Account | None:
+    try:
+        return account_from(AccountModel.get(tenant_id, user_id, consistent_read=True))
+    except DoesNotExist:
+        return None
+
+
+def account_exists(tenant_id: str, user_id: str) -> bool:
+    return get_account(tenant_id, user_id) is not None
+
+
+def create_account(account: Account) -> Account | None:
+    """Insert a new account; None if the user has one already (a concurrent create is a
+    conflict, not a silent overwrite)."""
+    item = account_item(dataclasses.replace(account, updated_at=utcnow()))
+    try:
+        item.save(condition=AccountModel.user_id.does_not_exist())
+    except PutError as exc:
+        if conditional_failure(exc):
+            return None
+        raise
+    return account_from(item)
+
+
+def put_accounts(accounts: Iterable[Account]) -> None:
+    """Write accounts as given, unconditionally (bulk seeding: benchmarks, imports)."""
+    with AccountModel.batch_write() as batch:
+        for account in accounts:
+            batch.save(account_item(account))
+
+
+def update_account(account: Account, fields: Mapping[str, Any]) -> Account:
+    """Write only ``fields`` (``Account`` attributes; None removes), so settings edits and the
+    sync engine never overwrite each other's attributes. Returns the account as written."""
+    fields = {**fields, "updated_at": utcnow()}
+    try:
+        account_key(account).update(actions=set_actions(AccountModel, fields), condition=AccountModel.user_id.exists())
+    except UpdateError as exc:
+        if conditional_failure(exc):  # deleted meanwhile: an edit must not re-create it
+            raise NotFound(f"No mail settings saved for user '{account.user_id}'") from None
+        raise
+    return dataclasses.replace(account, **fields)
+
+
+def update_account_if_version(
+    account: Account, fields: Mapping[str, Any], version: int, ciphertext: bytes | None = None
+) -> Account | None:
+    """Write ``fields`` only if the account still exists at ``settings_version`` ``version``
+    (and, given ``ciphertext``, still holds that password); None when it was deleted or its
+    connection settings changed since it was read."""
+    fields = {**fields, "updated_at": utcnow()}
+    same = AccountModel.settings_version == version
+    if version == 1:  # items written before settings_version existed read back as 1
+        same = same | AccountModel.settings_version.does_not_exist()
+    if ciphertext is not None:
+        # A delete and re-create restarts the version; the ciphertext (random nonce) never repeats.
+        same = same & (AccountModel.password_ciphertext == ciphertext)
+    try:
+        account_key(account).update(
+            actions=set_actions(AccountModel, fields), condition=AccountModel.user_id.exists() & same
+        )
+    except UpdateError as exc:
+        if conditional_failure(exc):
+            return None
+        raise
+    return dataclasses.replace(account, **fields)
+
+
+def update_account_status(
+    account: Account, status: str, last_error: str | None, *, extra: Mapping[str, Any] | None = None
+) -> bool:
+    """Set status unless the settings changed since ``account`` was read (then the result is stale)."""
+    fields: dict[str, Any] = {"status": status, "last_error": last_error, "updated_at": utcnow(), **(extra or {})}
+    try:
+        account_key(account).update(
+            actions=set_actions(AccountModel, fields),
+            condition=AccountModel.settings_version == account.settings_version,
+        )
+    except UpdateError as exc:
+        if conditional_failure(exc):
+            return False
+        raise
+    return True
+
+
+def delete_account(tenant_id: str, user_id: str) -> None:
+    AccountModel(tenant_id, user_id).delete()
+
+
+def due_accounts(shard: int, now: int, limit: int | None = None) -> Iterator[tuple[str, str]]:
+    """(tenant, user) of accounts in ``shard`` whose next sync time has come."""
+    for item in AccountModel.due.query(shard, AccountModel.next_sync_at <= now, limit=limit):
+        yield item.tenant_id, item.user_id
+
+
+def acquire_host_slot(host: str, owner: str, slots: int, seconds: int) -> str | None:
+    """One of ``slots`` concurrent syncs against a mail host; None when all are taken."""
+    now = int(time.time())
+    for index in range(slots):
+        slot = HostSlotModel(keys.host_slot_pk(host), keys.host_slot_sk(index), owner=owner, expires=now + seconds)
+        try:
+            slot.save(condition=HostSlotModel.sk.does_not_exist() | (HostSlotModel.expires < now))
+        except PutError as exc:
+            if conditional_failure(exc):
+                continue
+            raise
+        return slot.sk
+    return None
+
+
+def release_host_slot(host: str, slot: str, owner: str) -> None:
+    try:
+        HostSlotModel(keys.host_slot_pk(host), slot).delete(condition=HostSlotModel.owner == owner)
+    except Exception as exc:
+        if not conditional_failure(exc):
+            raise
+
+
+# --- sync state ------------------------------------------------------------------------------------
+
+
+def get_sync_state(tenant_id: str, user_id: str) -> SyncState | None:
+    try:
+        item = SyncStateModel.get(keys.account_pk(tenant_id, user_id), keys.STATE_SK, consistent_read=True)
+    except DoesNotExist:
+        return None
+    return sync_state_from(item)
+
+
+def forget_sync_state(tenant_id: str, user_id: str, ops_server: str) -> None:
+    """Mail settings deleted: forget what syncs knew of the mailbox (lease, checkpoints, errors)
+    but keep the op counters, so pending ops stay visible to the next sync and op sequence
+    numbers are never reused (a reused one would overwrite a pending op)."""
+    forgotten = (
+        SyncStateModel.lease_owner,
+        SyncStateModel.lease_expires,
+        SyncStateModel.last_started_at,
+        SyncStateModel.last_success_at,
+        SyncStateModel.last_error,
+        SyncStateModel.last_sweep_at,
+    )
+    actions = [
+        *(attribute.remove() for attribute in forgotten),
+        SyncStateModel.state.set("never"),
+        SyncStateModel.failures.set(0),
+        SyncStateModel.folders.set({}),
+        SyncStateModel.ops_server.set(ops_server),
+    ]
+    try:
+        state_key(tenant_id, user_id).update(actions=actions, condition=SyncStateModel.pk.exists())
+    except UpdateError as exc:
+        if not conditional_failure(exc):
+            raise
+
+
+def take_lease(tenant_id: str, user_id: str, owner: str, seconds: int, **fields: Any) -> SyncState | None:
+    """(sync core) Take the account's lease, writing ``fields`` (``SyncState`` attributes) along;
+    the state as read by the same request, or None if another worker holds it."""
+    item = acquire_lease(tenant_id, user_id, owner, seconds, fields)
+    return sync_state_from(item) if item is not None else None
+
+
+def save_checkpoint(tenant_id: str, user_id: str, owner: str, **fields: Any) -> None:
+    """(sync core) Checkpoint while holding the lease (``fields``: ``SyncState`` attributes,
+    ``folders`` whole); fails if the lease was lost."""
+    state_key(tenant_id, user_id).update(
+        actions=set_actions(SyncStateModel, fields), condition=SyncStateModel.lease_owner == owner
+    )
+
+
+def give_back_lease(tenant_id: str, user_id: str, owner: str, **fields: Any) -> None:
+    """(sync core) Release the lease, writing the final state in the same request."""
+    release_lease(state_key(tenant_id, user_id), owner, fields)
+
+
+# --- messages --------------------------------------------------------------------------------------
+
+
+def find_message(message_id: str) -> Message | None:
+    try:
+        return message_from(MessageModel.get(keys.message_pk(message_id), keys.MESSAGE_SK))
+    except DoesNotExist:
+        return None
+
+
+def find_messages(ids: Iterable[str]) -> dict[str, Message]:
+    wanted = [(keys.message_pk(i), keys.MESSAGE_SK) for i in set(ids)]
+    return {m.id: message_from(m) for m in MessageModel.batch_get(wanted)} if wanted else {}
+
+
+def list_messages(
+    tenant_id: str,
+    user_id: str,
+    *,
+    folder: str | None,
+    since: datetime | None,
+    seen: bool | None,
+    limit: int,
+    cursor: str | None,
+    include_confidential: bool = True,
+) -> tuple[list[Message], str | None]:
+    """Newest first; a page and the cursor to continue from (None at the end).
+
+    A cursor this listing did not hand out raises ``BadCursor`` (a ``ValidationFailed``)."""
+    if folder is not None:
+        index, hash_key, range_attr = (
+            MessageModel.by_folder,
+            keys.folder_gsi_pk(tenant_id, user_id, folder),
+            MessageModel.gsi2sk,
+        )
+        start = keys.decode_cursor(cursor, ("gsi2pk", hash_key))
+        sort_attribute = "gsi2sk"
+    else:
+        index, hash_key, range_attr = MessageModel.by_account, keys.account_pk(tenant_id, user_id), MessageModel.gsi1sk
+        start = keys.decode_cursor(cursor, ("gsi1pk", hash_key))
+        sort_attribute = "gsi1sk"
+    if start is not None and since is not None and start[sort_attribute]["S"] < keys.iso(since):
+        # Outside the query's key range: DynamoDB refuses such a start key ("outside query boundaries").
+        raise keys.BadCursor("cursor is older than since: start again without the cursor")
+    filter_condition = (MessageModel.seen == seen) if seen is not None else None
+    if not include_confidential:
+        public = MessageModel.confidential == False  # noqa: E712
+        filter_condition = public if filter_condition is None else (filter_condition & public)
+    range_condition = (range_attr >= keys.iso(since)) if since else None
+    items: list[MessageModel] = []
+    last_key = start
+    try:
+        # A filter (seen) can make a DynamoDB page short; keep reading until the page is full.
+        while len(items) < limit:
+            result = index.query(
+                hash_key,
+                range_key_condition=range_condition,
+                filter_condition=filter_condition,
+                scan_index_forward=False,
+                limit=limit - len(items),
+                last_evaluated_key=last_key,
+            )
+            items.extend(result)
+            last_key = result.last_evaluated_key
+            if not last_key:
+                break
+    except QueryError as exc:
+        # Any start key DynamoDB still refuses came from the client's cursor.
+        if start is not None and getattr(exc, "cause_response_code", None) == "ValidationException":
+            raise keys.BadCursor() from None
+        raise
+    return [message_from(m) for m in items], keys.encode_cursor(last_key)
+
+
+def count_locations(tenant_id: str, user_id: str, server_folder: str) -> int:
+    return LocationModel.count(keys.location_pk(tenant_id, user_id, server_folder))
+
+
+def _next_op_seq(tenant_id: str, user_id: str) -> int:
+    """A strictly increasing number per account (atomic counter): the order ops reach the server."""
+    state = state_key(tenant_id, user_id)
+    state.update(actions=[SyncStateModel.op_seq.add(1)])
+    return int(state.op_seq)
+
+
+def _op_item(tenant_id: str, user_id: str, message_id: str, change: Change) -> OpModel:
+    seq = _next_op_seq(tenant_id, user_id)
+    extra: dict[str, Any] = {}
+    if change.seen is not None:
+        extra["seen"] = change.seen
+    if change.folder is not None:
+        extra["folder"] = change.folder
+    return OpModel(
+        keys.ops_pk(tenant_id, user_id),
+        keys.op_sk(seq),
+        seq=seq,
+        tenant_id=tenant_id,
+        user_id=user_id,
+        kind=change.kind,
+        message_id=message_id,
+        **extra,
+    )
+
+
+def record_changes(message: Message, changes: list[Change], shown: Mapping[str, Any]) -> None:
+    """Store CRM changes as ops and show them on the message (``shown``: ``Message`` attributes),
+    atomically: the change is durable once the API answers."""
+    ops = [_op_item(message.tenant_id, message.user_id, message.id, change) for change in changes]
+    fields = message_fields(message.tenant_id, message.user_id, dict(shown))
+    with transaction() as tx:
+        for op in ops:
+            tx.save(op)
+        tx.update(
+            message_key(message),
+            actions=[*set_actions(MessageModel, fields), MessageModel.pending_ops.add(len(ops))],
+            condition=MessageModel.pk.exists(),
+        )
+        tx.update(state_key(message.tenant_id, message.user_id), actions=[SyncStateModel.ops_pending.add(len(ops))])
+
+
+def create_outgoing(message: Message) -> Message:
+    """Store a message written in the CRM with its append op (``message.pending_ops`` counts it),
+    and index it. Returns the message as stored."""
+    item = message_item(message)
+    op = _op_item(message.tenant_id, message.user_id, message.id, Change("append"))
+    with transaction() as tx:
+        tx.save(item, condition=MessageModel.pk.does_not_exist())
+        tx.save(match_key_item(message))
+        tx.save(op)
+        tx.update(state_key(message.tenant_id, message.user_id), actions=[SyncStateModel.ops_pending.add(1)])
+    stored = message_from(item)
+    write_message_indexes([stored])
+    return stored
+
+
+def fail_pending_ops(tenant_id: str, user_id: str, error: str) -> int:
+    """Drop every pending op of the account as failed: each message keeps ``last_op_error`` and
+    no longer shows a pending change. Returns how many ops failed."""
+    ops = list(OpModel.query(keys.ops_pk(tenant_id, user_id), consistent_read=True))
+    for op in ops:
+        try:
+            with transaction() as tx:
+                tx.delete(op, condition=OpModel.pk.exists())
+                tx.update(state_key(tenant_id, user_id), actions=[SyncStateModel.ops_pending.add(-1)])
+        except TransactWriteError as exc:
+            if not conditional_failure(exc):
+                raise  # else a worker completed it meanwhile
+    for message_id in {op.message_id for op in ops}:
+        try:
+            MessageModel(keys.message_pk(message_id), keys.MESSAGE_SK).update(
+                actions=[
+                    MessageModel.pending_ops.set(0),
+                    MessageModel.last_op_error.set(error),
+                    MessageModel.updated_at.set(utcnow()),
+                ],
+                condition=MessageModel.pk.exists(),
+            )
+        except UpdateError as exc:
+            if not conditional_failure(exc):
+                raise
+    return len(ops)
+
+
+def ops_waiting(tenant_id: str, user_id: str) -> list[Op]:
+    """(sync core) The account's pending CRM changes, oldest first."""
+    return [op_from(item) for item in OpModel.query(keys.ops_pk(tenant_id, user_id), consistent_read=True)]
+
+
+# --- confidentiality ----------------------------------------------------------------------------
+
+
+def get_tenant_settings(tenant_id: str) -> TenantSettings | None:
+    try:
+        item = TenantSettingsModel.get(tenant_id, TENANT_SETTINGS_USER)
+    except DoesNotExist:
+        return None
+    keywords = item.confidential_keywords
+    return TenantSettings(
+        confidential_keywords=tuple(keywords) if keywords is not None else None,
+        confidential_contacts=tuple(item.confidential_contacts or ()),
+    )
+
+
+def save_tenant_settings(tenant_id: str, keywords: list[str], contacts: list[str]) -> TenantSettings:
+    TenantSettingsModel(
+        tenant_id, TENANT_SETTINGS_USER, confidential_keywords=keywords, confidential_contacts=contacts
+    ).save()
+    return TenantSettings(confidential_keywords=tuple(keywords), confidential_contacts=tuple(contacts))
+
+
+def thread_marks(tenant_id: str, user_id: str, thread_ids: Iterable[str]) -> dict[str, ThreadMark]:
+    """The stored marks of these threads (unmarked threads are absent)."""
+    wanted = [(keys.thread_pk(tenant_id, user_id, t), keys.THREAD_SK) for t in set(thread_ids)]
+    if not wanted:
+        return {}
+    return {
+        keys.thread_of(item.pk): ThreadMark(confidential=bool(item.confidential), by_owner=bool(item.by_owner))
+        for item in ThreadModel.batch_get(wanted)
+    }
+
+
+def mark_threads(
+    tenant_id: str, user_id: str, thread_ids: Iterable[str], *, confidential: bool, by_owner: bool
+) -> None:
+    for thread_id in thread_ids:
+        ThreadModel(
+            keys.thread_pk(tenant_id, user_id, thread_id),
+            keys.THREAD_SK,
+            confidential=confidential,
+            by_owner=by_owner,
+        ).save()
+
+
+def thread_member_ids(tenant_id: str, user_id: str, thread_id: str) -> list[str]:
+    pk = keys.thread_pk(tenant_id, user_id, thread_id)
+    prefix = keys.thread_member_sk("")
+    return [m.id for m in ThreadMemberModel.query(pk, ThreadMemberModel.sk.startswith(prefix))]
+
+
+def set_confidential(message: Message, confidential: bool, reasons: list[str]) -> Message:
+    """Change a message's visibility, and its dossier entries with it. Returns it as written."""
+    now = utcnow()
+    message_key(message).update(
+        actions=[
+            MessageModel.confidential.set(confidential),
+            MessageModel.confidential_reasons.set(reasons),
+            MessageModel.updated_at.set(now),
+        ]
+    )
+    changed = dataclasses.replace(
+        message, confidential=confidential, confidential_reasons=tuple(reasons), updated_at=now
+    )
+    with ContactIndexModel.batch_write() as batch:
+        for address in changed.dossier_addresses():
+            batch.save(contact_item(changed, address))
+    return changed
+
+
+def contact_messages(
+    tenant_id: str, address: str, viewer: str, limit: int, cursor: str | None
+) -> tuple[list[str], str | None]:
+    """Ids of the dossier's messages visible to ``viewer`` (not confidential, or their own),
+    newest first, and the cursor to continue from."""
+    pk = keys.contact_pk(tenant_id, address)
+    start = keys.decode_cursor(cursor, ("pk", pk))
+    visible = (ContactIndexModel.confidential == False) | (ContactIndexModel.user_id == viewer)  # noqa: E712
+    items: list[ContactIndexModel] = []
+    last_key = start
+    while len(items) < limit:
+        result = ContactIndexModel.query(
+            pk,
+            filter_condition=visible,
+            scan_index_forward=False,
+            limit=limit - len(items),
+            last_evaluated_key=last_key,
+        )
+        items.extend(result)
+        last_key = result.last_evaluated_key
+        if not last_key:
+            break
+    return [item.id for item in items], keys.encode_cursor(last_key)
+
+
+# --- sync core (designed for the converted engine and pusher; not used yet) -------------------------
+
+
+def folder_locations(tenant_id: str, user_id: str, server_folder: str) -> Iterator[Location]:
+    """(sync core) Every synced copy in a server folder."""
+    for item in LocationModel.query(keys.location_pk(tenant_id, user_id, server_folder)):
+        yield location_from(tenant_id, user_id, server_folder, item)
+
+
+def find_locations(
+    tenant_id: str, user_id: str, server_folder: str, wanted: Iterable[tuple[int, int]]
+) -> dict[tuple[int, int], Location]:
+    """(sync core) Locations for (uidvalidity, uid) pairs; missing ones are absent."""
+    pk = keys.location_pk(tenant_id, user_id, server_folder)
+    item_keys = [(pk, keys.location_sk(v, u)) for v, u in set(wanted)]
+    found = LocationModel.batch_get(item_keys) if item_keys else []
+    return {
+        (int(item.uidvalidity), int(item.uid)): location_from(tenant_id, user_id, server_folder, item) for item in found
+    }
+
+
+def aged_out_locations(tenant_id: str, user_id: str, server_folder: str, cutoff: datetime) -> list[tuple[int, int]]:
+    """(sync core) (uidvalidity, uid) of the synced copies with an INTERNALDATE before ``cutoff``."""
+    window = WindowModel.query(keys.window_pk(tenant_id, user_id, server_folder), WindowModel.sk < keys.iso(cutoff))
+    return [tuple(int(part) for part in item.loc_sk.split("#")) for item in window]  # type: ignore[misc]
+
+
+def ids_for_match_key(tenant_id: str, user_id: str, key: str) -> list[str]:
+    """(sync core) Mailsync ids of the messages with this match key (Message-ID or content hash)."""
+    return [item.id for item in MatchKeyModel.query(keys.match_pk(tenant_id, user_id, key))]
+
+
+def store_new_messages(rows: list[tuple[Message, Location]], between: Callable[[], None] | None = None) -> None:
+    """(sync core) Store new messages with their locations; locations go last (a location marks a
+    server copy as done, so a crash in between is redone under the same deterministic id)."""
+    items = [(message_item(m), location_record(loc), window_record(loc)) for m, loc in rows]
+    write_new_messages(items, between)
+
+
+def relink(message: Message, to: Location, shown: Mapping[str, Any], old: Location | None) -> None:
+    """(sync core) Point a message at its new server copy, atomically (a move must never look
+    like a removal); ``shown``: ``Message`` attributes to write along."""
+    fields = message_fields(message.tenant_id, message.user_id, dict(shown))
+    with transaction() as tx:
+        tx.save(location_record(to))
+        tx.save(window_record(to))
+        tx.update(message_key(message), actions=set_actions(MessageModel, fields))
+        if old is not None:
+            tx.delete(location_record(old))
+            tx.delete(window_record(old))
+
+
+def detach(message: Message, location: Location, reason: str) -> None:
+    """(sync core) Stop syncing a message but keep it, atomically with removing its location."""
+    fields = {"state": "detached", "detach_reason": reason, "detached_at": utcnow(), "updated_at": utcnow()}
+    with transaction() as tx:
+        tx.update(message_key(message), actions=set_actions(MessageModel, fields))
+        tx.delete(location_record(location))
+        tx.delete(window_record(location))
+
+
+def drop(location: Location) -> None:
+    """(sync core) Forget a server copy whose message is gone or elsewhere."""
+    with transaction() as tx:
+        tx.delete(location_record(location))
+        tx.delete(window_record(location))
+
+
+def set_flags(
+    message: Message, location: Location, flags: list[str], seen: bool, agreed: list[str] | None = None
+) -> None:
+    """(sync core) Flags shown on the message, and those last agreed with the server on its
+    location (they differ only while a CRM change waits)."""
+    with transaction() as tx:
+        tx.update(
+            message_key(message),
+            actions=[MessageModel.flags.set(flags), MessageModel.seen.set(seen), MessageModel.updated_at.set(utcnow())],
+        )
+        tx.update(location_record(location), actions=[LocationModel.flags.set(flags if agreed is None else agreed)])
+
+
+def finish_op(op: Op, message: Message | None, shown: Mapping[str, Any] | None = None) -> None:
+    """(sync core) The op reached the server (or was dropped): remove it and update the message
+    (``shown``: ``Message`` attributes) in one go."""
+    with transaction() as tx:
+        tx.delete(op_key(op), condition=OpModel.pk.exists())
+        tx.update(state_key(op.tenant_id, op.user_id), actions=[SyncStateModel.ops_pending.add(-1)])
+        if message is not None:
+            fields = message_fields(message.tenant_id, message.user_id, dict(shown or {}))
+            actions = [*set_actions(MessageModel, fields), MessageModel.pending_ops.add(-1)]
+            tx.update(message_key(message), actions=actions, condition=MessageModel.pk.exists())
+
+
+def count_attempt(op: Op) -> int:
+    """(sync core) One more transient failure of ``op``; the new count (0 if the op is gone)."""
+    item = op_key(op)
+    try:
+        item.update(actions=[OpModel.attempts.add(1)], condition=OpModel.pk.exists())
+    except UpdateError as exc:
+        if conditional_failure(exc):
+            return 0
+        raise
+    return int(item.attempts or 0)

@@ -1,0 +1,155 @@
+"""The data layer's domain API against the provisioned tables (moto): values in, values out."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from mailsync.domain import Address, Attachment, Change, Location, Message
+
+T, U = "acme", "alice"
+WHEN = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def _message(message_id: str, minutes: int = 0, **fields) -> Message:
+    values = {
+        "id": message_id,
+        "tenant_id": T,
+        "user_id": U,
+        "folder": "inbox",
+        "server_folder": "INBOX",
+        "internal_date": WHEN + timedelta(minutes=minutes),
+        "size": 10,
+        "match_key": f"mid:{message_id}@x",
+        "s3_key": f"raw/{message_id}.eml",
+        "content_hash": "0" * 64,
+        "thread_id": f"thread-{message_id}",
+        "uidvalidity": 7,
+        "uid": minutes + 1,
+        "internet_message_id": f"{message_id}@x",
+        "from_": (Address("Bob@Example.com", "Bob"),),
+        "to": (Address("alice@example.com"),),
+        "attachments": (Attachment("application/pdf", 3, None),),
+    }
+    return Message(**(values | fields))
+
+
+def _location(message: Message, server_folder: str = "INBOX", uid: int | None = None) -> Location:
+    return Location(
+        tenant_id=T,
+        user_id=U,
+        server_folder=server_folder,
+        uidvalidity=7,
+        uid=uid if uid is not None else int(message.uid or 1),
+        id=message.id,
+        internal_date=message.internal_date,
+        match_key=message.match_key,
+        flags=("\\Seen",),
+    )
+
+
+def test_a_stored_message_reads_back_equal_and_lists_newest_first(aws: dict[str, str]) -> None:
+    from mailsync import dal
+
+    older, newer = _message("m1", 0), _message("m2", 5, seen=True, flags=("\\Seen",))
+    dal.store_new_messages([(older, _location(older)), (newer, _location(newer))])
+
+    stored = dal.find_message("m1")
+    assert stored is not None
+    assert dataclasses.replace(stored, created_at=None, updated_at=None) == older
+    assert [loc.id for loc in dal.folder_locations(T, U, "INBOX")] == ["m1", "m2"]
+    assert dal.ids_for_match_key(T, U, "mid:m2@x") == ["m2"]
+
+    page, cursor = dal.list_messages(T, U, folder=None, since=None, seen=None, limit=1, cursor=None)
+    assert [m.id for m in page] == ["m2"] and cursor is not None
+    rest, end = dal.list_messages(T, U, folder=None, since=None, seen=None, limit=5, cursor=cursor)
+    assert [m.id for m in rest] == ["m1"] and end is None
+
+
+def test_a_cursor_of_another_listing_is_refused(aws: dict[str, str]) -> None:
+    from mailsync import dal
+
+    for n in range(2):
+        message = _message(f"c{n}", n)
+        dal.store_new_messages([(message, _location(message))])
+    _, cursor = dal.list_messages(T, U, folder="inbox", since=None, seen=None, limit=1, cursor=None)
+    assert cursor is not None
+    with pytest.raises(dal.BadCursor, match="does not belong"):
+        dal.list_messages(T, U, folder="archive", since=None, seen=None, limit=1, cursor=cursor)
+    with pytest.raises(dal.BadCursor, match="not a cursor"):
+        dal.list_messages(T, U, folder=None, since=None, seen=None, limit=1, cursor=cursor)
+    with pytest.raises(dal.BadCursor):
+        dal.list_messages(T, U, folder="inbox", since=None, seen=None, limit=1, cursor="not-a-cursor")
+
+
+def test_relink_moves_the_location_and_the_folder_index_together(aws: dict[str, str]) -> None:
+    from mailsync import dal
+
+    message = _message("r1")
+    old = _location(message)
+    dal.store_new_messages([(message, old)])
+    new = _location(message, "Archive", uid=40)
+    dal.relink(message, new, {"folder": "archive", "server_folder": "Archive", "uid": 40}, old)
+
+    assert list(dal.folder_locations(T, U, "INBOX")) == []
+    assert [loc.uid for loc in dal.folder_locations(T, U, "Archive")] == [40]
+    in_archive, _ = dal.list_messages(T, U, folder="archive", since=None, seen=None, limit=5, cursor=None)
+    assert [(m.id, m.folder, m.uid) for m in in_archive] == [("r1", "archive", 40)]
+    assert dal.aged_out_locations(T, U, "Archive", WHEN + timedelta(days=1)) == [(7, 40)]
+
+
+def test_detach_keeps_the_message_and_drops_its_location(aws: dict[str, str]) -> None:
+    from mailsync import dal
+
+    message = _message("d1")
+    location = _location(message)
+    dal.store_new_messages([(message, location)])
+    dal.detach(message, location, "removed")
+
+    detached = dal.find_message("d1")
+    assert detached is not None and (detached.state, detached.detach_reason) == ("detached", "removed")
+    assert dal.find_locations(T, U, "INBOX", [(7, 1)]) == {}
+    assert dal.aged_out_locations(T, U, "INBOX", WHEN + timedelta(days=1)) == []
+
+
+def test_changes_become_ops_in_order_and_finishing_one_updates_the_message(aws: dict[str, str]) -> None:
+    from mailsync import dal
+
+    message = _message("o1")
+    dal.store_new_messages([(message, _location(message))])
+    dal.record_changes(message, [Change("seen", seen=True), Change("move", folder="archive")], {"folder": "archive"})
+
+    ops = dal.ops_waiting(T, U)
+    assert [(op.kind, op.message_id, op.seen, op.folder) for op in ops] == [
+        ("seen", "o1", True, None),
+        ("move", "o1", None, "archive"),
+    ]
+    assert ops[0].seq < ops[1].seq
+    shown = dal.find_message("o1")
+    assert shown is not None and (shown.folder, shown.pending_ops) == ("archive", 2)
+    state = dal.get_sync_state(T, U)
+    assert state is not None and state.ops_pending == 2
+
+    assert dal.count_attempt(ops[0]) == 1
+    dal.finish_op(ops[0], shown, {"last_op_error": "refused"})
+    assert [op.kind for op in dal.ops_waiting(T, U)] == ["move"]
+    after = dal.find_message("o1")
+    assert after is not None and (after.pending_ops, after.last_op_error) == (1, "refused")
+    assert dal.count_attempt(ops[0]) == 0, "a finished op counts no attempts"
+
+
+def test_an_account_round_trips_and_updates_return_what_was_written(aws: dict[str, str]) -> None:
+    from mailsync import dal
+    from mailsync.domain import Account
+
+    account = Account(tenant_id=T, user_id=U, host="imap.example.com", port=993, username="a", security="ssl")
+    created = dal.create_account(account)
+    assert created is not None and dal.create_account(account) is None, "a second create is refused"
+    read = dal.get_account(T, U)
+    assert read is not None and read.mapped_folders() == {"inbox": "INBOX"}
+    changed = dal.update_account(read, {"folder_map": {"inbox": "INBOX", "trash": "Trash"}})
+    assert changed.folder_map == {"inbox": "INBOX", "trash": "Trash"}
+    assert dal.get_account(T, U) == changed
+    assert dal.update_account_if_version(changed, {"status": "ok"}, version=2) is None
