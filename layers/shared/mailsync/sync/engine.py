@@ -22,10 +22,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from pynamodb.exceptions import PutError
-
-from mailsync import blobstore, dal, mime
+from mailsync import blobstore, dal, mime, privacy
 from mailsync.config import get_settings
+from mailsync.domain import Account, Location, Message, SyncState
 from mailsync.events import (
     ACCOUNT_FOLDER_MISSING,
     MESSAGE_DETACHED,
@@ -36,7 +35,7 @@ from mailsync.events import (
 )
 from mailsync.mailbox.reader import FetchedMessage, FolderGone, MailboxReader, MessageSummary
 from mailsync.observability import logger
-from mailsync.privacy import TenantRules, rules_from
+from mailsync.privacy import TenantRules
 from mailsync.sync.metadata import metadata_fields, minimal_fields
 from mailsync.sync.planner import folders as plan
 from mailsync.sync.planner import messages as decide
@@ -84,25 +83,21 @@ def _status(status: Any) -> ServerStatus:
     )
 
 
-def _known(server_folder: str, location: dal.LocationModel) -> Known:
+def _known(location: Location) -> Known:
     return Known(
         id=location.id,
-        server_folder=server_folder,
-        uidvalidity=int(location.uidvalidity),
-        uid=int(location.uid),
-        flags=tuple(location.flags or ()),
+        server_folder=location.server_folder,
+        uidvalidity=location.uidvalidity,
+        uid=location.uid,
+        flags=location.flags,
         match_key=location.match_key,
         internal_date=location.internal_date,
     )
 
 
-def load_checkpoint(state: dal.SyncStateModel) -> Checkpoint:
+def load_checkpoint(state: SyncState) -> Checkpoint:
     return Checkpoint.from_dict(
-        {
-            "folders": state.folders.as_dict() if state.folders is not None else {},
-            "has_detached": state.has_detached,
-            "last_sweep_at": state.last_sweep_at,
-        }
+        {"folders": state.folders, "has_detached": state.has_detached, "last_sweep_at": state.last_sweep_at}
     )
 
 
@@ -111,8 +106,8 @@ class AccountSync:
 
     def __init__(
         self,
-        account: dal.AccountModel,
-        state: dal.SyncStateModel,
+        account: Account,
+        state: SyncState,
         reader: MailboxReader,
         *,
         owner: str,
@@ -196,8 +191,8 @@ class AccountSync:
 
     def _drop_unmapped_folders(self) -> None:
         for server_folder in [f for f in self.checkpoint.folders if f not in self.crm_for]:
-            for location in list(dal.locations(self.tenant, self.user, server_folder)):
-                self._detach(_known(server_folder, location), "moved_unmapped")
+            for location in list(dal.folder_locations(self.tenant, self.user, server_folder)):
+                self._detach(_known(location), "moved_unmapped")
             self.checkpoint = self.checkpoint.without_folder(server_folder)
 
     def _folder_missing(self, server_folder: str) -> None:
@@ -231,14 +226,14 @@ class AccountSync:
         return self._prepare_modseq(server_folder, stored, mode, status)
 
     def _has_copies(self, server_folder: str) -> bool:
-        return next(dal.locations(self.tenant, self.user, server_folder), None) is not None
+        return next(dal.folder_locations(self.tenant, self.user, server_folder), None) is not None
 
     def _empty_reset(self, server_folder: str, stored: FolderCheckpoint, live: ServerStatus) -> bool:
         """EXAMINE reported a new UIDVALIDITY that changes nothing (see ``planner.empty_reset``)."""
         return plan.empty_reset(stored, live, has_copies=lambda: self._has_copies(server_folder))
 
     def _known_copies(self, server_folder: str) -> list[Known]:
-        return [_known(server_folder, loc) for loc in dal.locations(self.tenant, self.user, server_folder)]
+        return [_known(loc) for loc in dal.folder_locations(self.tenant, self.user, server_folder)]
 
     def _prepare_full(self, server_folder: str, stored: FolderCheckpoint, listed: ServerStatus) -> FolderWork:
         snapshot = _status(self.reader.examine(server_folder))
@@ -279,14 +274,14 @@ class AccountSync:
         self._apply_flag_changes(server_folder, stored.uidvalidity, changes.changed_flags)
         new_uids = self.reader.search_from_uid(stored.uidnext or 1, below=snapshot.uidnext or None)
         if changes.vanished is not None:
-            gone = dal.get_locations(
+            gone = dal.find_locations(
                 self.tenant, self.user, server_folder, ((stored.uidvalidity, u) for u in changes.vanished)
             )
-            self.vanished.extend(_known(server_folder, loc) for loc in gone.values())
+            self.vanished.extend(_known(loc) for loc in gone.values())
         elif plan.expunges_unreported(snapshot.messages, stored.messages, len(new_uids)):
             known = {k.uid: k for k in self._known_copies(server_folder)}
             self.vanished.extend(decide.vanished_by_uids(known, set(self.reader.search_from_uid(1))))
-        known_new = dal.get_locations(
+        known_new = dal.find_locations(
             self.tenant, self.user, server_folder, ((stored.uidvalidity, u) for u in new_uids)
         )
         todo = decide.arrivals_todo(new_uids, {uid for _, uid in known_new})
@@ -317,13 +312,13 @@ class AccountSync:
         if not changed:
             return
         if known is None:
-            found = dal.get_locations(self.tenant, self.user, server_folder, ((uidvalidity, u) for u in changed))
-            known = {uid: _known(server_folder, loc) for (_, uid), loc in found.items()}
+            found = dal.find_locations(self.tenant, self.user, server_folder, ((uidvalidity, u) for u in changed))
+            known = {uid: _known(loc) for (_, uid), loc in found.items()}
         touched = [(known[uid], flags) for uid, flags in changed.items() if uid in known]
         touched = [(k, f) for k, f in touched if decide.server_flags_changed(k.flags, f) is not None]
         if not touched:
             return
-        messages = dal.batch_get_messages(k.id for k, _ in touched)
+        messages = dal.find_messages(k.id for k, _ in touched)
         for copy, flags in touched:
             message = messages.get(copy.id)
             if message is None:
@@ -333,9 +328,8 @@ class AccountSync:
             )
             if change is None:
                 continue
-            location = dal.location_item(self.tenant, self.user, server_folder, copy.uidvalidity, copy.uid)
-            dal.update_flags(message, location, list(change.flags), change.seen, agreed=list(change.agreed))
-            message.flags, message.seen = list(change.flags), change.seen
+            dal.set_flags(message, self._location(copy), list(change.flags), change.seen, agreed=list(change.agreed))
+            message = replace(message, flags=change.flags, seen=change.seen)
             self.events.append(
                 message_event(MESSAGE_UPDATED, message, changes={"flags": list(change.agreed), "seen": change.seen})
             )
@@ -414,7 +408,7 @@ class AccountSync:
 
     def _detached_candidates(self, keys: Iterable[str]) -> dict[str, list[str]]:
         ids_by_key = {key: dal.ids_for_match_key(self.tenant, self.user, key) for key in keys}
-        messages = dal.batch_get_messages(i for ids in ids_by_key.values() for i in ids)
+        messages = dal.find_messages(i for ids in ids_by_key.values() for i in ids)
         out: dict[str, list[str]] = {}
         for key, ids in ids_by_key.items():
             detached = [i for i in ids if i in messages and messages[i].state == "detached"]
@@ -422,27 +416,23 @@ class AccountSync:
                 out[key] = detached
         return out
 
-    def _location_items(self, arrival: Arrival, message_id: str) -> tuple[dal.LocationModel, dal.WindowModel]:
-        place = (self.tenant, self.user, arrival.server_folder)
-        location = dal.location_item(
-            *place,
-            arrival.uidvalidity,
-            arrival.uid,
-            id=message_id,
-            uidvalidity=arrival.uidvalidity,
-            uid=arrival.uid,
-            flags=list(arrival.flags),
-            internal_date=arrival.internal_date,
-            match_key=arrival.match_key,
+    def _location(self, known: Known | Arrival, new_id: str | None = None) -> Location:
+        """The domain location of a known copy, or of an arrival stored under ``new_id``."""
+        return Location(
+            tenant_id=self.tenant,
+            user_id=self.user,
+            server_folder=known.server_folder,
+            uidvalidity=known.uidvalidity,
+            uid=known.uid,
+            id=new_id if new_id is not None else known.id,  # type: ignore[union-attr]
+            internal_date=known.internal_date,
+            match_key=known.match_key,
+            flags=tuple(known.flags),
         )
-        window = dal.window_item(
-            *place, arrival.internal_date, arrival.uidvalidity, arrival.uid, id=message_id, loc_sk=location.sk
-        )
-        return location, window
 
     def _relink(self, relink: decide.Relink) -> None:
         arrival = relink.arrival
-        message = dal.get_message(relink.id)
+        message = dal.find_message(relink.id)
         if message is None:
             return
         view = decide.relink_view(
@@ -453,26 +443,23 @@ class AccountSync:
             ops_pending=int(message.pending_ops or 0) > 0,
             move_pending=relink.id in self.pending_moves,
         )
-        location, window = self._location_items(arrival, relink.id)
         # Waiting CRM changes stay visible while the server copy is tracked; the pusher applies them from here.
-        fields: dict[str, Any] = {
+        shown: dict[str, Any] = {
             "folder": view.folder,
             "server_folder": arrival.server_folder,
             "uidvalidity": arrival.uidvalidity,
             "uid": arrival.uid,
-            "flags": list(view.flags),
+            "flags": view.flags,
             "seen": view.seen,
             "state": "synced",
             "detach_reason": None,
             "detached_at": None,
-            "gsi2pk": dal.folder_gsi_pk(self.tenant, self.user, view.folder),
             "updated_at": dal.utcnow(),
         }
-        old = self._keys_of(relink.old) if relink.old is not None else None
+        old = self._location(relink.old) if relink.old is not None else None
         previous_folder = message.folder
-        dal.relink_message(message, location, window, fields, old)
-        for name, value in fields.items():
-            setattr(message, name, value)
+        dal.relink(message, self._location(arrival, relink.id), shown, old)
+        message = replace(message, **shown)
         self.events.append(
             message_event(MESSAGE_UPDATED, message, changes={"folder": view.folder, "previous_folder": previous_folder})
         )
@@ -483,63 +470,63 @@ class AccountSync:
             return
         stored = blobstore.put_many(self.tenant, self.user, (body.raw for _, body in items))
         crm_folder = self.crm_for[work.server_folder]
-        rows = []
+        rows: list[tuple[Message, Location]] = []
         for (arrival, body), (s3_key, sha) in zip(items, stored, strict=True):
             new_id = decide.id_for_new_copy(
                 self.tenant, self.user, arrival.server_folder, arrival.uidvalidity, arrival.uid
             )
-            message = self._message_item(new_id, crm_folder, arrival, body.raw, s3_key, sha)
-            location, window = self._location_items(arrival, new_id)
-            rows.append((message, location, window))
-        if self._rules is None:
-            self._rules = rules_from(dal.get_tenant_settings(self.tenant))
-        dal.classify_new_items(self.account, [m for m, _, _ in rows], self._rules)
+            message = self._new_message(new_id, crm_folder, arrival, body.raw, s3_key, sha)
+            rows.append((message, self._location(arrival, new_id)))
+        rows = self._classify([m for m, _ in rows], rows)
         try:
-            dal.write_new_messages(rows)
-        except PutError as exc:
-            if exc.cause_response_code != "ValidationException":
-                raise
+            dal.store_new_messages(rows)
+        except dal.Unstorable:
             # One item over a DynamoDB limit fails its whole batch write: store the messages one
             # by one, so only an unstorable one loses metadata (puts: redoing the others is safe).
-            for row in rows:
-                self._write_one(row)
-        for message, _, _ in rows:
+            rows = [self._store_one(row) for row in rows]
+        for message, _ in rows:
             self.events.append(message_event(MESSAGE_RECEIVED, message))
         self.outcome.created += len(rows)
 
-    def _write_one(self, row: tuple[dal.MessageModel, dal.LocationModel, dal.WindowModel]) -> None:
+    def _classify(
+        self, messages: list[Message], rows: list[tuple[Message, Location]]
+    ) -> list[tuple[Message, Location]]:
+        """Confidentiality of new messages (``privacy.classify_new``, fed by the tenant's rules and
+        the marks of their threads); the threads they make confidential are marked first."""
+        if self._rules is None:
+            self._rules = privacy.rules_from(dal.get_tenant_settings(self.tenant))
+        threads = dal.thread_marks(self.tenant, self.user, {m.thread_id for m in messages})
+        result = privacy.classify_new(self.account, messages, self._rules, threads)
+        dal.mark_threads(self.tenant, self.user, result.threads_to_mark, confidential=True, by_owner=False)
+        return [
+            (replace(m, confidential=bool(result.reasons[m.id]), confidential_reasons=tuple(result.reasons[m.id])), loc)
+            for m, loc in rows
+        ]
+
+    def _store_one(self, row: tuple[Message, Location]) -> tuple[Message, Location]:
         try:
-            dal.write_new_messages([row])
-            return
-        except PutError as exc:
-            if exc.cause_response_code != "ValidationException":
-                raise
-        message = row[0]
+            dal.store_new_messages([row])
+            return row
+        except dal.Unstorable:
+            pass
+        message, location = row
         logger.warning("message metadata cannot be stored: kept raw with minimal metadata", extra={"id": message.id})
         note = "Metadata too large to store: only a minimal part is shown; the raw message is complete"
-        for name, value in minimal_fields(
-            message.subject, message.from_ or [], message.internet_message_id, note, flags=message.flags
-        ).items():
-            setattr(message, name, value)
-        dal.write_new_messages([row])
+        minimal = minimal_fields(message.subject, message.from_, message.internet_message_id, note, flags=message.flags)
+        message = replace(message, **{k: tuple(v) if isinstance(v, list) else v for k, v in minimal.items()})
+        dal.store_new_messages([(message, location)])
+        return message, location
 
-    def _message_item(
+    def _new_message(
         self, new_id: str, crm_folder: str, arrival: Arrival, raw: bytes, s3_key: str, sha: str
-    ) -> dal.MessageModel:
+    ) -> Message:
         parsed = mime.parse_message(raw)
         metadata = metadata_fields(parsed, sha)
         too_large = arrival.size > self.max_message_bytes
         if too_large:
             note = f"Message of {arrival.size} bytes is over the cap of {self.max_message_bytes}: headers only"
             metadata["parse_errors"] = [note, *metadata["parse_errors"]][:20]
-        sort_key = f"{dal.iso(arrival.internal_date)}#{new_id}"
-        return dal.MessageModel(
-            dal.message_pk(new_id),
-            "M",
-            gsi1pk=dal.account_pk(self.tenant, self.user),
-            gsi1sk=sort_key,
-            gsi2pk=dal.folder_gsi_pk(self.tenant, self.user, crm_folder),
-            gsi2sk=sort_key,
+        return Message(
             id=new_id,
             tenant_id=self.tenant,
             user_id=self.user,
@@ -547,7 +534,7 @@ class AccountSync:
             server_folder=arrival.server_folder,
             uidvalidity=arrival.uidvalidity,
             uid=arrival.uid,
-            flags=list(arrival.flags),
+            flags=arrival.flags,
             seen="\\Seen" in arrival.flags,
             internal_date=arrival.internal_date,
             size=arrival.size,
@@ -556,7 +543,7 @@ class AccountSync:
             content_hash=sha,
             state="synced",
             too_large=too_large,
-            **metadata,
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in metadata.items()},
         )
 
     # -- steps 4 and 5 --------------------------------------------------------------------------
@@ -604,40 +591,21 @@ class AccountSync:
         if not plan.sweep_due(self.checkpoint.last_sweep_at, now, force=force, interval=SWEEP_INTERVAL_SECONDS):
             return
         for server_folder in self.crm_for:
-            windows = {
-                tuple(int(x) for x in w.loc_sk.split("#")): w
-                for w in dal.aged_out(self.tenant, self.user, server_folder, self.cutoff)
-            }
-            found = dal.get_locations(self.tenant, self.user, server_folder, windows)
-            for (uidvalidity, uid), window in windows.items():
-                location = found.get((uidvalidity, uid))
-                if location is None:
-                    stale = dal.location_item(self.tenant, self.user, server_folder, uidvalidity, uid)
-                    dal.drop_location(stale, window)
-                    continue
-                self._detach(_known(server_folder, location), "aged_out")
+            for location in dal.aged_out(self.tenant, self.user, server_folder, self.cutoff):
+                self._detach(_known(location), "aged_out")
         self.checkpoint = replace(self.checkpoint, last_sweep_at=int(now))
 
-    def _keys_of(self, known: Known) -> tuple[dal.LocationModel, dal.WindowModel]:
-        place = (self.tenant, self.user, known.server_folder)
-        return (
-            dal.location_item(*place, known.uidvalidity, known.uid),
-            dal.window_item(*place, known.internal_date, known.uidvalidity, known.uid),
-        )
-
     def _detach(self, known: Known, reason: str) -> None:
-        location, window = self._keys_of(known)
-        message = dal.get_message(known.id)
+        location = self._location(known)
+        message = dal.find_message(known.id)
         at = (message.server_folder, message.uidvalidity, message.uid) if message is not None else None
         action = decide.on_vanished(known, message.state if message is not None else None, at)
         if action is decide.Vanish.DROP_LOCATION:
-            dal.drop_location(location, window)
+            dal.drop(location)
             return
         assert message is not None
-        now = dal.utcnow()
-        fields = {"state": "detached", "detach_reason": reason, "detached_at": now, "updated_at": now}
-        dal.detach_message(message, location, window, fields)
-        message.state, message.detach_reason = "detached", reason
+        dal.detach(message, location, reason)
+        message = replace(message, state="detached", detach_reason=reason)
         self.events.append(message_event(MESSAGE_DETACHED, message, detach_reason=reason))
         self.outcome.detached += 1
         self.checkpoint = replace(self.checkpoint, has_detached=True)
@@ -661,5 +629,5 @@ class AccountSync:
         self.checkpoint = replace(self.checkpoint, folders=mapped)
         if self.checkpoint == self._saved:
             return
-        dal.save_sync_progress(self.state, self.owner, self.checkpoint.to_dict())
+        dal.save_checkpoint(self.tenant, self.user, self.owner, **self.checkpoint.to_dict())
         self._saved = self.checkpoint
