@@ -119,9 +119,7 @@ class CountingReader:
     """The real reader, counting the message bytes it brings into memory."""
 
     def __init__(self, session: Any) -> None:
-        from mailsync.mailbox.reader import MailboxReader
-
-        self._reader = MailboxReader(session)
+        self._reader = session
         self.largest = 0
 
     def __getattr__(self, name: str) -> Any:

@@ -48,9 +48,7 @@ from mailsync.errors import (
     TlsFailed,
 )
 from mailsync.mailbox.base import ServerParams
-from mailsync.mailbox.imap import open_imap
-from mailsync.mailbox.reader import MailboxReader
-from mailsync.mailbox.writer import MailboxWriter
+from mailsync.mailbox.connection import ImapConnection, open_imap
 from mailsync.observability import logger
 from mailsync.services import scheduling
 from mailsync.services.accounts import server_params
@@ -103,7 +101,7 @@ def run_job(
     deadline: Callable[[], bool] = lambda: False,
     *,
     owner: str | None = None,
-    reader_factory: Callable[..., MailboxReader] = MailboxReader,
+    reader_factory: Callable[[ImapConnection], ImapConnection] = lambda session: session,
     lambda_deadline: float | None = None,
     may_defer: bool = True,
 ) -> JobResult:
@@ -183,7 +181,7 @@ def _sync(
     state: dal.SyncStateModel,
     owner: str,
     deadline: Callable[[], bool],
-    reader_factory: Callable[..., MailboxReader],
+    reader_factory: Callable[[ImapConnection], ImapConnection],
     started: float,
     lambda_deadline: float | None = None,
 ) -> tuple[JobResult, dict[str, Any]]:
@@ -235,12 +233,12 @@ def _run_engine(
     deadline: Callable[[], bool],
     params: ServerParams,
     settings: Settings,
-    reader_factory: Callable[..., MailboxReader],
+    reader_factory: Callable[[ImapConnection], ImapConnection],
     hard_deadline: float,
 ) -> SyncOutcome:
     with open_imap(params, settings, deadline=hard_deadline) as session:
         reader = reader_factory(session)
-        pusher = Pusher(account, reader, MailboxWriter(session), faults=engine_faults)
+        pusher = Pusher(account, reader, session, faults=engine_faults)
         ops = dal.pending_ops(account.tenant_id, account.user_id) if int(state.ops_pending or 0) > 0 else []
         engine: AccountSync | None = None
         try:

@@ -26,6 +26,7 @@ from pynamodb.exceptions import PutError
 
 from mailsync import blobstore, dal, mime
 from mailsync.config import get_settings
+from mailsync.errors import FolderMissing
 from mailsync.events import (
     ACCOUNT_FOLDER_MISSING,
     MESSAGE_DETACHED,
@@ -34,7 +35,7 @@ from mailsync.events import (
     Event,
     message_event,
 )
-from mailsync.mailbox.reader import FetchedMessage, FolderGone, MailboxReader, MessageSummary
+from mailsync.mailbox.connection import FetchedMessage, ImapConnection, MessageSummary
 from mailsync.observability import logger
 from mailsync.privacy import TenantRules
 from mailsync.services import confidentiality
@@ -139,7 +140,7 @@ class AccountSync:
         self,
         account: dal.AccountModel,
         state: dal.SyncStateModel,
-        reader: MailboxReader,
+        reader: ImapConnection,
         *,
         owner: str,
         deadline: Callable[[], bool] = lambda: False,
@@ -188,7 +189,7 @@ class AccountSync:
             self.snapshots[server_folder] = _status(status)
             try:
                 item = self._prepare_folder(server_folder, _status(status))
-            except FolderGone:
+            except FolderMissing:
                 # Deleted between the STATUS and now: the other folders still sync.
                 self._folder_missing(server_folder)
                 continue
@@ -202,7 +203,7 @@ class AccountSync:
                     self.outcome.complete = False
                     self._checkpoint()
                     return self._finish()
-            except FolderGone:
+            except FolderMissing:
                 self._folder_missing(item.server_folder)
                 continue
             done.append(item)
@@ -659,7 +660,7 @@ class AccountSync:
                 if folder not in mapped:
                     try:
                         moved_away |= {f"mid:{m}" for m in self.reader.find_message_ids(folder, searchable)}
-                    except FolderGone:
+                    except FolderMissing:
                         continue  # deleted since the LIST: nothing moved there
         for known in self.vanished:
             self._detach(known, "moved_unmapped" if known.match_key in moved_away else "removed")

@@ -28,10 +28,9 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from mailsync import blobstore, dal
-from mailsync.errors import ConnectFailed, MailboxError, MailTimeout, OperationRefused
+from mailsync.errors import ConnectFailed, FolderMissing, MailboxError, MailTimeout, OperationRefused
 from mailsync.events import MESSAGE_SYNC_FAILED, MESSAGE_UPDATED, Event, message_event
-from mailsync.mailbox.reader import FolderGone, MailboxReader
-from mailsync.mailbox.writer import MailboxWriter
+from mailsync.mailbox.connection import ImapConnection
 from mailsync.observability import logger
 from mailsync.sync.planner import normalise_flags
 
@@ -49,8 +48,8 @@ class Pusher:
     def __init__(
         self,
         account: dal.AccountModel,
-        reader: MailboxReader,
-        writer: MailboxWriter,
+        reader: ImapConnection,
+        writer: ImapConnection,
         faults: Any = None,
     ) -> None:
         self.account = account
@@ -266,7 +265,7 @@ class Pusher:
         if folder not in self._uidvalidity:
             status = self.reader.status([folder]).get(folder)
             if status is None:
-                raise FolderGone(folder)
+                raise FolderMissing(folder)
             self._uidvalidity[folder] = status.uidvalidity
         return self._uidvalidity[folder]
 
