@@ -2,14 +2,22 @@
 
 Protocol only: this module knows nothing about storage. ``ImapConnection`` owns the connection's
 state (the selected folder and whether it is read-only, whether QRESYNC is enabled) and the
-``Strategy`` chosen once at login from the server's capabilities. imapclient's public API is used
-where it has the command (ENABLE, UNSELECT, CLOSE, STORE of \\Deleted, EXPUNGE, UID EXPUNGE);
-the rest is built here from imaplib's primitives because imapclient cannot send it: EXAMINE with
-CONDSTORE/QRESYNC parameters (and its VANISHED/FETCH answers), LIST ... RETURN (...), STATUS and
-SELECT/COPY/MOVE/APPEND of names a server listed unencoded ("R&D"), LOGIN with literals, and
-FETCH/SEARCH whose unsolicited responses must be told apart from the answer (imapclient keys a
-UID-less FETCH by sequence number, which could be mistaken for a UID). This is the only module
-that touches imaplib's internals.
+``Strategy`` chosen once at login from the server's capabilities; the transport counts commands.
+
+imapclient's public API carries every command it has a call for: SELECT, EXAMINE, STATUS,
+LIST, SEARCH, COPY, MOVE, APPEND, STORE of \\Deleted, EXPUNGE, UID EXPUNGE, ENABLE, UNSELECT
+and CLOSE (folder names go to it as this server spells them, see ``mailbox_arg``). Built here
+from imaplib's primitives, because imapclient has no call for them or loses what we need:
+
+* LOGIN/AUTHENTICATE: a NO's response code tells wrong credentials from "not now", and a
+  LOGIN with two literals (non-ASCII credentials without AUTH=PLAIN) has no imapclient call;
+* EXAMINE with CONDSTORE/QRESYNC parameters, and the VANISHED and FETCH answers to it;
+* LIST ... RETURN (SPECIAL-USE) and LIST ... RETURN (STATUS ...);
+* UID FETCH, and the UID STORE of \\Seen whose FETCH answer is read: imapclient keys a UID-less
+  (unsolicited) FETCH by its sequence number, which could be mistaken for a UID;
+* COPYUID/APPENDUID, read from the response codes imaplib files away.
+
+This is the only module that touches imaplib's internals.
 
 Errors (all ``MailboxError`` subclasses, never raw imaplib/imapclient exceptions), by what the
 caller must do (see ``mailsync.errors``):
@@ -78,7 +86,7 @@ from mailsync.mailbox.base import (
     precheck,
     translate_errors,
 )
-from mailsync.mailbox.imap import BudgetedClient, BudgetedIMAP4, folder_name, mailbox_arg, sent_raw
+from mailsync.mailbox.imap import BudgetedClient, BudgetedIMAP4, folder_name, sent_raw, wire_name
 from mailsync.mailbox.strategy import ChangeTracking, ExpungeMethod, MoveMethod, NewUidMethod, Strategy
 from mailsync.mailbox.transport import Budget, server_text
 from mailsync.mime import normalise_message_id
@@ -114,7 +122,8 @@ _SPECIAL_USE = {flag.lower(): flag for flag in SPECIAL_USE_FLAGS}
 _TRANSIENT_CODES = {"UNAVAILABLE", "SERVERBUG", "INUSE", "LIMIT", "CONTACTADMIN"}
 # RFC 5530 codes of a NO to a write that says "not now": retried later, not a refusal.
 _BUSY_CODES = {"UNAVAILABLE", "INUSE", "SERVERBUG"}
-_BUSY_IN_TEXT = re.compile(r"\[(UNAVAILABLE|INUSE|SERVERBUG)\]", re.IGNORECASE)
+# imapclient raises a NO as "<command> failed: <the server's text>".
+_IMAPCLIENT_NO = re.compile(r"^\S+ failed: (.*)$", re.DOTALL)
 _MISSING_CODES = {"TRYCREATE", "NONEXISTENT"}
 # NO response codes to LOGIN that say "not now" rather than "wrong credentials".
 _LOGIN_BUSY_CODES = {"UNAVAILABLE", "LIMIT", "INUSE", "SERVERBUG"}
@@ -316,19 +325,6 @@ def _parse_status(data: list[Any]) -> list[tuple[str, dict[str, int]]]:
     return out
 
 
-def _parse_list(data: list[Any]) -> list[tuple[set[str], str]]:
-    items = [item for item in data if item is not None]
-    out: list[tuple[set[str], str]] = []
-    if not items:
-        return out
-    parsed = list(gen_parsed_response(items))
-    for i in range(0, len(parsed) - 2, 3):
-        flags, _delimiter, name = parsed[i : i + 3]
-        flag_set = {_text(f).lower() for f in flags} if isinstance(flags, tuple) else set()
-        out.append((flag_set, _folder_name(name)))
-    return out
-
-
 def _response_code(data: list[Any]) -> str | None:
     match = re.match(r"\[([A-Za-z-]+)", _response_text(data))
     return match.group(1).upper() if match else None
@@ -344,6 +340,16 @@ def _response_text(data: list[Any]) -> str:
     return _text(first) if isinstance(first, bytes | str | int) else repr(first)
 
 
+def _refusal_of(exc: imaplib.IMAP4.error) -> tuple[str | None, str] | None:
+    """(response code, server text) of a NO that imapclient raised; None for anything else."""
+    match = _IMAPCLIENT_NO.match(str(exc))
+    if match is None:
+        return None
+    text = match.group(1)
+    code = _RESPONSE_CODE.match(text)
+    return (code.group(1).upper() if code else None, text)
+
+
 def _sha256(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
@@ -354,17 +360,17 @@ def _wire_bytes(raw: bytes) -> bytes:
     return imaplib.MapCRLF.sub(imaplib.CRLF, raw)
 
 
-def _internal_date_arg(value: datetime) -> str:
+def _aware(value: datetime | None) -> datetime | None:
     # A naive datetime is read as UTC, not local time, so results do not depend on the TZ of
-    # the machine (imaplib refuses naive datetimes outright).
-    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-    return imaplib.Time2Internaldate(aware)
+    # the machine (imapclient would take the machine's).
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
 
 
-def _flag_list(flags: Iterable[str]) -> str | None:
+def _flag_list(flags: Iterable[str]) -> list[str]:
     # \Recent is the server's to set; APPEND/STORE with it is a BAD on most servers.
-    kept = sorted({f for f in flags if f and f.lower() != "\\recent"}, key=str.lower)
-    return "(" + " ".join(kept) + ")" if kept else None
+    return sorted({f for f in flags if f and f.lower() != "\\recent"}, key=str.lower)
 
 
 def _copyuid_target(values: list[Any], uid: int) -> int | None:
@@ -618,13 +624,11 @@ class ImapConnection:
         with translate_errors(self._params):
             # Names come back raw and are decoded below: one name that is not valid modified
             # UTF-7 must not fail the whole list.
-            encode, self._client.folder_encode = self._client.folder_encode, False
             try:
-                raw = self._list_raw()
+                with self._wire_names():
+                    raw = self._list_raw()
             except IMAPClientError as exc:
                 raise ConnectFailed(f"The mail server refused to list folders: {exc}") from None
-            finally:
-                self._client.folder_encode = encode
         folders = []
         self._listed = True
         for flags, delimiter, name in raw:
@@ -655,9 +659,23 @@ class ImapConnection:
         that listed it raw; which one only its LIST tells, so a name with "&" costs one LIST
         per session when none was done yet.
         """
+        return _quote(self._wire(folder))
+
+    def _wire(self, folder: str) -> str:
+        """``folder`` as this server spells it, unquoted (see ``mailbox_arg``)."""
         if "&" in folder and not self._listed:
             self.list_folders()
-        return mailbox_arg(folder, raw=folder in self.raw_names)
+        return wire_name(folder, raw=folder in self.raw_names)
+
+    @contextmanager
+    def _wire_names(self) -> Iterator[None]:
+        """imapclient's folder calls take and return names as the server spells them (``_wire``),
+        not its own modified UTF-7 spelling of them."""
+        encode, self._client.folder_encode = self._client.folder_encode, False
+        try:
+            yield
+        finally:
+            self._client.folder_encode = encode
 
     def status(self, folders: Sequence[str]) -> dict[str, FolderStatus]:
         """Status of each existing folder in ``folders``, keyed by the name as given.
@@ -939,17 +957,18 @@ class ImapConnection:
             uidnext = 0 if reported else self._uidnext(folder)
             imap = self._imap
             imap.untagged_responses.pop("APPENDUID", None)
-            date_arg = _internal_date_arg(internal_date) if internal_date is not None else None
             self._leave_read_only_selection(folder)
-            # Spelled before the literal is set: the spelling may cost a LIST of its own.
-            mailbox = self.mailbox_arg(folder)
-            imap.literal = wire
             try:
-                typ, data = imap._simple_command("APPEND", mailbox, _flag_list(flags), date_arg)
-            finally:
-                # Left set after a failure, imaplib would send it with the next command.
-                imap.literal = None
-            self._check_folder_ok(typ, data, "APPEND", folder)
+                with self._wire_names():
+                    self._client.append(
+                        self._wire(folder), wire, flags=_flag_list(flags), msg_time=_aware(internal_date)
+                    )
+            except IMAPClientError as exc:
+                refusal = _refusal_of(exc)
+                if refusal is not None and refusal[0] in _MISSING_CODES:
+                    # RFC 3501: the target mailbox does not exist (and could be created).
+                    raise FolderMissing(folder) from None
+                raise
             appended = _appenduid(imap.untagged_responses.pop("APPENDUID", None) or [])
             self._drop_noise()
             if reported:
@@ -1014,8 +1033,9 @@ class ImapConnection:
                     # unparseable response, or a NO to a command sent through imapclient.
                     if not write:
                         raise ConnectFailed(f"The mail server rejected a command while {what}: {exc}") from None
-                    if _BUSY_IN_TEXT.search(str(exc)):
-                        raise ServerBusy(f"The mail server could not finish {what} now: {exc}") from None
+                    refusal = _refusal_of(exc)
+                    if refusal is not None and refusal[0] in _BUSY_CODES:
+                        raise ServerBusy(f"The mail server could not finish {what} now: {refusal[1]}") from None
                     raise OperationRefused(f"The mail server rejected a command while {what}: {exc}") from None
         finally:
             self._writing = outer
@@ -1032,15 +1052,7 @@ class ImapConnection:
             raise ServerBusy(f"The mail server could not run {command} now: {text}")
         raise self._refusal(f"The mail server refused {command}: {typ} {text}")
 
-    def _check_folder_ok(self, typ: str, data: list[Any], command: str, folder: str) -> None:
-        if typ == "NO" and _response_code(data) in _MISSING_CODES:
-            # RFC 3501: the target mailbox does not exist (and could be created).
-            raise FolderMissing(folder)
-        self._check_ok(typ, data, command)
-
-    def _raise_open_failed(self, folder: str, data: list[Any]) -> None:
-        text = _response_text(data)
-        code = _response_code(data)
+    def _raise_open_failed(self, folder: str, code: str | None, text: str) -> None:
         if self._writing and code in _BUSY_CODES:
             raise ServerBusy(f"The mail server could not open the folder {folder!r} now: {text}")
         if code == "NONEXISTENT" or (self._writing and code in _MISSING_CODES):
@@ -1049,15 +1061,14 @@ class ImapConnection:
             raise self._refusal(f"The mail server could not open the folder {folder!r} now: {text}")
         # Dovecot 2.3 (and others) say "NO Mailbox doesn't exist" without a response code,
         # so ask LIST before blaming the folder's absence.
-        imap = self._imap
-        mailbox = self.mailbox_arg(folder)
-        imap.untagged_responses.pop("LIST", None)
-        typ, list_data = imap._simple_command("LIST", '""', mailbox)
-        self._check_ok(typ, list_data, "LIST")
-        _, entries = imap._untagged_response(typ, list_data, "LIST")
+        wire = self._wire(folder)
+        self._imap.untagged_responses.pop("LIST", None)
+        with self._wire_names():
+            entries = self._client.list_folders("", wire)
         if not any(
-            _folder_key(name) == _folder_key(folder) and not flags & _NOT_SELECTABLE
-            for flags, name in _parse_list(entries)
+            _folder_key(_folder_name(name)) == _folder_key(folder)
+            and not {_text(flag).lower() for flag in flags} & _NOT_SELECTABLE
+            for flags, _delimiter, name in entries
         ):
             raise FolderMissing(folder)
         raise self._refusal(f"The mail server refused to open the folder {folder!r}: {text}")
@@ -1095,75 +1106,106 @@ class ImapConnection:
         return _parse_status(status_data)
 
     def _status_one(self, folder: str, items: str) -> list[tuple[str, dict[str, int]]]:
-        imap = self._imap
-        mailbox = self.mailbox_arg(folder)
-        imap.untagged_responses.pop("STATUS", None)
-        typ, data = imap._simple_command("STATUS", mailbox, f"({items})")
-        if typ == "NO":
-            if _response_code(data) in _TRANSIENT_CODES:
+        try:
+            values = self._folder_status(folder, items.split())
+        except IMAPClientError as exc:
+            refusal = _refusal_of(exc)
+            if refusal is None:
+                raise
+            code, text = refusal
+            if code in _TRANSIENT_CODES:
                 # "Try again later" must not read as "the folder is gone".
-                raise ConnectFailed(f"The mail server could not report on {folder!r}: {_response_text(data)}")
+                raise ConnectFailed(f"The mail server could not report on {folder!r}: {text}") from None
             # Missing, \Noselect or not permitted: for the caller all mean "nothing to sync".
             return []
-        self._check_ok(typ, data, f"STATUS {folder!r}")
-        _, status_data = imap._untagged_response(typ, data, "STATUS")
         # The server's spelling may differ (INBOX case); the STATUS answers this folder.
-        return [(folder, values) for _name, values in _parse_status(status_data)[-1:]]
+        return [(folder, values)]
+
+    def _folder_status(self, folder: str, items: list[str]) -> dict[str, int]:
+        """One STATUS; the integer items by upper-case name."""
+        wire = self._wire(folder)
+        # Left over from earlier commands, they would be read as this one's answer.
+        self._imap.untagged_responses.pop("STATUS", None)
+        with self._wire_names():
+            try:
+                values = self._client.folder_status(wire, items)
+            except (IndexError, TypeError, ValueError):
+                raise ConnectFailed(f"The mail server sent a malformed STATUS response for {folder!r}") from None
+        return {_text(name).upper(): value for name, value in values.items() if isinstance(value, int)}
 
     def _uidnext(self, folder: str) -> int:
         """UIDNEXT of ``folder`` by STATUS; raises FolderMissing when it does not exist."""
-        imap = self._imap
-        imap.untagged_responses.pop("STATUS", None)
-        typ, data = imap._simple_command("STATUS", self.mailbox_arg(folder), "(UIDNEXT)")
-        if typ != "OK":
+        try:
+            values = self._folder_status(folder, ["UIDNEXT"])
+        except IMAPClientError as exc:
+            refusal = _refusal_of(exc)
+            if refusal is None:
+                raise
             # Dovecot says "NO Mailbox doesn't exist" without a code; LIST tells a missing
             # folder from a refusal.
-            self._raise_open_failed(folder, data)
-        _, lines = imap._untagged_response(typ, data, "STATUS")
-        for line in reversed(lines):
-            match = re.search(rb"UIDNEXT\s+(\d+)", line, re.IGNORECASE) if isinstance(line, bytes) else None
-            if match:
-                return int(match.group(1))
-        raise ServerMisbehaving(f"The mail server reported no UIDNEXT for {folder!r}")
+            self._raise_open_failed(folder, *refusal)
+            raise  # not reached: _raise_open_failed always raises
+        if "UIDNEXT" not in values:
+            raise ServerMisbehaving(f"The mail server reported no UIDNEXT for {folder!r}")
+        return values["UIDNEXT"]
 
     def _examine(self, folder: str, parameters: str | None) -> FolderStatus:
-        # imapclient's select_folder() cannot pass select parameters (CONDSTORE, QRESYNC).
-        self._open(folder, "EXAMINE", [parameters] if parameters else [])
+        if parameters is None:
+            self._open(folder, read_only=True)
+        else:
+            self._examine_with(folder, parameters)
         return self._selected_status(folder)
 
-    def _open(self, folder: str, command: str, parameters: list[str]) -> list[Any]:
-        """SELECT or EXAMINE ``folder``; the tagged response's data."""
+    def _open(self, folder: str, *, read_only: bool) -> None:
+        """SELECT (or with ``read_only`` EXAMINE) ``folder``."""
         imap = self._imap
-        args = [self.mailbox_arg(folder), *parameters]
-        read_only = command == "EXAMINE"
-        # Mirrors imaplib.IMAP4.select(): drop the old mailbox's responses so they cannot be
-        # mistaken for this one's. (imaplib's select() itself reports [READ-ONLY] on SELECT as
-        # a connection abort and takes no parameters.)
-        imap.untagged_responses = {}
-        imap.is_readonly = read_only
+        wire = self._wire(folder)
         self._selected = None
-        typ, data = imap._simple_command(command, *args)
+        try:
+            with self._wire_names():
+                self._client.select_folder(wire, readonly=read_only)
+        except imaplib.IMAP4.readonly:
+            # imaplib reports [READ-ONLY] to a SELECT as a connection abort; the folder is
+            # selected, read-only. Marked so, so the next command does not raise it again.
+            imap.is_readonly = True
+            self._selected = _Selection(_folder_key(folder), True, imap.untagged_responses)
+            raise OperationRefused(
+                f"The mail server opened {folder!r} read-only; its messages cannot be changed"
+            ) from None
+        except IMAPClientError as exc:
+            # A failed SELECT/EXAMINE leaves no mailbox selected (RFC 3501 6.3.1); imaplib knows.
+            refusal = _refusal_of(exc)
+            if refusal is None:
+                raise
+            self._raise_open_failed(folder, *refusal)
+        except (IndexError, TypeError, ValueError):
+            # imapclient parses EXISTS, UIDNEXT, ... itself; a server's garbage there lands here.
+            raise ConnectFailed(f"The mail server sent a malformed answer to opening {folder!r}") from None
+        self._selected = _Selection(_folder_key(folder), read_only, imap.untagged_responses)
+
+    def _examine_with(self, folder: str, parameters: str) -> None:
+        """EXAMINE with select parameters (CONDSTORE, QRESYNC), which imapclient cannot send."""
+        imap = self._imap
+        mailbox = self.mailbox_arg(folder)
+        # Mirrors imaplib.IMAP4.select(): drop the old mailbox's responses so they cannot be
+        # mistaken for this one's.
+        imap.untagged_responses = {}
+        imap.is_readonly = True
+        self._selected = None
+        typ, data = imap._simple_command("EXAMINE", mailbox, parameters)
         if typ != "OK":
             # A failed SELECT/EXAMINE leaves no mailbox selected (RFC 3501 6.3.1).
             imap.state = "AUTH"
-            self._raise_open_failed(folder, data)
+            self._raise_open_failed(folder, _response_code(data), _response_text(data))
         imap.state = "SELECTED"
-        if not read_only and _response_code(data) == "READ-ONLY":
-            imap.is_readonly = True
-            self._selected = _Selection(_folder_key(folder), True, imap.untagged_responses)
-            raise OperationRefused(f"The mail server opened {folder!r} read-only; its messages cannot be changed")
-        self._selected = _Selection(_folder_key(folder), read_only, imap.untagged_responses)
-        return data
+        self._selected = _Selection(_folder_key(folder), True, imap.untagged_responses)
 
     def _select(self, folder: str, *, writable: bool) -> None:
         """Make ``folder`` the selected one: reuse the current selection when it will do."""
         current = self._selection()
         if current is not None and current.folder_key == _folder_key(folder) and not (writable and current.read_only):
             return
-        if writable:
-            self._open(folder, "SELECT", [])
-        else:
-            self._open(folder, "EXAMINE", [])
+        self._open(folder, read_only=not writable)
 
     def _selection(self) -> _Selection | None:
         """The selection this connection made, if it is still the one in force."""
@@ -1278,20 +1320,10 @@ class ImapConnection:
 
     # -- internals: search and fetch -----------------------------------------------------------
 
-    def _uid_search(self, criteria: str) -> list[int]:
-        # Not imapclient's search(): its NO carries no response code to tell "busy" from
-        # "refused", and a UTF-8 criterion needs the literal set below.
-        imap = self._imap
-        imap.untagged_responses.pop("SEARCH", None)
-        typ, data = imap._simple_command("UID", "SEARCH", criteria)
-        self._check_ok(typ, data, "SEARCH")
-        _, lines = imap._untagged_response(typ, data, "SEARCH")
-        found: set[int] = set()
-        for line in lines:
-            if isinstance(line, bytes):
-                # Any "(MODSEQ n)" tail is not all digits and so skipped.
-                found.update(int(tok) for tok in line.split() if tok.isdigit())
-        return sorted(found)
+    def _uid_search(self, criteria: str | list[str], charset: str | None = None) -> list[int]:
+        # Left over from earlier commands, they would be read as this one's answer.
+        self._imap.untagged_responses.pop("SEARCH", None)
+        return sorted({int(uid) for uid in self._client.search(criteria, charset)})
 
     def _uid_fetch(
         self, uids: Sequence[int] | None, items: str, modifiers: str | None = None
@@ -1362,33 +1394,39 @@ class ImapConnection:
     def _search_header_message_id(self, wanted: str) -> list[int]:
         if wanted.isascii() and wanted.isprintable():
             return self._uid_search(f"HEADER Message-ID {_quote(wanted)}")
-        # RFC 6532 allows UTF-8 ids; a quoted string cannot carry them, a literal can, and only
-        # with a charset the server may refuse (a NO then: better than a silent duplicate).
-        imap = self._imap
-        imap.literal = wanted.encode("utf-8")
-        try:
-            return self._uid_search("CHARSET UTF-8 HEADER Message-ID")
-        finally:
-            imap.literal = None
+        # RFC 6532 allows UTF-8 ids; a quoted string cannot carry them, a literal can (imapclient
+        # sends 8-bit arguments as literals), and only with a charset the server may refuse (a
+        # NO then: better than a silent duplicate).
+        return self._uid_search(["HEADER", "Message-ID", wanted], charset="UTF-8")
 
     # -- internals: moving and expunging -------------------------------------------------------
 
     def _transfer(self, command: str, uid: int, dest: str) -> tuple[bool, int | None]:
         """UID COPY or UID MOVE of one message: (False, None) if it is known to be gone, else
         (True, its new UID from COPYUID when the strategy trusts it)."""
-        # Not imapclient's copy()/move(): they spell the destination in modified UTF-7 even for
-        # a name the server listed raw, and their NO loses [EXPUNGEISSUED] and COPYUID.
         imap = self._imap
         imap.untagged_responses.pop("COPYUID", None)
+        wire = self._wire(dest)
+        try:
+            with self._wire_names():
+                if command == "MOVE":
+                    self._client.move([uid], wire)
+                else:
+                    self._client.copy([uid], wire)
+        except IMAPClientError as exc:
+            refusal = _refusal_of(exc)
+            if refusal is None:
+                raise
+            if refusal[0] == "EXPUNGEISSUED":
+                # RFC 5530: expunged by another session but not yet announced to ours (Dovecot
+                # does not sync before MOVE/COPY, unlike before STORE). For one UID: nothing done.
+                self._drop_noise()
+                return False, None
+            if refusal[0] in _MISSING_CODES:
+                raise FolderMissing(dest) from None
+            raise
         # COPYUID arrives in an untagged OK before the EXPUNGE/VANISHED (MOVE) or in the tagged
-        # OK (COPY); imaplib files the code of either under "COPYUID".
-        typ, data = imap._simple_command("UID", command, str(uid), self.mailbox_arg(dest))
-        if typ == "NO" and _response_code(data) == "EXPUNGEISSUED":
-            # RFC 5530: expunged by another session but not yet announced to ours (Dovecot
-            # does not sync before MOVE/COPY, unlike before STORE). For one UID: nothing done.
-            self._drop_noise()
-            return False, None
-        self._check_folder_ok(typ, data, command, dest)
+        # OK (COPY); imaplib files the code of either under "COPYUID", which imapclient leaves.
         codes = imap.untagged_responses.pop("COPYUID", None) or []
         self._drop_noise()
         reported = self._strategy.new_uid is NewUidMethod.REPORTED

@@ -144,10 +144,15 @@ def sent_raw(name: bytes | str) -> bool:
     return False
 
 
+def wire_name(folder: str, *, raw: bool = False) -> str:
+    """``folder`` as sent on the wire (unquoted): modified UTF-7 (plain ASCII), or with ``raw``
+    the name as the server listed it, for a name it sent unencoded ("R&D")."""
+    return folder if raw and folder.isascii() else encode_utf7(folder).decode("ascii")
+
+
 def mailbox_arg(folder: str, *, raw: bool = False) -> str:
-    """A quoted mailbox argument: modified UTF-7 (plain ASCII), or with ``raw`` the name as
-    the server listed it, for a name it sent unencoded ("R&D")."""
-    wire = folder if raw and folder.isascii() else encode_utf7(folder).decode("ascii")
+    """``wire_name`` quoted: a mailbox argument for a command built by hand."""
+    wire = wire_name(folder, raw=raw)
     return '"' + wire.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
