@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -10,7 +10,7 @@ import pytest
 from devstack.dovecot import MailUser
 from mailsync.config import Settings
 from mailsync.mailbox.base import ServerParams
-from mailsync.mailbox.imap import ImapSession, open_imap
+from mailsync.mailbox.connection import ImapConnection, open_imap
 
 BOTH = pytest.mark.parametrize("flavour", ["full", "basic"])
 
@@ -20,16 +20,17 @@ def _user(request: pytest.FixtureRequest, flavour: str) -> MailUser:
 
 
 @contextmanager
-def _session(user: MailUser) -> Iterator[ImapSession]:
+def _session(user: MailUser, *, ignore_capabilities: Collection[str] = ()) -> Iterator[ImapConnection]:
     params = ServerParams(
         host=user.host, port=user.imaps_port, username=user.username, password=user.password, security="ssl"
     )
-    with open_imap(params, Settings(allow_private_hosts=True, extra_ca_file=str(user.ca_file))) as session:
+    settings = Settings(allow_private_hosts=True, extra_ca_file=str(user.ca_file))
+    with open_imap(params, settings, ignore_capabilities=ignore_capabilities) as session:
         yield session
 
 
 @contextmanager
-def _counted(session: ImapSession, expected: int) -> Iterator[None]:
+def _counted(session: ImapConnection, expected: int) -> Iterator[None]:
     before = session.command_count
     yield
     assert session.command_count - before == expected

@@ -17,8 +17,9 @@ import pytest
 
 from mailsync.config import Settings
 from mailsync.errors import MailboxError, ProtocolMismatch, ServerMisbehaving
-from mailsync.mailbox.base import ServerParams, open_mailbox_check
-from mailsync.mailbox.imap import open_imap
+from mailsync.mailbox.base import ServerParams
+from mailsync.mailbox.check import open_mailbox_check
+from mailsync.mailbox.connection import open_imap
 from mailsync.mailbox.transport import DEADLINE_MESSAGE
 from tests.fixtures.hostile_server import HostileServer, Peer, Script, greets, http_server, imap_server, pop3_server
 

@@ -14,8 +14,9 @@ import pytest
 from devstack.dovecot import DovecotServer, MailUser
 from mailsync.config import Settings
 from mailsync.errors import AuthFailed, MailboxError, ServerBusy
-from mailsync.mailbox.base import ServerParams, open_mailbox_check
-from mailsync.mailbox.imap import open_imap
+from mailsync.mailbox.base import ServerParams
+from mailsync.mailbox.check import open_mailbox_check
+from mailsync.mailbox.connection import open_imap
 from tests.fixtures.hostile_server import HostileServer, Peer, greets, imap_server
 
 USER = "jürgen@example.com"

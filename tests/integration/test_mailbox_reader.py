@@ -1,4 +1,4 @@
-"""MailboxReader against a real Dovecot: the full flavour (CONDSTORE, QRESYNC, LIST-STATUS, ...)
+"""ImapConnection's reads against a real Dovecot: the full flavour (CONDSTORE, QRESYNC, LIST-STATUS, ...)
 and the basic one that hides them, so both the fast paths and the fallbacks are exercised."""
 
 from __future__ import annotations
@@ -8,15 +8,8 @@ import datetime as dt
 import pytest
 
 from devstack.dovecot import DovecotServer, MailUser, make_message
-from mailsync.errors import ConnectFailed, FolderMissing
-from mailsync.mailbox.reader import (
-    FETCH_CHUNK,
-    SEARCH_CHUNK,
-    ExtensionMissing,
-    FolderGone,
-    MailboxReader,
-    compact_uid_set,
-)
+from mailsync.errors import ConnectFailed, ExtensionMissing, FolderMissing
+from mailsync.mailbox.connection import FETCH_CHUNK, SEARCH_CHUNK, compact_uid_set
 from tests.integration.imap_support import BOTH, _counted, _session, _user
 
 
@@ -31,10 +24,12 @@ def _append(user: MailUser, folder: str, count: int) -> list[int]:
 @BOTH
 def test_capabilities_follow_what_the_server_advertises(request: pytest.FixtureRequest, flavour: str) -> None:
     with _session(_user(request, flavour)) as session:
-        reader = MailboxReader(session)
+        reader = session
         expected = flavour == "full"
         assert (reader.has_condstore, reader.has_qresync, reader.has_list_status) == (expected,) * 3
-        assert MailboxReader(session, use_qresync=False).has_qresync is False
+    with _session(_user(request, flavour), ignore_capabilities=["QRESYNC"]) as session:
+        assert session.has_qresync is False
+        assert session.has_condstore is (flavour == "full")
 
 
 @BOTH
@@ -51,7 +46,7 @@ def test_status_uses_one_list_status_command_or_one_status_per_folder(
         }
     wanted = ["INBOX", "Entwürfe", "Sent", "Does-Not-Exist"]
     with _session(user) as session:
-        reader = MailboxReader(session)
+        reader = session
         with _counted(session, 1 if flavour == "full" else len(wanted)):
             result = reader.status(wanted)
         with _counted(session, 1):
@@ -79,7 +74,7 @@ def test_examine_reports_the_selected_folder(request: pytest.FixtureRequest, fla
     user = _user(request, flavour)
     _append(user, "Entwürfe", 2)
     with _session(user) as session:
-        reader = MailboxReader(session)
+        reader = session
         listed = reader.status(["Entwürfe", "INBOX"])["Entwürfe"]
         with _counted(session, 1):
             examined = reader.examine("Entwürfe")
@@ -95,7 +90,7 @@ def test_list_folder_names_skips_unselectable_folders(request: pytest.FixtureReq
         client.create_folder("Parent/Child")
         assert "Parent" in client.folders()
     with _session(user) as session:
-        names = MailboxReader(session).list_folder_names()
+        names = session.list_folder_names()
     assert "Parent" not in names
     assert {"INBOX", "Entwürfe", "Sent", "Parent/Child"} <= set(names)
 
@@ -106,15 +101,15 @@ def test_a_folder_removed_after_status_raises_folder_gone(request: pytest.Fixtur
     with user.client() as client:
         client.create_folder("Temp")
     with _session(user) as session:
-        reader = MailboxReader(session)
+        reader = session
         assert "Temp" in reader.status(["INBOX", "Temp"])
         with user.client() as client:
             client.imap.delete_folder("Temp")
-        with pytest.raises(FolderGone) as excinfo:
+        with pytest.raises(FolderMissing) as excinfo:
             reader.examine("Temp")
         assert excinfo.value.folder == "Temp"
         assert isinstance(excinfo.value, FolderMissing)  # fails that folder or op, not the account
-        with pytest.raises(FolderGone):
+        with pytest.raises(FolderMissing):
             reader.find_message_ids("Temp", ["a@example.com"])
         # The connection stays usable and the folder is simply absent now.
         assert "Temp" not in reader.status(["INBOX", "Temp"])
@@ -127,7 +122,7 @@ def test_a_folder_removed_after_status_raises_folder_gone(request: pytest.Fixtur
 def test_changes_since_with_qresync_reports_flag_changes_and_expunges(mail_user: MailUser) -> None:
     uids = _append(mail_user, "INBOX", 3)
     with _session(mail_user) as session:
-        reader = MailboxReader(session)
+        reader = session
         base = reader.examine("INBOX")
         assert base.highestmodseq is not None
         with mail_user.client() as client:
@@ -151,8 +146,8 @@ def test_changes_since_with_qresync_reports_flag_changes_and_expunges(mail_user:
 
 def test_changes_since_with_condstore_only_reports_flags_but_not_expunges(mail_user: MailUser) -> None:
     uids = _append(mail_user, "INBOX", 3)
-    with _session(mail_user) as session:
-        reader = MailboxReader(session, use_qresync=False)
+    with _session(mail_user, ignore_capabilities=["QRESYNC"]) as session:
+        reader = session
         base = reader.examine("INBOX")
         assert base.highestmodseq is not None
         with mail_user.client() as client:
@@ -174,7 +169,7 @@ def test_changes_since_with_condstore_only_reports_flags_but_not_expunges(mail_u
 
 def test_changes_since_without_condstore_raises(mail_user_basic: MailUser) -> None:
     with _session(mail_user_basic) as session:
-        reader = MailboxReader(session)
+        reader = session
         with _counted(session, 0), pytest.raises(ExtensionMissing):
             reader.changes_since("INBOX", 1, 1)
 
@@ -185,15 +180,13 @@ def test_changes_since_after_a_uidvalidity_change_returns_the_new_status_only(
 ) -> None:
     uids = _append(mail_user, "INBOX", 2)
     with _session(mail_user) as session:
-        base = MailboxReader(session).examine("INBOX")
+        base = session.examine("INBOX")
     with mail_user.client() as client:
         client.add_flags("INBOX", uids[0], ["\\Seen"])
     new_validity = dovecot.reset_uidvalidity(mail_user.username, "INBOX")
     assert base.highestmodseq is not None
-    with _session(mail_user) as session:
-        changes = MailboxReader(session, use_qresync=use_qresync).changes_since(
-            "INBOX", base.uidvalidity, base.highestmodseq
-        )
+    with _session(mail_user, ignore_capabilities=[] if use_qresync else ["QRESYNC"]) as session:
+        changes = session.changes_since("INBOX", base.uidvalidity, base.highestmodseq)
     assert changes.status.uidvalidity == new_validity != base.uidvalidity
     assert changes.changed_flags == {}
     assert changes.vanished is None
@@ -211,7 +204,7 @@ def test_search_since_excludes_older_internal_dates(request: pytest.FixtureReque
         recent = client.append("INBOX", make_message(subject="recent"), internal_date=now - dt.timedelta(days=2))
         fresh = client.append("INBOX", make_message(subject="fresh"), internal_date=now)
     with _session(user) as session:
-        reader = MailboxReader(session)
+        reader = session
         reader.examine("INBOX")
         with _counted(session, 1):
             found = reader.search_since((now - dt.timedelta(days=30)).date())
@@ -223,12 +216,12 @@ def test_search_since_excludes_older_internal_dates(request: pytest.FixtureReque
 def test_search_from_uid_drops_the_star_artefact(request: pytest.FixtureRequest, flavour: str) -> None:
     user = _user(request, flavour)
     with _session(user) as session:
-        reader = MailboxReader(session)
+        reader = session
         reader.examine("INBOX")
         assert reader.search_from_uid(1) == []
     uids = _append(user, "INBOX", 2)
     with _session(user) as session:
-        reader = MailboxReader(session)
+        reader = session
         reader.examine("INBOX")
         with _counted(session, 1):
             assert reader.search_from_uid(uids[1] + 1) == []
@@ -238,7 +231,7 @@ def test_search_from_uid_drops_the_star_artefact(request: pytest.FixtureRequest,
 
 def test_searching_without_a_selected_folder_is_a_clear_error(mail_user: MailUser) -> None:
     with _session(mail_user) as session, pytest.raises(ConnectFailed, match="searching new messages"):
-        MailboxReader(session).search_from_uid(1)
+        session.search_from_uid(1)
 
 
 # -- flags, summaries, bodies ---------------------------------------------------------------------
@@ -251,7 +244,7 @@ def test_flags_of_existing_uids_and_no_command_for_none(request: pytest.FixtureR
         plain = client.append("INBOX", make_message())
         flagged = client.append("INBOX", make_message(), flags=["\\Answered", "$Label1"])
     with _session(user) as session:
-        reader = MailboxReader(session)
+        reader = session
         reader.examine("INBOX")
         with _counted(session, 0):
             assert reader.flags([]) == {}
@@ -283,7 +276,7 @@ def test_summaries_report_flags_utc_date_size_and_message_id(request: pytest.Fix
         # Read-write SELECT first so this session owns \Recent, which must not leak out.
         session.client.select_folder("INBOX")
         assert b"\\Recent" in session.client.get_flags([a])[a]
-        reader = MailboxReader(session)
+        reader = session
         with _counted(session, 1):
             summaries = reader.summaries([c, a, b, a, 999])
 
@@ -321,7 +314,7 @@ def test_fetch_returns_the_exact_bytes_and_leaves_seen_alone(request: pytest.Fix
         # Read-write, so a plain BODY[] would set \Seen here.
         session.client.select_folder("INBOX")
         with _counted(session, 1):
-            fetched = MailboxReader(session).fetch([uid])
+            fetched = session.fetch([uid])
     assert len(fetched) == 1
     message = fetched[0]
     assert message.raw == raw
@@ -341,7 +334,7 @@ def test_summaries_of_a_large_folder_are_fetched_in_chunks(mail_user: MailUser) 
         # One MULTIAPPEND: a command per message would dominate the test's runtime.
         client.imap.multiappend("INBOX", messages)
     with _session(mail_user) as session:
-        reader = MailboxReader(session)
+        reader = session
         assert reader.examine("INBOX").messages == count
         uids = list(range(1, count + 1))
         with _counted(session, -(-count // FETCH_CHUNK)):
@@ -375,7 +368,7 @@ def test_find_message_ids_tells_a_move_to_an_unmapped_folder_from_a_removal(
         client.expunge("INBOX", removed)
     wanted = ["<moved@example.com>", "stays@example.com", "removed@example.com", "oved@example.com"]
     with _session(user) as session:
-        reader = MailboxReader(session)
+        reader = session
         with _counted(session, 0):
             assert reader.find_message_ids("Projekte", []) == set()
         with _counted(session, 3):  # EXAMINE, UID SEARCH, UID FETCH of the hits
@@ -392,7 +385,7 @@ def test_find_message_ids_chunks_long_lists(mail_user: MailUser) -> None:
     wanted = [f"needle-{n}@example.com" for n in range(120)]
     searches = -(-len(wanted) // SEARCH_CHUNK)
     with _session(mail_user) as session, _counted(session, 1 + searches + 1):
-        found = MailboxReader(session).find_message_ids("Archive", wanted)
+        found = session.find_message_ids("Archive", wanted)
     assert found == {"needle-7@example.com", "needle-113@example.com"}
 
 

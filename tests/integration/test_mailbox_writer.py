@@ -1,4 +1,4 @@
-"""MailboxWriter against a real Dovecot: the full flavour (MOVE, UIDPLUS, QRESYNC, ...) and the
+"""ImapConnection's writes against a real Dovecot: the full flavour (MOVE, UIDPLUS, QRESYNC, ...) and the
 basic one that hides them, so both the one-command paths and the fallbacks are exercised."""
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from devstack.dovecot import MailUser, make_message
 from mailsync.config import Settings
 from mailsync.errors import ConnectFailed, FolderMissing, OperationRefused
 from mailsync.mailbox.base import ServerParams
-from mailsync.mailbox.imap import open_imap
-from mailsync.mailbox.reader import FolderGone, MailboxReader
-from mailsync.mailbox.writer import MailboxWriter
+from mailsync.mailbox.connection import ImapConnection, open_imap
 from tests.integration.imap_support import BOTH, _counted, _session, _user
 
 
@@ -38,7 +36,7 @@ def _snapshot(user: MailUser, folder: str) -> dict[int, tuple[bytes, frozenset[s
 @BOTH
 def test_capabilities_follow_what_the_server_advertises(request: pytest.FixtureRequest, flavour: str) -> None:
     with _session(_user(request, flavour)) as session:
-        writer = MailboxWriter(session)
+        writer = session
         assert (writer.has_move, writer.has_uidplus) == (flavour == "full",) * 2
 
 
@@ -51,7 +49,7 @@ def test_set_seen_changes_only_seen_and_keeps_the_folder_selected(request: pytes
     with user.client() as client:
         uid = client.append("INBOX", make_message(), flags=["\\Flagged", "$Label1"])
     with _session(user) as session:
-        writer = MailboxWriter(session)
+        writer = session
         with _counted(session, 2):  # SELECT, UID STORE
             assert writer.set_seen("INBOX", uid, True) == ("$Label1", "\\Flagged", "\\Seen")
         with user.client() as client:
@@ -71,7 +69,7 @@ def test_set_seen_keeps_flags_another_client_set_meanwhile(request: pytest.Fixtu
     with user.client() as client:
         uid = client.append("INBOX", make_message())
     with _session(user) as session:
-        writer = MailboxWriter(session)
+        writer = session
         assert writer.set_seen("INBOX", uid, True) == ("\\Seen",)
         with user.client() as client:
             client.add_flags("INBOX", uid, ["\\Answered", "$Label1"])
@@ -89,7 +87,7 @@ def test_set_seen_on_an_expunged_uid_returns_none_and_changes_nothing(
         keep = client.append("INBOX", make_message(subject="keep"), flags=["\\Flagged"])
         gone = client.append("INBOX", make_message(subject="gone"))
     with _session(user) as session:
-        writer = MailboxWriter(session)
+        writer = session
         writer.set_seen("INBOX", keep, False)  # the folder is selected when the expunge happens
         with user.client() as client:
             client.expunge("INBOX", gone)
@@ -104,8 +102,8 @@ def test_set_seen_on_an_expunged_uid_returns_none_and_changes_nothing(
 
 @BOTH
 def test_set_seen_in_a_missing_folder_raises_folder_gone(request: pytest.FixtureRequest, flavour: str) -> None:
-    with _session(_user(request, flavour)) as session, pytest.raises(FolderGone):
-        MailboxWriter(session).set_seen("No-Such-Folder", 1, True)
+    with _session(_user(request, flavour)) as session, pytest.raises(FolderMissing):
+        session.set_seen("No-Such-Folder", 1, True)
 
 
 # -- move --------------------------------------------------------------------------------
@@ -127,7 +125,7 @@ def test_move_returns_the_new_uid_and_spares_messages_others_marked_deleted(
         trashed = client.append("INBOX", make_message(subject="someone else's trash"))
         client.add_flags("INBOX", trashed, ["\\Deleted"])
     with _session(user) as session:
-        writer = MailboxWriter(session)
+        writer = session
         # full: SELECT, UID MOVE. basic: SELECT, UID SEARCH, STATUS, UID COPY, UID STORE,
         # UID STORE (unmark), EXPUNGE, UID STORE (re-mark), EXAMINE Archive, UID FETCH.
         with _counted(session, 2 if flavour == "full" else 10):
@@ -151,7 +149,7 @@ def test_move_of_a_message_already_moved_returns_none_and_moves_nothing(
         other = client.append("INBOX", make_message(subject="stays"))
         uid = client.append("INBOX", raw)
     with _session(user) as session:
-        writer = MailboxWriter(session)
+        writer = session
         new_uid = writer.move("INBOX", uid, "Archive", message_id=None, content_sha256=_sha(raw))
         assert new_uid is not None
         # A repeat after a crash: full: UID MOVE on the still selected INBOX. basic: SELECT
@@ -181,7 +179,7 @@ def test_move_of_a_message_without_message_id_finds_it_by_content(
         client.append("Entwürfe", make_message(subject="unrelated", message_id=None))
         uid = client.append("INBOX", raw, flags=["\\Seen"])
     with _session(user) as session:
-        new_uid = MailboxWriter(session).move(
+        new_uid = session.move(
             "INBOX", uid, "Entwürfe", message_id=None, content_sha256=_sha(raw) if pass_hash else None
         )
     assert new_uid is not None and new_uid > decoy
@@ -201,9 +199,7 @@ def test_move_tells_its_copy_from_older_mail_with_the_same_message_id(
         decoy = client.append("Archive", make_message(subject="older copy", message_id="<same@mailsync.test>"))
         uid = client.append("INBOX", raw)
     with _session(user) as session:
-        new_uid = MailboxWriter(session).move(
-            "INBOX", uid, "Archive", message_id="same@mailsync.test", content_sha256=None
-        )
+        new_uid = session.move("INBOX", uid, "Archive", message_id="same@mailsync.test", content_sha256=None)
     assert new_uid is not None and new_uid != decoy
     assert _snapshot(user, "Archive")[new_uid][0] == raw
 
@@ -217,11 +213,11 @@ def test_move_to_a_missing_folder_raises_folder_gone_and_keeps_the_message(
         uid = client.append("INBOX", make_message())
     before = _snapshot(user, "INBOX")
     with _session(user) as session:
-        writer = MailboxWriter(session)
-        with pytest.raises(FolderGone) as excinfo:
+        writer = session
+        with pytest.raises(FolderMissing) as excinfo:
             writer.move("INBOX", uid, "No-Such-Folder", message_id=None, content_sha256=None)
         assert excinfo.value.folder == "No-Such-Folder"
-        with pytest.raises(FolderGone) as excinfo:
+        with pytest.raises(FolderMissing) as excinfo:
             writer.move("No-Such-Source", uid, "Archive", message_id=None, content_sha256=None)
         assert excinfo.value.folder == "No-Such-Source"
     assert _snapshot(user, "INBOX") == before
@@ -238,7 +234,7 @@ def test_append_returns_the_uid_with_flags_and_internal_date(request: pytest.Fix
     with user.client() as client:
         client.append("Sent", make_message(subject="already there"))
     with _session(user) as session:
-        writer = MailboxWriter(session)
+        writer = session
         # full: APPEND. basic: STATUS, APPEND, EXAMINE, UID FETCH.
         with _counted(session, 1 if flavour == "full" else 4):
             uid = writer.append(
@@ -265,7 +261,7 @@ def test_append_into_the_selected_folder_without_message_id(request: pytest.Fixt
         first = client.append("INBOX", make_message())
         twin = client.append("INBOX", raw)  # an identical older message is not the new one
     with _session(user) as session:
-        writer = MailboxWriter(session)
+        writer = session
         writer.set_seen("INBOX", first, True)
         # basic: STATUS, APPEND, UID FETCH (Message-IDs), UID FETCH (bodies); no re-EXAMINE
         # since INBOX is selected and Dovecot announces the new message with the APPEND.
@@ -281,8 +277,8 @@ def test_append_into_the_selected_folder_without_message_id(request: pytest.Fixt
 
 @BOTH
 def test_append_to_a_missing_folder_raises_folder_gone(request: pytest.FixtureRequest, flavour: str) -> None:
-    with _session(_user(request, flavour)) as session, pytest.raises(FolderGone):
-        MailboxWriter(session).append(
+    with _session(_user(request, flavour)) as session, pytest.raises(FolderMissing):
+        session.append(
             "No-Such-Folder", make_message(), flags=[], internal_date=None, message_id=None, content_sha256=None
         )
 
@@ -297,14 +293,14 @@ def test_find_by_message_id_is_exact(request: pytest.FixtureRequest, flavour: st
         client.append("Archive", make_message(message_id=None, extra_headers={"References": "<abc@mailsync.test>"}))
         again = client.append("Archive", make_message(message_id="<abc@mailsync.test>"))
     with _session(user) as session:
-        writer = MailboxWriter(session)
+        writer = session
         with _counted(session, 3):  # EXAMINE, UID SEARCH, UID FETCH
             assert writer.find_by_message_id("Archive", "abc@mailsync.test") == [exact, again]
         with _counted(session, 2):  # no second EXAMINE
             assert writer.find_by_message_id("Archive", " <abc@mailsync.test> ") == [exact, again]
         assert writer.find_by_message_id("Archive", "bc@mailsync.test") == []
         assert writer.find_by_message_id("Archive", "") == []
-        with pytest.raises(FolderGone):
+        with pytest.raises(FolderMissing):
             writer.find_by_message_id("No-Such-Folder", "abc@mailsync.test")
 
 
@@ -315,7 +311,7 @@ def test_checking_find_by_message_id_first_makes_append_idempotent(
     user = _user(request, flavour)
     raw = make_message(subject="outbox", message_id="<once@mailsync.test>")
 
-    def store_sent(writer: MailboxWriter) -> int:
+    def store_sent(writer: ImapConnection) -> int:
         # What the caller does: link to a copy that is there already, else append one.
         found = writer.find_by_message_id("Sent", "once@mailsync.test")
         if found:
@@ -330,9 +326,9 @@ def test_checking_find_by_message_id_first_makes_append_idempotent(
         )
 
     with _session(user) as session:
-        first = store_sent(MailboxWriter(session))
+        first = store_sent(session)
     with _session(user) as session:  # a new invocation, as after a crash
-        assert store_sent(MailboxWriter(session)) == first
+        assert store_sent(session) == first
     assert list(_snapshot(user, "Sent")) == [first]
 
 
@@ -345,7 +341,7 @@ def test_find_by_content(request: pytest.FixtureRequest, flavour: str) -> None:
         client.append("Junk", make_message(message_id=None))
         two = client.append("Junk", raw)
     with _session(user) as session:
-        writer = MailboxWriter(session)
+        writer = session
         assert writer.find_by_content("Junk", _sha(raw)) == [one, two]
         assert writer.find_by_content("Junk", _sha(raw).upper(), since_uid=one + 1) == [two]
         assert writer.find_by_content("Junk", _sha(raw), since_uid=two + 1) == []
@@ -363,8 +359,8 @@ def test_writer_works_after_the_reader_used_the_connection(request: pytest.Fixtu
         read = client.append("INBOX", make_message(subject="read"))
         moved = client.append("INBOX", raw)
     with _session(user) as session:
-        reader = MailboxReader(session)
-        writer = MailboxWriter(session)
+        reader = session
+        writer = session
         status = reader.status(["INBOX"])["INBOX"]
         if flavour == "full":
             assert status.highestmodseq is not None
@@ -403,7 +399,7 @@ def test_writer_notices_another_folder_selected_read_write_behind_its_back(
         archive_uid = client.append("Archive", make_message(subject="archive"))
     assert inbox_uid == archive_uid  # so a STORE in the wrong folder would hit a message
     with _session(user) as session:
-        writer = MailboxWriter(session)
+        writer = session
         writer.set_seen("INBOX", inbox_uid, True)
         session.client.select_folder("Archive")  # other code on the same connection
         with _counted(session, 2):  # SELECT INBOX again, UID STORE
@@ -419,20 +415,20 @@ def test_writer_notices_another_folder_selected_read_write_behind_its_back(
     ids=["move-only", "uidplus-only", "neither"],
 )
 def test_move_paths_for_servers_with_only_some_extensions(
-    mail_user: MailUser, monkeypatch: pytest.MonkeyPatch, use_move: bool, use_uidplus: bool
+    mail_user: MailUser, use_move: bool, use_uidplus: bool
 ) -> None:
     # The full server has both; a client may always use less than advertised, which covers the
     # combinations neither Dovecot flavour offers.
-    monkeypatch.setattr(MailboxWriter, "has_move", property(lambda _self: use_move))
-    monkeypatch.setattr(MailboxWriter, "has_uidplus", property(lambda _self: use_uidplus))
     raw = make_message(subject="partial extensions")
     with mail_user.client() as client:
         client.append("Archive", make_message(subject="old"))
         uid = client.append("INBOX", raw)
         trashed = client.append("INBOX", make_message(subject="trash"))
         client.add_flags("INBOX", trashed, ["\\Deleted"])
-    with _session(mail_user) as session:
-        writer = MailboxWriter(session)
+    ignored = [name for name, used in (("MOVE", use_move), ("UIDPLUS", use_uidplus)) if not used]
+    with _session(mail_user, ignore_capabilities=ignored) as session:
+        assert (session.has_move, session.has_uidplus) == (use_move, use_uidplus)
+        writer = session
         new_uid = writer.move("INBOX", uid, "Archive", message_id=None, content_sha256=_sha(raw))
         assert new_uid == 2
         assert writer.move("INBOX", uid, "Archive", message_id=None, content_sha256=_sha(raw)) is None
@@ -549,7 +545,7 @@ def test_append_after_find_leaves_the_read_only_selection_courier_refuses(
     proxy = RefusingProxy(user, courier=True)
     try:
         with _proxied_session(user, proxy) as session:
-            writer = MailboxWriter(session)
+            writer = session
             assert writer.find_by_message_id("Sent", "courier@mailsync.test") == []
             uid = writer.append(
                 "Sent",
@@ -576,7 +572,7 @@ def test_append_into_a_read_write_selection_stays_selected(request: pytest.Fixtu
     proxy = RefusingProxy(user, courier=True)
     try:
         with _proxied_session(user, proxy) as session:
-            writer = MailboxWriter(session)
+            writer = session
             writer.set_seen("INBOX", first, True)
             before = session.command_count
             writer.append("Archive", make_message(), flags=[], internal_date=None, message_id=None, content_sha256=None)
@@ -595,7 +591,7 @@ def test_a_refused_append_is_operation_refused_with_the_servers_words(
     proxy = RefusingProxy(user, refuse_append={"Sent": b"NO [OVERQUOTA] Quota exceeded (mailbox for user is full)"})
     try:
         with _proxied_session(user, proxy) as session:
-            writer = MailboxWriter(session)
+            writer = session
             with pytest.raises(OperationRefused) as excinfo:
                 writer.append(
                     "Sent", make_message(), flags=[], internal_date=None, message_id=None, content_sha256=None
@@ -614,7 +610,7 @@ def test_a_missing_folder_is_folder_missing_not_a_network_failure(request: pytes
     with user.client() as client:
         uid = client.append("INBOX", make_message())
     with _session(user) as session:
-        writer = MailboxWriter(session)
+        writer = session
         for action in (
             lambda: writer.set_seen("Gone", 1, True),
             lambda: writer.move("INBOX", uid, "Gone", message_id=None, content_sha256=None),
@@ -635,7 +631,7 @@ def test_a_bad_to_a_command_is_operation_refused(request: pytest.FixtureRequest,
     with user.client() as client:
         uid = client.append("INBOX", make_message())
     with _session(user) as session:
-        writer = MailboxWriter(session)
+        writer = session
         # UID 0 is not a valid UID: Dovecot answers BAD, which imaplib raises.
         with pytest.raises(OperationRefused) as excinfo:
             writer.set_seen("INBOX", 0, True)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mailsync.mailbox.reader import MailboxReader
+from mailsync.mailbox.connection import ImapConnection
 from tests.integration.sync_support import Account, capture_events, connect_account, days_ago, message
 
 
@@ -18,18 +18,21 @@ def account(api, local_mail_env, mail_user) -> Account:
     return connect_account(api, mail_user)
 
 
-class HookedReader(MailboxReader):
-    """The real reader that runs ``action`` once, after the sync's STATUS snapshot, just before
-    the engine first opens ``folder`` (EXAMINE, or the QRESYNC/CONDSTORE EXAMINE)."""
+class HookedReader:
+    """The real connection that runs ``action`` once, after the sync's STATUS snapshot, just
+    before the engine first opens ``folder`` (EXAMINE, or the QRESYNC/CONDSTORE EXAMINE)."""
 
-    def __init__(self, session: Any, folder: str, action: Callable[[], None]) -> None:
-        super().__init__(session)
+    def __init__(self, session: ImapConnection, folder: str, action: Callable[[], None]) -> None:
+        self._session = session
         self._folder, self._action = folder, action
         self._snapshot_taken = False
         self.fired = False
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
     def status(self, folders: Any) -> Any:
-        out = super().status(folders)
+        out = self._session.status(folders)
         self._snapshot_taken = True
         return out
 
@@ -40,15 +43,15 @@ class HookedReader(MailboxReader):
 
     def examine(self, folder: str) -> Any:
         self._hook(folder)
-        return super().examine(folder)
+        return self._session.examine(folder)
 
     def changes_since(self, folder: str, *args: Any, **kwargs: Any) -> Any:
         self._hook(folder)
-        return super().changes_since(folder, *args, **kwargs)
+        return self._session.changes_since(folder, *args, **kwargs)
 
 
-def hooked(folder: str, action: Callable[[], None], readers: list[HookedReader]) -> Callable[[Any], MailboxReader]:
-    def factory(session: Any) -> MailboxReader:
+def hooked(folder: str, action: Callable[[], None], readers: list[HookedReader]) -> Callable[[Any], Any]:
+    def factory(session: ImapConnection) -> Any:
         readers.append(HookedReader(session, folder, action))
         return readers[-1]
 
@@ -84,7 +87,7 @@ def test_a_move_between_the_snapshot_and_the_scan_keeps_the_id(account: Account,
             other.move("INBOX", uid, "Archive")
 
     readers: list[HookedReader] = []
-    assert account.sync(reader_factory=hooked(moment, other_client_moves, readers)).status == "synced"
+    assert account.sync(connection_factory=hooked(moment, other_client_moves, readers)).status == "synced"
     assert readers and readers[0].fired
     assert account.sync().status == "synced"
 
@@ -114,7 +117,7 @@ def test_a_deletion_waits_at_most_one_sync_while_mail_keeps_arriving(account: Ac
     # Every sync sees mail land after its snapshot: the deletion may wait once, not for ever.
     for _ in range(2):
         readers: list[HookedReader] = []
-        assert account.sync(reader_factory=hooked("INBOX", new_mail_lands, readers)).status == "synced"
+        assert account.sync(connection_factory=hooked("INBOX", new_mail_lands, readers)).status == "synced"
         assert readers[0].fired
     messages = account.by_subject()
     assert (messages["deleted"]["state"], messages["deleted"]["detach_reason"]) == ("detached", "removed")

@@ -123,9 +123,7 @@ class CountingReader:
     """The real reader, counting the message bytes it brings into memory."""
 
     def __init__(self, session: Any) -> None:
-        from mailsync.mailbox.reader import MailboxReader
-
-        self._reader = MailboxReader(session)
+        self._reader = session
         self.largest = 0
 
     def __getattr__(self, name: str) -> Any:
@@ -160,7 +158,7 @@ def test_a_message_over_the_size_cap_is_stored_as_its_headers(
         readers.append(CountingReader(session))
         return readers[-1]
 
-    assert account.sync(reader_factory=factory).status == "synced"
+    assert account.sync(connection_factory=factory).status == "synced"
 
     messages = stored(account)
     assert set(messages) == {"big@ok", "small@ok"}

@@ -144,7 +144,7 @@ def test_a_message_with_twenty_thousand_keywords_is_stored_and_the_account_goes_
     # widened where it is parsed: the FETCH response of that one message carries 20,000
     # keywords (~600 KB, under the 1 MB line cap) besides its real flags.
     from mailsync import dal
-    from mailsync.mailbox import reader
+    from mailsync.mailbox import connection
     from tests.integration.sync_support import connect_account, days_ago, message
 
     synced = connect_account(api, mail_user)
@@ -152,7 +152,7 @@ def test_a_message_with_twenty_thousand_keywords_is_stored_and_the_account_goes_
         imap.append("INBOX", message("before"), internal_date=days_ago(1))
         poison_uid = imap.append("INBOX", message("keywords"), flags=["\\Seen"], internal_date=days_ago(1))
         imap.append("INBOX", message("after"), internal_date=days_ago(1))
-    parse_fetch = reader._parse_fetch
+    parse_fetch = connection._parse_fetch
 
     def widened(data):
         out = parse_fetch(data)
@@ -161,7 +161,7 @@ def test_a_message_with_twenty_thousand_keywords_is_stored_and_the_account_goes_
             attrs[b"FLAGS"] = KEYWORDS + tuple(attrs[b"FLAGS"])
         return out
 
-    monkeypatch.setattr(reader, "_parse_fetch", widened)
+    monkeypatch.setattr(connection, "_parse_fetch", widened)
     assert synced.sync().status == "synced"
     status = synced.api("GET", "/v1/users/me/sync-status", caller=synced.caller).body
     assert (status["state"], status["last_error"]) == ("idle", None)

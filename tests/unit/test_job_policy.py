@@ -89,9 +89,7 @@ def test_no_retry_once_the_budget_is_spent() -> None:
 
 
 def test_folder_missing_is_a_refusal_of_one_operation_not_a_network_failure() -> None:
-    from mailsync.mailbox.reader import FolderGone
-
-    gone = FolderGone("Archive")
+    gone = FolderMissing("Archive")
     assert isinstance(gone, FolderMissing) and isinstance(gone, OperationRefused)
     assert not isinstance(gone, ConnectFailed)
     assert gone.code == "folder_missing"

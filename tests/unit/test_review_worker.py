@@ -10,7 +10,7 @@ import time
 
 from mailsync.config import Settings
 from mailsync.domain import Address
-from mailsync.mailbox.reader import _flags
+from mailsync.mailbox.connection import _flags
 from mailsync.mailbox.transport import Budget
 from mailsync.sync import metadata
 

@@ -53,7 +53,19 @@ class Conflict(MailsyncError):
 
 
 class MailboxError(MailsyncError):
-    """Reaching or logging in to the user's mail server failed."""
+    """Reaching or logging in to the user's mail server failed.
+
+    Each subclass says what the caller must do:
+
+    * ``AuthFailed``: the credentials are wrong; ask the user, do not retry.
+    * ``ConnectFailed``, ``MailTimeout``, ``ServerBusy``, ``TlsFailed``: transient or
+      environmental; retry later with backoff.
+    * ``FolderMissing``: the folder is gone; skip it (or fail the one operation on it).
+    * ``OperationRefused``: the server said NO/BAD to one change; fail that operation only.
+    * ``ServerMisbehaving``, ``ProtocolMismatch``: the server broke the protocol or a budget,
+      or something else answers on the port; back off for this account.
+    * ``ExtensionMissing``: the server lacks what a call needs; use the fallback instead.
+    """
 
     status = 502
 
@@ -108,6 +120,15 @@ class OperationRefused(MailboxError):
 
 
 class FolderMissing(OperationRefused):
-    """A folder we work on does not exist on the server (any more)."""
+    """A folder we work on does not exist on the server (any more): skip that folder or fail the
+    operation on it, never the account."""
 
     code = "folder_missing"
+
+    def __init__(self, folder: str) -> None:
+        super().__init__(f"The folder {folder!r} does not exist on the mail server (deleted or renamed?)")
+        self.folder = folder
+
+
+class ExtensionMissing(ConnectFailed):
+    """The server lacks an IMAP extension this call needs; the caller should use its fallback."""

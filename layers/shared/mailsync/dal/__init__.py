@@ -23,17 +23,15 @@ both sorted by ``{internal date}#{id}``. Models (``_models``), key and cursor fo
 and item factories (``_items``) are private to this package; cursors leave it as opaque strings.
 Table names are read from the settings on use: nothing binds them.
 
-``sync_legacy`` holds the item-level functions the sync core still uses (re-exported here under
-their old names until it is converted); nothing else may use them.
 """
 
-from mailsync.dal import sync_legacy
 from mailsync.dal._keys import BadCursor
 from mailsync.dal._models import utcnow
 from mailsync.dal._store import (
+    Unstorable,
     account_exists,
     acquire_host_slot,
-    aged_out_locations,
+    aged_out,
     contact_messages,
     count_attempt,
     count_locations,
@@ -75,14 +73,12 @@ from mailsync.dal._store import (
     update_account_status,
 )
 
-# LEGACY: the sync core's item-level names, until it is converted (nothing else may use them).
-from mailsync.dal.sync_legacy import *  # noqa: F403
-
 __all__ = [
     "BadCursor",
+    "Unstorable",
     "account_exists",
     "acquire_host_slot",
-    "aged_out_locations",
+    "aged_out",
     "contact_messages",
     "count_attempt",
     "count_locations",
@@ -124,4 +120,3 @@ __all__ = [
     "update_account_status",
     "utcnow",
 ]
-__all__ += sync_legacy.__all__

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -263,7 +263,7 @@ def window_item(
 
 
 def write_new_messages(
-    rows: list[tuple[MessageModel, LocationModel, WindowModel]], between: Callable[[], None] | None = None
+    rows: list[tuple[MessageModel, LocationModel, WindowModel]],
 ) -> None:
     """Store new messages. Location items go last: a location is what marks a server copy as
     done, so a crash in between leaves work that is redone under the same deterministic id."""
@@ -277,8 +277,6 @@ def write_new_messages(
         for _, _, window in rows:
             batch.save(window)
     write_message_indexes([message for message, _, _ in rows])
-    if between is not None:
-        between()
     with LocationModel.batch_write() as batch:
         for _, location, _ in rows:
             batch.save(location)

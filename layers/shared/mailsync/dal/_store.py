@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -517,10 +517,20 @@ def find_locations(
     }
 
 
-def aged_out_locations(tenant_id: str, user_id: str, server_folder: str, cutoff: datetime) -> list[tuple[int, int]]:
-    """(sync core) (uidvalidity, uid) of the synced copies with an INTERNALDATE before ``cutoff``."""
-    window = WindowModel.query(keys.window_pk(tenant_id, user_id, server_folder), WindowModel.sk < keys.iso(cutoff))
-    return [tuple(int(part) for part in item.loc_sk.split("#")) for item in window]  # type: ignore[misc]
+def aged_out(tenant_id: str, user_id: str, server_folder: str, cutoff: datetime) -> list[Location]:
+    """(sync core) Synced copies with an INTERNALDATE before ``cutoff``. A window record whose
+    location is gone (left by a crash between the two deletes) is removed on the way."""
+    windows = list(
+        WindowModel.query(keys.window_pk(tenant_id, user_id, server_folder), WindowModel.sk < keys.iso(cutoff))
+    )
+    wanted = {tuple(int(part) for part in w.loc_sk.split("#")): w for w in windows}
+    found = find_locations(tenant_id, user_id, server_folder, wanted)  # type: ignore[arg-type]
+    orphans = [w for key, w in wanted.items() if key not in found]
+    if orphans:
+        with WindowModel.batch_write() as batch:
+            for window in orphans:
+                batch.delete(window)
+    return list(found.values())
 
 
 def ids_for_match_key(tenant_id: str, user_id: str, key: str) -> list[str]:
@@ -528,11 +538,20 @@ def ids_for_match_key(tenant_id: str, user_id: str, key: str) -> list[str]:
     return [item.id for item in MatchKeyModel.query(keys.match_pk(tenant_id, user_id, key))]
 
 
-def store_new_messages(rows: list[tuple[Message, Location]], between: Callable[[], None] | None = None) -> None:
+class Unstorable(Exception):
+    """A new message's item is over a DynamoDB limit (its metadata must shrink to be stored)."""
+
+
+def store_new_messages(rows: list[tuple[Message, Location]]) -> None:
     """(sync core) Store new messages with their locations; locations go last (a location marks a
     server copy as done, so a crash in between is redone under the same deterministic id)."""
     items = [(message_item(m), location_record(loc), window_record(loc)) for m, loc in rows]
-    write_new_messages(items, between)
+    try:
+        write_new_messages(items)
+    except PutError as exc:
+        if exc.cause_response_code != "ValidationException":
+            raise
+        raise Unstorable(str(exc)) from exc
 
 
 def relink(message: Message, to: Location, shown: Mapping[str, Any], old: Location | None) -> None:

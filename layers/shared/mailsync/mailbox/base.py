@@ -1,4 +1,5 @@
-"""Connection parameters, TLS context and error translation shared by the adapters."""
+"""What the IMAP and POP3 adapters share: connection parameters and results, the TLS context,
+the checks before connecting and socket-error translation. Imports neither adapter."""
 
 from __future__ import annotations
 
@@ -81,18 +82,3 @@ def precheck(params: ServerParams, settings: Settings) -> list[str]:
     if params.security == "none" and not settings.allow_insecure:
         raise TlsFailed("Unencrypted connections are not allowed by this deployment")
     return resolve_checked(params.host, params.port, settings.allow_private_hosts)
-
-
-def open_mailbox_check(params: ServerParams, settings: Settings, *, deadline: float | None = None) -> ConnectionCheck:
-    """Log in for real with either protocol and report what the server offers.
-
-    ``deadline`` is a ``time.monotonic()`` instant; without one an interactive budget applies.
-    """
-    if params.protocol == "pop3":
-        from mailsync.mailbox.pop import check_pop3
-
-        return check_pop3(params, settings, deadline=deadline)
-    from mailsync.mailbox.imap import open_imap
-
-    with open_imap(params, settings, deadline=deadline) as session:
-        return ConnectionCheck(protocol="imap", capabilities=session.capabilities())

@@ -1,4 +1,5 @@
-"""POP3 adapter: login check (POP has no folders; its single mailbox is INBOX)."""
+"""POP3 adapter: the budgeted transport and ``Pop3Connection`` (POP has no folders; its single
+mailbox is INBOX, and Mailsync only checks logins with it)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import poplib
 import re
 import socket
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from mailsync.config import Settings
 from mailsync.errors import AuthFailed, ConnectFailed, ServerBusy, ServerMisbehaving, TlsFailed, ValidationFailed
-from mailsync.mailbox.base import ConnectionCheck, ServerParams, client_ssl_context, precheck, translate_errors
+from mailsync.mailbox.base import ServerParams, client_ssl_context, precheck, translate_errors
 from mailsync.mailbox.transport import (
     LINE_OVERHEAD_BYTES,
     Budget,
@@ -75,42 +78,17 @@ class BudgetedPOP3(CheckedConnection, poplib.POP3):
         return line[:-1], octets
 
 
-def _login(conn: poplib.POP3, params: ServerParams) -> None:
-    for name, value in (("username", params.username), ("password", params.password)):
-        if "\r" in value or "\n" in value or "\0" in value:
-            # POP3 is line-based: a line break would smuggle in another command.
-            raise ValidationFailed(f"The {name} must not contain line breaks", field=name)
-    try:
-        # poplib sends commands in UTF-8, so non-ASCII user names and passwords go as they are.
-        conn.user(params.username)
-        conn.pass_(params.password)
-    except poplib.error_proto as exc:
-        text = server_text(exc.args[0] if exc.args else b"")
-        if _BUSY_CODES.search(text):
-            logger.info("POP3 login deferred by the server", extra={"mail_host": params.host})
-            raise ServerBusy(f"The mail server turned the login away for now: {text}") from None
-        logger.info("POP3 login rejected", extra={"mail_host": params.host})
-        raise AuthFailed() from None
-    except OSError:
-        logger.info("POP3 login interrupted", extra={"mail_host": params.host})
-        raise ServerBusy("The connection to the mail server dropped or stalled during login") from None
+class Pop3Connection:
+    """A POP3 connection: connect, STLS, login, capabilities, quit. POP has no folders; its
+    single mailbox is INBOX, and Mailsync only checks logins with it."""
 
+    def __init__(self, conn: poplib.POP3, params: ServerParams) -> None:
+        self._conn = conn
+        self._params = params
 
-def _capabilities(conn: poplib.POP3) -> list[str]:
-    try:
-        return sorted(conn.capa())
-    except poplib.error_proto:
-        return []
-    except (UnicodeDecodeError, IndexError):
-        raise ServerMisbehaving("The mail server sent an unreadable capability list") from None
-
-
-def check_pop3(params: ServerParams, settings: Settings, *, deadline: float | None = None) -> ConnectionCheck:
-    """Log in over POP3 and report the server's capabilities; ``deadline`` bounds the whole check."""
-    addresses = precheck(params, settings)
-    budget = Budget.from_settings(settings, deadline)
-    ctx = client_ssl_context(settings)
-    with translate_errors(params):
+    @classmethod
+    def connect(cls, params: ServerParams, addresses: list[str], ctx: ssl.SSLContext, budget: Budget) -> Pop3Connection:
+        """Connected (TLS from the first byte with security "ssl") and greeted, not logged in."""
         conn = BudgetedPOP3(
             params.host,
             params.port,
@@ -118,20 +96,73 @@ def check_pop3(params: ServerParams, settings: Settings, *, deadline: float | No
             tls_context=ctx if params.security == "ssl" else None,
             budget=budget,
         )
+        return cls(conn, params)
+
+    def starttls(self, ctx: ssl.SSLContext) -> None:
+        try:
+            self._conn.stls(context=ctx)
+        except poplib.error_proto as exc:
+            raise TlsFailed(f"The mail server refused STLS: {server_text(exc.args[0])}") from None
+        except (UnicodeDecodeError, IndexError):
+            raise ServerMisbehaving("The mail server sent an unreadable capability list") from None
+
+    def login(self) -> None:
+        """USER/PASS; only a -ERR without a "not now" code means wrong credentials."""
+        params = self._params
+        for name, value in (("username", params.username), ("password", params.password)):
+            if "\r" in value or "\n" in value or "\0" in value:
+                # POP3 is line-based: a line break would smuggle in another command.
+                raise ValidationFailed(f"The {name} must not contain line breaks", field=name)
+        try:
+            # poplib sends commands in UTF-8, so non-ASCII user names and passwords go as they are.
+            self._conn.user(params.username)
+            self._conn.pass_(params.password)
+        except poplib.error_proto as exc:
+            text = server_text(exc.args[0] if exc.args else b"")
+            if _BUSY_CODES.search(text):
+                logger.info("POP3 login deferred by the server", extra={"mail_host": params.host})
+                raise ServerBusy(f"The mail server turned the login away for now: {text}") from None
+            logger.info("POP3 login rejected", extra={"mail_host": params.host})
+            raise AuthFailed() from None
+        except OSError:
+            logger.info("POP3 login interrupted", extra={"mail_host": params.host})
+            raise ServerBusy("The connection to the mail server dropped or stalled during login") from None
+
+    def capabilities(self) -> list[str]:
+        """CAPA's answer, sorted; empty when the server has no CAPA."""
+        try:
+            return sorted(self._conn.capa())
+        except poplib.error_proto:
+            return []
+        except (UnicodeDecodeError, IndexError):
+            raise ServerMisbehaving("The mail server sent an unreadable capability list") from None
+
+    def quit(self) -> None:
+        try:
+            self._conn.quit()
+        except (poplib.error_proto, OSError) as exc:
+            raise ConnectFailed(f"POP3 session ended with an error: {exc}") from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+@contextmanager
+def open_pop3(params: ServerParams, settings: Settings, *, deadline: float | None = None) -> Iterator[Pop3Connection]:
+    """Connect, upgrade to TLS as configured and log in; QUIT after the block, always close.
+
+    ``deadline`` (a ``time.monotonic()`` instant) bounds the whole connection.
+    """
+    addresses = precheck(params, settings)
+    budget = Budget.from_settings(settings, deadline)
+    ctx = client_ssl_context(settings)
+    with translate_errors(params):
+        pop = Pop3Connection.connect(params, addresses, ctx, budget)
         try:
             if params.security == "starttls":
-                try:
-                    conn.stls(context=ctx)
-                except poplib.error_proto as exc:
-                    raise TlsFailed(f"The mail server refused STLS: {server_text(exc.args[0])}") from None
-                except (UnicodeDecodeError, IndexError):
-                    raise ServerMisbehaving("The mail server sent an unreadable capability list") from None
-            _login(conn, params)
-            caps = _capabilities(conn)
-            try:
-                conn.quit()
-            except (poplib.error_proto, OSError) as exc:
-                raise ConnectFailed(f"POP3 session ended with an error: {exc}") from None
+                pop.starttls(ctx)
+            pop.login()
+            yield pop
+            pop.quit()
         finally:
-            conn.close()
-    return ConnectionCheck(protocol="pop3", capabilities=caps)
+            pop.close()

@@ -9,7 +9,7 @@ from mailsync.errors import MailboxError
 from mailsync.folders import check_folders_exist, suggest, suggested_map, validate_map_shape
 from mailsync.identity import Principal
 from mailsync.mailbox import ServerFolder, open_mailbox_check
-from mailsync.mailbox.imap import open_imap
+from mailsync.mailbox.connection import open_imap
 from mailsync.schemas import FolderMapOut, ServerFolderOut
 from mailsync.services.accounts import record_login_outcome, require_account, server_params, target_for
 

@@ -28,11 +28,10 @@ from pydantic import BaseModel, ConfigDict
 
 from mailsync import dal, events
 from mailsync.config import Settings, get_settings
+from mailsync.domain import Account, SyncState
 from mailsync.errors import AuthFailed, MailboxError, NotFound
 from mailsync.mailbox.base import ServerParams
-from mailsync.mailbox.imap import open_imap
-from mailsync.mailbox.reader import MailboxReader
-from mailsync.mailbox.writer import MailboxWriter
+from mailsync.mailbox.connection import ImapConnection, open_imap
 from mailsync.observability import logger
 from mailsync.services import scheduling
 from mailsync.services.accounts import server_params
@@ -73,7 +72,7 @@ def run_job(
     deadline: Callable[[], bool] = lambda: False,
     *,
     owner: str | None = None,
-    reader_factory: Callable[..., MailboxReader] = MailboxReader,
+    connection_factory: Callable[[ImapConnection], ImapConnection] = lambda conn: conn,
     lambda_deadline: float | None = None,
     may_defer: bool = True,
 ) -> JobResult:
@@ -103,8 +102,8 @@ def run_job(
                 dal.update_account(account, {"due_shard": None, "next_sync_at": None})
         return JobResult("skipped")
     # Marking the account "syncing" rides on the lease write: one request, not two.
-    state = dal.acquire_lease(
-        job.tenant_id, job.user_id, owner, LEASE_SECONDS, {"state": "syncing", "last_started_at": dal.utcnow()}
+    state = dal.take_lease(
+        job.tenant_id, job.user_id, owner, LEASE_SECONDS, state="syncing", last_started_at=dal.utcnow()
     )
     if state is None:
         return JobResult("busy")
@@ -121,7 +120,7 @@ def run_job(
             final = {"state": "idle"}  # waiting for room on the host, not syncing
             return JobResult("busy")
         try:
-            result, final = _sync(account, state, owner, deadline, reader_factory, started, lambda_deadline)
+            result, final = _sync(account, state, owner, deadline, connection_factory, started, lambda_deadline)
             result.duration_ms = int((time.monotonic() - started) * 1000)
             if since_success is not None:
                 result.lag_seconds = int(time.time() - state.last_success_at.timestamp())
@@ -135,15 +134,15 @@ def run_job(
         return JobResult("failed", error="internal_error", duration_ms=int((time.monotonic() - started) * 1000))
     finally:
         # The final state is written with the lease release, in one request.
-        dal.release_lease(state, owner, final)
+        dal.give_back_lease(job.tenant_id, job.user_id, owner, **final)
 
 
 def _sync(
-    account: dal.AccountModel,
-    state: dal.SyncStateModel,
+    account: Account,
+    state: SyncState,
     owner: str,
     deadline: Callable[[], bool],
-    reader_factory: Callable[..., MailboxReader],
+    connection_factory: Callable[[ImapConnection], ImapConnection],
     started: float,
     lambda_deadline: float | None = None,
 ) -> tuple[JobResult, dict[str, Any]]:
@@ -154,7 +153,9 @@ def _sync(
     try:
         params = server_params(account, settings)
         outcome = _with_connect_retries(
-            lambda: _run_engine(account, state, owner, soft_deadline, params, settings, reader_factory, hard_deadline),
+            lambda: _run_engine(
+                account, state, owner, soft_deadline, params, settings, connection_factory, hard_deadline
+            ),
             # The budget alone: the Lambda's deadline callable is the engine's to ask.
             policy.job_deadline(lambda: False, hard_deadline, budget, time.monotonic),
         )
@@ -177,19 +178,17 @@ def _sync(
 
 
 def _run_engine(
-    account: dal.AccountModel,
-    state: dal.SyncStateModel,
+    account: Account,
+    state: SyncState,
     owner: str,
     deadline: Callable[[], bool],
     params: ServerParams,
     settings: Settings,
-    reader_factory: Callable[..., MailboxReader],
+    connection_factory: Callable[[ImapConnection], ImapConnection],
     hard_deadline: float,
 ) -> SyncOutcome:
-    with open_imap(params, settings, deadline=hard_deadline) as session:
-        return sync_account(
-            account, state, reader_factory(session), MailboxWriter(session), owner=owner, deadline=deadline
-        )
+    with open_imap(params, settings, deadline=hard_deadline) as conn:
+        return sync_account(account, state, connection_factory(conn), owner=owner, deadline=deadline)
 
 
 def _with_connect_retries(
@@ -211,8 +210,8 @@ def _with_connect_retries(
             attempt += 1
 
 
-def _record_failure(account: dal.AccountModel, state: dal.SyncStateModel, exc: MailboxError) -> dict[str, Any]:
-    plan = policy.mailbox_failure(exc.code, exc.message, int(state.failures or 0))
+def _record_failure(account: Account, state: SyncState, exc: MailboxError) -> dict[str, Any]:
+    plan = policy.mailbox_failure(exc.code, exc.message, state.failures)
     failures = plan.sync_state["failures"]
     if plan.stays_due:
         extra = {"next_sync_at": int(time.time()) + scheduling.backoff_seconds(failures, base=plan.backoff_base)}
@@ -223,11 +222,11 @@ def _record_failure(account: dal.AccountModel, state: dal.SyncStateModel, exc: M
     return plan.sync_state
 
 
-def _record_internal_failure(account: dal.AccountModel, state: dal.SyncStateModel) -> dict[str, Any]:
+def _record_internal_failure(account: Account, state: SyncState) -> dict[str, Any]:
     """Backoff and a human error after an unexpected exception; the account's status stays as it
     was. Best effort: if storage is what failed, the lease still goes back (the caller's
     ``finally``) and expires otherwise."""
-    plan = policy.internal_failure(int(state.failures or 0))
+    plan = policy.internal_failure(state.failures)
     try:
         delay = scheduling.backoff_seconds(plan.sync_state["failures"], base=plan.backoff_base)
         if account.fetch_enabled and account.status != "auth_failed":

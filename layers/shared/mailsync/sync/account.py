@@ -10,32 +10,31 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mailsync import dal, events
-from mailsync.mailbox.reader import MailboxReader
-from mailsync.mailbox.writer import MailboxWriter
+from mailsync.domain import Account, SyncState
+from mailsync.mailbox.connection import ImapConnection
 from mailsync.sync.engine import AccountSync, SyncOutcome
 from mailsync.sync.pusher import Pusher
 
 
 def sync_account(
-    account: dal.AccountModel,
-    state: dal.SyncStateModel,
-    reader: MailboxReader,
-    writer: MailboxWriter,
+    account: Account,
+    state: SyncState,
+    conn: ImapConnection,
     *,
     owner: str,
     deadline: Callable[[], bool],
 ) -> SyncOutcome:
     """Push pending CRM ops, pull the server's changes, push what waited for the pull; the
     events of all three go out even when a step fails (what was done stays announced)."""
-    pusher = Pusher(account, reader, writer)
-    ops = dal.pending_ops(account.tenant_id, account.user_id) if int(state.ops_pending or 0) > 0 else []
+    pusher = Pusher(account, conn)
+    ops = dal.ops_waiting(account.tenant_id, account.user_id) if state.ops_pending > 0 else []
     engine: AccountSync | None = None
     try:
         waiting = pusher.run(ops)
         engine = AccountSync(
             account,
             state,
-            reader,
+            conn,
             owner=owner,
             deadline=deadline,
             revivable=pusher.revivable(waiting),

@@ -25,6 +25,7 @@ from typing import Any
 from mailsync import blobstore, dal, mime, privacy
 from mailsync.config import get_settings
 from mailsync.domain import Account, Location, Message, SyncState
+from mailsync.errors import FolderMissing
 from mailsync.events import (
     ACCOUNT_FOLDER_MISSING,
     MESSAGE_DETACHED,
@@ -33,7 +34,7 @@ from mailsync.events import (
     Event,
     message_event,
 )
-from mailsync.mailbox.reader import FetchedMessage, FolderGone, MailboxReader, MessageSummary
+from mailsync.mailbox.connection import FetchedMessage, ImapConnection, MessageSummary
 from mailsync.observability import logger
 from mailsync.privacy import TenantRules
 from mailsync.sync.metadata import metadata_fields, minimal_fields
@@ -108,7 +109,7 @@ class AccountSync:
         self,
         account: Account,
         state: SyncState,
-        reader: MailboxReader,
+        conn: ImapConnection,
         *,
         owner: str,
         deadline: Callable[[], bool] = lambda: False,
@@ -118,7 +119,7 @@ class AccountSync:
     ) -> None:
         self.account = account
         self.state = state
-        self.reader = reader
+        self.conn = conn
         self.owner = owner
         self.deadline = deadline
         self.tenant = account.tenant_id
@@ -144,7 +145,7 @@ class AccountSync:
 
     def run(self) -> SyncOutcome:
         self._drop_unmapped_folders()
-        statuses = self.reader.status(list(self.crm_for))
+        statuses = self.conn.status(list(self.crm_for))
         work: list[FolderWork] = []
         for server_folder in self.crm_for:
             status = statuses.get(server_folder)
@@ -154,7 +155,7 @@ class AccountSync:
             self.snapshots[server_folder] = _status(status)
             try:
                 item = self._prepare_folder(server_folder, _status(status))
-            except FolderGone:
+            except FolderMissing:
                 # Deleted between the STATUS and now: the other folders still sync.
                 self._folder_missing(server_folder)
                 continue
@@ -168,7 +169,7 @@ class AccountSync:
                     self.outcome.complete = False
                     self._save_checkpoint()
                     return self._finish()
-            except FolderGone:
+            except FolderMissing:
                 self._folder_missing(item.server_folder)
                 continue
             done.append(item)
@@ -184,7 +185,7 @@ class AccountSync:
         return self._finish()
 
     def _finish(self) -> SyncOutcome:
-        self.outcome.imap_commands = self.reader.command_count
+        self.outcome.imap_commands = self.conn.command_count
         return self.outcome
 
     # -- step 0 ---------------------------------------------------------------------------------
@@ -215,7 +216,7 @@ class AccountSync:
     def _prepare_folder(self, server_folder: str, status: ServerStatus) -> FolderWork | None:
         stored = self.checkpoint.folder(server_folder)
         mode = plan.plan_folder(
-            stored, status, qresync=self.reader.has_qresync, has_copies=lambda: self._has_copies(server_folder)
+            stored, status, qresync=self.conn.has_qresync, has_copies=lambda: self._has_copies(server_folder)
         )
         if mode is Mode.SKIP:
             return None
@@ -236,17 +237,17 @@ class AccountSync:
         return [_known(loc) for loc in dal.folder_locations(self.tenant, self.user, server_folder)]
 
     def _prepare_full(self, server_folder: str, stored: FolderCheckpoint, listed: ServerStatus) -> FolderWork:
-        snapshot = _status(self.reader.examine(server_folder))
+        snapshot = _status(self.conn.examine(server_folder))
         bound = plan.snapshot_bound(listed, snapshot)
         first = plan.first_sync_start(stored.first_sync, snapshot.uidvalidity, bound)
         current, stale = decide.split_by_uidvalidity(self._known_copies(server_folder), first.uidvalidity)
         self.vanished.extend(stale)
         if current:
             # A resumed first sync: what it stored before may have left the folder meanwhile.
-            self.vanished.extend(decide.vanished_by_uids(current, set(self.reader.search_from_uid(1))))
+            self.vanished.extend(decide.vanished_by_uids(current, set(self.conn.search_from_uid(1))))
         # This sync's snapshot bounds the arrivals (a resumed first sync's own UIDNEXT is older:
         # what came since is stored now and known next time).
-        window = self.reader.search_since(self.cutoff.date(), below=bound.uidnext or None)
+        window = self.conn.search_since(self.cutoff.date(), below=bound.uidnext or None)
         todo = decide.arrivals_todo(window, current)
         first = plan.first_sync_counted(first, len(window), len(todo))
         # Until it completes the folder is known only as far as ``stored`` says (nothing, after a reset).
@@ -264,7 +265,7 @@ class AccountSync:
         self, server_folder: str, stored: FolderCheckpoint, mode: Mode, listed: ServerStatus
     ) -> FolderWork | None:
         assert stored.uidvalidity is not None and stored.highestmodseq is not None
-        changes = self.reader.changes_since(server_folder, stored.uidvalidity, stored.highestmodseq)
+        changes = self.conn.changes_since(server_folder, stored.uidvalidity, stored.highestmodseq)
         live = _status(changes.status)
         if self._empty_reset(server_folder, stored, live):
             return None
@@ -272,7 +273,7 @@ class AccountSync:
             return self._prepare_full(server_folder, FolderCheckpoint(), listed)
         snapshot = plan.snapshot_bound(listed, live)
         self._apply_flag_changes(server_folder, stored.uidvalidity, changes.changed_flags)
-        new_uids = self.reader.search_from_uid(stored.uidnext or 1, below=snapshot.uidnext or None)
+        new_uids = self.conn.search_from_uid(stored.uidnext or 1, below=snapshot.uidnext or None)
         if changes.vanished is not None:
             gone = dal.find_locations(
                 self.tenant, self.user, server_folder, ((stored.uidvalidity, u) for u in changes.vanished)
@@ -280,7 +281,7 @@ class AccountSync:
             self.vanished.extend(_known(loc) for loc in gone.values())
         elif plan.expunges_unreported(snapshot.messages, stored.messages, len(new_uids)):
             known = {k.uid: k for k in self._known_copies(server_folder)}
-            self.vanished.extend(decide.vanished_by_uids(known, set(self.reader.search_from_uid(1))))
+            self.vanished.extend(decide.vanished_by_uids(known, set(self.conn.search_from_uid(1))))
         known_new = dal.find_locations(
             self.tenant, self.user, server_folder, ((stored.uidvalidity, u) for u in new_uids)
         )
@@ -288,18 +289,18 @@ class AccountSync:
         return FolderWork(server_folder, mode, snapshot, todo)
 
     def _prepare_scan(self, server_folder: str, stored: FolderCheckpoint, listed: ServerStatus) -> FolderWork | None:
-        live = _status(self.reader.examine(server_folder))
+        live = _status(self.conn.examine(server_folder))
         if self._empty_reset(server_folder, stored, live):
             return None
         if live.uidvalidity != stored.uidvalidity:
             return self._prepare_full(server_folder, FolderCheckpoint(), listed)
         snapshot = plan.snapshot_bound(listed, live)
-        all_uids = set(self.reader.search_from_uid(1))
+        all_uids = set(self.conn.search_from_uid(1))
         known = {k.uid: k for k in self._known_copies(server_folder)}
         self.vanished.extend(decide.vanished_by_uids(known, all_uids))
         present = sorted(u for u in known if u in all_uids)
-        self._apply_flag_changes(server_folder, snapshot.uidvalidity, self.reader.flags(present), known)
-        window = self.reader.search_since(self.cutoff.date(), below=snapshot.uidnext or None)
+        self._apply_flag_changes(server_folder, snapshot.uidvalidity, self.conn.flags(present), known)
+        window = self.conn.search_since(self.cutoff.date(), below=snapshot.uidnext or None)
         return FolderWork(server_folder, Mode.SCAN, snapshot, decide.arrivals_todo(window, known))
 
     def _apply_flag_changes(
@@ -341,9 +342,9 @@ class AccountSync:
         """Store the folder's arrivals batch by batch; False when time ran out (checkpointed)."""
         if not work.todo:
             return True
-        self.reader.examine(work.server_folder)
+        self.conn.examine(work.server_folder)
         # Headers only (the reader chunks the command); bodies are fetched per batch below.
-        summaries = {s.uid: s for s in self.reader.summaries(work.todo)}
+        summaries = {s.uid: s for s in self.conn.summaries(work.todo)}
         sizes = {uid: self._fetch_size(s.size) for uid, s in summaries.items()}
         # Newest mail first, so the CRM shows what matters while a big first sync runs. UIDs
         # gone between SEARCH and FETCH have no summary: they are not arrivals any more.
@@ -382,10 +383,10 @@ class AccountSync:
             return {}
         whole = [u for u in uids if sizes.get(u, 0) <= self.max_message_bytes]
         big = [u for u in uids if sizes.get(u, 0) > self.max_message_bytes]
-        out = {m.uid: m for m in self.reader.fetch(whole)} if whole else {}
+        out = {m.uid: m for m in self.conn.fetch(whole)} if whole else {}
         if big:
             limit = min(self.max_message_bytes, TOO_LARGE_HEADER_BYTES)
-            out.update({m.uid: m for m in self.reader.fetch_headers(big, limit)})
+            out.update({m.uid: m for m in self.conn.fetch_headers(big, limit)})
         return out
 
     def _arrival(self, work: FolderWork, summary: MessageSummary, body: FetchedMessage | None) -> Arrival | None:
@@ -564,11 +565,11 @@ class AccountSync:
         searchable = sorted({k.match_key[4:] for k in self.vanished if k.match_key.startswith("mid:")})
         if searchable:
             mapped = set(self.crm_for)
-            for folder in self.reader.list_folder_names():
+            for folder in self.conn.list_folder_names():
                 if folder not in mapped:
                     try:
-                        moved_away |= {f"mid:{m}" for m in self.reader.find_message_ids(folder, searchable)}
-                    except FolderGone:
+                        moved_away |= {f"mid:{m}" for m in self.conn.find_message_ids(folder, searchable)}
+                    except FolderMissing:
                         continue  # deleted since the LIST: nothing moved there
         for known in self.vanished:
             self._detach(known, decide.detach_reason(known, moved_away))
@@ -579,7 +580,7 @@ class AccountSync:
         """Whether any mapped folder moved on since the sync's STATUS snapshot (one more STATUS)."""
         if not self.snapshots:
             return False
-        now = self.reader.status(list(self.snapshots))
+        now = self.conn.status(list(self.snapshots))
         for server_folder, snapshot in self.snapshots.items():
             current = now.get(server_folder)
             if current is not None and plan.moved_on(snapshot, _status(current)):

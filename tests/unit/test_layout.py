@@ -1,0 +1,86 @@
+"""The layout rules of README "What runs where", checked so they cannot rot: every module imports
+on its own (no import cycles), imaplib's internals stay in the one IMAP connection module, and
+PynamoDB models and key formats stay in the data layer."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "layers" / "shared" / "mailsync"
+CODE_DIRS = [ROOT / "layers", ROOT / "functions", ROOT / "devstack", ROOT / "bench"]
+
+
+def modules() -> list[str]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        out.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return out
+
+
+def code_files() -> list[Path]:
+    return [p for d in CODE_DIRS for p in d.rglob("*.py") if ".aws-sam" not in p.parts]
+
+
+def code_of(path: Path) -> str:
+    """The file without its comment lines (a comment may quote a key to explain a rule)."""
+    return "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter() -> None:
+    """A cycle shows as an ImportError for whichever module of it is imported first: each module
+    is imported first once, in its own interpreter."""
+    names = modules()
+    script = (
+        "import importlib, subprocess, sys\n"
+        "failed = []\n"
+        "for name in sys.argv[1:]:\n"
+        "    r = subprocess.run([sys.executable, '-c', f'import {name}'], capture_output=True, text=True)\n"
+        "    if r.returncode:\n"
+        "        failed.append((name, r.stderr.strip().splitlines()[-1]))\n"
+        "print(failed)\n"
+        "sys.exit(1 if failed else 0)\n"
+    )
+    env_path = str(PACKAGE.parent)
+    result = subprocess.run(
+        [sys.executable, "-c", script, *names],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin", "AWS_DEFAULT_REGION": "eu-west-1"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(names) > 30
+
+
+IMAPLIB_INTERNALS = re.compile(r"\b(_simple_command|untagged_responses|_untagged_response|_command_complete)\b")
+
+
+def test_imaplib_internals_only_in_the_connection_module() -> None:
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in code_files()
+        if p.name != "connection.py" and IMAPLIB_INTERNALS.search(code_of(p))
+    ]
+    assert offenders == []
+
+
+PYNAMODB = re.compile(r"^\s*(from|import) pynamodb\b", re.M)
+KEY_STRINGS = re.compile(r"""["'](M#|L#|W#|K#|T#|C#|H#|OPS#|A#)""")
+
+
+@pytest.mark.parametrize("pattern", [PYNAMODB, KEY_STRINGS], ids=["pynamodb", "key strings"])
+def test_models_and_keys_only_in_the_data_layer(pattern: re.Pattern[str]) -> None:
+    dal = PACKAGE / "dal"
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in code_files()
+        if dal not in p.parents and pattern.search(code_of(p))
+    ]
+    assert offenders == []
