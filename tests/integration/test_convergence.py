@@ -20,7 +20,7 @@ from collections import Counter
 import pytest
 
 from devstack.dovecot import make_message
-from mailsync.mime import normalise_message_id, parse_message
+from mailsync.mime import normalise_msg_id, parse_message
 from tests.integration.convergence_support import crm_change
 from tests.integration.sync_support import Account, days_ago, flavoured_account
 
@@ -133,7 +133,7 @@ class Convergence:
         with self.account.user.client() as imap:
             for folder in MAPPED.values():
                 for uid in imap.uids(folder):
-                    message_id = normalise_message_id(parse_message(imap.fetch_raw(folder, uid)).message_id)
+                    message_id = normalise_msg_id(parse_message(imap.fetch_raw(folder, uid)).internet_message_id)
                     if message_id in view:
                         self.fail(f"the server holds {message_id} twice: a CRM change was applied twice")
                     view[message_id] = (folder, "\\Seen" in imap.flags(folder, uid))

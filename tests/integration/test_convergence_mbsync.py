@@ -53,7 +53,7 @@ from pathlib import Path
 import pytest
 
 from devstack.dovecot import make_message
-from mailsync.mime import normalise_message_id
+from mailsync.mime import normalise_msg_id
 from tests.fixtures.mbsync import SEEN, Mbsync
 from tests.integration.convergence_support import crm_change
 from tests.integration.sync_support import Account, days_ago, flavoured_account
@@ -95,7 +95,7 @@ class Copy:
 
 
 def identity_of(message_id: str | None, subject: str | None) -> str:
-    normalised = normalise_message_id(message_id)
+    normalised = normalise_msg_id(message_id)
     return f"mid:{normalised}" if normalised else f"subject:{(subject or '').strip()}"
 
 

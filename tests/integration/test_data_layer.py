@@ -97,7 +97,7 @@ def test_relink_moves_the_location_and_the_folder_index_together(aws: dict[str, 
     assert [loc.uid for loc in dal.folder_locations(T, U, "Archive")] == [40]
     in_archive, _ = dal.list_messages(T, U, folder="archive", since=None, seen=None, limit=5, cursor=None)
     assert [(m.id, m.folder, m.uid) for m in in_archive] == [("r1", "archive", 40)]
-    assert dal.aged_out_locations(T, U, "Archive", WHEN + timedelta(days=1)) == [(7, 40)]
+    assert [(loc.uidvalidity, loc.uid) for loc in dal.aged_out(T, U, "Archive", WHEN + timedelta(days=1))] == [(7, 40)]
 
 
 def test_detach_keeps_the_message_and_drops_its_location(aws: dict[str, str]) -> None:
@@ -111,7 +111,7 @@ def test_detach_keeps_the_message_and_drops_its_location(aws: dict[str, str]) ->
     detached = dal.find_message("d1")
     assert detached is not None and (detached.state, detached.detach_reason) == ("detached", "removed")
     assert dal.find_locations(T, U, "INBOX", [(7, 1)]) == {}
-    assert dal.aged_out_locations(T, U, "INBOX", WHEN + timedelta(days=1)) == []
+    assert dal.aged_out(T, U, "INBOX", WHEN + timedelta(days=1)) == []
 
 
 def test_changes_become_ops_in_order_and_finishing_one_updates_the_message(aws: dict[str, str]) -> None:
@@ -122,7 +122,7 @@ def test_changes_become_ops_in_order_and_finishing_one_updates_the_message(aws: 
     dal.record_changes(message, [Change("seen", seen=True), Change("move", folder="archive")], {"folder": "archive"})
 
     ops = dal.ops_waiting(T, U)
-    assert [(op.kind, op.message_id, op.seen, op.folder) for op in ops] == [
+    assert [(op.kind, op.id, op.seen, op.folder) for op in ops] == [
         ("seen", "o1", True, None),
         ("move", "o1", None, "archive"),
     ]

@@ -110,7 +110,7 @@ def test_a_folder_removed_after_status_raises_folder_gone(request: pytest.Fixtur
         assert excinfo.value.folder == "Temp"
         assert isinstance(excinfo.value, FolderMissing)  # fails that folder or op, not the account
         with pytest.raises(FolderMissing):
-            reader.find_message_ids("Temp", ["a@example.com"])
+            reader.find_internet_message_ids("Temp", ["a@example.com"])
         # The connection stays usable and the folder is simply absent now.
         assert "Temp" not in reader.status(["INBOX", "Temp"])
         assert reader.examine("INBOX").messages == 0
@@ -287,10 +287,10 @@ def test_summaries_report_flags_utc_date_size_and_message_id(request: pytest.Fix
     # Dovecot answers in its own zone (often UTC already); the contract is UTC regardless.
     assert first.internal_date.tzinfo is dt.UTC
     assert first.size == len(with_id)
-    assert first.message_id == "Mixed.Case-1@Example.COM"
-    assert second.message_id is None
+    assert first.internet_message_id == "Mixed.Case-1@Example.COM"
+    assert second.internet_message_id is None
     assert second.flags == ()
-    assert third.message_id == "folded@example.com"
+    assert third.internet_message_id == "folded@example.com"
     assert third.size == len(folded)
 
 
@@ -344,7 +344,7 @@ def test_summaries_of_a_large_folder_are_fetched_in_chunks(mail_user: MailUser) 
         with _counted(session, 1):
             partial = reader.summaries(scattered)
     assert [s.uid for s in summaries] == uids
-    assert [s.message_id for s in summaries] == [f"bulk-{n}@example.com" for n in range(count)]
+    assert [s.internet_message_id for s in summaries] == [f"bulk-{n}@example.com" for n in range(count)]
     assert [s.size for s in summaries] == [len(m) for m in messages]
     assert [s.uid for s in partial] == scattered
 
@@ -370,10 +370,10 @@ def test_find_message_ids_tells_a_move_to_an_unmapped_folder_from_a_removal(
     with _session(user) as session:
         reader = session
         with _counted(session, 0):
-            assert reader.find_message_ids("Projekte", []) == set()
+            assert reader.find_internet_message_ids("Projekte", []) == set()
         with _counted(session, 3):  # EXAMINE, UID SEARCH, UID FETCH of the hits
-            in_projects = reader.find_message_ids("Projekte", wanted)
-        in_inbox = reader.find_message_ids("INBOX", wanted)
+            in_projects = reader.find_internet_message_ids("Projekte", wanted)
+        in_inbox = reader.find_internet_message_ids("INBOX", wanted)
     assert in_projects == {"moved@example.com"}
     assert in_inbox == {"stays@example.com"}
 
@@ -385,7 +385,7 @@ def test_find_message_ids_chunks_long_lists(mail_user: MailUser) -> None:
     wanted = [f"needle-{n}@example.com" for n in range(120)]
     searches = -(-len(wanted) // SEARCH_CHUNK)
     with _session(mail_user) as session, _counted(session, 1 + searches + 1):
-        found = session.find_message_ids("Archive", wanted)
+        found = session.find_internet_message_ids("Archive", wanted)
     assert found == {"needle-7@example.com", "needle-113@example.com"}
 
 

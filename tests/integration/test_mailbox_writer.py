@@ -129,7 +129,7 @@ def test_move_returns_the_new_uid_and_spares_messages_others_marked_deleted(
         # full: SELECT, UID MOVE. basic: SELECT, UID SEARCH, STATUS, UID COPY, UID STORE,
         # UID STORE (unmark), EXPUNGE, UID STORE (re-mark), EXAMINE Archive, UID FETCH.
         with _counted(session, 2 if flavour == "full" else 10):
-            new_uid = writer.move("INBOX", uid, "Archive", message_id=message_id, content_sha256=_sha(raw))
+            new_uid = writer.move("INBOX", uid, "Archive", internet_message_id=message_id, content_sha256=_sha(raw))
     assert new_uid is not None and new_uid != uid
     archive = _snapshot(user, "Archive")
     assert archive[new_uid] == (raw, {"\\Flagged", "$Label1"})
@@ -150,16 +150,16 @@ def test_move_of_a_message_already_moved_returns_none_and_moves_nothing(
         uid = client.append("INBOX", raw)
     with _session(user) as session:
         writer = session
-        new_uid = writer.move("INBOX", uid, "Archive", message_id=None, content_sha256=_sha(raw))
+        new_uid = writer.move("INBOX", uid, "Archive", internet_message_id=None, content_sha256=_sha(raw))
         assert new_uid is not None
         # A repeat after a crash: full: UID MOVE on the still selected INBOX. basic: SELECT
         # (the fallback left Archive selected), UID SEARCH.
         with _counted(session, 1 if flavour == "full" else 2):
-            assert writer.move("INBOX", uid, "Archive", message_id=None, content_sha256=_sha(raw)) is None
+            assert writer.move("INBOX", uid, "Archive", internet_message_id=None, content_sha256=_sha(raw)) is None
         # Moved away by another client: nothing to do either.
         with user.client() as client:
             client.move("INBOX", other, "Junk")
-        assert writer.move("INBOX", other, "Archive", message_id=None, content_sha256=None) is None
+        assert writer.move("INBOX", other, "Archive", internet_message_id=None, content_sha256=None) is None
     assert list(_snapshot(user, "Archive")) == [new_uid]
     assert len(_snapshot(user, "Junk")) == 1
     assert _snapshot(user, "INBOX") == {}
@@ -180,7 +180,7 @@ def test_move_of_a_message_without_message_id_finds_it_by_content(
         uid = client.append("INBOX", raw, flags=["\\Seen"])
     with _session(user) as session:
         new_uid = session.move(
-            "INBOX", uid, "Entwürfe", message_id=None, content_sha256=_sha(raw) if pass_hash else None
+            "INBOX", uid, "Entwürfe", internet_message_id=None, content_sha256=_sha(raw) if pass_hash else None
         )
     assert new_uid is not None and new_uid > decoy
     drafts = _snapshot(user, "Entwürfe")
@@ -199,7 +199,7 @@ def test_move_tells_its_copy_from_older_mail_with_the_same_message_id(
         decoy = client.append("Archive", make_message(subject="older copy", message_id="<same@mailsync.test>"))
         uid = client.append("INBOX", raw)
     with _session(user) as session:
-        new_uid = session.move("INBOX", uid, "Archive", message_id="same@mailsync.test", content_sha256=None)
+        new_uid = session.move("INBOX", uid, "Archive", internet_message_id="same@mailsync.test", content_sha256=None)
     assert new_uid is not None and new_uid != decoy
     assert _snapshot(user, "Archive")[new_uid][0] == raw
 
@@ -215,10 +215,10 @@ def test_move_to_a_missing_folder_raises_folder_gone_and_keeps_the_message(
     with _session(user) as session:
         writer = session
         with pytest.raises(FolderMissing) as excinfo:
-            writer.move("INBOX", uid, "No-Such-Folder", message_id=None, content_sha256=None)
+            writer.move("INBOX", uid, "No-Such-Folder", internet_message_id=None, content_sha256=None)
         assert excinfo.value.folder == "No-Such-Folder"
         with pytest.raises(FolderMissing) as excinfo:
-            writer.move("No-Such-Source", uid, "Archive", message_id=None, content_sha256=None)
+            writer.move("No-Such-Source", uid, "Archive", internet_message_id=None, content_sha256=None)
         assert excinfo.value.folder == "No-Such-Source"
     assert _snapshot(user, "INBOX") == before
 
@@ -242,7 +242,7 @@ def test_append_returns_the_uid_with_flags_and_internal_date(request: pytest.Fix
                 raw,
                 flags=["\\Seen", "$Label1", "\\Recent"],
                 internal_date=when,
-                message_id="append@mailsync.test",
+                internet_message_id="append@mailsync.test",
                 content_sha256=_sha(raw),
             )
     with user.client() as client:
@@ -266,7 +266,9 @@ def test_append_into_the_selected_folder_without_message_id(request: pytest.Fixt
         # basic: STATUS, APPEND, UID FETCH (Message-IDs), UID FETCH (bodies); no re-EXAMINE
         # since INBOX is selected and Dovecot announces the new message with the APPEND.
         with _counted(session, 1 if flavour == "full" else 4):
-            uid = writer.append("INBOX", raw, flags=[], internal_date=None, message_id=None, content_sha256=None)
+            uid = writer.append(
+                "INBOX", raw, flags=[], internal_date=None, internet_message_id=None, content_sha256=None
+            )
         assert uid > twin
         # The folder is still selected read-write.
         with _counted(session, 1):
@@ -279,7 +281,12 @@ def test_append_into_the_selected_folder_without_message_id(request: pytest.Fixt
 def test_append_to_a_missing_folder_raises_folder_gone(request: pytest.FixtureRequest, flavour: str) -> None:
     with _session(_user(request, flavour)) as session, pytest.raises(FolderMissing):
         session.append(
-            "No-Such-Folder", make_message(), flags=[], internal_date=None, message_id=None, content_sha256=None
+            "No-Such-Folder",
+            make_message(),
+            flags=[],
+            internal_date=None,
+            internet_message_id=None,
+            content_sha256=None,
         )
 
 
@@ -295,13 +302,13 @@ def test_find_by_message_id_is_exact(request: pytest.FixtureRequest, flavour: st
     with _session(user) as session:
         writer = session
         with _counted(session, 3):  # EXAMINE, UID SEARCH, UID FETCH
-            assert writer.find_by_message_id("Archive", "abc@mailsync.test") == [exact, again]
+            assert writer.find_by_internet_message_id("Archive", "abc@mailsync.test") == [exact, again]
         with _counted(session, 2):  # no second EXAMINE
-            assert writer.find_by_message_id("Archive", " <abc@mailsync.test> ") == [exact, again]
-        assert writer.find_by_message_id("Archive", "bc@mailsync.test") == []
-        assert writer.find_by_message_id("Archive", "") == []
+            assert writer.find_by_internet_message_id("Archive", " <abc@mailsync.test> ") == [exact, again]
+        assert writer.find_by_internet_message_id("Archive", "bc@mailsync.test") == []
+        assert writer.find_by_internet_message_id("Archive", "") == []
         with pytest.raises(FolderMissing):
-            writer.find_by_message_id("No-Such-Folder", "abc@mailsync.test")
+            writer.find_by_internet_message_id("No-Such-Folder", "abc@mailsync.test")
 
 
 @BOTH
@@ -313,7 +320,7 @@ def test_checking_find_by_message_id_first_makes_append_idempotent(
 
     def store_sent(writer: ImapConnection) -> int:
         # What the caller does: link to a copy that is there already, else append one.
-        found = writer.find_by_message_id("Sent", "once@mailsync.test")
+        found = writer.find_by_internet_message_id("Sent", "once@mailsync.test")
         if found:
             return found[0]
         return writer.append(
@@ -321,7 +328,7 @@ def test_checking_find_by_message_id_first_makes_append_idempotent(
             raw,
             flags=["\\Seen"],
             internal_date=None,
-            message_id="once@mailsync.test",
+            internet_message_id="once@mailsync.test",
             content_sha256=_sha(raw),
         )
 
@@ -371,7 +378,7 @@ def test_writer_works_after_the_reader_used_the_connection(request: pytest.Fixtu
         # The read-only selection must be replaced: SELECT, UID STORE.
         with _counted(session, 2):
             assert writer.set_seen("INBOX", read, True) == ("\\Seen",)
-        new_uid = writer.move("INBOX", moved, "Archive", message_id=None, content_sha256=_sha(raw))
+        new_uid = writer.move("INBOX", moved, "Archive", internet_message_id=None, content_sha256=_sha(raw))
         assert new_uid is not None
         if flavour == "full":
             # The writer consumed the VANISHED responses of its MOVE; the reader still learns
@@ -429,9 +436,9 @@ def test_move_paths_for_servers_with_only_some_extensions(
     with _session(mail_user, ignore_capabilities=ignored) as session:
         assert (session.has_move, session.has_uidplus) == (use_move, use_uidplus)
         writer = session
-        new_uid = writer.move("INBOX", uid, "Archive", message_id=None, content_sha256=_sha(raw))
+        new_uid = writer.move("INBOX", uid, "Archive", internet_message_id=None, content_sha256=_sha(raw))
         assert new_uid == 2
-        assert writer.move("INBOX", uid, "Archive", message_id=None, content_sha256=_sha(raw)) is None
+        assert writer.move("INBOX", uid, "Archive", internet_message_id=None, content_sha256=_sha(raw)) is None
     assert _snapshot(mail_user, "Archive")[2][0] == raw
     inbox = _snapshot(mail_user, "INBOX")
     assert list(inbox) == [trashed] and "\\Deleted" in inbox[trashed][1]
@@ -546,17 +553,17 @@ def test_append_after_find_leaves_the_read_only_selection_courier_refuses(
     try:
         with _proxied_session(user, proxy) as session:
             writer = session
-            assert writer.find_by_message_id("Sent", "courier@mailsync.test") == []
+            assert writer.find_by_internet_message_id("Sent", "courier@mailsync.test") == []
             uid = writer.append(
                 "Sent",
                 raw,
                 flags=["\\Seen"],
                 internal_date=None,
-                message_id="courier@mailsync.test",
+                internet_message_id="courier@mailsync.test",
                 content_sha256=None,
             )
             # The session goes on as usual afterwards: the copy is found and can be changed.
-            assert writer.find_by_message_id("Sent", "courier@mailsync.test") == [uid]
+            assert writer.find_by_internet_message_id("Sent", "courier@mailsync.test") == [uid]
             assert writer.set_seen("Sent", uid, False) == ()
     finally:
         proxy.close()
@@ -575,7 +582,9 @@ def test_append_into_a_read_write_selection_stays_selected(request: pytest.Fixtu
             writer = session
             writer.set_seen("INBOX", first, True)
             before = session.command_count
-            writer.append("Archive", make_message(), flags=[], internal_date=None, message_id=None, content_sha256=None)
+            writer.append(
+                "Archive", make_message(), flags=[], internal_date=None, internet_message_id=None, content_sha256=None
+            )
             # No UNSELECT/CLOSE: full: APPEND. basic: STATUS, APPEND, EXAMINE, UID FETCH of the
             # Message-IDs, UID FETCH of the bodies (matched by content).
             assert session.command_count - before == (1 if flavour == "full" else 5)
@@ -594,12 +603,12 @@ def test_a_refused_append_is_operation_refused_with_the_servers_words(
             writer = session
             with pytest.raises(OperationRefused) as excinfo:
                 writer.append(
-                    "Sent", make_message(), flags=[], internal_date=None, message_id=None, content_sha256=None
+                    "Sent", make_message(), flags=[], internal_date=None, internet_message_id=None, content_sha256=None
                 )
             assert not isinstance(excinfo.value, FolderMissing)
             assert "Quota exceeded" in excinfo.value.message
             # The connection is fine: the next command works.
-            assert writer.find_by_message_id("Sent", "nothing@mailsync.test") == []
+            assert writer.find_by_internet_message_id("Sent", "nothing@mailsync.test") == []
     finally:
         proxy.close()
 
@@ -613,11 +622,11 @@ def test_a_missing_folder_is_folder_missing_not_a_network_failure(request: pytes
         writer = session
         for action in (
             lambda: writer.set_seen("Gone", 1, True),
-            lambda: writer.move("INBOX", uid, "Gone", message_id=None, content_sha256=None),
+            lambda: writer.move("INBOX", uid, "Gone", internet_message_id=None, content_sha256=None),
             lambda: writer.append(
-                "Gone", make_message(), flags=[], internal_date=None, message_id=None, content_sha256=None
+                "Gone", make_message(), flags=[], internal_date=None, internet_message_id=None, content_sha256=None
             ),
-            lambda: writer.find_by_message_id("Gone", "x@mailsync.test"),
+            lambda: writer.find_by_internet_message_id("Gone", "x@mailsync.test"),
         ):
             with pytest.raises(FolderMissing) as excinfo:
                 action()

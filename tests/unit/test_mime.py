@@ -18,7 +18,7 @@ from mailsync.mime import (
     Attachment,
     ParsedMessage,
     content_hash,
-    normalise_message_id,
+    normalise_msg_id,
     parse_message,
     participants,
     thread_key,
@@ -192,7 +192,7 @@ def test_duplicate_headers_take_the_first() -> None:
     )  # fmt: skip
     assert parsed.subject == "first"
     assert [a.email for a in parsed.from_] == ["one@example.com"]
-    assert parsed.message_id == "1@x"
+    assert parsed.internet_message_id == "1@x"
 
 
 def test_very_long_headers_are_parsed_in_linear_time() -> None:
@@ -263,7 +263,7 @@ def test_missing_date_is_none() -> None:
     ],
 )
 def test_normalise_message_id(value: str | None, expected: str | None) -> None:
-    assert normalise_message_id(value) == expected
+    assert normalise_msg_id(value) == expected
 
 
 def test_message_ids_in_a_message() -> None:
@@ -274,14 +274,14 @@ def test_message_ids_in_a_message() -> None:
             "References: <root@x>\r\n <mid@x> <root@x>\r\n\t<parent@x>",
         )
     )
-    assert parsed.message_id == "Own.ID@Example.com"  # ids are case-sensitive: kept as sent
+    assert parsed.internet_message_id == "Own.ID@Example.com"  # ids are case-sensitive: kept as sent
     assert parsed.in_reply_to == "parent@x"
     assert parsed.references == ["root@x", "mid@x", "parent@x"]
 
 
 def test_missing_ids() -> None:
     parsed = parse_message(message("From: a@example.com", "Message-ID:"))
-    assert (parsed.message_id, parsed.in_reply_to, parsed.references) == (None, None, [])
+    assert (parsed.internet_message_id, parsed.in_reply_to, parsed.references) == (None, None, [])
 
 
 def test_thread_key_of_a_thread_is_the_key_of_its_root() -> None:
@@ -618,7 +618,7 @@ def test_large_attachments_are_not_decoded(monkeypatch: pytest.MonkeyPatch) -> N
 def test_no_headers_at_all() -> None:
     parsed = parse_message(b"Hello there, this is just text.\r\nSecond line.\r\n")
     assert parsed.subject is None
-    assert parsed.from_ == [] and parsed.message_id is None and parsed.date is None
+    assert parsed.from_ == [] and parsed.internet_message_id is None and parsed.date is None
     assert parsed.snippet == "Hello there, this is just text. Second line."
     assert "message has no headers" in parsed.parse_errors
 
@@ -626,7 +626,7 @@ def test_no_headers_at_all() -> None:
 def test_empty_input() -> None:
     parsed = parse_message(b"")
     assert parsed == ParsedMessage(
-        subject=None, from_=[], sender=[], reply_to=[], to=[], cc=[], bcc=[], date=None, message_id=None,
+        subject=None, from_=[], sender=[], reply_to=[], to=[], cc=[], bcc=[], date=None, internet_message_id=None,
         in_reply_to=None, references=[], snippet="", attachments=[], has_html=False,
         parse_errors=["message has no headers"],
     )  # fmt: skip

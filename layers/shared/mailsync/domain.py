@@ -158,7 +158,7 @@ class Op:
     tenant_id: str
     user_id: str
     kind: str  # seen | move | append
-    message_id: str  # Mailsync's id of the message (``Message.id``)
+    id: str  # the message it changes (``Message.id``); an op itself is known by ``seq``
     seen: bool | None = None
     folder: str | None = None
     created_at: datetime | None = None

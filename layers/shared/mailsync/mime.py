@@ -55,7 +55,7 @@ class ParsedMessage:
     cc: list[Address]
     bcc: list[Address]
     date: datetime | None  # timezone-aware; UTC when the header has no zone
-    message_id: str | None  # normalised by normalise_message_id
+    internet_message_id: str | None  # normalised by normalise_msg_id
     in_reply_to: str | None
     references: list[str]  # normalised, in order, de-duplicated
     snippet: str  # at most SNIPPET_LENGTH characters, whitespace collapsed
@@ -90,7 +90,7 @@ def match_hash(raw: bytes) -> str:
     return hashlib.sha256(header + raw[split:]).hexdigest()
 
 
-def normalise_message_id(value: str | None) -> str | None:
+def normalise_msg_id(value: str | None) -> str | None:
     """The first message id in ``value`` without angle brackets or whitespace; None if there is none."""
     if value is None:
         return None
@@ -125,14 +125,14 @@ def parse_message(raw: bytes) -> ParsedMessage:
         addresses(name) for name in ("From", "Sender", "Reply-To", "To", "Cc", "Bcc")
     )
     date = _safe(errors, "Date header", lambda: _parse_date(header("Date"), errors), None)
-    message_id = normalise_message_id(header("Message-ID"))
-    in_reply_to = normalise_message_id(header("In-Reply-To"))
-    references = _safe(errors, "References header", lambda: _message_ids(header("References")), [])
+    internet_message_id = normalise_msg_id(header("Message-ID"))
+    in_reply_to = normalise_msg_id(header("In-Reply-To"))
+    references = _safe(errors, "References header", lambda: _msg_ids(header("References")), [])
     body = _safe(errors, "body", lambda: _analyse_body(msg, errors), _Body("", [], False))
     _safe(errors, "defects", lambda: _collect_defects(msg, errors), None)
     return ParsedMessage(
         subject=subject, from_=from_, sender=sender, reply_to=reply_to, to=to, cc=cc, bcc=bcc, date=date,
-        message_id=message_id, in_reply_to=in_reply_to, references=references, snippet=body.snippet,
+        internet_message_id=internet_message_id, in_reply_to=in_reply_to, references=references, snippet=body.snippet,
         attachments=body.attachments, has_html=body.has_html, parse_errors=errors.items,
     )  # fmt: skip
 
@@ -145,7 +145,7 @@ def participants(parsed: ParsedMessage) -> list[str]:
 
 def thread_key(parsed: ParsedMessage, fallback: str) -> str:
     """Hash of the thread root: first References id, else In-Reply-To, else Message-ID, else ``fallback``."""
-    root = (parsed.references[0] if parsed.references else None) or parsed.in_reply_to or parsed.message_id
+    root = (parsed.references[0] if parsed.references else None) or parsed.in_reply_to or parsed.internet_message_id
     root = root or fallback
     return hashlib.sha256(root.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
@@ -219,7 +219,7 @@ def _parse_bytes(raw: bytes, errors: _Errors) -> Message | None:
 
 def _empty_message(errors: _Errors) -> ParsedMessage:
     return ParsedMessage(
-        subject=None, from_=[], sender=[], reply_to=[], to=[], cc=[], bcc=[], date=None, message_id=None,
+        subject=None, from_=[], sender=[], reply_to=[], to=[], cc=[], bcc=[], date=None, internet_message_id=None,
         in_reply_to=None, references=[], snippet="", attachments=[], has_html=False, parse_errors=errors.items,
     )  # fmt: skip
 
@@ -594,7 +594,7 @@ def _parse_date(value: str | None, errors: _Errors) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def _message_ids(value: str | None) -> list[str]:
+def _msg_ids(value: str | None) -> list[str]:
     if value is None:
         return []
     ids = [_WHITESPACE.sub("", found) for found in _BRACKETED_ID.findall(value)]

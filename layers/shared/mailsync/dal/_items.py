@@ -213,7 +213,7 @@ def op_from(item: OpModel) -> Op:
         tenant_id=item.tenant_id,
         user_id=item.user_id,
         kind=item.kind,
-        message_id=item.message_id,
+        id=item.id,
         seen=item.seen,
         folder=item.folder,
         created_at=item.created_at,

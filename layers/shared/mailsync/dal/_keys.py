@@ -20,8 +20,8 @@ def account_pk(tenant_id: str, user_id: str) -> str:
     return f"A#{tenant_id}#{user_id}"
 
 
-def message_pk(message_id: str) -> str:
-    return f"M#{message_id}"
+def message_pk(id: str) -> str:
+    return f"M#{id}"
 
 
 MESSAGE_SK = "M"
@@ -29,9 +29,9 @@ STATE_SK = "STATE"
 THREAD_SK = "THREAD"
 
 
-def message_sort_key(when: datetime, message_id: str) -> str:
+def message_sort_key(when: datetime, id: str) -> str:
     """Newest-first order of a message in every listing (account, folder, dossier)."""
-    return f"{iso(when)}#{message_id}"
+    return f"{iso(when)}#{id}"
 
 
 def location_pk(tenant_id: str, user_id: str, server_folder: str) -> str:
@@ -62,8 +62,8 @@ def thread_of(pk: str) -> str:
     return pk.rsplit("#T#", 1)[1]
 
 
-def thread_member_sk(message_id: str) -> str:
-    return f"M#{message_id}"
+def thread_member_sk(id: str) -> str:
+    return f"M#{id}"
 
 
 def contact_pk(tenant_id: str, address: str) -> str:

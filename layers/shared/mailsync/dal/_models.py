@@ -336,7 +336,7 @@ class OpModel(_Item):
     tenant_id = UnicodeAttribute()
     user_id = UnicodeAttribute()
     kind = UnicodeAttribute()  # seen | move | append
-    message_id = UnicodeAttribute()  # Mailsync's id of the message
+    id = UnicodeAttribute(attr_name="message_id")  # the message it changes (stored under its first name)
     seen = BooleanAttribute(null=True)
     folder = UnicodeAttribute(null=True)  # CRM folder (move)
     created_at = UTCDateTimeAttribute(default_for_new=utcnow)

@@ -236,9 +236,9 @@ def give_back_lease(tenant_id: str, user_id: str, owner: str, **fields: Any) -> 
 # --- messages --------------------------------------------------------------------------------------
 
 
-def find_message(message_id: str) -> Message | None:
+def find_message(id: str) -> Message | None:
     try:
-        return message_from(MessageModel.get(keys.message_pk(message_id), keys.MESSAGE_SK))
+        return message_from(MessageModel.get(keys.message_pk(id), keys.MESSAGE_SK))
     except DoesNotExist:
         return None
 
@@ -318,7 +318,7 @@ def _next_op_seq(tenant_id: str, user_id: str) -> int:
     return int(state.op_seq)
 
 
-def _op_item(tenant_id: str, user_id: str, message_id: str, change: Change) -> OpModel:
+def _op_item(tenant_id: str, user_id: str, id: str, change: Change) -> OpModel:
     seq = _next_op_seq(tenant_id, user_id)
     extra: dict[str, Any] = {}
     if change.seen is not None:
@@ -332,7 +332,7 @@ def _op_item(tenant_id: str, user_id: str, message_id: str, change: Change) -> O
         tenant_id=tenant_id,
         user_id=user_id,
         kind=change.kind,
-        message_id=message_id,
+        id=id,
         **extra,
     )
 
@@ -380,9 +380,9 @@ def fail_pending_ops(tenant_id: str, user_id: str, error: str) -> int:
         except TransactWriteError as exc:
             if not conditional_failure(exc):
                 raise  # else a worker completed it meanwhile
-    for message_id in {op.message_id for op in ops}:
+    for id_ in {op.id for op in ops}:
         try:
-            MessageModel(keys.message_pk(message_id), keys.MESSAGE_SK).update(
+            MessageModel(keys.message_pk(id_), keys.MESSAGE_SK).update(
                 actions=[
                     MessageModel.pending_ops.set(0),
                     MessageModel.last_op_error.set(error),

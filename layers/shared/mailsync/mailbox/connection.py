@@ -26,7 +26,7 @@ caller must do (see ``mailsync.errors``):
   Skip that folder or fail that operation, never the account. ``status()`` never raises it; a
   missing folder is simply absent from its result.
 * Reads (``status``, ``examine``, ``changes_since``, ``search_*``, ``flags``, ``summaries``,
-  ``fetch*``, ``find_message_ids``, ``list_folder_names``): any other NO/BAD, a dropped
+  ``fetch*``, ``find_internet_message_ids``, ``list_folder_names``): any other NO/BAD, a dropped
   connection or an unparseable response is ``ConnectFailed``: retry later.
 * Writes (``set_seen``, ``move``, ``remove``, ``append``, ``find_by_*``): any other NO/BAD to
   one of our commands is ``OperationRefused`` (fail that operation); a NO with ``[UNAVAILABLE]``,
@@ -89,7 +89,7 @@ from mailsync.mailbox.base import (
 from mailsync.mailbox.imap import BudgetedClient, BudgetedIMAP4, folder_name, sent_raw, wire_name
 from mailsync.mailbox.strategy import ChangeTracking, ExpungeMethod, MoveMethod, NewUidMethod, Strategy
 from mailsync.mailbox.transport import Budget, server_text
-from mailsync.mime import normalise_message_id
+from mailsync.mime import normalise_msg_id
 from mailsync.observability import logger
 from mailsync.sync.metadata import cap_flags
 
@@ -156,7 +156,7 @@ class MessageSummary:
     flags: tuple[str, ...]  # sorted, without \Recent
     internal_date: datetime  # aware, UTC
     size: int
-    message_id: str | None  # without <>, stripped; None if the header is absent or empty
+    internet_message_id: str | None  # without <>, stripped; None if the header is absent or empty
 
 
 @dataclass(frozen=True)
@@ -268,14 +268,14 @@ def _internal_date(value: object) -> datetime:
     return parsed.astimezone(UTC)
 
 
-def _header_message_id(block: object) -> str | None:
+def _header_msg_id(block: object) -> str | None:
     if not isinstance(block, bytes):
         return None
     unfolded = _FOLDED.sub(b" ", block)
     for line in unfolded.split(b"\n"):
         name, sep, value = line.partition(b":")
         if sep and name.strip().lower() == b"message-id":
-            return normalise_message_id(value.decode("utf-8", errors="replace"))
+            return normalise_msg_id(value.decode("utf-8", errors="replace"))
     return None
 
 
@@ -796,7 +796,7 @@ class ImapConnection:
                             flags=_flags(attrs.get(b"FLAGS")),
                             internal_date=_internal_date(attrs.get(b"INTERNALDATE")),
                             size=int(attrs.get(b"RFC822.SIZE") or 0),
-                            message_id=_header_message_id(_section(attrs, b"BODY[HEADER.FIELDS")),
+                            internet_message_id=_header_msg_id(_section(attrs, b"BODY[HEADER.FIELDS")),
                         )
                     )
         return out
@@ -817,15 +817,15 @@ class ImapConnection:
         items = f"(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER]<0.{max(1, int(max_bytes))}>)"
         return self._fetch_raw(uids, items, b"BODY[HEADER]", "downloading message headers")
 
-    def find_message_ids(self, folder: str, message_ids: Sequence[str]) -> set[str]:
-        """Which of ``message_ids`` (normalised, see ``normalise_message_id``) exist in ``folder``.
+    def find_internet_message_ids(self, folder: str, internet_message_ids: Sequence[str]) -> set[str]:
+        """Which of ``internet_message_ids`` (normalised, see ``normalise_msg_id``) exist in ``folder``.
 
         Commands: EXAMINE, one UID SEARCH per SEARCH_CHUNK ids, one UID FETCH of the hits'
         Message-ID header per FETCH_CHUNK hits (SEARCH HEADER matches substrings, so hits are
         checked exactly). None at all for an empty input. Ids that are not plain ASCII cannot
         be searched for with the US-ASCII charset every server has and are never reported.
         """
-        wanted = {n for n in (normalise_message_id(m) for m in message_ids) if n}
+        wanted = {n for n in (normalise_msg_id(m) for m in internet_message_ids) if n}
         searchable = sorted(m for m in wanted if m.isascii() and m.isprintable())
         if not searchable:
             return set()
@@ -835,7 +835,7 @@ class ImapConnection:
             for chunk in _chunks(searchable, SEARCH_CHUNK):
                 criteria = " ".join(f"HEADER Message-ID {_quote(m)}" for m in chunk)
                 hits.update(self._uid_search("OR " * (len(chunk) - 1) + criteria))
-            found = {m for m in self._message_ids(sorted(hits)).values() if m in wanted}
+            found = {m for m in self._msg_ids(sorted(hits)).values() if m in wanted}
         return found
 
     # -- writes ------------------------------------------------------------------------------
@@ -864,14 +864,14 @@ class ImapConnection:
             return None if current is None else _flags(current.get(b"FLAGS"))
 
     def move(
-        self, folder: str, uid: int, dest: str, *, message_id: str | None, content_sha256: str | None
+        self, folder: str, uid: int, dest: str, *, internet_message_id: str | None, content_sha256: str | None
     ) -> int | None:
         """Move one message from ``folder`` to ``dest``; its UID there, or None if ``uid`` is
         not in ``folder`` (any more), in which case nothing is done. Safe to repeat after a
         crash, except without MOVE: a crash between COPY and EXPUNGE leaves the copy in ``dest``
         and the source in place, so a repeat makes a second copy.
 
-        ``message_id``/``content_sha256`` identify the copy in ``dest`` when the server has no
+        ``internet_message_id``/``content_sha256`` identify the copy in ``dest`` when the server has no
         UIDPLUS; with both None the source is downloaded once to hash it.
 
         Commands: MOVE + UIDPLUS: SELECT (unless selected read-write already), UID MOVE.
@@ -896,7 +896,7 @@ class ImapConnection:
                 if uid not in found:
                     return None
                 others_deleted = [u for u in found if u != uid]
-                if message_id is None and content_sha256 is None:
+                if internet_message_id is None and content_sha256 is None:
                     fetched = self._uid_fetch([uid], "(UID BODY.PEEK[])").get(uid, {})
                     body = fetched.get(b"BODY[]")
                     if not isinstance(body, bytes):
@@ -913,7 +913,7 @@ class ImapConnection:
                 self._expunge_one(uid, others_deleted)
             if reported:
                 return new_uid
-            found_uid = self._find_new(dest, uidnext, message_id, content_sha256)
+            found_uid = self._find_new(dest, uidnext, internet_message_id, content_sha256)
             if found_uid is None:
                 raise ConnectFailed(f"The message was moved to {dest!r} but could not be found there")
             return found_uid
@@ -936,14 +936,14 @@ class ImapConnection:
         *,
         flags: Sequence[str],
         internal_date: datetime | None,
-        message_id: str | None,
+        internet_message_id: str | None,
         content_sha256: str | None,
     ) -> int:
         """APPEND ``raw`` with ``flags`` and ``internal_date``; returns the new message's UID.
 
-        Not idempotent by itself: a caller that may repeat it checks ``find_by_message_id``
+        Not idempotent by itself: a caller that may repeat it checks ``find_by_internet_message_id``
         (or ``find_by_content``) first. ``raw`` is sent with CRLF line ends; without UIDPLUS
-        the copy is recognised by ``message_id`` or else by the hash of the bytes sent, which
+        the copy is recognised by ``internet_message_id`` or else by the hash of the bytes sent, which
         is ``content_sha256`` whenever ``raw`` already had CRLF line ends (so that argument
         is not needed and only kept for symmetry with ``move``).
 
@@ -975,24 +975,24 @@ class ImapConnection:
                 if appended is None:
                     raise ServerMisbehaving("The mail server advertises UIDPLUS but sent no APPENDUID")
                 return appended
-            new_uid = self._find_new(folder, uidnext, message_id, _sha256(wire))
+            new_uid = self._find_new(folder, uidnext, internet_message_id, _sha256(wire))
             if new_uid is None:
                 raise ConnectFailed(f"The message appended to {folder!r} could not be found there")
             return new_uid
 
-    def find_by_message_id(self, folder: str, message_id: str) -> list[int]:
-        """UIDs in ``folder`` whose Message-ID equals ``message_id`` (normalised), ascending.
+    def find_by_internet_message_id(self, folder: str, internet_message_id: str) -> list[int]:
+        """UIDs in ``folder`` whose Message-ID equals ``internet_message_id`` (normalised), ascending.
 
         Commands: EXAMINE (unless the folder is selected), UID SEARCH HEADER, and a UID FETCH of
         the hits' Message-ID, since SEARCH HEADER matches substrings (and ignores case).
         """
-        wanted = normalise_message_id(message_id)
+        wanted = normalise_msg_id(internet_message_id)
         if wanted is None:
             return []
         with self._guard(f"looking for a message in {folder!r}", write=True):
             self._select(folder, writable=False)
-            hits = self._search_header_message_id(wanted)
-            return [uid for uid, found in self._message_ids(hits).items() if found == wanted]
+            hits = self._search_header_msg_id(wanted)
+            return [uid for uid, found in self._msg_ids(hits).items() if found == wanted]
 
     def find_by_content(self, folder: str, content_sha256: str, since_uid: int = 1) -> list[int]:
         """UIDs >= ``since_uid`` in ``folder`` whose raw bytes hash to ``content_sha256``.
@@ -1362,21 +1362,21 @@ class ImapConnection:
                     )
         return out
 
-    def _message_ids(self, uids: Sequence[int]) -> dict[int, str | None]:
+    def _msg_ids(self, uids: Sequence[int]) -> dict[int, str | None]:
         out: dict[int, str | None] = {}
         for chunk in _chunks(sorted(set(uids)), FETCH_CHUNK):
             for uid, attrs in sorted(self._uid_fetch(chunk, _HEADER_ITEMS).items()):
-                out[uid] = _header_message_id(_section(attrs, b"BODY[HEADER.FIELDS"))
+                out[uid] = _header_msg_id(_section(attrs, b"BODY[HEADER.FIELDS"))
         return out
 
-    def _message_ids_from(self, first_uid: int) -> dict[int, str | None]:
+    def _msg_ids_from(self, first_uid: int) -> dict[int, str | None]:
         imap = self._imap
         imap.untagged_responses.pop("FETCH", None)
         typ, data = imap._simple_command("UID", "FETCH", f"{max(first_uid, 1)}:*", _HEADER_ITEMS)
         self._check_ok(typ, data, "FETCH")
         _, lines = imap._untagged_response(typ, data, "FETCH")
         return {
-            uid: _header_message_id(_section(attrs, b"BODY[HEADER.FIELDS"))
+            uid: _header_msg_id(_section(attrs, b"BODY[HEADER.FIELDS"))
             for uid, attrs in sorted(_parse_fetch(lines).items())
             if uid >= first_uid
         }
@@ -1391,7 +1391,7 @@ class ImapConnection:
                     matches.append(uid)
         return sorted(matches)
 
-    def _search_header_message_id(self, wanted: str) -> list[int]:
+    def _search_header_msg_id(self, wanted: str) -> list[int]:
         if wanted.isascii() and wanted.isprintable():
             return self._uid_search(f"HEADER Message-ID {_quote(wanted)}")
         # RFC 6532 allows UTF-8 ids; a quoted string cannot carry them, a literal can (imapclient
@@ -1462,7 +1462,9 @@ class ImapConnection:
                 self._mark_deleted(others_deleted, True)
         self._drop_noise()
 
-    def _find_new(self, folder: str, uidnext: int, message_id: str | None, content_sha256: str | None) -> int | None:
+    def _find_new(
+        self, folder: str, uidnext: int, internet_message_id: str | None, content_sha256: str | None
+    ) -> int | None:
         """The message that arrived in ``folder`` at or after ``uidnext`` with this identity.
 
         One UID FETCH of the new messages' Message-ID (usually just ours, so no SEARCH is
@@ -1471,8 +1473,8 @@ class ImapConnection:
         UID is returned.
         """
         self._select(folder, writable=False)
-        new_ids = self._message_ids_from(uidnext)
-        wanted = normalise_message_id(message_id)
+        new_ids = self._msg_ids_from(uidnext)
+        wanted = normalise_msg_id(internet_message_id)
         matches = [uid for uid, found in new_ids.items() if wanted is not None and found == wanted]
         if not matches and content_sha256:
             matches = self._matching_content(sorted(new_ids), content_sha256)

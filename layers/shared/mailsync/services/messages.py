@@ -140,21 +140,21 @@ def visible_to(principal: Principal, message: Message | None) -> bool:
     return message.user_id == principal.user_id or not message.confidential
 
 
-def _visible_message(principal: Principal, message_id: str) -> Message:
-    message = dal.find_message(message_id)
+def _visible_message(principal: Principal, id: str) -> Message:
+    message = dal.find_message(id)
     if not visible_to(principal, message):
         # A confidential message, or another tenant's, is indistinguishable from a missing one.
-        raise NotFound(f"Message '{message_id}' not found")
+        raise NotFound(f"Message '{id}' not found")
     assert message is not None
     return message
 
 
-def get_message(principal: Principal, message_id: str) -> MessageOut:
-    return to_out(_visible_message(principal, message_id))
+def get_message(principal: Principal, id: str) -> MessageOut:
+    return to_out(_visible_message(principal, id))
 
 
-def raw_link(principal: Principal, message_id: str) -> RawLinkOut:
-    message = _visible_message(principal, message_id)
+def raw_link(principal: Principal, id: str) -> RawLinkOut:
+    message = _visible_message(principal, id)
     url = blobstore.presigned_url(message.s3_key, RAW_URL_SECONDS, filename=f"{message.id}.eml")
     return RawLinkOut(url=url, expires_in=RAW_URL_SECONDS)
 
@@ -244,8 +244,8 @@ MAX_HEADER_BLOCK_BYTES = 256 * 1024
 IDEMPOTENCY_SECONDS = 24 * 3600
 
 
-def _own_message(principal: Principal, message_id: str) -> Message:
-    message = _visible_message(principal, message_id)
+def _own_message(principal: Principal, id: str) -> Message:
+    message = _visible_message(principal, id)
     if message.user_id != principal.user_id:
         raise Forbidden("Only the mailbox owner can change a message")
     return message
@@ -265,11 +265,11 @@ def _require_synced(message: Message) -> None:
         )
 
 
-def patch_message(principal: Principal, message_id: str, body: MessagePatchIn) -> MessageOut:
+def patch_message(principal: Principal, id: str, body: MessagePatchIn) -> MessageOut:
     """Record read/unread and move as pending operations; the worker applies them in order."""
     if body.seen is None and body.folder is None and body.confidential is None:
         raise ValidationFailed("Give `seen`, `folder` and/or `confidential`", field="seen")
-    message = _own_message(principal, message_id)
+    message = _own_message(principal, id)
     if body.confidential is not None:
         confidentiality.set_thread_confidential(message, body.confidential)
         if body.seen is None and body.folder is None:
@@ -295,20 +295,20 @@ def patch_message(principal: Principal, message_id: str, body: MessagePatchIn) -
     return to_out(fresh)
 
 
-def delete_message(principal: Principal, message_id: str) -> MessageOut:
+def delete_message(principal: Principal, id: str) -> MessageOut:
     """Move to the mapped trash folder (a pending move)."""
-    message = _own_message(principal, message_id)
+    message = _own_message(principal, id)
     account = require_account(Target(message.tenant_id, message.user_id))
     folder_map = account.folder_map or {}
     if "trash" not in folder_map:
         raise Conflict("No trash folder is mapped: map `trash` in the folder map to delete messages")
-    return patch_message(principal, message_id, MessagePatchIn(folder="trash"))
+    return patch_message(principal, id, MessagePatchIn(folder="trash"))
 
 
 def _with_internet_message_id(raw: bytes, sender_domain: str | None) -> tuple[bytes, str]:
     parsed = mime.parse_message(raw)
-    if parsed.message_id:
-        return raw, parsed.message_id
+    if parsed.internet_message_id:
+        return raw, parsed.internet_message_id
     domain = sender_domain or "mailsync.invalid"
     new_id = f"{uuid.uuid4().hex}@{domain}"
     # Prepended, so the rest of the message stays byte for byte as written.
@@ -377,9 +377,9 @@ def send_message(
     payload = hashlib.sha256(body.folder.encode() + b"\0" + raw).hexdigest()
     if idempotency_key:
         key, keyed_by = idempotency_key, "header"
-    elif first.message_id:
+    elif first.internet_message_id:
         # "message_id" names the RFC 5322 Message-ID here: a stored idempotency record's key, kept as is.
-        key, keyed_by = first.message_id, "message_id"
+        key, keyed_by = first.internet_message_id, "message_id"
     else:
         # No key and no Message-ID: a retry is recognised by its bytes (each store would
         # otherwise invent a new Message-ID, and a retried POST would store a second message).
@@ -459,8 +459,8 @@ def contact_messages(principal: Principal, address: str, limit: int, cursor: str
     ids, next_cursor = dal.contact_messages(principal.tenant_id, address, principal.user_id, limit, cursor)
     found = dal.find_messages(ids)
     out = []
-    for message_id in ids:
-        message = found.get(message_id)
+    for id_ in ids:
+        message = found.get(id_)
         # The index is a pointer; visibility is decided on the message itself, every time.
         if visible_to(principal, message):
             assert message is not None

@@ -39,7 +39,7 @@ def sync_account(
             deadline=deadline,
             revivable=pusher.revivable(waiting),
             # Only a pending move keeps a message's CRM folder when the pull relinks it.
-            pending_moves=frozenset(op.message_id for op in waiting if op.kind == "move"),
+            pending_moves=frozenset(op.id for op in waiting if op.kind == "move"),
         )
         outcome = engine.run()
         if waiting and outcome.complete:

@@ -363,7 +363,7 @@ class AccountSync:
         summaries = [s for s in batch if decide.in_window(s.internal_date, self.cutoff)]
         sizes = {s.uid: s.size for s in summaries}
         # A message without Message-ID is recognised by its content: that needs its bytes first.
-        fetched = self._fetch([s.uid for s in summaries if not s.message_id], sizes)
+        fetched = self._fetch([s.uid for s in summaries if not s.internet_message_id], sizes)
         arrivals = [a for a in (self._arrival(work, s, fetched.get(s.uid)) for s in summaries) if a is not None]
         detached = self._detached_candidates({a.match_key for a in arrivals}) if self.checkpoint.has_detached else {}
         step = decide.plan_batch(arrivals, self.vanished, detached, self.revivable, set(fetched))
@@ -390,8 +390,8 @@ class AccountSync:
         return out
 
     def _arrival(self, work: FolderWork, summary: MessageSummary, body: FetchedMessage | None) -> Arrival | None:
-        if summary.message_id:
-            key = decide.match_key(summary.message_id, "")
+        if summary.internet_message_id:
+            key = decide.match_key(summary.internet_message_id, "")
         elif body is not None:
             # Without X-TUID lines: mbsync adds one when it re-uploads a moved message.
             key = decide.match_key(None, mime.match_hash(body.raw))
@@ -568,7 +568,7 @@ class AccountSync:
             for folder in self.conn.list_folder_names():
                 if folder not in mapped:
                     try:
-                        moved_away |= {f"mid:{m}" for m in self.conn.find_message_ids(folder, searchable)}
+                        moved_away |= {f"mid:{m}" for m in self.conn.find_internet_message_ids(folder, searchable)}
                     except FolderMissing:
                         continue  # deleted since the LIST: nothing moved there
         for known in self.vanished:

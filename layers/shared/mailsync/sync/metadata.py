@@ -147,7 +147,7 @@ def metadata_fields(parsed: mime.ParsedMessage, content_sha256: str) -> dict[str
         "bcc": addresses("bcc", parsed.bcc),
         "reply_to": addresses("reply_to", parsed.reply_to),
         "date": parsed.date,
-        "internet_message_id": cuts.text(parsed.message_id, ID_BYTES),
+        "internet_message_id": cuts.text(parsed.internet_message_id, ID_BYTES),
         "in_reply_to": cuts.text(parsed.in_reply_to, ID_BYTES),
         # The nearest ancestors are last: keep those.
         "references": text_list("references", parsed.references, ID_BYTES, last=True),

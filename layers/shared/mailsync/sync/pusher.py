@@ -64,23 +64,23 @@ class Pusher:
         """
         waiting: list[Op] = []
         blocked: set[str] = set()
-        self._left = Counter((op.message_id, op.kind) for op in ops)
+        self._left = Counter((op.id, op.kind) for op in ops)
         # The pull in between may have seen a new UIDVALIDITY: ask again.
         self._uidvalidity.clear()
         for op in sorted(ops, key=lambda o: int(o.seq)):
-            if op.message_id in blocked:
+            if op.id in blocked:
                 waiting.append(op)
                 continue
             if not self._apply(op, last_chance=last_chance):
                 waiting.append(op)
-                blocked.add(op.message_id)
+                blocked.add(op.id)
         return waiting
 
     def revivable(self, ops: list[Op]) -> dict[str, list[str]]:
         """Messages written in the CRM and not yet on the server, by match key: if the pull
         meets one (the server saved sent mail itself), it links it instead of a duplicate."""
         out: dict[str, list[str]] = defaultdict(list)
-        ids = [op.message_id for op in ops if op.kind == "append"]
+        ids = [op.id for op in ops if op.kind == "append"]
         for message in dal.find_messages(ids).values():
             if message.uid is None and message.state == "synced":
                 out[message.match_key].append(message.id)
@@ -105,7 +105,7 @@ class Pusher:
         return decision
 
     def _apply(self, op: Op, *, last_chance: bool) -> bool:
-        message = dal.find_message(op.message_id)
+        message = dal.find_message(op.id)
         try:
             decision = self._decide(op, message, last_chance=last_chance)
             done = self._carry_out(op, message, decision)
@@ -123,15 +123,15 @@ class Pusher:
             code = exc.code if isinstance(exc, MailboxError) else "internal_error"
             why = exc.message if isinstance(exc, MailboxError) else "an internal error"
             self._fail(op, message, f"The change could not be applied after {attempts} attempts: {why}", code)
-            self._left[(op.message_id, op.kind)] -= 1
+            self._left[(op.id, op.kind)] -= 1
             if isinstance(exc, ConnectFailed | MailTimeout):
                 raise  # the connection is likely gone: the job reconnects for the rest
             return True
         if done:
-            self._left[(op.message_id, op.kind)] -= 1
+            self._left[(op.id, op.kind)] -= 1
         elif last_chance:
             # Still not where we thought after a full pull: the next job tries again.
-            logger.info("op waits for the next sync", extra={"op": op.kind, "id": op.message_id})
+            logger.info("op waits for the next sync", extra={"op": op.kind, "id": op.id})
         return done
 
     def _carry_out(self, op: Op, message: Message | None, decision: decide.Decision) -> bool:
@@ -196,7 +196,7 @@ class Pusher:
                 source,
                 message.uid,
                 target,
-                message_id=message.internet_message_id,
+                internet_message_id=message.internet_message_id,
                 content_sha256=message.content_hash,
             )
         if new_uid is None:
@@ -218,7 +218,7 @@ class Pusher:
                     raw,
                     flags=["\\Seen"],
                     internal_date=message.internal_date,
-                    message_id=message.internet_message_id,
+                    internet_message_id=message.internet_message_id,
                     content_sha256=message.content_hash,
                 )
             message = self._relink(op, message, target, uid, old=None)
@@ -232,7 +232,7 @@ class Pusher:
         """A copy the server already has (it saved the sent mail itself, or our APPEND went
         through before a crash) that no other CRM message owns."""
         if message.internet_message_id:
-            candidates = self.conn.find_by_message_id(folder, message.internet_message_id)
+            candidates = self.conn.find_by_internet_message_id(folder, message.internet_message_id)
         else:
             candidates = self.conn.find_by_content(folder, message.content_hash)
         if not candidates:
@@ -257,10 +257,10 @@ class Pusher:
 
     def _later(self, op: Op, kind: str) -> bool:
         """Whether another op of ``kind`` for this message is still to run after ``op``."""
-        return self._left[(op.message_id, kind)] - (1 if op.kind == kind else 0) > 0
+        return self._left[(op.id, kind)] - (1 if op.kind == kind else 0) > 0
 
     def _keeps_folder(self, op: Op, message: Message) -> bool:
-        known = sum(n for (message_id, _), n in self._left.items() if message_id == message.id)
+        known = sum(n for (id_, _), n in self._left.items() if id_ == message.id)
         return decide.keeps_crm_folder(
             move_later_in_run=self._later(op, "move"),
             pending_ops=int(message.pending_ops or 0),
