@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -28,6 +29,7 @@ import pytest
 from pynamodb.exceptions import TransactWriteError
 
 from mailsync import dal
+from mailsync.blobstore import raw_key
 from mailsync.config import Settings, get_settings
 from mailsync.crypto import PasswordUnreadable
 from mailsync.domain import Account, Address, Change, Location, Message, Op, SyncState, TenantSettings, ThreadMark
@@ -404,10 +406,6 @@ class FakeBlobs:
     objects: dict[str, bytes] = field(default_factory=dict)
 
     def put_raw(self, tenant_id: str, user_id: str, raw: bytes) -> tuple[str, str]:
-        import hashlib
-
-        from mailsync.blobstore import raw_key
-
         sha = hashlib.sha256(raw).hexdigest()
         key = raw_key(tenant_id, user_id, sha)
         self.objects[key] = raw
