@@ -219,17 +219,17 @@ class FakeDal:
         state = self.states.get((tenant_id, user_id)) or SyncState()
         self.states[(tenant_id, user_id)] = dataclasses.replace(state, ops_pending=state.ops_pending + delta)
 
-    def _new_op(self, tenant_id: str, user_id: str, message_id: str, change: Change) -> Op:
+    def _new_op(self, tenant_id: str, user_id: str, id: str, change: Change) -> Op:
         # The counter lives on the state item: taking a number creates it, as in the store.
         self.states.setdefault((tenant_id, user_id), SyncState())
         seq = self.op_seqs.get((tenant_id, user_id), 0) + 1
         self.op_seqs[(tenant_id, user_id)] = seq
-        return Op(seq, tenant_id, user_id, change.kind, message_id, change.seen, change.folder, _now())
+        return Op(seq, tenant_id, user_id, change.kind, id, change.seen, change.folder, _now())
 
     # --- messages ---------------------------------------------------------------------------
 
-    def find_message(self, message_id: str) -> Message | None:
-        return self.messages.get(message_id)
+    def find_message(self, id: str) -> Message | None:
+        return self.messages.get(id)
 
     def find_messages(self, ids: Iterable[str]) -> dict[str, Message]:
         return {i: self.messages[i] for i in set(ids) if i in self.messages}
@@ -292,10 +292,10 @@ class FakeDal:
         for op in failed:
             del self.ops[(tenant_id, user_id, op.seq)]
             self._add_ops_pending(tenant_id, user_id, -1)
-        for message_id in {op.message_id for op in failed}:
-            if message_id in self.messages:
-                self.messages[message_id] = _with(
-                    self.messages[message_id], {"pending_ops": 0, "last_op_error": error, "updated_at": _now()}
+        for id_ in {op.id for op in failed}:
+            if id_ in self.messages:
+                self.messages[id_] = _with(
+                    self.messages[id_], {"pending_ops": 0, "last_op_error": error, "updated_at": _now()}
                 )
         return len(failed)
 
