@@ -73,3 +73,24 @@ def test_models_and_keys_only_in_the_data_layer(pattern: re.Pattern[str]) -> Non
     dal = PACKAGE / "dal"
     offenders = [str(p.relative_to(ROOT)) for p in code_files() if dal not in p.parents and pattern.search(code_of(p))]
     assert offenders == []
+
+
+def imports_of(path: Path) -> set[str]:
+    return set(re.findall(r"^\s*(?:from|import) (mailsync(?:\.\w+)*)", path.read_text(), re.M))
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        ("sync", ("mailsync.services",)),  # the engine makes its own reads: no service calls mid-batch
+        ("sync/planner", ("mailsync.dal", "mailsync.mailbox", "mailsync.aws", "mailsync.blobstore", "mailsync.events")),
+        ("mailbox", ("mailsync.sync", "mailsync.services", "mailsync.dal")),  # protocol only
+        ("dal", ("mailsync.services", "mailsync.sync", "mailsync.mailbox")),
+    ],
+)
+def test_layers_only_import_downwards(package: str, forbidden: tuple[str, ...]) -> None:
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(i for i in imports_of(p) if i.startswith(forbidden))
+        for p in (PACKAGE / package).rglob("*.py")
+    }
+    assert {p: i for p, i in offenders.items() if i} == {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from mailsync import flags as flag_rules
 from mailsync.config import Settings
 from mailsync.domain import Address
 from mailsync.mailbox.connection import _flags
@@ -27,8 +28,8 @@ def test_twenty_thousand_keywords_are_cut_to_a_bounded_set_keeping_seen() -> Non
     # As the IMAP parser hands them over: bytes, \Seen last, the other system flags among them.
     parsed = (*(k.encode() for k in KEYWORDS), b"\\Answered", b"\\Flagged", b"\\Recent", b"\\Seen")
     flags = _flags(parsed)
-    assert len(flags) <= metadata.MAX_FLAGS
-    assert total_bytes(flags) <= metadata.MAX_FLAGS * metadata.FLAG_BYTES
+    assert len(flags) <= flag_rules.MAX_FLAGS
+    assert total_bytes(flags) <= flag_rules.MAX_FLAGS * flag_rules.FLAG_BYTES
     assert {"\\Seen", "\\Answered", "\\Flagged"} <= set(flags)
     assert "\\Recent" not in flags
     assert list(flags) == sorted(flags, key=str.lower)
@@ -37,8 +38,8 @@ def test_twenty_thousand_keywords_are_cut_to_a_bounded_set_keeping_seen() -> Non
 
 
 def test_an_over_long_keyword_is_dropped_not_cut() -> None:
-    long = "x" * (metadata.FLAG_BYTES + 1)
-    assert metadata.cap_flags(["\\Seen", long, "$Label1"]) == ("$Label1", "\\Seen")
+    long = "x" * (flag_rules.FLAG_BYTES + 1)
+    assert flag_rules.cap_flags(["\\Seen", long, "$Label1"]) == ("$Label1", "\\Seen")
 
 
 def test_few_flags_stay_as_they_are() -> None:
@@ -49,10 +50,10 @@ def test_minimal_metadata_bounds_the_flags_too() -> None:
     fields = metadata.minimal_fields(
         "s", [Address(email="a@example.com")], "<id@x>", "note", flags=[*KEYWORDS, "\\Seen"]
     )
-    assert len(fields["flags"]) <= metadata.MAX_FLAGS and "\\Seen" in fields["flags"]
+    assert len(fields["flags"]) <= flag_rules.MAX_FLAGS and "\\Seen" in fields["flags"]
     assert fields["seen"] is True
     unseen = metadata.minimal_fields("s", [], None, "note", flags=KEYWORDS)
-    assert unseen["seen"] is False and len(unseen["flags"]) == metadata.MAX_FLAGS
+    assert unseen["seen"] is False and len(unseen["flags"]) == flag_rules.MAX_FLAGS
 
 
 def test_an_interactive_check_ends_before_api_gateway_gives_up() -> None:

@@ -78,6 +78,7 @@ from mailsync.errors import (
     ServerMisbehaving,
     TlsFailed,
 )
+from mailsync.flags import cap_flags
 from mailsync.mailbox.base import (
     SPECIAL_USE_FLAGS,
     ServerFolder,
@@ -91,7 +92,6 @@ from mailsync.mailbox.strategy import ChangeTracking, ExpungeMethod, MoveMethod,
 from mailsync.mailbox.transport import Budget, server_text
 from mailsync.mime import normalise_msg_id
 from mailsync.observability import logger
-from mailsync.sync.metadata import cap_flags
 
 __all__ = [
     "CONTENT_CHUNK",
