@@ -16,6 +16,7 @@ from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from devstack.provision import DEFAULT_TEMPLATE, ProvisionError, load_template, provision
+from devstack.tests.aws_env import use_fake_aws
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = REPO_ROOT / "template.yaml"
@@ -25,14 +26,7 @@ PREFIX = "mailsync-local"
 
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_REGION", REGION)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
-    monkeypatch.setenv("AWS_SECURITY_TOKEN", "testing")
+    use_fake_aws(monkeypatch, REGION)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -282,23 +282,19 @@ def list_messages(
         public = MessageModel.confidential == False  # noqa: E712
         filter_condition = public if filter_condition is None else (filter_condition & public)
     range_condition = (range_attr >= keys.iso(since)) if since else None
-    items: list[MessageModel] = []
-    last_key = start
     try:
-        # A filter (seen) can make a DynamoDB page short; keep reading until the page is full.
-        while len(items) < limit:
-            result = index.query(
+        items, last_key = _full_page(
+            lambda limit_left, after: index.query(
                 hash_key,
                 range_key_condition=range_condition,
                 filter_condition=filter_condition,
                 scan_index_forward=False,
-                limit=limit - len(items),
-                last_evaluated_key=last_key,
-            )
-            items.extend(result)
-            last_key = result.last_evaluated_key
-            if not last_key:
-                break
+                limit=limit_left,
+                last_evaluated_key=after,
+            ),
+            limit,
+            start,
+        )
     except QueryError as exc:
         # Any start key DynamoDB still refuses came from the client's cursor.
         if start is not None and getattr(exc, "cause_response_code", None) == "ValidationException":
@@ -471,6 +467,20 @@ def set_confidential(message: Message, confidential: bool, reasons: list[str]) -
     return changed
 
 
+def _full_page(query: Callable[[int, Any], Any], limit: int, start: Any) -> tuple[list[Any], Any]:
+    """Up to ``limit`` items from ``query(limit_left, start_key)``, newest first, and the key to go
+    on from: a filter can make a DynamoDB page short, so pages are read until this one is full."""
+    items: list[Any] = []
+    last_key = start
+    while len(items) < limit:
+        result = query(limit - len(items), last_key)
+        items.extend(result)
+        last_key = result.last_evaluated_key
+        if not last_key:
+            break
+    return items, last_key
+
+
 def contact_messages(
     tenant_id: str, address: str, viewer: str, limit: int, cursor: str | None
 ) -> tuple[list[str], str | None]:
@@ -479,24 +489,17 @@ def contact_messages(
     pk = keys.contact_pk(tenant_id, address)
     start = keys.decode_cursor(cursor, ("pk", pk))
     visible = (ContactIndexModel.confidential == False) | (ContactIndexModel.user_id == viewer)  # noqa: E712
-    items: list[ContactIndexModel] = []
-    last_key = start
-    while len(items) < limit:
-        result = ContactIndexModel.query(
-            pk,
-            filter_condition=visible,
-            scan_index_forward=False,
-            limit=limit - len(items),
-            last_evaluated_key=last_key,
-        )
-        items.extend(result)
-        last_key = result.last_evaluated_key
-        if not last_key:
-            break
+    items, last_key = _full_page(
+        lambda limit_left, after: ContactIndexModel.query(
+            pk, filter_condition=visible, scan_index_forward=False, limit=limit_left, last_evaluated_key=after
+        ),
+        limit,
+        start,
+    )
     return [item.id for item in items], keys.encode_cursor(last_key)
 
 
-# --- sync core (designed for the converted engine and pusher; not used yet) -------------------------
+# --- sync core: locations, new messages, relinks, detachments, ops -------------------------
 
 
 def folder_locations(tenant_id: str, user_id: str, server_folder: str) -> Iterator[Location]:
