@@ -8,8 +8,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
+from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from pynamodb.exceptions import DoesNotExist, PutError, QueryError, TransactWriteError, UpdateError
 
+from mailsync.aws import client
+from mailsync.config import get_settings
 from mailsync.dal import _keys as keys
 from mailsync.dal._items import (
     account_from,
@@ -621,3 +624,8 @@ def count_attempt(op: Op) -> int:
             return 0
         raise
     return int(item.attempts or 0)
+
+
+def idempotency_store() -> DynamoDBPersistenceLayer:
+    """Where Powertools Idempotency keeps its records (the idempotency table), for retried POSTs."""
+    return DynamoDBPersistenceLayer(table_name=get_settings().idempotency_table, boto3_client=client("dynamodb"))

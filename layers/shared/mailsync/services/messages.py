@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools.utilities.idempotency import (
-    DynamoDBPersistenceLayer,
     IdempotencyConfig,
     idempotent_function,
 )
@@ -22,8 +21,6 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 )
 
 from mailsync import blobstore, dal, mime
-from mailsync.aws import client
-from mailsync.config import get_settings
 from mailsync.domain import Account, Address, Change, Message, SyncState
 from mailsync.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from mailsync.identity import Principal
@@ -402,7 +399,7 @@ def send_message(
         expires_after_seconds=IDEMPOTENCY_SECONDS,
         lambda_context=lambda_context,
     )
-    persistence = DynamoDBPersistenceLayer(table_name=get_settings().idempotency_table, boto3_client=client("dynamodb"))
+    persistence = dal.idempotency_store()
     once = idempotent_function(
         store, data_keyword_argument="request", persistence_store=persistence, config=config, key_prefix="send_message"
     )
