@@ -1,13 +1,17 @@
 """A worker that dies after any one of its writes, then a rerun: the end state is always the same.
 
-One scripted sync job pushes CRM changes (mark read, move, send) and pulls server changes (new
-mail with and without a Message-ID, a flag set by another client, a move between mapped folders,
-an expunge). A dry run of the job counts its writes (DynamoDB, S3, IMAP; see
-tests/fixtures/crash.py) and records the end state. Then, for every k, the same scenario is built
-from scratch, the job dies right after its k-th write (no lease release, no outcome), a rerun by
-the same worker finishes it, and the end state must equal the dry run's: the same CRM messages
-(which pre-existing id, folder, \\Seen, flags, state), the same server mailbox (no duplicate, no
-loss, no flag flipped back) and no CRM change left pending.
+Two scripted sync jobs, run through the worker's own path (``sync_jobs.run_job``):
+- ``two_way``: on a synced account, the job pushes CRM changes (mark read and move one message,
+  send another) and pulls server changes (new mail with and without a Message-ID, flags set by
+  another client, a move between mapped folders, an expunge);
+- ``first_sync``: the job is an account's first sync (no checkpoint to resume from yet).
+
+A dry run of each job counts its writes (DynamoDB, S3, IMAP; see tests/fixtures/crash.py) and
+records the end state. Then, for every k, the scenario is built from scratch, the job dies right
+after its k-th write (no lease release, no outcome), a rerun by the same worker finishes it, and
+the end state must equal the dry run's: the same CRM messages (which pre-existing id, folder,
+\\Seen, flags, state), the same server mailbox (no duplicate, no loss, no flag flipped back), no
+CRM change left pending, one raw copy in S3 per message.
 
 The crashed run's lease is still held for ``LEASE_SECONDS``; the rerun uses the crashed worker's
 owner id, which ``acquire_lease`` lets through (a different worker would wait for the expiry).
@@ -25,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import requests
 
 from devstack.dovecot import DovecotServer, MailUser
 from tests.conftest import ApiCall
@@ -35,16 +38,12 @@ from tests.integration.sync_support import Account, connect_account, days_ago, m
 FOLDER_MAP = {"inbox": "INBOX", "sent": "Sent", "archive": "Archive"}
 OWNER = "worker-under-test"
 SOAK = os.environ.get("MAILSYNC_SOAK") == "1"
-# Each k builds the scenario afresh (about 2.5 s), so `make test` runs one flavour: "basic", whose
-# moves are COPY + STORE + EXPUNGE and whose APPEND has no APPENDUID, has the most crash windows
-# (28 writes, "full" 25). The soak (MAILSYNC_SOAK=1) runs both, with three messages per step.
-FLAVOURS = ["basic", "full"] if SOAK else ["basic"]
 COPIES = 3 if SOAK else 1
 # Over the job's write count (the dry run asserts it); a k beyond the job's writes skips.
 MAX_WRITES = 120 if SOAK else 40
 
 # Arranged before the job: synced once, then changed on the server and in the CRM.
-FLAGGED, MOVED, EXPUNGED, READ, FILED = "flagged elsewhere", "moved elsewhere", "expunged", "read", "filed"
+FLAGGED, MOVED, EXPUNGED, READ_AND_FILED = "flagged elsewhere", "moved elsewhere", "expunged", "read and filed"
 NEW_WITH_ID, NEW_WITHOUT_ID, SENT = "new with id", "new without id", "sent from the crm"
 
 
@@ -52,8 +51,9 @@ def subjects(base: str) -> list[str]:
     return [base] if COPIES == 1 else [f"{base} {i}" for i in range(COPIES)]
 
 
-@pytest.fixture(params=FLAVOURS)
+@pytest.fixture
 def server(request, local_mail_env, monkeypatch) -> DovecotServer:
+    """The Dovecot flavour the test names ("full" or "basic"), its CA trusted by the worker."""
     from mailsync.config import get_settings
 
     if request.param == "full":
@@ -74,63 +74,119 @@ class Scenario:
         return self.account.sync(owner=OWNER)
 
 
-def arrange(api: ApiCall, user: MailUser, who: str) -> Scenario:
-    """Everything up to the job under test: a first sync, then changes on both sides."""
-    account = connect_account(api, user, FOLDER_MAP, who=who)
-    arranged = [s for base in (FLAGGED, MOVED, EXPUNGED, READ, FILED) for s in subjects(base)]
+def append(user: MailUser, folder: str, bases: tuple[str, ...], days: float, **kw: Any) -> None:
     with user.client() as imap:
-        for i, subject in enumerate(arranged):
-            imap.append("INBOX", message(subject, days=2 + i / 100), internal_date=days_ago(2 + i / 100))
+        for i, subject in enumerate(s for base in bases for s in subjects(base)):
+            imap.append(folder, message(subject, days=days + i / 100, **kw), internal_date=days_ago(days + i / 100))
+
+
+def arrange_two_way(api: ApiCall, user: MailUser, who: str) -> Scenario:
+    """A synced account, then changes on both sides: the job pushes and pulls."""
+    account = connect_account(api, user, FOLDER_MAP, who=who)
+    append(user, "INBOX", (FLAGGED, MOVED, EXPUNGED, READ_AND_FILED), days=2)
     assert account.sync(owner=OWNER).status == "synced"
     synced = account.synced()
-    uids = {subject: synced[subject]["uid"] for subject in arranged}
+
+    def uids(base: str) -> list[int]:
+        return [synced[s]["uid"] for s in subjects(base)]
 
     with user.client() as imap:  # another mail client
-        imap.add_flags("INBOX", [uids[s] for s in subjects(FLAGGED)], ["\\Flagged", "\\Seen"])
-        imap.move("INBOX", [uids[s] for s in subjects(MOVED)], "Archive")
-        imap.expunge("INBOX", [uids[s] for s in subjects(EXPUNGED)])
-        for i, subject in enumerate(subjects(NEW_WITH_ID)):
-            imap.append("INBOX", message(subject, days=1 + i / 100), internal_date=days_ago(1 + i / 100))
-        for i, subject in enumerate(subjects(NEW_WITHOUT_ID)):
-            raw = message(subject, days=1 + i / 100, message_id=None)
-            imap.append("INBOX", raw, internal_date=days_ago(1 + i / 100))
+        imap.add_flags("INBOX", uids(FLAGGED), ["\\Flagged", "\\Seen"])
+        imap.move("INBOX", uids(MOVED), "Archive")
+        imap.expunge("INBOX", uids(EXPUNGED))
+    append(user, "INBOX", (NEW_WITH_ID,), days=1)
+    append(user, "INBOX", (NEW_WITHOUT_ID,), days=1, message_id=None)
 
-    for subject in subjects(READ):  # the CRM
-        done = api("PATCH", f"/v1/messages/{synced[subject]['id']}", {"seen": True}, caller=account.caller)
-        assert done.status == 200, done.body
-    for subject in subjects(FILED):
-        done = api("PATCH", f"/v1/messages/{synced[subject]['id']}", {"folder": "archive"}, caller=account.caller)
-        assert done.status == 200, done.body
+    for subject in subjects(READ_AND_FILED):  # the CRM: two ops on one message, then a send
+        for change in ({"seen": True}, {"folder": "archive"}):
+            done = api("PATCH", f"/v1/messages/{synced[subject]['id']}", change, caller=account.caller)
+            assert done.status == 200, done.body
+    ids = {subject: m["id"] for subject, m in synced.items()}
     for i, subject in enumerate(subjects(SENT)):
         raw = base64.b64encode(message(subject, days=i / 100)).decode()
         done = api("POST", "/v1/users/me/messages", {"raw": raw}, caller=account.caller)
         assert done.status == 201, done.body
-    return Scenario(account, {m["subject"]: m["id"] for m in account.messages()})
+        ids[subject] = done.body["id"]
+    return Scenario(account, ids)
 
 
-def server_mailbox(user: MailUser) -> dict[str, list[tuple[str, str, tuple[str, ...]]]]:
-    """Per mapped folder: (subject, Message-ID, flags) of every message, sorted; UIDs left out
-    (a half-done COPY + EXPUNGE that a rerun finishes gives the same message another UID)."""
+def arrange_first_sync(api: ApiCall, user: MailUser, who: str) -> Scenario:
+    """A mailbox never synced: the job is the first sync, which has no checkpoint to resume from."""
+    account = connect_account(api, user, FOLDER_MAP, who=who)
+    append(user, "INBOX", (NEW_WITHOUT_ID,), days=1, message_id=None)
+    if SOAK:
+        append(user, "Archive", (NEW_WITH_ID,), days=1)
+    return Scenario(account, {})
+
+
+SCENARIOS = {"two_way": arrange_two_way, "first_sync": arrange_first_sync}
+# Where each job writes: should a seam of the injector stop seeing writes (another IMAP library,
+# another AWS SDK), the dry run says so instead of the test silently testing less.
+WRITES_TO = {"two_way": {"dynamodb", "s3", "imap"}, "first_sync": {"dynamodb", "s3"}}
+# Each k builds its scenario afresh (2-3 s), so `make test` runs each scenario on one flavour:
+# two_way on "basic" (moves are COPY + STORE + EXPUNGE, APPEND has no APPENDUID: the most crash
+# windows, 28 writes against 25 on "full"), first_sync on "full" (QRESYNC's first sync). The soak
+# (MAILSYNC_SOAK=1) runs every scenario on both, with three messages per step.
+CASES = (
+    [(name, flavour) for name in SCENARIOS for flavour in ("basic", "full")]
+    if SOAK
+    else [("two_way", "basic"), ("first_sync", "full")]
+)
+
+
+@dataclass(frozen=True)
+class ServerCopy:
+    folder: str
+    uid: int
+    subject: str
+    message_id: str  # "" without one
+    flags: tuple[str, ...]
+
+
+def server_mailbox(user: MailUser) -> list[ServerCopy]:
+    """Every message in the mapped folders, as another mail client sees it."""
     header = "HEADER.FIELDS (SUBJECT MESSAGE-ID)"
-    out = {}
+    out = []
     with user.client() as imap:
         for folder in FOLDER_MAP.values():
             uids = imap.uids(folder)
             fetched = imap.imap.fetch(uids, [f"BODY.PEEK[{header}]", "FLAGS"]) if uids else {}
-            rows = []
-            for data in fetched.values():
+            for uid, data in fetched.items():
                 parsed = email.message_from_bytes(data[f"BODY[{header}]".encode()], policy=email.policy.default)
-                flags = sorted({f.decode() for f in data[b"FLAGS"]} - {"\\Recent"})
-                rows.append((str(parsed["Subject"]), str(parsed["Message-ID"] or ""), tuple(flags)))
-            out[folder] = sorted(rows)
+                flags = tuple(sorted({f.decode() for f in data[b"FLAGS"]} - {"\\Recent"}))
+                out.append(ServerCopy(folder, uid, str(parsed["Subject"]), str(parsed["Message-ID"] or ""), flags))
     return out
 
 
-def end_state(scenario: Scenario) -> dict[str, Any]:
-    """What the job must leave behind, comparable between scenarios built separately: CRM ids
-    are named by the subject they had before the job ("new" for messages the job created), and
-    of a Message-ID (random per scenario) only whether the server copy has one."""
+def raw_objects(aws: dict[str, str], account: Account) -> int:
+    """The account's raw copies in S3 (content-addressed: a rerun overwrites, never adds)."""
+    from mailsync.aws import client
+
+    # The worker's own cached client: a new one costs a tenth of a second, per test.
+    listed = client("s3").list_objects_v2(Bucket=aws["RAW_MAIL_BUCKET"], Prefix="raw/")
+    return sum(1 for o in listed.get("Contents", []) if f"/{account.tenant}/{account.caller.user}/" in o["Key"])
+
+
+def end_state(scenario: Scenario, aws: dict[str, str]) -> dict[str, Any]:
+    """What the job leaves behind, checked for what must hold after any finished job, and in a
+    form comparable between scenarios built separately: CRM ids are named by the subject they had
+    before the job ("new" for messages the job created); of a Message-ID (random per scenario)
+    only whether the server copy has one; UIDs left out (a half-done COPY + EXPUNGE that a rerun
+    finishes gives the message another UID)."""
     account = scenario.account
+    messages = account.messages()
+    server = server_mailbox(account.user)
+
+    copies = Counter((c.folder, c.message_id or c.subject) for c in server)
+    duplicates = {key: n for key, n in copies.items() if n > 1}
+    assert not duplicates, f"duplicated on the server: {duplicates}"
+    assert [s for s, n in Counter(m["subject"] for m in messages).items() if n > 1] == [], "duplicated in the CRM"
+    assert [m["subject"] for m in messages if m["sync_state"] != "synced"] == [], "a CRM change left pending"
+    at = {(c.folder, c.uid): c.subject for c in server}
+    for m in messages:
+        if m["state"] == "synced":
+            assert at.get((m["server_folder"], m["uid"])) == m["subject"], f"{m['subject']} points elsewhere"
+
     label = {crm_id: subject for subject, crm_id in scenario.ids_before.items()}
     crm = sorted(
         (
@@ -145,38 +201,15 @@ def end_state(scenario: Scenario) -> dict[str, Any]:
             m["sync_state"],
             m["last_op_error"],
         )
-        for m in account.messages()
+        for m in messages
     )
-    server = {
-        folder: [(subject, bool(mid), flags) for subject, mid, flags in rows]
-        for folder, rows in server_mailbox(account.user).items()
-    }
     status = account.api("GET", "/v1/users/me/sync-status", caller=account.caller).body
-    return {"crm": crm, "server": server, "sync": (status["state"], status["account_status"], status["last_error"])}
-
-
-def assert_consistent(scenario: Scenario) -> None:
-    """Holds after any finished job: nothing twice, every CRM message whole and at its own
-    server copy, no CRM change left pending."""
-    account = scenario.account
-    duplicates = {
-        (folder, key): n
-        for folder, rows in server_mailbox(account.user).items()
-        for key, n in Counter(mid or subject for subject, mid, _flags in rows).items()
-        if n > 1
+    return {
+        "crm": crm,
+        "server": sorted((c.folder, c.subject, bool(c.message_id), c.flags) for c in server),
+        "raw_objects": raw_objects(aws, account),
+        "sync": (status["state"], status["account_status"], status["last_error"]),
     }
-    assert not duplicates, f"duplicated on the server: {duplicates}"
-    messages = account.messages()
-    assert [s for s, n in Counter(m["subject"] for m in messages).items() if n > 1] == [], "duplicated in the CRM"
-    assert [m["subject"] for m in messages if m["sync_state"] != "synced"] == [], "a CRM change left pending"
-    with account.user.client() as imap:
-        for m in messages:
-            subject = f"Subject: {m['subject']}\r\n".encode()
-            link = account.api("GET", f"/v1/messages/{m['id']}/raw", caller=account.caller)
-            assert link.status == 200, link.body
-            assert subject in requests.get(link.body["url"], timeout=10).content, f"{m['subject']}: raw copy lost"
-            if m["state"] == "synced":
-                assert subject in imap.fetch_raw(m["server_folder"], m["uid"]), f"{m['subject']} points elsewhere"
 
 
 @dataclass(frozen=True)
@@ -185,31 +218,29 @@ class DryRun:
     state: dict[str, Any]
 
 
-_dry_runs: dict[str, DryRun] = {}
+_dry_runs: dict[tuple[str, str], DryRun] = {}
 
 
-def dry_run(api: ApiCall, server: DovecotServer) -> DryRun:
-    """The job without a crash, once per flavour and session, on an account of its own."""
-    if server.flavour not in _dry_runs:
-        scenario = arrange(api, server.add_user(), who=f"dry-{server.flavour}")
+def dry_run(api: ApiCall, aws: dict[str, str], server: DovecotServer, name: str) -> DryRun:
+    """The job without a crash, once per scenario, flavour and session, on an account of its own."""
+    if (name, server.flavour) not in _dry_runs:
+        scenario = SCENARIOS[name](api, server.add_user(), who=f"dry-{name}-{server.flavour}".replace("_", "-"))
         with CrashInjector() as counter:
             assert scenario.run_job().status == "synced"
-        assert_consistent(scenario)
-        state = end_state(scenario)
+        state = end_state(scenario, aws)
         assert len(counter.writes) <= MAX_WRITES, f"raise MAX_WRITES to {len(counter.writes)}"
-        # The injector sees the job's writes where they leave the process; should a seam change
-        # (another IMAP library, another AWS SDK), this says so instead of testing nothing.
-        assert {w.service for w in counter.writes} == {"dynamodb", "s3", "imap"}, counter.writes
-        _dry_runs[server.flavour] = DryRun([str(w) for w in counter.writes], state)
-    return _dry_runs[server.flavour]
+        assert {w.service for w in counter.writes} == WRITES_TO[name], counter.writes
+        _dry_runs[name, server.flavour] = DryRun([str(w) for w in counter.writes], state)
+    return _dry_runs[name, server.flavour]
 
 
 @pytest.mark.parametrize("k", range(1, MAX_WRITES + 1))
-def test_crash_after_write_k_then_rerun_converges(api, aws, server: DovecotServer, k: int) -> None:
-    expected = dry_run(api, server)
+@pytest.mark.parametrize(("name", "server"), CASES, indirect=["server"])
+def test_crash_after_write_k_then_rerun_converges(api, aws, server: DovecotServer, name: str, k: int) -> None:
+    expected = dry_run(api, aws, server, name)
     if k > len(expected.writes):
-        pytest.skip(f"the job makes {len(expected.writes)} writes on the {server.flavour} flavour")
-    scenario = arrange(api, server.add_user(), who="alice")
+        pytest.skip(f"the {name} job makes {len(expected.writes)} writes on the {server.flavour} flavour")
+    scenario = SCENARIOS[name](api, server.add_user(), who="alice")
 
     # The worker dies when it next touches AWS or IMAP; after its last write it may not.
     with CrashInjector(crash_after=k) as injector, contextlib.suppress(WorkerCrashed):
@@ -219,5 +250,4 @@ def test_crash_after_write_k_then_rerun_converges(api, aws, server: DovecotServe
 
     rerun = scenario.run_job()
     assert rerun.status == "synced", rerun
-    assert_consistent(scenario)
-    assert end_state(scenario) == expected.state
+    assert end_state(scenario, aws) == expected.state
