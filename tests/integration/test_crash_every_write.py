@@ -51,16 +51,16 @@ def subjects(base: str) -> list[str]:
     return [base] if COPIES == 1 else [f"{base} {i}" for i in range(COPIES)]
 
 
-@pytest.fixture
-def server(request, local_mail_env, monkeypatch) -> DovecotServer:
-    """The Dovecot flavour the test names ("full" or "basic"), its CA trusted by the worker."""
+def mail_server(request: pytest.FixtureRequest, flavour: str) -> DovecotServer:
+    """The Dovecot of ``flavour`` ("full" or "basic"), its CA trusted by the worker."""
     from mailsync.config import get_settings
 
-    if request.param == "full":
+    request.getfixturevalue("local_mail_env")
+    if flavour == "full":
         return request.getfixturevalue("dovecot")
     basic = request.getfixturevalue("dovecot_basic")
     # Each flavour has its own CA; trust the basic one's for this test.
-    monkeypatch.setenv("MAILSYNC_EXTRA_CA_FILE", str(basic.ca_file))
+    request.getfixturevalue("monkeypatch").setenv("MAILSYNC_EXTRA_CA_FILE", str(basic.ca_file))
     get_settings.cache_clear()
     return basic
 
@@ -221,26 +221,32 @@ class DryRun:
 _dry_runs: dict[tuple[str, str], DryRun] = {}
 
 
-def dry_run(api: ApiCall, aws: dict[str, str], server: DovecotServer, name: str) -> DryRun:
+def dry_run(request: pytest.FixtureRequest, name: str, flavour: str) -> DryRun:
     """The job without a crash, once per scenario, flavour and session, on an account of its own."""
-    if (name, server.flavour) not in _dry_runs:
-        scenario = SCENARIOS[name](api, server.add_user(), who=f"dry-{name}-{server.flavour}".replace("_", "-"))
+    if (name, flavour) not in _dry_runs:
+        api, aws = request.getfixturevalue("api"), request.getfixturevalue("aws")
+        user = mail_server(request, flavour).add_user()
+        scenario = SCENARIOS[name](api, user, who=f"dry-{name}-{flavour}".replace("_", "-"))
         with CrashInjector() as counter:
             assert scenario.run_job().status == "synced"
         state = end_state(scenario, aws)
         assert len(counter.writes) <= MAX_WRITES, f"raise MAX_WRITES to {len(counter.writes)}"
         assert {w.service for w in counter.writes} == WRITES_TO[name], counter.writes
-        _dry_runs[name, server.flavour] = DryRun([str(w) for w in counter.writes], state)
-    return _dry_runs[name, server.flavour]
+        _dry_runs[name, flavour] = DryRun([str(w) for w in counter.writes], state)
+    return _dry_runs[name, flavour]
 
 
 @pytest.mark.parametrize("k", range(1, MAX_WRITES + 1))
-@pytest.mark.parametrize(("name", "server"), CASES, indirect=["server"])
-def test_crash_after_write_k_then_rerun_converges(api, aws, server: DovecotServer, name: str, k: int) -> None:
-    expected = dry_run(api, aws, server, name)
+@pytest.mark.parametrize(("name", "flavour"), CASES)
+def test_crash_after_write_k_then_rerun_converges(
+    request: pytest.FixtureRequest, name: str, flavour: str, k: int
+) -> None:
+    expected = dry_run(request, name, flavour)
     if k > len(expected.writes):
-        pytest.skip(f"the {name} job makes {len(expected.writes)} writes on the {server.flavour} flavour")
-    scenario = SCENARIOS[name](api, server.add_user(), who="alice")
+        pytest.skip(f"the {name} job makes {len(expected.writes)} writes on the {flavour} flavour")
+    # Fixtures are taken after that check: a k beyond the job's writes skips without provisioning.
+    api, aws = request.getfixturevalue("api"), request.getfixturevalue("aws")
+    scenario = SCENARIOS[name](api, mail_server(request, flavour).add_user(), who="alice")
 
     # The worker dies when it next touches AWS or IMAP; after its last write it may not.
     with CrashInjector(crash_after=k) as injector, contextlib.suppress(WorkerCrashed):
