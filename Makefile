@@ -46,8 +46,9 @@ tooling: $(STAMP) dovecot  ## tests of the tooling itself: the local stack (devs
 	$(BIN)/python -m pytest devstack/tests tests/fixtures/tests
 
 .PHONY: soak
-soak: $(STAMP) dovecot  ## long convergence runs (10 seeds x 300 operations per Dovecot flavour); not in CI
-	MAILSYNC_SOAK=1 $(BIN)/python -m pytest tests/integration/test_convergence_mbsync.py tests/integration/test_convergence.py
+soak: $(STAMP) dovecot  ## long runs: convergence (10 seeds x 300 operations per flavour), every crash point on both flavours; not in CI
+	MAILSYNC_SOAK=1 $(BIN)/python -m pytest tests/integration/test_convergence_mbsync.py tests/integration/test_convergence.py \
+		tests/integration/test_crash_every_write.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -201,31 +201,6 @@ def test_op_on_a_message_removed_from_the_server_is_dropped(account: Account) ->
     assert patch(account, msg["id"], seen=False).status == 409
 
 
-@pytest.mark.parametrize("fault", ["after_store", "after_move", "after_append"])
-def test_crash_after_the_server_change_then_rerun(account: Account, fault: str) -> None:
-    from mailsync.sync.engine import InjectedCrash, faults
-
-    seed(account, "crashy")
-    msg = account.synced()["crashy"]
-    patch(account, msg["id"], seen=True)
-    patch(account, msg["id"], folder="archive")
-    raw = make_message(subject="crash sent", date=days_ago(0.1))
-    account.api("POST", "/v1/users/me/messages", {"raw": base64.b64encode(raw).decode()}, caller=account.caller)
-    faults.armed = {fault}
-    with pytest.raises(InjectedCrash):
-        account.sync(reason="push")
-    account.sync(reason="push")
-    account.sync()
-    assert server_subjects(account, "Archive") == ["crashy"], "moved once"
-    assert server_subjects(account, "INBOX") == []
-    assert server_subjects(account, "Sent") == ["crash sent"], "appended once"
-    assert "\\Seen" in server_flags(account, "Archive", "crashy")
-    messages = account.by_subject()
-    assert len(messages) == 2
-    assert messages["crashy"]["id"] == msg["id"]
-    assert all(m["sync_state"] == "synced" for m in messages.values())
-
-
 def test_move_after_a_crash_between_copy_and_expunge(account: Account) -> None:
     """Without MOVE a move is COPY + EXPUNGE; a crash in between leaves a copy in the target."""
     with account.user.client() as imap:
