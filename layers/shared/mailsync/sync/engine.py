@@ -250,15 +250,8 @@ class AccountSync:
         window = self.conn.search_since(self.cutoff.date(), below=bound.uidnext or None)
         todo = decide.arrivals_todo(window, current)
         first = plan.first_sync_counted(first, len(window), len(todo))
-        # Until it completes the folder is known only as far as ``stored`` says (nothing, after a reset).
-        self.checkpoint = self.checkpoint.with_folder(
-            server_folder,
-            uidvalidity=stored.uidvalidity,
-            uidnext=stored.uidnext,
-            highestmodseq=stored.highestmodseq,
-            messages=stored.messages,
-            first_sync=first,
-        )
+        # The last agreed values stay stored beside it (sync-status shows them) until it completes.
+        self.checkpoint = self.checkpoint.with_folder(server_folder, first_sync=first)
         return FolderWork(server_folder, Mode.FULL, snapshot, todo, first)
 
     def _prepare_modseq(
