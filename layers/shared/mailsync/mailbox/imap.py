@@ -46,6 +46,17 @@ class BudgetedIMAP4(CheckedConnection, imaplib.IMAP4):
         self.commands_sent = 0
         super().__init__(host, port, timeout=budget.read_timeout)
 
+    @property
+    def debug(self) -> int:
+        """imaplib's debug level: always 0. imapclient sets 5, at which imaplib formats every
+        response it stores, literals included, into a log string (``%r`` of a 40 MB message is
+        ~90 MB more memory) whether or not that log is ever written."""
+        return 0
+
+    @debug.setter
+    def debug(self, level: int) -> None:
+        pass
+
     def _create_socket(self, timeout: float | None) -> socket.socket:
         return self._checked_socket()
 
