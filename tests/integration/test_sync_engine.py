@@ -247,3 +247,23 @@ def test_both_flavours_converge(flavour: str, request) -> None:
     assert (messages["c"]["state"], messages["c"]["detach_reason"]) == ("detached", "removed")
     assert messages["d"]["state"] == "synced"
     assert len(messages) == 4
+
+
+def test_new_mail_is_announced_batch_by_batch_during_a_long_first_sync(account: Account, aws) -> None:
+    """A first sync of 60 messages stores them in two batches (50, then 10): the first batch's
+    message.received events are on the bus before the second batch starts, so the CRM hears of
+    new mail while a long first sync runs and a worker that dies later cannot lose them."""
+    events = capture_events(aws["EVENT_BUS_NAME"])
+    with account.user.client() as imap:
+        imap.imap.multiappend(
+            "INBOX", [{"msg": message(f"m{i:02d}", days=1 + i / 100), "date": days_ago(1 + i / 100)} for i in range(60)]
+        )
+    announced_before_each_batch: list[int] = []
+
+    def deadline() -> bool:  # asked before every batch
+        announced_before_each_batch.append(len(events.of_type("message.received")))
+        return False
+
+    assert account.sync(deadline=deadline).status == "synced"
+    assert announced_before_each_batch == [0, 50]
+    assert len(events.of_type("message.received")) == 60

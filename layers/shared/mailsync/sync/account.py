@@ -31,6 +31,9 @@ def sync_account(
     engine: AccountSync | None = None
     try:
         waiting = pusher.run(ops)
+        # What reached the server is announced before the pull, which may run long.
+        events.publish(pusher.events)
+        pusher.events = []
         engine = AccountSync(
             account,
             state,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from mailsync import blobstore, dal, mime, privacy
+from mailsync import blobstore, dal, events, mime, privacy
 from mailsync.config import get_settings
 from mailsync.domain import Account, Location, Message, SyncState
 from mailsync.errors import FolderMissing
@@ -183,6 +183,14 @@ class AccountSync:
                 self._advance(item)
         self._save_checkpoint()
         return self._finish()
+
+    def publish_events(self) -> None:
+        """Announce what is stored so far: after each batch's checkpoint, so the CRM hears of new
+        mail while a long first sync runs and a worker that dies later loses no announcement of
+        what it finished (what it did since the last batch is still announced at most once)."""
+        if self.events:
+            events.publish(self.events)
+            self.events = []
 
     def _finish(self) -> SyncOutcome:
         self.outcome.imap_commands = self.conn.command_count
@@ -350,6 +358,7 @@ class AccountSync:
                 work.first_sync = plan.first_sync_progress(work.first_sync, batch)
                 self.checkpoint = self.checkpoint.with_folder(work.server_folder, first_sync=work.first_sync)
             self._save_checkpoint()
+            self.publish_events()
         return True
 
     def _store_batch(self, work: FolderWork, batch: list[MessageSummary]) -> None:
