@@ -44,10 +44,9 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
     logger.append_keys(tenant_id=job.tenant_id, user_id=job.user_id)
     result = sync_jobs.run_job(job, lambda_deadline=_lambda_deadline(lambda_context), may_defer=_records_seen > 1)
     record_metrics(result)
-    logger.info(
-        "sync job done",
-        extra={"result": result.status, "error": result.error, "duration_ms": result.duration_ms},
-    )
+    # Most jobs find nothing to do (every account, every minute): those are DEBUG, not log volume.
+    log = logger.debug if result.no_op else logger.info
+    log("sync job done", extra={"result": result.status, "error": result.error, "duration_ms": result.duration_ms})
 
 
 def record_metrics(result: sync_jobs.JobResult) -> None:

@@ -238,3 +238,20 @@ def test_event_bus_exists(mocked_env: dict[str, str]) -> None:
         ]
     )
     assert result["FailedEntryCount"] == 0
+
+
+def test_the_pollers_are_not_traced_unless_asked(template: dict[str, Any]) -> None:
+    """The scheduler and the worker run for every account every minute: active X-Ray tracing
+    there is a parameter (PollerTracing), off by default; the API stays traced."""
+    parameter = template["Parameters"]["PollerTracing"]
+    assert parameter["Default"] == "PassThrough" and set(parameter["AllowedValues"]) == {"PassThrough", "Active"}
+    assert template["Conditions"]["PollerTraced"] == {"Fn::Equals": [{"Ref": "PollerTracing"}, "Active"]}
+    assert template["Globals"]["Function"]["Tracing"] == "Active"
+    resources = template["Resources"]
+    for name in ("SchedulerFunction", "SyncWorkerFunction"):
+        properties = resources[name]["Properties"]
+        assert properties["Tracing"] == {"Ref": "PollerTracing"}, name
+        assert properties["Environment"]["Variables"]["POWERTOOLS_TRACE_DISABLED"] == {
+            "Fn::If": ["PollerTraced", "false", "true"]
+        }, name
+    assert "Tracing" not in resources["ApiFunction"]["Properties"]

@@ -140,3 +140,17 @@ def test_the_hard_deadline_never_passes_the_lambdas_end() -> None:
     # Plenty of Lambda time: the budget decides; outside Lambda too.
     assert policy.hard_deadline_for(clock.now, 120, clock.now + 900) == clock.now + 120
     assert policy.hard_deadline_for(clock.now, 120, None) == clock.now + 120
+
+
+def test_only_jobs_that_found_nothing_to_do_are_quiet_in_the_logs() -> None:
+    from mailsync.services.sync_jobs import JobResult
+    from mailsync.sync.engine import SyncOutcome
+
+    assert JobResult("skipped").no_op
+    assert JobResult("synced", SyncOutcome()).no_op
+    assert not JobResult("synced", SyncOutcome(created=1)).no_op
+    assert not JobResult("synced", SyncOutcome(pushed=1)).no_op
+    assert not JobResult("synced", SyncOutcome(folder_errors={"Archive": "folder_missing"})).no_op
+    assert not JobResult("incomplete", SyncOutcome()).no_op
+    assert not JobResult("failed", error="auth_failed").no_op
+    assert not JobResult("gone").no_op

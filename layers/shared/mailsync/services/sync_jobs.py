@@ -62,6 +62,15 @@ class JobResult:
     duration_ms: int = 0
     lag_seconds: int | None = None  # since the previous successful sync, at the start of this one
 
+    @property
+    def no_op(self) -> bool:
+        """Skipped, or synced with nothing changed on either side."""
+        if self.status == "skipped":
+            return True
+        o = self.outcome
+        changed = o is None or any((o.created, o.relinked, o.detached, o.flag_updates, o.pushed, o.folder_errors))
+        return self.status == "synced" and not changed
+
 
 def parse_job(body: str) -> SyncJob:
     return SyncJob.model_validate_json(body)
