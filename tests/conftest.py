@@ -20,6 +20,9 @@ pytest_plugins = ["tests.fixtures.dovecot", "tests.fixtures.other_servers"]
 FAKE_AWS = {k: v for k, v in local_defaults().items() if not k.startswith("MAILSYNC_")} | {
     "POWERTOOLS_SERVICE_NAME": "mailsync",
     "POWERTOOLS_METRICS_NAMESPACE": "Mailsync",
+    # Flag changes on servers without CONDSTORE show at the next sync (the interval itself has
+    # its own tests: test_sync_engine.py::test_without_condstore_flags_are_scanned_*).
+    "MAILSYNC_FLAG_SCAN_MINUTES": "0",
 }
 
 

@@ -267,3 +267,39 @@ def test_new_mail_is_announced_batch_by_batch_during_a_long_first_sync(account: 
     assert account.sync(deadline=deadline).status == "synced"
     assert announced_before_each_batch == [0, 50]
     assert len(events.of_type("message.received")) == 60
+
+
+def test_without_condstore_flags_are_scanned_every_interval_and_at_once_on_new_mail(
+    basic_account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dovecot "basic" has no CONDSTORE: a flag change leaves STATUS as it was, so the flag scan
+    runs every MAILSYNC_FLAG_SCAN_MINUTES, or at once when STATUS shows new mail or an expunge."""
+    import time
+    import types
+
+    from mailsync.config import get_settings
+    from mailsync.sync import engine
+
+    monkeypatch.setenv("MAILSYNC_FLAG_SCAN_MINUTES", "15")
+    get_settings.cache_clear()
+    account = basic_account
+    with account.user.client() as imap:
+        first = imap.append("INBOX", message("first", days=1), internal_date=days_ago(1))
+    assert account.sync().status == "synced"
+
+    with account.user.client() as imap:  # another program flags it: STATUS does not change
+        imap.add_flags("INBOX", first, ["\\Flagged"])
+    assert account.sync().status == "synced"
+    assert "\\Flagged" not in account.synced()["first"]["flags"], "scanned again within the interval"
+
+    later = types.SimpleNamespace(time=lambda: time.time() + 15 * 60 + 1)
+    monkeypatch.setattr(engine, "time", later)
+    assert account.sync().status == "synced"
+    assert "\\Flagged" in account.synced()["first"]["flags"]
+
+    with account.user.client() as imap:  # a flag change, then new mail: STATUS moves, scan at once
+        imap.add_flags("INBOX", first, ["\\Seen"])
+        imap.append("INBOX", message("second", days=0.5), internal_date=days_ago(0.5))
+    assert account.sync().status == "synced"
+    synced = account.synced()
+    assert synced["first"]["seen"] is True and "second" in synced

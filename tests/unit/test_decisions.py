@@ -318,3 +318,27 @@ def test_a_wrong_password_leaves_the_schedule_and_a_certificate_failure_backs_of
 def test_an_incomplete_sync_stays_syncing_and_a_complete_one_clears_the_error() -> None:
     assert jobs.finished_state(complete=True) == {"state": "idle", "last_error": None, "failures": 0}
     assert jobs.finished_state(complete=False)["state"] == "syncing"
+
+
+# --- servers without CONDSTORE: the flag scan interval -----------------------------------------------
+
+
+def scanned(at: int | None) -> FolderCheckpoint:
+    return FolderCheckpoint(uidvalidity=7, uidnext=50, messages=40, scanned_at=at)
+
+
+def test_without_condstore_an_unchanged_folder_is_scanned_only_every_interval() -> None:
+    same = ServerStatus(7, 50, 40, None)
+    assert folders.plan_folder(scanned(1000), same, qresync=False, now=1000 + 899, scan_every=900).name == "SKIP"
+    assert folders.plan_folder(scanned(1000), same, qresync=False, now=1000 + 900, scan_every=900).name == "SCAN"
+
+
+def test_without_condstore_new_mail_or_an_expunge_is_scanned_at_once() -> None:
+    for changed in (ServerStatus(7, 51, 41, None), ServerStatus(7, 50, 39, None)):
+        assert folders.plan_folder(scanned(1000), changed, qresync=False, now=1001, scan_every=900).name == "SCAN"
+
+
+def test_without_a_scan_on_record_or_an_interval_the_folder_is_scanned() -> None:
+    same = ServerStatus(7, 50, 40, None)
+    assert folders.scan_due(scanned(None), same, now=1001, scan_every=900) is True
+    assert folders.scan_due(scanned(1000), same, now=1001, scan_every=0) is True

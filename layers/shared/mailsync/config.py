@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     max_untagged_per_command: int = Field(default=200_000, ge=10)
     max_folders: int = Field(default=5_000, ge=1)
     max_pop3_response_bytes: int = Field(default=60_000_000, ge=1024)
+    # Servers without CONDSTORE (Courier, Exchange) show a flag change nowhere in STATUS: their
+    # full flag scan runs when STATUS changed, else at most this often (0: every sync).
+    flag_scan_minutes: float = Field(default=15.0, ge=0, le=1440)
 
     @field_validator("allow_private_hosts", "allow_insecure", mode="before")
     @classmethod

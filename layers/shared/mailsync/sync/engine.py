@@ -139,6 +139,7 @@ class AccountSync:
         # Ids of messages with a CRM move still waiting: only those keep their CRM folder on a relink.
         self.pending_moves = pending_moves
         self.max_message_bytes = get_settings().max_message_bytes
+        self.scan_every = get_settings().flag_scan_minutes * 60
         self.snapshots: dict[str, ServerStatus] = {}
 
     # -- entry point ---------------------------------------------------------------------------
@@ -224,7 +225,12 @@ class AccountSync:
     def _prepare_folder(self, server_folder: str, status: ServerStatus) -> FolderWork | None:
         stored = self.checkpoint.folder(server_folder)
         mode = plan.plan_folder(
-            stored, status, qresync=self.conn.has_qresync, has_copies=lambda: self._has_copies(server_folder)
+            stored,
+            status,
+            qresync=self.conn.has_qresync,
+            has_copies=lambda: self._has_copies(server_folder),
+            now=time.time(),
+            scan_every=self.scan_every,
         )
         if mode is Mode.SKIP:
             return None
@@ -617,6 +623,8 @@ class AccountSync:
 
     def _advance(self, work: FolderWork) -> None:
         status = plan.advanced(work.snapshot, work.first_sync)
+        # Only kept when scans are spaced out: with an interval of 0 it would only cost a write.
+        scanned = int(time.time()) if self.scan_every > 0 and work.mode in (Mode.SCAN, Mode.FULL) else None
         self.checkpoint = self.checkpoint.with_folder(
             work.server_folder,
             uidvalidity=status.uidvalidity,
@@ -624,6 +632,7 @@ class AccountSync:
             highestmodseq=status.highestmodseq,
             messages=status.messages,
             first_sync=None,
+            scanned_at=scanned if scanned is not None else self.checkpoint.folder(work.server_folder).scanned_at,
         )
 
     def _save_checkpoint(self) -> None:

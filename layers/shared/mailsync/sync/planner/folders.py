@@ -66,6 +66,7 @@ class FolderCheckpoint:
     error: str | None = None
     deferred: bool = False
     crm_folder: str | None = None
+    scanned_at: int | None = None  # last full flag scan (servers without CONDSTORE), epoch seconds
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -91,6 +92,7 @@ class FolderCheckpoint:
             error=data.get("error"),
             deferred=bool(data.get("deferred")),
             crm_folder=data.get("crm_folder"),
+            scanned_at=_num(data, "scanned_at"),
         )
 
 
@@ -174,16 +176,21 @@ def plan_folder(
     *,
     qresync: bool,
     has_copies: Callable[[], bool] = lambda: True,
+    now: float = 0.0,
+    scan_every: float = 0.0,
 ) -> Mode:
     """How to sync one folder, from its STATUS alone (and, for an empty folder with a new
-    UIDVALIDITY, whether we store any copy from it)."""
+    UIDVALIDITY, whether we store any copy from it).
+
+    ``scan_every`` (seconds; 0: always): how often a folder of a server without CONDSTORE is
+    scanned for flag changes while its STATUS stays the same (see ``scan_due``)."""
     if empty_reset(stored, status, has_copies=has_copies):
         return Mode.SKIP
     if stored.uidvalidity is None or stored.first_sync is not None or status.uidvalidity != stored.uidvalidity:
         return Mode.FULL
     if status.highestmodseq is None or stored.highestmodseq is None:
         # Without HIGHESTMODSEQ a flag change leaves STATUS untouched: only a scan can see it.
-        return Mode.SCAN
+        return Mode.SCAN if scan_due(stored, status, now=now, scan_every=scan_every) else Mode.SKIP
     unchanged = (
         status.uidnext == stored.uidnext
         and status.highestmodseq == stored.highestmodseq
@@ -252,3 +259,15 @@ def sweep_due(last_sweep_at: int | None, now: float, *, force: bool, interval: i
     """Whether messages that aged out of the window are looked for now (hourly, and after a
     full resync of any folder)."""
     return force or now - int(last_sweep_at or 0) >= interval
+
+
+def scan_due(stored: FolderCheckpoint, status: ServerStatus, *, now: float, scan_every: float) -> bool:
+    """Whether a folder without HIGHESTMODSEQ is scanned now: when STATUS shows new mail or an
+    expunge (UIDNEXT or MESSAGES moved), when no scan is on record, and otherwise every
+    ``scan_every`` seconds. A flag change by another program on such a server reaches the CRM
+    within that time; new mail and removals still within a sync."""
+    if scan_every <= 0 or stored.scanned_at is None:
+        return True
+    if (status.uidnext, status.messages) != (stored.uidnext, stored.messages):
+        return True
+    return now - stored.scanned_at >= scan_every
