@@ -19,7 +19,12 @@ TOKEN_USER := $(if $(filter command line,$(origin USER)),$(USER),alice)
 TENANT ?= acme
 ROLE ?= user
 
-.PHONY: bench run demo token test unit integration e2e tooling lint fmt validate build openapi dovecot venv clean
+.DEFAULT_GOAL := run
+.PHONY: help bench run demo token test unit integration e2e tooling lint fmt validate build openapi dovecot venv clean
+
+help:  ## this list
+	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z0-9-]+):.*## (.*)/\1\t\2/' | \
+		awk -F'\t' '{ printf "  make %-12s %s\n", $$1, $$2 }'
 
 run: $(STAMP)  ## the local stack: moto + API on :3000 + scheduler + worker
 	$(BIN)/python -m devstack.run
@@ -33,13 +38,13 @@ token: $(STAMP)  ## print a local JWT: make token USER=alice TENANT=acme ROLE=ad
 test: $(STAMP) dovecot servers lint validate build  ## everything CI runs
 	$(BIN)/python -m pytest  # pyproject.toml's testpaths: tests/ and devstack/tests/
 
-unit: $(STAMP)
+unit: $(STAMP)  ## the fast loop: pure logic and the services on an in-memory data layer (~20 s)
 	$(BIN)/python -m pytest tests/unit
 
-integration: $(STAMP) dovecot servers
+integration: $(STAMP) dovecot servers  ## handlers + moto + real Dovecot, Cyrus and Courier
 	$(BIN)/python -m pytest tests/integration
 
-e2e: $(STAMP) dovecot
+e2e: $(STAMP) dovecot  ## the local stack over HTTP
 	$(BIN)/python -m pytest tests/e2e
 
 tooling: $(STAMP) dovecot  ## tests of the tooling itself: the local stack (devstack/) and the test harness
@@ -50,16 +55,16 @@ soak: $(STAMP) dovecot  ## long runs: convergence (10 seeds x 300 operations per
 	MAILSYNC_SOAK=1 $(BIN)/python -m pytest tests/integration/test_convergence_mbsync.py tests/integration/test_convergence.py \
 		tests/integration/test_crash_every_write.py
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check .
 
-fmt: $(STAMP)
+fmt: $(STAMP)  ## ruff --fix and ruff format
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
-validate: $(STAMP)
+validate: $(STAMP)  ## sam validate --lint
 	$(BIN)/sam validate --lint --region $(REGION)
 
-build: $(STAMP)
+build: $(STAMP)  ## sam build
 	$(BIN)/sam build --region $(REGION)
 
 openapi: $(STAMP)  ## export the API's OpenAPI document to docs/openapi.json

@@ -15,10 +15,11 @@ def openapi_document() -> dict:
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
     load_handler("api")
     app = sys.modules["mailsync_fn_api"].app
+    version = sys.modules["mailsync"].__version__  # loaded with the handler, from the layer
     return json.loads(
         app.get_openapi_json_schema(
             title="Mailsync API",
-            version="1.0.0",
+            version=version,
             description="Mail settings, folder maps and messages for the CRM.",
         )
     )

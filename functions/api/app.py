@@ -13,6 +13,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+import mailsync
 from mailsync.api_errors import (
     error_response,
     non_json_body_response,
@@ -34,7 +35,7 @@ app = APIGatewayHttpResolver(enable_validation=True)
 app.enable_swagger(
     path="/swagger",
     title="Mailsync API",
-    version="1.0.0",
+    version=mailsync.__version__,
     description="Mail settings, folder maps and messages for the CRM. Errors are "
     '`{"error": {"code", "message", "field"?}}`.',
     security_schemes={"bearer": HTTPBearer(bearerFormat="JWT")},
