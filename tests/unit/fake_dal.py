@@ -368,6 +368,9 @@ class FakeDal:
         page, next_cursor = _page(wanted, ["contact", tenant_id, address], limit, cursor)
         return [m.id for m in page], next_cursor
 
+    def open_connections(self) -> None:
+        """Nothing to open in memory."""
+
     # --- what the fake provides -------------------------------------------------------------
 
     @classmethod
@@ -440,7 +443,12 @@ class FakeQueue:
         return failed
 
     def jobs(self) -> list[tuple[str, str, str]]:
-        return [(body["tenant_id"], body["user_id"], body["reason"]) for body, _ in self.sent]
+        """One entry per account: a group's accounts each, a single-account body as itself."""
+        out = []
+        for body, _ in self.sent:
+            accounts = body.get("accounts") or [(body["tenant_id"], body["user_id"])]
+            out.extend((tenant, user, body["reason"]) for tenant, user in accounts)
+        return out
 
 
 @dataclass

@@ -25,6 +25,7 @@ Table names are read from the settings on use: nothing binds them.
 
 """
 
+from mailsync.dal._connections import open_connections
 from mailsync.dal._keys import BadCursor
 from mailsync.dal._models import utcnow
 from mailsync.dal._store import (
@@ -104,6 +105,7 @@ __all__ = [
     "ids_for_match_key",
     "list_messages",
     "mark_threads",
+    "open_connections",
     "ops_waiting",
     "put_accounts",
     "record_changes",

@@ -15,6 +15,7 @@ import json
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,6 +26,8 @@ from mailsync.observability import logger
 NOT_DUE_STATUSES = frozenset({"auth_failed", "disabled"})
 MAX_BACKOFF_SECONDS = 3600
 SYNCED_PROTOCOLS = frozenset({"imap"})
+# SQS's limit on the bodies of one SendMessageBatch (and on one message).
+BATCH_PAYLOAD_BYTES = 256 * 1024
 
 
 def shard_for(tenant_id: str, user_id: str, shards: int) -> int:
@@ -51,23 +54,70 @@ def backoff_seconds(failures: int, base: int = 60) -> int:
 
 
 def job_body(tenant_id: str, user_id: str, reason: str) -> str:
+    """A job for one account (user requests, continuations, retries): a group of one."""
     return json.dumps({"tenant_id": tenant_id, "user_id": user_id, "reason": reason})
+
+
+def group_body(accounts: Sequence[tuple[str, str]], reason: str) -> str:
+    """A job for several accounts, synced concurrently by one worker (``services.sync_groups``)."""
+    return json.dumps({"accounts": [list(a) for a in accounts], "reason": reason})
 
 
 def enqueue(tenant_id: str, user_id: str, reason: str, delay_seconds: int = 0) -> None:
     queue.send(job_body(tenant_id, user_id, reason), delay_seconds)
 
 
+def enqueue_accounts(accounts: Sequence[tuple[str, str]], reason: str, delay_seconds: int = 0) -> None:
+    """Jobs for ``accounts`` with one reason: one job alone, more in groups of ``sync_group_size``."""
+    if len(accounts) == 1:
+        enqueue(*accounts[0], reason, delay_seconds)
+        return
+    for group in split_groups(accounts, get_settings().sync_group_size):
+        queue.send(group_body(group, reason), delay_seconds)
+
+
+def split_groups(accounts: Sequence[tuple[str, str]], size: int) -> list[Sequence[tuple[str, str]]]:
+    """As few groups of at most ``size`` as possible, of near-equal size: 250 accounts by 100 make
+    84 + 83 + 83, not 100 + 100 + 50, so the workers that get them finish at about the same time."""
+    if not accounts:
+        return []
+    count = -(-len(accounts) // size)
+    base, extra = divmod(len(accounts), count)
+    groups = []
+    start = 0
+    for i in range(count):
+        end = start + base + (1 if i < extra else 0)
+        groups.append(accounts[start:end])
+        start = end
+    return groups
+
+
+def _batches(bodies: list[str]) -> list[list[int]]:
+    """Positions of ``bodies`` per SendMessageBatch: at most ten, and within SQS's payload limit."""
+    batches: list[list[int]] = []
+    size = 0
+    for i, body in enumerate(bodies):
+        length = len(body.encode())
+        if not batches or len(batches[-1]) == queue.BATCH_SIZE or size + length > BATCH_PAYLOAD_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(i)
+        size += length
+    return batches
+
+
 def _send_batches(accounts: list[tuple[str, str]], reason: str) -> int:
+    """One message per group; returns how many accounts were sent."""
+    groups = split_groups(accounts, get_settings().sync_group_size)
+    bodies = [group_body(group, reason) for group in groups]
     sent = 0
-    for start in range(0, len(accounts), queue.BATCH_SIZE):
-        bodies = [job_body(tenant, user, reason) for tenant, user in accounts[start : start + queue.BATCH_SIZE]]
-        failed = queue.send_batch(bodies)
+    for positions in _batches(bodies):
+        failed = [positions[i] for i in queue.send_batch([bodies[p] for p in positions])]
         if failed:
             # Partial failures are retried once entry by entry; what still fails waits for the next tick.
-            failed = [failed[i] for i in queue.send_batch([bodies[i] for i in failed])]
-            logger.warning("sync jobs not enqueued", extra={"failed": len(failed)})
-        sent += len(bodies) - len(failed)
+            failed = [failed[i] for i in queue.send_batch([bodies[p] for p in failed])]
+            logger.warning("sync jobs not enqueued", extra={"failed": sum(len(groups[p]) for p in failed)})
+        sent += sum(len(groups[p]) for p in positions if p not in failed)
     return sent
 
 
@@ -77,7 +127,8 @@ def _shard(shard: int, now: int) -> int:
 
 
 def enqueue_due_accounts(now: int | None = None) -> int:
-    """Send one sync job per due account (SendMessageBatch); returns how many were sent."""
+    """Send every due account a sync job, in groups of ``sync_group_size`` accounts of one shard
+    (one SQS message each, ten to a SendMessageBatch); returns how many accounts were sent."""
     settings = get_settings()
     now = int(time.time()) if now is None else now
     with ThreadPoolExecutor(max_workers=min(8, settings.due_shards)) as pool:
