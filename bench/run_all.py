@@ -20,6 +20,7 @@ SCRIPTS = [
     "bench_fanout",
     "bench_memory",
     "bench_settings_api",
+    "bench_throughput",
 ]
 
 
@@ -58,6 +59,14 @@ def summary_line(name: str, doc: dict) -> str:
         return (
             f"peak RSS small {s['small']['peak_rss_mb']:.0f} MB, with a {doc['parameters']['large_mb']:g} MB "
             f"message {s['large']['peak_rss_mb']:.0f} MB (+{r['extra_peak_mb']:.0f} MB)"
+        )
+    if name == "bench_throughput":
+        m = r["model"]
+        return (
+            f"{r['accounts']:,} accounts: {r['accounts_per_cpu_second']:.1f} per CPU-second "
+            f"({r['steady_state']['cpu_ms_per_account']:.1f} ms each); modelled "
+            f"{r['modelled_accounts_per_minute']:,} a minute ({m['lambda_concurrency']} x "
+            f"{m['threads']} threads, {m['bound_by']}-bound)"
         )
     return ""
 
