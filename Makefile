@@ -39,8 +39,12 @@ invoke: $(STAMP)  ## run a function in-process against the running stack: make i
 	@if [ -z "$(EVENT)" ]; then echo 'usage: make invoke [FN=<function>] EVENT="events/<file>.json ..."'; exit 2; fi
 	@$(BIN)/python -m devstack.invoke $(if $(FN),--function "$(FN)") $(EVENT)
 
+# Two pytest processes: the suite waits on mail servers and moto as much as it computes. A test file
+# stays on one process (--dist loadfile), so module-scoped stacks and servers start once.
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP) dovecot servers lint validate build  ## everything CI runs
-	$(BIN)/python -m pytest  # pyproject.toml's testpaths: tests/ and devstack/tests/
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile  # pyproject.toml's testpaths: tests/ and devstack/tests/
 
 unit: $(STAMP)  ## the fast loop: pure logic and the services on an in-memory data layer (~20 s)
 	$(BIN)/python -m pytest tests/unit
