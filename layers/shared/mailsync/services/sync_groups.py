@@ -130,22 +130,25 @@ class _Work:
 
 def _drain(work: _Work, lambda_deadline: float | None, log_keys: dict[str, Any]) -> None:
     """A pool thread: run jobs until none is left, or defer the rest when time is up."""
-    while True:
-        index, deferred = work.take()
-        if deferred:
-            for i in deferred:
-                work.done(i, JobResult("deferred"))
-            _defer([work.jobs[i] for i in deferred])
-        if index is None:
-            return
-        work.done(index, _run_one(work.jobs[index], lambda_deadline, log_keys))
+    logger.thread_safe_clear_keys()  # a pool thread may have served another invocation
+    logger.thread_safe_append_keys(**log_keys)
+    try:
+        while True:
+            index, deferred = work.take()
+            if deferred:
+                for i in deferred:
+                    work.done(i, JobResult("deferred"))
+                _defer([work.jobs[i] for i in deferred])
+            if index is None:
+                return
+            work.done(index, _run_one(work.jobs[index], lambda_deadline))
+    finally:
+        logger.thread_safe_clear_keys()
 
 
-def _run_one(job: SyncJob, lambda_deadline: float | None, log_keys: dict[str, Any]) -> JobResult:
+def _run_one(job: SyncJob, lambda_deadline: float | None) -> JobResult:
     """One account, on a pool thread; whatever happens stays this account's result."""
-    # A pool thread runs many accounts: its keys are set afresh for each one.
-    logger.thread_safe_clear_keys()
-    logger.thread_safe_append_keys(**{**log_keys, "tenant_id": job.tenant_id, "user_id": job.user_id})
+    logger.thread_safe_append_keys(tenant_id=job.tenant_id, user_id=job.user_id)
     try:
         # Deferring was decided by _Work.take, so that deferred accounts go back in groups.
         result = sync_jobs.run_job(job, lambda_deadline=lambda_deadline, may_defer=False)
@@ -168,7 +171,8 @@ def _run_one(job: SyncJob, lambda_deadline: float | None, log_keys: dict[str, An
             },
         )
     finally:
-        logger.thread_safe_clear_keys()
+        # The thread's next account sets its own.
+        logger.thread_safe_remove_keys(["tenant_id", "user_id"])
     return result
 
 
