@@ -35,8 +35,12 @@ demo: $(STAMP) dovecot  ## the local stack plus a throwaway Dovecot with a sampl
 token: $(STAMP)  ## print a local JWT: make token USER=alice TENANT=acme ROLE=admin
 	@$(BIN)/python -m devstack.token --user "$(TOKEN_USER)" --tenant "$(TENANT)" --role "$(ROLE)"
 
+# Two pytest processes: the suite waits on mail servers and moto as much as it computes. A test file
+# stays on one process (--dist loadfile), so module-scoped stacks and servers start once.
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP) dovecot servers lint validate build  ## everything CI runs
-	$(BIN)/python -m pytest  # pyproject.toml's testpaths: tests/ and devstack/tests/
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile  # pyproject.toml's testpaths: tests/ and devstack/tests/
 
 unit: $(STAMP)  ## the fast loop: pure logic and the services on an in-memory data layer (~20 s)
 	$(BIN)/python -m pytest tests/unit
