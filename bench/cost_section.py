@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "bench_cost.json"
 BEGIN = "<!-- cost:begin -->"
 END = "<!-- cost:end -->"
+# A marker counts only on a line of its own (docs may mention it in running text).
+_BEGIN_LINE = re.compile(rf"^{re.escape(BEGIN)}$", re.M)
+_END_LINE = re.compile(rf"^{re.escape(END)}$", re.M)
 SKIP_DIRS = {".git", ".venv", ".aws-sam", ".local", "node_modules", "__pycache__"}
 # Short units for the tables, by price key of bench_cost.PRICES.
 UNITS = {
@@ -112,17 +116,17 @@ def holders(root: Path = ROOT) -> list[Path]:
     """The markdown files under ``root`` that hold the begin marker."""
     found = []
     for path in sorted(root.rglob("*.md")):
-        if SKIP_DIRS.isdisjoint(path.relative_to(root).parts) and BEGIN in path.read_text(encoding="utf-8"):
+        if SKIP_DIRS.isdisjoint(path.relative_to(root).parts) and _BEGIN_LINE.search(path.read_text(encoding="utf-8")):
             found.append(path)
     return found
 
 
 def replace_block(text: str, block: str) -> str:
     """``text`` with everything between the markers replaced by ``block``."""
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < start or text.count(BEGIN) != 1 or text.count(END) != 1:
-        raise ValueError(f"expected one {BEGIN} followed by one {END}")
-    return text[: start + len(BEGIN)] + "\n" + block + "\n" + text[end:]
+    begins, ends = list(_BEGIN_LINE.finditer(text)), list(_END_LINE.finditer(text))
+    if len(begins) != 1 or len(ends) != 1 or ends[0].start() < begins[0].end():
+        raise ValueError(f"expected one line {BEGIN} followed by one line {END}")
+    return text[: begins[0].end()] + "\n" + block + "\n" + text[ends[0].start() :]
 
 
 def main(argv: list[str] | None = None) -> int:

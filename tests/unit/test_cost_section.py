@@ -30,6 +30,7 @@ def test_the_block_is_found_wherever_it_moved(tmp_path: Path) -> None:
     (tmp_path / "README.md").write_text("# Title\nno block here\n")
     (tmp_path / "docs" / "operations.md").write_text(f"## Cost\n{cost_section.BEGIN}\nold\n{cost_section.END}\ntail\n")
     (tmp_path / ".venv" / "vendored.md").write_text(cost_section.BEGIN)
+    (tmp_path / "docs" / "mentions.md").write_text(f"the block between `{cost_section.BEGIN}` and ...\n")
     assert cost_section.holders(tmp_path) == [tmp_path / "docs" / "operations.md"]
 
 
@@ -38,10 +39,12 @@ def test_only_the_block_is_replaced() -> None:
     once = cost_section.replace_block(text, "new")
     assert once == f"head\n{cost_section.BEGIN}\nnew\n{cost_section.END}\ntail\n"
     assert cost_section.replace_block(once, "new") == once
+    begin, end = cost_section.BEGIN, cost_section.END
     for broken in (
         "no markers",
-        f"{cost_section.END}\n{cost_section.BEGIN}",
-        cost_section.BEGIN * 2 + cost_section.END,
+        f"{end}\n{begin}",
+        f"{begin}\n{begin}\n{end}",
+        f"`{begin}` and `{end}`",
     ):
         with pytest.raises(ValueError):
             cost_section.replace_block(broken, "new")
