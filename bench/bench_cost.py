@@ -108,10 +108,23 @@ def _numbers(values: list[Any]) -> list[float]:
     return [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
 
 
+def _sizes(results: Any) -> list[dict[str, Any]]:
+    """The per-mailbox-size entries of the no-op bench: a list of them, or a dict holding such a
+    list, or a dict of them by size."""
+    if isinstance(results, list):
+        return [r for r in results if isinstance(r, dict)]
+    if isinstance(results, dict):
+        for value in results.values():
+            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                return value
+        return [v for v in results.values() if isinstance(v, dict)]
+    return []
+
+
 def noop_inputs(inputs: Inputs, doc: dict[str, Any] | None) -> None:
     """Per poll: CPU, DynamoDB, KMS and wire bytes of a no-op sync; the largest over the mailbox sizes."""
     name = "bench_noop_sync.json"
-    sizes = doc["results"] if doc and isinstance(doc.get("results"), list) else []
+    sizes = _sizes(doc["results"]) if doc else []
 
     def measured(key: str) -> float | None:
         found = [v for size in sizes for v in _numbers(_find(size, key))[:1]]

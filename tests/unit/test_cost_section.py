@@ -69,6 +69,14 @@ def test_noop_inputs_prefer_the_measured_fields() -> None:
     assert inputs.values["noop_dynamodb_wru"]["source"].startswith("bench_noop_sync.json: dynamodb_wru")
 
 
+def test_noop_inputs_take_the_largest_mailbox_in_any_layout() -> None:
+    small, large = {"cpu_ms": 4.0, "kms_calls": 0}, {"cpu_ms": 6.0, "kms_calls": 0}
+    for results in ([small, large], {"sizes": [small, large]}, {"200": small, "20000": large}):
+        inputs = bench_cost.Inputs()
+        bench_cost.noop_inputs(inputs, {"parameters": {}, "results": results})
+        assert inputs["noop_cpu_ms"] == 6.0, results
+
+
 def test_noop_inputs_fall_back_to_the_call_counts_then_to_named_defaults() -> None:
     inputs = bench_cost.Inputs()
     bench_cost.noop_inputs(inputs, noop_doc())
