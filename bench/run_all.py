@@ -21,6 +21,7 @@ SCRIPTS = [
     "bench_memory",
     "bench_settings_api",
     "bench_throughput",
+    "bench_cost",  # last: arithmetic on the JSONs the others just wrote
 ]
 
 
@@ -67,6 +68,11 @@ def summary_line(name: str, doc: dict) -> str:
             f"({r['steady_state']['cpu_ms_per_account']:.1f} ms each); modelled "
             f"{r['modelled_accounts_per_minute']:,} a minute ({m['lambda_concurrency']} x "
             f"{m['threads']} threads, {m['bound_by']}-bound)"
+        )
+    if name == "bench_cost":
+        return (
+            f"per 1,000 users a month: polling ${r['polling_usd_per_1000_users_month']:.2f}, "
+            f"mail ${r['messages_usd_per_1000_users_month']:.2f}"
         )
     return ""
 

@@ -22,7 +22,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from mailsync.observability import logger, metrics, tracer
+from mailsync.observability import job_metrics, logger, metrics, tracer
 from mailsync.services import sync_groups
 from mailsync.services.sync_jobs import SyncJob
 
@@ -46,8 +46,11 @@ def record_handler(record: SQSRecord) -> list[SyncJob]:
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     deadline = _lambda_deadline(context)
-    with processor(records=event["Records"], handler=record_handler):
-        parsed = processor.process()
-    jobs = [job for status, record_jobs, _ in parsed if status == "success" for job in record_jobs]
-    sync_groups.run_jobs(jobs, lambda_deadline=deadline)
-    return processor.response()
+    try:
+        with processor(records=event["Records"], handler=record_handler):
+            parsed = processor.process()
+        jobs = [job for status, record_jobs, _ in parsed if status == "success" for job in record_jobs]
+        sync_groups.run_jobs(jobs, lambda_deadline=deadline)
+        return processor.response()
+    finally:
+        job_metrics.publish()  # before log_metrics prints: one EMF document per invocation

@@ -133,6 +133,7 @@ def test_swagger_keeps_the_token_and_unknown_paths_are_404(demo: Running) -> Non
     assert demo.request("GET", "/v1/users/me/mail-settings")[0] == 401
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SAM CLI's template validator, not ours
 def test_the_sam_local_env_vars_point_every_function_at_the_running_stack(demo: Running, state_dir: Path) -> None:
     sam_env = json.loads((state_dir / SAM_ENV_FILE).read_text())
     stack = json.loads((state_dir / STACK_FILE).read_text())
@@ -146,6 +147,26 @@ def test_the_sam_local_env_vars_point_every_function_at_the_running_stack(demo: 
     assert sam_env["SyncWorkerFunction"]["MESSAGES_TABLE"].startswith("mailsync-local-")
     with urllib.request.urlopen(stack["endpoint_url"] + "/moto-api/", timeout=10) as response:
         assert response.status == 200  # the endpoint is the stack's moto
+
+    # What sam local itself makes of the file (its own resolution, short of starting Docker): the
+    # container of each function sees the stack's values, the endpoint included.
+    for function, environment in sam_local_environments(sam_env).items():
+        for name, value in sam_env[function].items():
+            assert environment[name] == value, (function, name, environment.get(name))
+
+
+def sam_local_environments(env_vars: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """Each function's container environment as ``sam local invoke --env-vars`` resolves it."""
+    from samcli.commands.local.lib.local_lambda import LocalLambdaRunner
+    from samcli.lib.providers.sam_function_provider import SamFunctionProvider
+    from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
+
+    stacks, _ = SamLocalStackProvider.get_stacks(str(TEMPLATE))
+    provider = SamFunctionProvider(stacks)
+    runner = LocalLambdaRunner(
+        local_runtime=None, function_provider=provider, cwd=str(ROOT), real_path=str(ROOT), env_vars_values=env_vars
+    )
+    return {name: runner._make_env_vars(provider.get(name)).resolve() for name in env_vars}
 
 
 def test_make_invoke_runs_every_sample_event_against_the_stack(demo: Running, env: dict[str, str]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from mailsync.observability import logger, metrics
+from mailsync.observability import InvocationMetrics, logger, metrics
 from mailsync.services import sync_groups, sync_jobs
 from mailsync.services.sync_jobs import JobResult, SyncJob
 from mailsync.sync.engine import SyncOutcome
@@ -35,6 +35,8 @@ def index_of(job: SyncJob) -> int:
 @pytest.fixture
 def scripted(fake_dal: Fakes, monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[SyncJob], JobResult]], list]:
     """Replace ``run_job`` by ``script``; returns the list of jobs it was called with."""
+    # The invocation's metrics of these tests stay theirs (the handler would publish them).
+    monkeypatch.setattr(sync_groups, "job_metrics", InvocationMetrics(metrics))
     calls: list[SyncJob] = []
     lock = threading.Lock()
 
@@ -191,10 +193,13 @@ def test_each_accounts_log_lines_carry_its_own_keys_under_threads(scripted, log_
 
 def test_metrics_are_recorded_by_the_calling_thread_only(scripted, monkeypatch: pytest.MonkeyPatch) -> None:
     recorded: list[tuple[str, threading.Thread]] = []
-    monkeypatch.setattr(
-        metrics, "add_metric", lambda name, unit, value, **kw: recorded.append((name, threading.current_thread()))
-    )
+
+    def record(name: str, *args: Any) -> None:
+        recorded.append((name, threading.current_thread()))
+
     scripted(lambda job: JobResult("synced", SyncOutcome(created=1)))
+    monkeypatch.setattr(sync_groups.job_metrics, "count", record)
+    monkeypatch.setattr(sync_groups.job_metrics, "sample", record)
     sync_groups.run_jobs(accounts(10), threads=4)
     assert sum(1 for name, _ in recorded if name == "Sync_synced") == 10
     assert {thread for _, thread in recorded} == {threading.current_thread()}

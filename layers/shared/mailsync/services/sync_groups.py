@@ -13,9 +13,9 @@ with its own time budget, lease, outcome and log keys:
   runs out), in groups; nothing was written for them, so none is left ``syncing``. The
   invocation's first account always runs (see ``planner.jobs.defer_job``).
 
-Metrics are recorded by the calling thread once the pool is done (the Metrics object is not
-thread-safe); each account's log lines carry its ``tenant_id``/``user_id`` through the Logger's
-thread-local keys.
+Metrics are added up by the calling thread once the pool is done (``observability.job_metrics``;
+the handler publishes them once per invocation); each account's log lines carry its
+``tenant_id``/``user_id`` through the Logger's thread-local keys.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mailsync import dal
 from mailsync.config import get_settings
-from mailsync.observability import logger, metrics
+from mailsync.observability import job_metrics, logger
 from mailsync.services import scheduling, sync_jobs
 from mailsync.services.sync_jobs import JobResult, SyncJob
 from mailsync.sync.planner import jobs as policy
@@ -187,14 +187,15 @@ def _defer(jobs: Sequence[SyncJob]) -> None:
 
 
 def record_metrics(result: JobResult) -> None:
-    """One metric per outcome; the alarms in template.yaml watch SyncFailures_auth_failed and SyncLagSeconds."""
-    metrics.add_metric(name=f"Sync_{result.status}", unit=MetricUnit.Count, value=1)
+    """One metric per outcome, summed over the invocation (published once, at its end); the alarms in
+    template.yaml watch SyncFailures_auth_failed and SyncLagSeconds."""
+    job_metrics.count(f"Sync_{result.status}")
     if result.error:
-        metrics.add_metric(name=f"SyncFailures_{result.error}", unit=MetricUnit.Count, value=1)
+        job_metrics.count(f"SyncFailures_{result.error}")
     if result.status in ("synced", "incomplete", "failed"):
-        metrics.add_metric(name="SyncDuration", unit=MetricUnit.Milliseconds, value=result.duration_ms)
+        job_metrics.sample("SyncDuration", MetricUnit.Milliseconds, result.duration_ms)
     if result.lag_seconds is not None:
-        metrics.add_metric(name="SyncLagSeconds", unit=MetricUnit.Seconds, value=result.lag_seconds)
+        job_metrics.sample("SyncLagSeconds", MetricUnit.Seconds, result.lag_seconds)
     outcome = result.outcome
     if outcome is not None:
         for name, value in (
@@ -205,4 +206,4 @@ def record_metrics(result: JobResult) -> None:
             ("CrmChangesPushed", outcome.pushed),
             ("ImapCommands", outcome.imap_commands),
         ):
-            metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+            job_metrics.count(name, value)
