@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     host_concurrency: int = Field(default=5, ge=1)
     # Scheduler: accounts spread over this many due-index partitions (one Query each per tick).
     due_shards: int = Field(default=16, ge=1, le=1000)
+    # The scheduler's EventBridge expression (template ScheduleRate): outside office hours an
+    # account is polled on its slot of these ticks (sync.planner.polling).
+    schedule_rate: str = Field(default="rate(1 minute)", max_length=200)
     claim_user: str = "sub"
     claim_tenant: str = "tenant_id"
     claim_role: str = "role"
