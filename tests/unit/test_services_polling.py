@@ -144,6 +144,7 @@ def test_a_users_change_to_the_settings_makes_the_account_active(
     assert scheduling.due_fields("acme", "alice", False, "pending", active=True) == {
         "due_shard": None,
         "next_sync_at": None,
+        "last_activity_at": 1_700_000_000,  # not due now, but active when it is again
     }
 
 

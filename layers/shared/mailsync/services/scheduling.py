@@ -53,12 +53,10 @@ def due_fields(
 
     Only IMAP accounts sync (POP3 ones can be saved and tested): a POP3 account in the index
     would get a job every tick that does nothing."""
+    fields: dict[str, Any] = {"last_activity_at": int(time.time())} if active else {}
     if not fetch_enabled or status in NOT_DUE_STATUSES or protocol not in SYNCED_PROTOCOLS:
-        return {"due_shard": None, "next_sync_at": None}
-    fields: dict[str, Any] = {"due_shard": shard_for(tenant_id, user_id, get_settings().due_shards), "next_sync_at": 0}
-    if active:
-        fields["last_activity_at"] = int(time.time())
-    return fields
+        return fields | {"due_shard": None, "next_sync_at": None}
+    return fields | {"due_shard": shard_for(tenant_id, user_id, get_settings().due_shards), "next_sync_at": 0}
 
 
 def backoff_seconds(failures: int, base: int = 60) -> int:
