@@ -135,6 +135,14 @@ def test_only_a_sync_that_changed_something_records_activity(fake_dal: Fakes, mo
         assert fake_dal.dal.get_account("acme", "alice").last_activity_at == 1_700_000_000
 
 
+def test_a_failed_activity_write_does_not_fail_the_sync(fake_dal: Fakes, monkeypatch: pytest.MonkeyPatch) -> None:
+    def throttled(tenant_id: str, user_id: str, at: int) -> None:
+        raise RuntimeError("ProvisionedThroughputExceededException")
+
+    monkeypatch.setattr(scheduling.dal, "record_activity", throttled)
+    scheduling.record_activity(account("acme", "alice"), SyncOutcome(created=1))  # logged, not raised
+
+
 def test_a_users_change_to_the_settings_makes_the_account_active(
     fake_dal: Fakes, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -90,9 +90,13 @@ def record_activity(account: Account, outcome: SyncOutcome) -> None:
     """After a sync: one that created, moved, flagged or pushed something keeps the account on
     every tick for a while (``planner.polling.ACTIVE_WINDOW_SECONDS``). Detachments do not
     count: messages aging out of the window are the passage of time, not activity. A no-op
-    writes nothing."""
+    writes nothing. Best effort: a failed write only leaves the account on its quiet slots, and
+    must not turn the sync that just succeeded into a failure."""
     if outcome.created or outcome.relinked or outcome.flag_updates or outcome.pushed:
-        dal.record_activity(account.tenant_id, account.user_id, int(time.time()))
+        try:
+            dal.record_activity(account.tenant_id, account.user_id, int(time.time()))
+        except Exception:  # noqa: BLE001 - see above
+            logger.exception("activity not recorded", extra={"user_id": account.user_id})
 
 
 def office_hours(tenant_id: str) -> OfficeHours:
