@@ -54,6 +54,12 @@ def summary_line(name: str, doc: dict) -> str:
         return (
             f"{doc['parameters']['due_accounts']:,} due: {r['queries']} Query, {r['send_message_batch']} "
             f"SendMessageBatch, {r['median_seconds']:.1f} s (moto)"
+            + (
+                f"; enqueued per tick: {p['office_hours']['fraction_enqueued_mean']:.0%} in office hours, "
+                f"{p['night']['fraction_enqueued_mean']:.1%} at night"
+                if (p := r.get("polling", {}).get("ticks"))
+                else ""
+            )
         )
     if name == "bench_memory":
         s = r["summary"]

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     # Worker: accounts synced at once in one invocation. A poll mostly waits on the network, so
     # 16 threads keep one vCPU busy; each thread may hold a batch of mail in memory.
     worker_threads: int = Field(default=16, ge=1, le=64)
+    # The scheduler's EventBridge expression (template ScheduleRate): outside office hours an
+    # account is polled on its slot of these ticks (sync.planner.polling).
+    schedule_rate: str = Field(default="rate(1 minute)", max_length=200)
     claim_user: str = "sub"
     claim_tenant: str = "tenant_id"
     claim_role: str = "role"

@@ -1,8 +1,8 @@
 """All DynamoDB access, behind domain values (``mailsync.domain``) in and out.
 
 Two tables. The accounts table holds one item per CRM user (settings, folder map, status,
-due time) and one per tenant (privacy settings). The messages table is a single-table design
-keyed by ``pk``/``sk``:
+due time, last activity) and two per tenant (privacy settings; office hours). The messages
+table is a single-table design keyed by ``pk``/``sk``:
 
 ==========================  =======================================  ============================
 item                        pk                                       sk
@@ -50,6 +50,7 @@ from mailsync.dal._store import (
     folder_locations,
     forget_sync_state,
     get_account,
+    get_office_hours,
     get_sync_state,
     get_tenant_settings,
     give_back_lease,
@@ -59,10 +60,12 @@ from mailsync.dal._store import (
     mark_threads,
     ops_waiting,
     put_accounts,
+    record_activity,
     record_changes,
     release_host_slot,
     relink,
     save_checkpoint,
+    save_office_hours,
     save_tenant_settings,
     set_confidential,
     set_flags,
@@ -98,6 +101,7 @@ __all__ = [
     "folder_locations",
     "forget_sync_state",
     "get_account",
+    "get_office_hours",
     "get_sync_state",
     "get_tenant_settings",
     "give_back_lease",
@@ -108,10 +112,12 @@ __all__ = [
     "open_connections",
     "ops_waiting",
     "put_accounts",
+    "record_activity",
     "record_changes",
     "release_host_slot",
     "relink",
     "save_checkpoint",
+    "save_office_hours",
     "save_tenant_settings",
     "set_confidential",
     "set_flags",
