@@ -44,7 +44,9 @@ def drain(queue_url: str) -> list[tuple[str, str]]:
             break
         for m in got["Messages"]:
             body = json.loads(m["Body"])
-            jobs.append((body["user_id"], body["reason"]))
+            # A tick sends groups of accounts; user requests and CRM changes a job of one account.
+            users = [user for _, user in body["accounts"]] if "accounts" in body else [body["user_id"]]
+            jobs.extend((user, body["reason"]) for user in users)
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
     return jobs
 
