@@ -63,6 +63,18 @@ class Account:
 
 
 @dataclass(frozen=True)
+class RelayVerdicts:
+    """SES's verdicts on a relayed message, as SES words them: ``PASS``, ``FAIL``, ``GRAY``,
+    ``PROCESSING_FAILED`` or ``DISABLED`` (None: not reported)."""
+
+    spam: str | None = None
+    virus: str | None = None
+    spf: str | None = None
+    dkim: str | None = None
+    dmarc: str | None = None
+
+
+@dataclass(frozen=True)
 class Message:
     """A message as the CRM knows it; it outlives its copy on the server (``state: detached``)."""
 
@@ -110,6 +122,8 @@ class Message:
     confidential_reasons: tuple[str, ...] = ()
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    # SES's findings on a message that came in through the relay address (None: it did not).
+    relay_verdicts: RelayVerdicts | None = None
 
     def dossier_addresses(self) -> list[str]:
         """Addresses whose dossier this message belongs to: From, To and Cc."""
