@@ -311,3 +311,31 @@ def test_events_announce_relayed_mail(api: ApiCall, relay_on: Any) -> None:
     deliver(message("Announced"), [address_of(api, ALICE)])
     [received] = capture.of_type("message.received")
     assert received["user_id"] == "alice" and received["relayed"] is True
+
+
+# --- the local stack's SMTP listener (devstack/smtp.py) ----------------------------------------------
+
+
+def test_local_smtp_listener_does_what_ses_does(api: ApiCall, relay_on: Any) -> None:
+    import smtplib
+
+    from devstack.smtp import RelaySmtp
+
+    address = address_of(api, ALICE)
+    listener = RelaySmtp(DOMAIN, load_handler("relay_ingest"), port=0).start()
+    try:
+        with smtplib.SMTP("127.0.0.1", listener.port, timeout=30) as smtp:
+            smtp.sendmail("jan@klant.test", [address], message("Through SMTP"))
+            with pytest.raises(smtplib.SMTPRecipientsRefused):  # like SES: its domain only
+                smtp.sendmail("jan@klant.test", ["alice@elsewhere.test"], message("Elsewhere"))
+    finally:
+        listener.stop()
+
+    [shown] = inbox(api)
+    assert shown["subject"] == "Through SMTP" and shown["relay_verdicts"]["spam"] == "DISABLED"
+    # SES's copy stays under relay/ (the lifecycle rule expires it); the CRM's is under raw/.
+    listed = boto3.client("s3").list_objects_v2(Bucket=get_settings().raw_mail_bucket, Prefix="relay/")
+    assert listed["KeyCount"] == 1
+    stored = dal.find_message(shown["id"])
+    # The raw copy is the message as SES stored it: its trace lines first.
+    assert stored is not None and blobstore.get_raw(stored.s3_key).startswith(b"Return-Path: <jan@klant.test>\r\n")
