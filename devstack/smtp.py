@@ -1,5 +1,5 @@
 """The local stack's stand-in for SES receiving the relay domain's mail: an SMTP listener on
-loopback (``MAILSYNC_SMTP_PORT``, default 2525; 0 picks a free port).
+loopback (``MAILSYNC_SMTP_PORT``; unset, a free port: the banner shows it).
 
 For each message it does what the template's receipt rule does in AWS: the raw message (with
 the trace lines SES puts in front) goes to the raw mail bucket under ``relay/{message id}``, then
@@ -24,7 +24,6 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from devstack.lambda_runtime import LambdaContext
 
 PORT_VARIABLE = "MAILSYNC_SMTP_PORT"
-DEFAULT_PORT = 2525
 MAX_MESSAGE_BYTES = 40 * 1024 * 1024  # SES's limit for received mail
 LOCAL_VERDICT = "DISABLED"
 
@@ -109,7 +108,7 @@ class RelaySmtp:
     """Start and stop the listener (in its own thread, aiosmtpd's ``Controller``)."""
 
     def __init__(self, domain: str, ingest: Callable[[dict, Any], Any], port: int | None = None) -> None:
-        self.port = port if port is not None else int(os.environ.get(PORT_VARIABLE, str(DEFAULT_PORT)))
+        self.port = port if port is not None else int(os.environ.get(PORT_VARIABLE) or 0)
         self.domain = domain
         self._controller = Controller(
             _RelayHandler(domain, ingest),

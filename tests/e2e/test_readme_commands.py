@@ -96,6 +96,22 @@ def test_the_banner_shows_the_demo_users_own_token_and_commands(demo: Running, e
     assert "Quarterly report" not in {m["subject"] for m in messages}
 
 
+def test_the_demo_relay_address_takes_mail_sent_with_smtplib(demo: Running, env: dict[str, str]) -> None:
+    # After the banner test, which counts the demo user's inbox: the relayed message joins it.
+    text = banner(demo)
+    token = re.search(r"export TOKEN=(\S+)", text).group(1)
+    address = re.search(r"Relay address of 'demo': (\S+@relay\.localhost)", text).group(1)
+    [send] = [line.strip() for line in demo.output if line.strip().startswith(".venv/bin/python -c")]
+    done = subprocess.run(["bash", "-c", send], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+    status, page = demo.request("GET", "/v1/users/me/messages?folder=inbox", token)
+    assert status == 200, page
+    [relayed] = [m for m in page["messages"] if m["subject"] == "Relayed to the CRM"]
+    assert relayed["detach_reason"] == "relayed" and relayed["relay_verdicts"]["virus"] == "DISABLED"
+    assert demo.request("GET", "/v1/users/me/relay-address", token)[1] == {"address": address}
+
+
 def test_the_quick_start_demo_commands_work_as_written(demo: Running, env: dict[str, str]) -> None:
     [block] = [b for b in shell_blocks(README.read_text(), "Quick start") if "USER=demo" in b]
     answers = run_commands(block, demo, env)
@@ -217,19 +233,3 @@ def test_the_demo_removes_what_it_made_when_it_stops(demo: Running, state_dir: P
     assert demo.process.returncode is not None
     assert not workdir.exists(), f"{workdir} left behind"
     assert not (state_dir / STACK_FILE).exists() and not (state_dir / SAM_ENV_FILE).exists()
-
-
-def test_the_demo_relay_address_takes_mail_sent_with_smtplib(demo: Running, env: dict[str, str]) -> None:
-    # Last in this module: the relayed message joins the demo user's inbox.
-    text = banner(demo)
-    token = re.search(r"export TOKEN=(\S+)", text).group(1)
-    address = re.search(r"Relay address of 'demo': (\S+@relay\.localhost)", text).group(1)
-    [send] = [line.strip() for line in demo.output if line.strip().startswith(".venv/bin/python -c")]
-    done = subprocess.run(["bash", "-c", send], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-
-    status, page = demo.request("GET", "/v1/users/me/messages?folder=inbox", token)
-    assert status == 200, page
-    [relayed] = [m for m in page["messages"] if m["subject"] == "Relayed to the CRM"]
-    assert relayed["detach_reason"] == "relayed" and relayed["relay_verdicts"]["virus"] == "DISABLED"
-    assert demo.request("GET", "/v1/users/me/relay-address", token)[1] == {"address": address}

@@ -74,7 +74,7 @@ def test_on_ses_writes_raw_mail_under_relay_and_invokes_the_ingest_function(monk
     permission = resources["RelayIngestPermission"]["Properties"]
     assert permission["Principal"] == "ses.amazonaws.com" and permission["SourceAccount"] == {"Ref": "AWS::AccountId"}
 
-    # Every function learns the domain (the API hands out addresses, the ingest function checks them).
+    # The API hands out addresses, the ingest function checks them.
     function = resources["RelayIngestFunction"]["Properties"]
     assert function["Environment"]["Variables"]["MAILSYNC_RELAY_DOMAIN"] == "mail.crm.example.com"
     assert resources["ApiFunction"]["Properties"]["Environment"]["Variables"]["MAILSYNC_RELAY_DOMAIN"] == (
