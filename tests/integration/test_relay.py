@@ -290,6 +290,29 @@ def test_relay_then_imap_is_one_message(
     assert one["relay_verdicts"]["spam"] == "PASS"
 
 
+def test_mail_relayed_while_a_sync_runs_is_still_one_message_with_its_imap_copy(
+    api: ApiCall, relay_on: Any, local_mail_env: Any, mail_user: Any
+) -> None:
+    from mailsync.sync.planner.folders import Checkpoint
+
+    account = connect_account(api, mail_user, {"inbox": "INBOX"})
+    assert account.sync().status == "synced"
+    # A sync holds the lease and read the state before the relayed message arrived ...
+    state = dal.take_lease("acme", "alice", "worker-1", 60)
+    assert state is not None and not state.has_detached
+    raw = message("Relayed mid-sync", message_id="<mid-sync@klant.test>")
+    deliver(raw, [address_of(api, account.caller)])
+    # ... and checkpoints its own, older view of the state.
+    dal.save_checkpoint("acme", "alice", "worker-1", **Checkpoint(has_detached=False).to_dict())
+    dal.give_back_lease("acme", "alice", "worker-1")
+
+    with mail_user.client() as imap:
+        imap.append("INBOX", raw, internal_date=days_ago(1))
+    assert account.sync().status == "synced"
+    [one] = account.messages()
+    assert one["state"] == "synced" and one["relay_verdicts"] is not None
+
+
 def test_imap_then_relay_is_one_message(api: ApiCall, relay_on: Any, local_mail_env: Any, mail_user: Any) -> None:
     account = connect_account(api, mail_user, {"inbox": "INBOX"})
     raw = message("IMAP first", message_id="<imap-first@klant.test>")
