@@ -23,7 +23,7 @@ from tests.e2e.conftest import ROOT, Running, base_env, start, stop, wait_for_sy
 README = ROOT / "README.md"
 EVENTS = ROOT / "events"
 # Sample event files are named after the folder of their function (make invoke finds it so).
-EVENT_FUNCTIONS = ("api_", "scheduler", "sync_worker")
+EVENT_FUNCTIONS = ("api_", "scheduler", "sync_worker", "relay_ingest")
 HTTP_STATUS = re.compile(r"^HTTP (\d{3})$", re.MULTILINE)
 
 
