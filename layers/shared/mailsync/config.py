@@ -33,6 +33,14 @@ class Settings(BaseSettings):
     host_concurrency: int = Field(default=5, ge=1)
     # Scheduler: accounts spread over this many due-index partitions (one Query each per tick).
     due_shards: int = Field(default=16, ge=1, le=1000)
+    # Fan-out: one sync job (SQS message) carries up to this many accounts of one due shard.
+    sync_group_size: int = Field(default=100, ge=1, le=500)
+    # Worker: accounts synced at once in one invocation. A poll mostly waits on the network, so
+    # 16 threads keep one vCPU busy; each thread may hold a batch of mail in memory.
+    worker_threads: int = Field(default=16, ge=1, le=64)
+    # The scheduler's EventBridge expression (template ScheduleRate): outside office hours an
+    # account is polled on its slot of these ticks (sync.planner.polling).
+    schedule_rate: str = Field(default="rate(1 minute)", max_length=200)
     claim_user: str = "sub"
     claim_tenant: str = "tenant_id"
     claim_role: str = "role"

@@ -1,8 +1,8 @@
 """All DynamoDB access, behind domain values (``mailsync.domain``) in and out.
 
 Two tables. The accounts table holds one item per CRM user (settings, folder map, status,
-due time) and one per tenant (privacy settings). The messages table is a single-table design
-keyed by ``pk``/``sk``:
+due time, last activity) and two per tenant (privacy settings; office hours). The messages
+table is a single-table design keyed by ``pk``/``sk``:
 
 ==========================  =======================================  ============================
 item                        pk                                       sk
@@ -27,6 +27,7 @@ Table names are read from the settings on use: nothing binds them.
 
 """
 
+from mailsync.dal._connections import open_connections
 from mailsync.dal._keys import BadCursor
 from mailsync.dal._models import utcnow
 from mailsync.dal._relay import (
@@ -58,6 +59,7 @@ from mailsync.dal._store import (
     folder_locations,
     forget_sync_state,
     get_account,
+    get_office_hours,
     get_sync_state,
     get_tenant_settings,
     give_back_lease,
@@ -67,10 +69,12 @@ from mailsync.dal._store import (
     mark_threads,
     ops_waiting,
     put_accounts,
+    record_activity,
     record_changes,
     release_host_slot,
     relink,
     save_checkpoint,
+    save_office_hours,
     save_tenant_settings,
     set_confidential,
     set_flags,
@@ -107,6 +111,7 @@ __all__ = [
     "folder_locations",
     "forget_sync_state",
     "get_account",
+    "get_office_hours",
     "get_sync_state",
     "get_tenant_settings",
     "give_back_lease",
@@ -114,8 +119,10 @@ __all__ = [
     "ids_for_match_key",
     "list_messages",
     "mark_threads",
+    "open_connections",
     "ops_waiting",
     "put_accounts",
+    "record_activity",
     "record_changes",
     "relay_address_of",
     "relay_user",
@@ -123,6 +130,7 @@ __all__ = [
     "relink",
     "rotate_relay_address",
     "save_checkpoint",
+    "save_office_hours",
     "save_tenant_settings",
     "set_confidential",
     "set_flags",

@@ -20,7 +20,7 @@ from pynamodb.attributes import (
     UTCDateTimeAttribute,
 )
 from pynamodb.constants import LIST, MAP
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
 from mailsync.config import get_settings
@@ -45,6 +45,8 @@ class _Timeouts:
     # Every DynamoDB call of ours is bounded: a slow request must not eat a Lambda's time.
     connect_timeout_seconds = 5
     read_timeout_seconds = 20
+    # The sync worker's threads share each model's client (see ``_connections``).
+    max_pool_connections = 64
 
 
 class _AccountsTable(_Timeouts, metaclass=_SettingsTable):
@@ -61,11 +63,12 @@ class _MessagesTable(_Timeouts, metaclass=_SettingsTable):
 
 
 class DueIndex(GlobalSecondaryIndex):
-    """Sparse: only accounts that should be synced carry ``due_shard``."""
+    """Sparse: only accounts that should be synced carry ``due_shard``. Besides the keys it carries
+    ``last_activity_at``, which the scheduler's polling decision needs (``planner.polling``)."""
 
     class Meta:
         index_name = "due-index"
-        projection = KeysOnlyProjection()
+        projection = IncludeProjection(["last_activity_at"])
 
     due_shard = NumberAttribute(hash_key=True)
     next_sync_at = NumberAttribute(range_key=True)
@@ -96,6 +99,7 @@ class AccountModel(Model):
     folder_map_updated_at = UTCDateTimeAttribute(null=True)
     due_shard = NumberAttribute(null=True)
     next_sync_at = NumberAttribute(null=True)
+    last_activity_at = NumberAttribute(null=True)
     created_at = UTCDateTimeAttribute(default_for_new=utcnow)
     updated_at = UTCDateTimeAttribute(default=utcnow)
 
@@ -118,6 +122,25 @@ class TenantSettingsModel(Model):
     user_id = UnicodeAttribute(range_key=True, default=TENANT_SETTINGS_USER)
     confidential_keywords = ListAttribute(of=UnicodeAttribute, null=True)
     confidential_contacts = ListAttribute(of=UnicodeAttribute, null=True)
+    updated_at = UTCDateTimeAttribute(default=utcnow)
+
+
+OFFICE_HOURS_USER = "#office_hours"
+
+
+class OfficeHoursModel(Model):
+    """A tenant's office hours (``domain.OfficeHours``), in an item of their own: the scheduler
+    reads them every tick, and a read costs by the item's size (the privacy settings may fill
+    hundreds of KB)."""
+
+    Meta = _AccountsTable
+
+    tenant_id = UnicodeAttribute(hash_key=True)
+    user_id = UnicodeAttribute(range_key=True, default=OFFICE_HOURS_USER)
+    time_zone = UnicodeAttribute()
+    days = ListAttribute(of=UnicodeAttribute)
+    start = UnicodeAttribute()
+    end = UnicodeAttribute()
     updated_at = UTCDateTimeAttribute(default=utcnow)
 
 
