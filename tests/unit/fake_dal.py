@@ -56,6 +56,7 @@ NOT_IMPLEMENTED = frozenset(
         "acquire_host_slot",
         "aged_out",
         "count_attempt",
+        "create_relay_address",  # relay addresses and relayed mail: tests/integration/test_relay.py (moto)
         "drop",
         "find_locations",
         "finish_op",
@@ -63,10 +64,14 @@ NOT_IMPLEMENTED = frozenset(
         "give_back_lease",
         "idempotency_store",  # Powertools Idempotency on its own table: the POST path is an integration test
         "ids_for_match_key",
+        "relay_address_of",
+        "relay_user",
         "relink",
         "release_host_slot",
         "save_checkpoint",
+        "rotate_relay_address",
         "set_flags",
+        "store_relayed",
         "take_lease",
     }
 )

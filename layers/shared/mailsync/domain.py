@@ -66,6 +66,18 @@ class Account:
 
 
 @dataclass(frozen=True)
+class RelayVerdicts:
+    """SES's verdicts on a relayed message, as SES words them: ``PASS``, ``FAIL``, ``GRAY``,
+    ``PROCESSING_FAILED`` or ``DISABLED`` (None: not reported)."""
+
+    spam: str | None = None
+    virus: str | None = None
+    spf: str | None = None
+    dkim: str | None = None
+    dmarc: str | None = None
+
+
+@dataclass(frozen=True)
 class DueAccount:
     """An account whose next sync time has come, as the due index returns it at a tick."""
 
@@ -123,6 +135,8 @@ class Message:
     confidential_reasons: tuple[str, ...] = ()
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    # SES's findings on a message that came in through the relay address (None: it did not).
+    relay_verdicts: RelayVerdicts | None = None
 
     def dossier_addresses(self) -> list[str]:
         """Addresses whose dossier this message belongs to: From, To and Cc."""

@@ -191,6 +191,16 @@ class AttachmentOut(BaseModel):
     size: int
 
 
+class RelayVerdictsOut(BaseModel):
+    """SES's verdicts: `PASS`, `FAIL`, `GRAY`, `PROCESSING_FAILED` or `DISABLED` (null: not reported)."""
+
+    spam: str | None = None
+    virus: str | None = None
+    spf: str | None = None
+    dkim: str | None = None
+    dmarc: str | None = None
+
+
 class MessageOut(BaseModel):
     id: str = Field(description="Our stable id: it survives moves between mapped folders and UIDVALIDITY resets")
     user_id: str
@@ -217,7 +227,9 @@ class MessageOut(BaseModel):
     attachments: list[AttachmentOut]
     participants: list[str]
     state: Literal["synced", "detached"]
-    detach_reason: Literal["removed", "moved_unmapped", "aged_out"] | None = None
+    detach_reason: Literal["removed", "moved_unmapped", "aged_out", "relayed"] | None = Field(
+        default=None, description="`relayed`: it came in through the relay address and is on no mail server (yet)"
+    )
     sync_state: Literal["synced", "pending", "failed"] = Field(
         description="`pending` while a change made in the CRM has not reached the mail server yet; "
         "`failed` when the last one could not be applied (`last_op_error` says why)"
@@ -229,6 +241,9 @@ class MessageOut(BaseModel):
     )
     too_large: bool = Field(
         default=False, description="Over the size cap: only the headers were stored (the raw copy is the headers)"
+    )
+    relay_verdicts: RelayVerdictsOut | None = Field(
+        default=None, description="What SES found, for a message that came in through the relay address"
     )
 
     model_config = ConfigDict(populate_by_name=True)
@@ -396,3 +411,9 @@ class DossierMessageOut(MessageOut):
 class DossierPageOut(BaseModel):
     messages: list[DossierMessageOut]
     next_cursor: str | None
+
+
+class RelayAddressOut(BaseModel):
+    address: str = Field(
+        description="Mail to this address lands in the user's CRM folder `inbox` (point Exchange's relay/forward here)"
+    )

@@ -16,6 +16,8 @@ pending CRM change (op)     ``A#{t}#{u}#OPS``                        ``{sequence
 thread mark / member        ``A#{t}#{u}#T#{thread}``                 ``THREAD`` / ``M#{id}``
 dossier entry               ``C#{t}#{address}``                      ``{internal date}#{id}``
 mail-host slot              ``H#{host}``                             ``{slot}``
+relay address -> user       ``R#{local part}``                       ``RELAY``
+user -> relay address       ``A#{t}#{u}``                            ``RELAY``
 ==========================  =======================================  ============================
 
 Messages are listed newest first through ``gsi1`` (account) and ``gsi2`` (account + CRM folder),
@@ -28,6 +30,13 @@ Table names are read from the settings on use: nothing binds them.
 from mailsync.dal._connections import open_connections
 from mailsync.dal._keys import BadCursor
 from mailsync.dal._models import utcnow
+from mailsync.dal._relay import (
+    create_relay_address,
+    relay_address_of,
+    relay_user,
+    rotate_relay_address,
+    store_relayed,
+)
 from mailsync.dal._store import (
     Unstorable,
     account_exists,
@@ -89,6 +98,7 @@ __all__ = [
     "count_locations",
     "create_account",
     "create_outgoing",
+    "create_relay_address",
     "delete_account",
     "detach",
     "drop",
@@ -114,14 +124,18 @@ __all__ = [
     "put_accounts",
     "record_activity",
     "record_changes",
+    "relay_address_of",
+    "relay_user",
     "release_host_slot",
     "relink",
+    "rotate_relay_address",
     "save_checkpoint",
     "save_office_hours",
     "save_tenant_settings",
     "set_confidential",
     "set_flags",
     "store_new_messages",
+    "store_relayed",
     "take_lease",
     "thread_marks",
     "thread_member_ids",

@@ -19,12 +19,12 @@ from pynamodb.attributes import (
     UnicodeAttribute,
     UTCDateTimeAttribute,
 )
-from pynamodb.constants import LIST
+from pynamodb.constants import LIST, MAP
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
 from mailsync.config import get_settings
-from mailsync.domain import Address, Attachment, dossier_addresses
+from mailsync.domain import Address, Attachment, RelayVerdicts, dossier_addresses
 
 
 def utcnow() -> datetime:
@@ -202,6 +202,21 @@ class AttachmentList(Attribute[list[Attachment]]):
         return out
 
 
+class VerdictsAttribute(Attribute[RelayVerdicts]):
+    """``domain.RelayVerdicts``, stored as a map of the verdicts SES reported."""
+
+    attr_type = MAP
+
+    def serialize(self, value: Any) -> dict[str, Any]:
+        return {name: {"S": text} for name, text in vars(value).items() if text is not None}
+
+    def deserialize(self, value: Any) -> RelayVerdicts:
+        return RelayVerdicts(**{name: entry["S"] for name, entry in value.items() if name in _VERDICTS})
+
+
+_VERDICTS = frozenset(vars(RelayVerdicts()))
+
+
 class AccountIndex(GlobalSecondaryIndex):
     class Meta:
         index_name = "gsi1"
@@ -278,6 +293,7 @@ class MessageModel(_Item):
     confidential_reasons = ListAttribute(of=UnicodeAttribute, default=list)
     created_at = UTCDateTimeAttribute(default_for_new=utcnow)
     updated_at = UTCDateTimeAttribute(default=utcnow)
+    relay_verdicts = VerdictsAttribute(null=True)
 
     def dossier_addresses(self) -> list[str]:
         """Addresses whose dossier this message belongs to: From, To and Cc."""
@@ -369,3 +385,13 @@ class OpModel(_Item):
 class HostSlotModel(_Item):
     owner = UnicodeAttribute(null=True)
     expires = NumberAttribute(default=0)
+
+
+class RelayAddressModel(_Item):
+    """A relay address: under ``R#{address}`` who it belongs to (the direct lookup of incoming
+    mail), and under the user's ``A#{t}#{u}`` / ``RELAY`` which address is theirs now."""
+
+    tenant_id = UnicodeAttribute()
+    user_id = UnicodeAttribute()
+    address = UnicodeAttribute()
+    created_at = UTCDateTimeAttribute(default_for_new=utcnow)

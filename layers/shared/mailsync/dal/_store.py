@@ -253,7 +253,10 @@ def take_lease(tenant_id: str, user_id: str, owner: str, seconds: int, **fields:
 
 def save_checkpoint(tenant_id: str, user_id: str, owner: str, **fields: Any) -> None:
     """(sync core) Checkpoint while holding the lease (``fields``: ``SyncState`` attributes,
-    ``folders`` whole); fails if the lease was lost."""
+    ``folders`` whole); fails if the lease was lost. ``has_detached`` only ever turns on: mail
+    relayed while the sync ran sets it, and the sync's older copy must not turn it off."""
+    if not fields.get("has_detached", True):
+        fields = {name: value for name, value in fields.items() if name != "has_detached"}
     state_key(tenant_id, user_id).update(
         actions=set_actions(SyncStateModel, fields), condition=SyncStateModel.lease_owner == owner
     )
