@@ -118,6 +118,9 @@ def local_defaults() -> dict[str, str]:
         "MAILSYNC_ALLOW_INSECURE": "true",
         # Relay addresses end in this; the SMTP listener (devstack/smtp.py) receives their mail.
         "MAILSYNC_RELAY_DOMAIN": "relay.localhost",
+        # The template's ScheduleRate default: the quiet-hours slots of adaptive polling count in
+        # its ticks (the local scheduler may tick faster; a slot then polls on each of its ticks).
+        "MAILSYNC_SCHEDULE_RATE": "rate(1 minute)",
     }
 
 
