@@ -106,7 +106,7 @@ def test_a_shard_larger_than_a_group_is_split_into_near_equal_groups(fake_dal: F
     fake_dal.dal.put_accounts(due)
 
     # When the scheduler ticks,
-    assert scheduling.enqueue_due_accounts(1_000_000) == 30  # office hours: every due account polls
+    assert scheduling.enqueue_due_accounts(1_000_000) == 30  # office hours: every due account
 
     # Then each shard's accounts go in as few groups as fit, sizes differing by one at most.
     per_shard: dict[int, list[int]] = {}
