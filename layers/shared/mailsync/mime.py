@@ -827,8 +827,13 @@ def _attachment_size(part: Message, errors: _Errors) -> int:
     if payload.isascii() and encoding not in _DECODED_TRANSFER_ENCODINGS:
         return len(payload) + elided_bytes  # identity encoding: one character per byte, no copy needed
     if elided_bytes:
-        # Not clean base64 after all: its size on the wire is the best measure without the bytes.
-        return len(payload) + elided_bytes
+        if encoding != "base64":
+            return len(payload) + elided_bytes  # not base64 after all: its size on the wire
+        # Unclean base64 (cut short, stray characters): the stdlib decodes what was kept (and
+        # records the defects a full parse would); the elided lines were whole quads.
+        part.set_payload(payload)
+        decoded = _safe(errors, "attachment payload", lambda: part.get_payload(decode=True), None)
+        return (len(decoded) if isinstance(decoded, bytes) else len(payload)) + elided_chars // 4 * 3
     decoded = _safe(errors, "attachment payload", lambda: part.get_payload(decode=True), None)
     return len(decoded) if isinstance(decoded, bytes) else len(payload)
 
