@@ -686,15 +686,14 @@ def _child_worker(args: argparse.Namespace) -> None:
 def _warm_clients() -> None:
     """The AWS clients a warm Lambda container already has (boto3's and PynamoDB's, one per
     model's connection): made before the clock, they are no per-message cost."""
-    from pynamodb.models import Model
-
     from mailsync.aws import client
     from mailsync.dal import _models
 
     for service in ("s3", "dynamodb", "events", "kms", "sqs"):
         client(service)
     for model in vars(_models).values():
-        if isinstance(model, type) and issubclass(model, Model) and hasattr(getattr(model, "Meta", None), "setting"):
+        # The models of our two tables: their Meta reads the table name from the settings.
+        if isinstance(model, type) and hasattr(getattr(model, "Meta", None), "setting"):
             model._get_connection().connection.client  # noqa: B018 - created on first access
 
 
