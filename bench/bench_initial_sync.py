@@ -12,7 +12,9 @@ B  ``mbsync`` with an mbsyncrc in a temp dir: IMAPS, the harness CA, ``Sync Pull
    ``Create Near``, INBOX only, into an empty Maildir.
 
 Wall time is the sync only (A: inside the worker, imports and setup excluded; B: the mbsync
-process). Peak RSS is each process's own (``wait4``); A's excludes moto, which in AWS is remote.
+process). Peak RSS is each process's own VmHWM (wait4's ru_maxrss would keep the harness's
+RSS at fork); A's excludes moto, which in AWS is remote. CPU is process CPU time (all threads);
+DynamoDB write units are estimated from the items written (``benchlib.WriteUnits``).
 Not a test: no assertion about speed.
 """
 
@@ -112,14 +114,20 @@ def run_mailsync(user, ca_file: Path, window_days: int) -> dict:
             f"Mailsync first sync ended {result['status']} ({result['error']}):\n"
             f"{worker.stdout[-3000:]}{worker.stderr[-3000:]}"
         )
+    writes = result["dynamodb_writes"]
     return {
         "seconds": result["sync_seconds"],
+        "cpu_seconds": result["sync_cpu_seconds"],
         "process_seconds": worker.wall_seconds,
-        "peak_rss_mb": worker.maxrss_mb,
+        "peak_rss_mb": result["peak_hwm_mb"],
         "rss_before_sync_mb": result["rss_before_sync_mb"],
         "messages": result["created"],
         "invocations": result["invocations"],
         "imap_commands": result["imap_commands"],
+        "dynamodb_wru": writes["wru"],
+        "dynamodb_items": writes["items"],
+        "dynamodb_write_calls": writes["calls"],
+        "dynamodb_wru_by_operation": writes["wru_by_operation"],
     }
 
 
@@ -172,7 +180,8 @@ def main() -> None:
                         "tool": "mbsync",
                         "round": r + 1,
                         "seconds": measured.wall_seconds,
-                        "peak_rss_mb": measured.maxrss_mb,
+                        "cpu_seconds": measured.cpu_seconds,
+                        "peak_rss_mb": measured.peak_hwm_mb,
                         "messages": got,
                     }
                 )
@@ -192,8 +201,14 @@ def main() -> None:
             "mb_per_second": total_bytes / 1e6 / seconds,
             "peak_rss_mb": max(r["peak_rss_mb"] for r in mine),
             "messages": mine[-1]["messages"],
+            "cpu_ms_per_message": statistics.median(r["cpu_seconds"] for r in mine) * 1000 / count,
         }
     ratio = summary["mailsync"]["median_seconds"] / summary["mbsync"]["median_seconds"]
+    mailsync_runs = [r for r in runs if r["tool"] == "mailsync"]
+    created = mailsync_runs[-1]["messages"]
+    worker_cpu_ms = statistics.median(r["cpu_seconds"] for r in mailsync_runs) * 1000 / created
+    wru = statistics.median(r["dynamodb_wru"] for r in mailsync_runs) / created
+    items = statistics.median(r["dynamodb_items"] for r in mailsync_runs) / created
     print(
         f"\nFirst sync of {count:,} messages ({total_bytes / 1e6:,.1f} MB, all within the {window}-day window), "
         f"{rounds} round(s) each, alternating; median wall time:"
@@ -213,6 +228,10 @@ def main() -> None:
     print_table(["tool", "messages", "median s", "range s", "msg/s", "MB/s", "peak RSS MB"], rows)
     print(f"Mailsync / mbsync wall time: {ratio:.2f}x")
     print(
+        f"Worker CPU {worker_cpu_ms:.2f} ms per message (mbsync {summary['mbsync']['cpu_ms_per_message']:.2f}); "
+        f"DynamoDB {wru:.2f} WRU and {items:.2f} items per message (estimated from item sizes, see benchlib)"
+    )
+    print(
         "Mailsync also writes every message to S3 and its metadata, locations, match keys and dossier "
         "items to DynamoDB (here a local moto server); mbsync writes files."
     )
@@ -229,7 +248,21 @@ def main() -> None:
             "small": args.small,
             "aws": "moto server in its own process, fresh per Mailsync run",
         },
-        {"summary": summary, "mailsync_over_mbsync": ratio, "runs": runs},
+        {
+            "messages": created,
+            "worker_cpu_ms_per_message": worker_cpu_ms,
+            "wru_per_message": wru,
+            "dynamodb_items_per_message": items,
+            "mbsync": {
+                "messages": summary["mbsync"]["messages"],
+                "seconds": summary["mbsync"]["median_seconds"],
+                "cpu_ms_per_message": summary["mbsync"]["cpu_ms_per_message"],
+                "peak_rss_mb": summary["mbsync"]["peak_rss_mb"],
+            },
+            "summary": summary,
+            "mailsync_over_mbsync": ratio,
+            "runs": runs,
+        },
     )
 
 

@@ -130,9 +130,11 @@ def free_port() -> int:
 class Measured:
     returncode: int
     wall_seconds: float
-    maxrss_mb: float
+    maxrss_mb: float  # wait4's ru_maxrss: includes the harness's RSS at fork (see run_measured)
     stdout: str
     stderr: str
+    peak_hwm_mb: float = float("nan")  # the process's own VmHWM (its memory since exec)
+    cpu_seconds: float = float("nan")  # user + system CPU of the process (wait4)
 
     def json_line(self) -> dict[str, Any]:
         """The last line of stdout that is a JSON object (what a child mode prints)."""
@@ -143,20 +145,26 @@ class Measured:
 
 
 def run_measured(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 3600) -> Measured:
-    """Run ``cmd`` and return its wall time and its own peak RSS (``wait4`` of that one child).
+    """Run ``cmd`` and return its wall time, CPU time and peak memory.
 
-    ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` is the maximum over *all* children ever waited for,
-    so a small run after a large one would read the large one; ``wait4`` gives this child's.
+    ``wait4`` gives this one child's ``ru_maxrss`` (``RUSAGE_CHILDREN`` would be the maximum over
+    all children so far), but Linux keeps the RSS the forked child had *before* exec in it, i.e.
+    the harness's own memory. ``peak_hwm_mb`` is the process's VmHWM, which exec starts afresh:
+    sampled from ``/proc/<pid>/status`` while it runs (a child of ours that reports its own
+    VmHWM at exit is more exact: ``_child_worker`` does).
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True)
         timer = threading.Timer(timeout, lambda: _kill_session(proc.pid))
         timer.start()
+        hwm = _HwmSampler(proc.pid)
+        hwm.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         finally:
             timer.cancel()
+            hwm.stop()
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
@@ -167,7 +175,43 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None, timeout: flo
             usage.ru_maxrss / 1024,
             out.read().decode(errors="replace"),
             err.read().decode(errors="replace"),
+            peak_hwm_mb=hwm.peak_mb,
+            cpu_seconds=usage.ru_utime + usage.ru_stime,
         )
+
+
+class _HwmSampler:
+    """Reads a running process's VmHWM every 20 ms (a high-water mark: the last reading is the
+    peak up to then); stops when told or when the process is gone."""
+
+    def __init__(self, pid: int) -> None:
+        self.path = Path(f"/proc/{pid}/status")
+        self.peak_mb = float("nan")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            value = vm_hwm_mb(self.path)
+            if value == value:  # not NaN: the process (or its zombie's status) is still readable
+                self.peak_mb = value if self.peak_mb != self.peak_mb else max(self.peak_mb, value)
+            self._stop.wait(0.02)
+
+
+def vm_hwm_mb(status: Path = Path("/proc/self/status")) -> float:
+    """VmHWM (peak resident set since exec) of a process, in MB; NaN when unreadable."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _kill_session(pid: int) -> None:
@@ -357,6 +401,149 @@ def count_aws_calls() -> Iterator[Counter[str]]:
         BaseClient._make_api_call = original  # type: ignore[method-assign]
 
 
+# --------------------------------------------------------------------------- write units
+
+
+def _attr_size(value: dict[str, Any]) -> int:
+    """Bytes of one DynamoDB attribute value, by DynamoDB's item-size rules (close enough)."""
+    ((kind, data),) = value.items()
+    if kind == "S":
+        return len(data.encode("utf-8", "surrogatepass"))
+    if kind == "B":
+        return len(data)
+    if kind == "N":
+        digits = len(str(data).lstrip("-").replace(".", "").lstrip("0")) or 1
+        return (digits + 1) // 2 + 1
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind == "L":
+        return 3 + sum(_attr_size(v) + 1 for v in data)
+    if kind == "M":
+        return 3 + sum(len(k.encode()) + _attr_size(v) + 1 for k, v in data.items())
+    if kind in ("SS", "NS", "BS"):
+        return sum(_attr_size({kind[0]: v}) for v in data)
+    return 0
+
+
+def item_size(item: dict[str, Any], names: Iterable[str] | None = None) -> int:
+    keep = item.keys() if names is None else [n for n in names if n in item]
+    return sum(len(name.encode()) + _attr_size(item[name]) for name in keep)
+
+
+def _units(size: int) -> int:
+    return max(1, -(-size // 1024))
+
+
+class WriteUnits:
+    """Write capacity units of the DynamoDB writes made while counting, estimated from each
+    written item's size and the tables' GSIs (key schema and projection, from DescribeTable):
+    a put costs ceil(size / 1 KB) in the table and, for each GSI whose keys the item has,
+    ceil(projected size / 1 KB) more; a delete 1 (+1 per GSI entry removed: unknown here, so
+    not counted); an UpdateItem ceil(written values / 1 KB) (a lower bound: DynamoDB charges the
+    whole item's size); a TransactWriteItems twice its parts. Moto reports no capacity of its own.
+    """
+
+    def __init__(self, indexes: dict[str, list[tuple[list[str], str, list[str]]]]) -> None:
+        self.indexes = indexes  # table -> [(key attributes, projection type, non-key attributes)]
+        self.by_kind: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
+        self.items = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_tables(cls, client: Any, tables: Iterable[str]) -> WriteUnits:
+        indexes: dict[str, list[tuple[list[str], str, list[str]]]] = {}
+        for name in tables:
+            table = client.describe_table(TableName=name)["Table"]
+            base = [k["AttributeName"] for k in table["KeySchema"]]
+            indexes[name] = [
+                (
+                    [k["AttributeName"] for k in g["KeySchema"]] + base,
+                    g["Projection"]["ProjectionType"],
+                    list(g["Projection"].get("NonKeyAttributes", [])),
+                )
+                for g in table.get("GlobalSecondaryIndexes", [])
+            ]
+        return cls(indexes)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_kind.values())
+
+    def _put(self, table: str, item: dict[str, Any]) -> int:
+        units = _units(item_size(item))
+        for keys, projection, extra in self.indexes.get(table, []):
+            if all(k in item for k in keys):
+                names = None if projection == "ALL" else keys + (extra if projection == "INCLUDE" else [])
+                units += _units(item_size(item, names))
+        return units
+
+    def _one(self, operation: str, params: dict[str, Any]) -> tuple[int, int]:
+        table = params.get("TableName", "")
+        if operation == "PutItem":
+            return self._put(table, params["Item"]), 1
+        if operation == "DeleteItem":
+            return 1, 1
+        if operation == "UpdateItem":
+            values = params.get("ExpressionAttributeValues") or {}
+            size = item_size(params["Key"]) + sum(_attr_size(v) for v in values.values())
+            return _units(size), 1
+        if operation == "BatchWriteItem":
+            units = items = 0
+            for name, requests in params["RequestItems"].items():
+                for request in requests:
+                    items += 1
+                    units += self._put(name, request["PutRequest"]["Item"]) if "PutRequest" in request else 1
+            return units, items
+        if operation == "TransactWriteItems":
+            units = items = 0
+            for part in params["TransactItems"]:
+                ((kind, body),) = part.items()
+                if kind == "ConditionCheck":
+                    continue
+                op = {"Put": "PutItem", "Delete": "DeleteItem", "Update": "UpdateItem"}[kind]
+                u, n = self._one(op, body)
+                units, items = units + 2 * u, items + n
+            return units, items
+        return 0, 0
+
+    def record(self, operation: str, params: dict[str, Any]) -> None:
+        units, items = self._one(operation, params)
+        if units:
+            with self._lock:
+                self.by_kind[operation] += units
+                self.calls[operation] += 1
+                self.items += items
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "wru": self.total,
+            "items": self.items,
+            "wru_by_operation": dict(self.by_kind),
+            "calls": dict(self.calls),
+        }
+
+
+@contextlib.contextmanager
+def count_write_units(units: WriteUnits) -> Iterator[WriteUnits]:
+    """Feeds every DynamoDB write call made inside the block (any client) to ``units``."""
+    from botocore.client import BaseClient
+
+    original = BaseClient._make_api_call
+
+    def counted(self: Any, operation_name: str, api_params: dict[str, Any]) -> Any:
+        result = original(self, operation_name, api_params)
+        if self.meta.service_model.service_name == "dynamodb":
+            units.record(operation_name, api_params)
+        return result
+
+    BaseClient._make_api_call = counted  # type: ignore[method-assign]
+    try:
+        yield units
+    finally:
+        BaseClient._make_api_call = original  # type: ignore[method-assign]
+
+
 def by_service(counts: Counter[str]) -> dict[str, int]:
     out: Counter[str] = Counter()
     for key, n in counts.items():
@@ -462,13 +649,52 @@ def _child_worker(args: argparse.Namespace) -> None:
 
     ensure_layer_on_path()
     import mailsync.services.sync_jobs  # noqa: F401 - the worker's imports, before the clock starts
+    from mailsync.aws import client
+    from mailsync.config import get_settings
 
+    settings = get_settings()
+    units = WriteUnits.for_tables(client("dynamodb"), [settings.messages_table, settings.accounts_table])
+    _warm_clients()
+    profile_to = os.environ.get("MAILSYNC_BENCH_PROFILE")
+    profiler = None
+    if profile_to:
+        import cProfile
+
+        # Python 3.12's cProfile (sys.monitoring) sees every thread; times are wall-clock.
+        profiler = cProfile.Profile()
     before = _rss_now_mb()
+    hwm_before = vm_hwm_mb()
+    cpu_before = time.process_time()
     start = time.perf_counter()
-    result = run_until_synced(args.user_id, budget_seconds=args.budget)
+    with count_write_units(units):
+        if profiler is not None:
+            profiler.enable()
+        result = run_until_synced(args.user_id, budget_seconds=args.budget)
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile_to)
     result["sync_seconds"] = time.perf_counter() - start
+    # Process CPU time: every thread of the worker, whatever else runs on the machine.
+    result["sync_cpu_seconds"] = time.process_time() - cpu_before
     result["rss_before_sync_mb"] = before
+    result["hwm_before_sync_mb"] = hwm_before
+    result["peak_hwm_mb"] = vm_hwm_mb()
+    result["dynamodb_writes"] = units.as_dict()
     print(json.dumps(result))
+
+
+def _warm_clients() -> None:
+    """The AWS clients a warm Lambda container already has (boto3's and PynamoDB's, one per
+    model's connection): made before the clock, they are no per-message cost."""
+    from mailsync.aws import client
+    from mailsync.dal import _models
+
+    for service in ("s3", "dynamodb", "events", "kms", "sqs"):
+        client(service)
+    for model in vars(_models).values():
+        # The models of our two tables: their Meta reads the table name from the settings.
+        if isinstance(model, type) and hasattr(getattr(model, "Meta", None), "setting"):
+            model._get_connection().connection.client  # noqa: B018 - created on first access
 
 
 def _rss_now_mb() -> float:

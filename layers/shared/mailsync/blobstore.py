@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,14 +20,17 @@ def raw_key(tenant_id: str, user_id: str, sha256: str) -> str:
 
 def put_raw(tenant_id: str, user_id: str, raw: bytes) -> tuple[str, str]:
     """Store one raw message; returns (key, sha256)."""
-    sha = hashlib.sha256(raw).hexdigest()
+    digest = hashlib.sha256(raw).digest()
+    sha = digest.hex()
     key = raw_key(tenant_id, user_id, sha)
+    # The SHA-256 the key is made of goes along as the upload's checksum (S3 verifies it):
+    # given the header, botocore neither hashes the body again nor wraps it in a checksum stream.
     client("s3").put_object(
         Bucket=get_settings().raw_mail_bucket,
         Key=key,
         Body=raw,
         ContentType="message/rfc822",
-        ChecksumAlgorithm="SHA256",
+        ChecksumSHA256=base64.b64encode(digest).decode("ascii"),
     )
     return key, sha
 
@@ -36,6 +40,7 @@ def put_many(tenant_id: str, user_id: str, raws: Iterable[bytes]) -> list[tuple[
     items = list(raws)
     if len(items) <= 1:
         return [put_raw(tenant_id, user_id, raw) for raw in items]
+    client("s3")  # made once here: threads that all miss the cache at once would each build one
     with ThreadPoolExecutor(max_workers=min(UPLOAD_WORKERS, len(items))) as pool:
         return list(pool.map(lambda raw: put_raw(tenant_id, user_id, raw), items))
 

@@ -28,6 +28,16 @@ SNIPPET_LENGTH = 200
 # Enough plain text to fill a snippet even after long runs of blank lines or indentation.
 PLAIN_TEXT_CAP = 64 * 1024
 HTML_CAP = 200 * 1024
+# A snippet is first looked for in this much of a body; only a body whose first bytes are
+# mostly markup or blank is read further (up to the caps above).
+SNIPPET_FIRST_TRY = 4 * 1024
+# Messages over this size are scanned for long runs of base64 lines (attachments) before the
+# parser sees them: of each run only its first bytes and its last line are parsed, the rest is
+# counted (see ``_elide_base64_runs``). Of a text part more is kept than a snippet ever reads
+# (3 x HTML_CAP, quoted-printable), so snippets stay the same; of any other part only a little.
+ELIDE_OVER = 64 * 1024
+ELIDED_TEXT_KEEP = 1024 * 1024
+ELIDED_OTHER_KEEP = 8 * 1024
 MAX_PARSE_ERRORS = 50
 _MAX_ERROR_LENGTH = 300
 
@@ -107,7 +117,7 @@ def normalise_msg_id(value: str | None) -> str | None:
 def parse_message(raw: bytes) -> ParsedMessage:
     """Parse raw RFC 5322 / MIME bytes. Never raises; problems found are listed in ``parse_errors``."""
     errors = _Errors()
-    msg = _parse_bytes(bytes(raw), errors)
+    msg = _parse_bytes(_elide_base64_runs(bytes(raw)), errors)
     if msg is None:
         return _empty_message(errors)
 
@@ -199,6 +209,70 @@ def _safe[T](errors: _Errors, what: str, compute: Callable[[], T], default: T) -
     except Exception as exc:  # noqa: BLE001 - the contract is "never raises"; the failure is reported
         errors.add(f"could not read {what}: {type(exc).__name__}")
         return default
+
+
+# Whole lines of the base64 alphabet, at least 1,024 of them in a row (possessive and anchored at
+# line starts: linear even on hostile input, such as 40 MB without a line break).
+_BASE64_RUN = re.compile(rb"(?m)^(?:[A-Za-z0-9+/=]{40,998}+\r?\n){128,}+")
+_TEXT_PART = re.compile(rb"content-type:[ \t]*(?:\r?\n[ \t]+)?text/", re.IGNORECASE)
+# What stands for the lines cut out of a run: their bytes on the wire and their base64
+# characters. NUL cannot occur in base64 and a run never contains a boundary line ("-").
+_ELIDED = re.compile(r"\x00elided:(\d+):(\d+)\x00\r?\n")
+
+
+def _elided_marker(raw_bytes: int, base64_chars: int) -> bytes:
+    return b"\x00elided:%d:%d\x00\r\n" % (raw_bytes, base64_chars)
+
+
+def _elide_base64_runs(raw: bytes) -> bytes:
+    """``raw`` with the middle of long base64 runs replaced by a marker line.
+
+    The stdlib parser keeps every line of a part as a ``str`` and joins them: a 40 MB attachment
+    costs several times its size. The parts that matter here (headers, structure, the first KB
+    of the text bodies) survive; an attachment's size is its kept characters plus the counted
+    ones (``_attachment_size``). The raw message itself is stored whole, not this copy.
+    """
+    if len(raw) <= ELIDE_OVER:
+        return raw
+    pieces: list[bytes] = []
+    position = 0
+    for run in _BASE64_RUN.finditer(raw):
+        start, end = run.span()
+        keep_end = raw.find(b"\n", start + _run_keep(raw, start)) + 1
+        last_line = raw.rfind(b"\n", start, end - 1) + 1  # the padding ("=") is on the last line
+        if keep_end <= 0 or keep_end >= last_line:
+            continue
+        breaks = raw.count(b"\n", keep_end, last_line) + raw.count(b"\r", keep_end, last_line)
+        pieces.append(raw[position:keep_end])
+        pieces.append(_elided_marker(last_line - keep_end, last_line - keep_end - breaks))
+        position = last_line
+    if not pieces:
+        return raw
+    pieces.append(raw[position:])
+    return b"".join(pieces)
+
+
+def _run_keep(raw: bytes, start: int) -> int:
+    """How much of the base64 run at ``start`` to keep: much of a text part, little of others.
+
+    The part's header block is what lies between the boundary line before the run (or the
+    message start) and the run, looked for in the 4 KB before it.
+    """
+    window_start = max(0, start - 4096)
+    boundary = raw.rfind(b"\n--", window_start, start)
+    headers = raw[boundary + 1 if boundary != -1 else window_start : start]
+    return ELIDED_TEXT_KEEP if _TEXT_PART.search(headers) else ELIDED_OTHER_KEEP
+
+
+def _without_elided(payload: str) -> tuple[str, int, int]:
+    """A payload without its marker lines, and the wire bytes and base64 characters they stand for."""
+    if "\x00elided:" not in payload:
+        return payload, 0, 0
+    wire = chars = 0
+    for found in _ELIDED.finditer(payload):
+        wire += int(found.group(1))
+        chars += int(found.group(2))
+    return _ELIDED.sub("", payload), wire, chars
 
 
 def _parse_bytes(raw: bytes, errors: _Errors) -> Message | None:
@@ -694,8 +768,9 @@ def _transfer_encoding(part: Message) -> str:
 _NOT_BASE64_TEXT = re.compile(r"[^A-Za-z0-9+/=\t\n\r ]")
 
 
-def _base64_size(encoded: str) -> int | None:
-    """Decoded length of clean base64 without decoding it; None if the data is not clean."""
+def _base64_size(encoded: str, more_chars: int = 0) -> int | None:
+    """Decoded length of clean base64 without decoding it (``more_chars``: characters of it
+    elided before parsing); None if the data is not clean."""
     if _NOT_BASE64_TEXT.search(encoded):
         return None
     padding = 0
@@ -705,7 +780,7 @@ def _base64_size(encoded: str) -> int | None:
         if tail.strip("=") or len(tail) > 2:
             return None
         padding = len(tail)
-    chars = len(encoded) - sum(encoded.count(c) for c in "\t\n\r ")
+    chars = len(encoded) - sum(encoded.count(c) for c in "\t\n\r ") + more_chars
     if chars % 4:
         return None
     return chars // 4 * 3 - padding
@@ -724,9 +799,16 @@ _DECODED_TRANSFER_ENCODINGS = ("base64", "quoted-printable", "x-uuencode", "uuen
 
 def _flattened_size(messages: list[Message]) -> int:
     sink = _CountingSink()
+    elided = 0
     for message in messages:
         BytesGenerator(sink, mangle_from_=False).flatten(message, linesep="\r\n")
-    return sink.size
+        for part in _walk_all(message):
+            payload = part.get_payload()
+            if isinstance(payload, str) and "\x00elided:" in payload:
+                for found in _ELIDED.finditer(payload):
+                    # The generator wrote the marker line; the message had the lines it stands for.
+                    elided += int(found.group(1)) - len(found.group(0))
+    return sink.size + elided
 
 
 def _attachment_size(part: Message, errors: _Errors) -> int:
@@ -736,13 +818,22 @@ def _attachment_size(part: Message, errors: _Errors) -> int:
         return _safe(errors, "attached message size", lambda: _flattened_size(payload), 0)
     if not isinstance(payload, str):
         return 0
+    payload, elided_bytes, elided_chars = _without_elided(payload)
     encoding = _transfer_encoding(part)
     if encoding == "base64":
-        size = _base64_size(payload)
+        size = _base64_size(payload, elided_chars)
         if size is not None:
             return size
     if payload.isascii() and encoding not in _DECODED_TRANSFER_ENCODINGS:
-        return len(payload)  # identity encoding: one character per byte, no copy needed
+        return len(payload) + elided_bytes  # identity encoding: one character per byte, no copy needed
+    if elided_bytes:
+        if encoding != "base64":
+            return len(payload) + elided_bytes  # not base64 after all: its size on the wire
+        # Unclean base64 (cut short, stray characters): the stdlib decodes what was kept (and
+        # records the defects a full parse would); the elided lines were whole quads.
+        part.set_payload(payload)
+        decoded = _safe(errors, "attachment payload", lambda: part.get_payload(decode=True), None)
+        return (len(decoded) if isinstance(decoded, bytes) else len(payload)) + elided_chars // 4 * 3
     decoded = _safe(errors, "attachment payload", lambda: part.get_payload(decode=True), None)
     return len(decoded) if isinstance(decoded, bytes) else len(payload)
 
@@ -793,9 +884,13 @@ def _snippet(parts: list[Message], errors: _Errors, *, is_html: bool) -> str:
     for part in parts:
         if length >= SNIPPET_LENGTH:
             break
-        data, truncated = _decoded_prefix(part, HTML_CAP if is_html else PLAIN_TEXT_CAP)
-        text = _decode_bytes(data, part.get_content_charset(), errors, f"{_content_type(part)} body", truncated)
-        text = _clean_text(_html_to_text(text, SNIPPET_LENGTH) if is_html else text)
+        text = ""
+        for cap in (SNIPPET_FIRST_TRY, HTML_CAP if is_html else PLAIN_TEXT_CAP):
+            data, truncated = _decoded_prefix(part, cap)
+            text = _decode_bytes(data, part.get_content_charset(), errors, f"{_content_type(part)} body", truncated)
+            text = _clean_text(_html_to_text(text, SNIPPET_LENGTH) if is_html else text)
+            if not truncated or len(text) >= SNIPPET_LENGTH - length:
+                break  # enough text (or all there is) from the first bytes
         if text:
             pieces.append(text)
             length += len(text) + 1

@@ -21,8 +21,10 @@ user -> relay address       ``A#{t}#{u}``                            ``RELAY``
 ==========================  =======================================  ============================
 
 Messages are listed newest first through ``gsi1`` (account) and ``gsi2`` (account + CRM folder),
-both sorted by ``{internal date}#{id}``. Models (``_models``), key and cursor formats (``_keys``)
-and item factories (``_items``) are private to this package; cursors leave it as opaque strings.
+both sorted by ``{internal date}#{id}`` and projecting only what the listings filter on
+(``seen``, ``confidential``): a page's messages are then read by key. Models (``_models``),
+key and cursor formats (``_keys``) and item factories (``_items``) are private to this package;
+cursors leave it as opaque strings.
 Table names are read from the settings on use: nothing binds them.
 
 """

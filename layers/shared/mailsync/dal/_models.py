@@ -20,7 +20,7 @@ from pynamodb.attributes import (
     UTCDateTimeAttribute,
 )
 from pynamodb.constants import LIST, MAP
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
+from pynamodb.indexes import GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
 from mailsync.config import get_settings
@@ -217,10 +217,16 @@ class VerdictsAttribute(Attribute[RelayVerdicts]):
 _VERDICTS = frozenset(vars(RelayVerdicts()))
 
 
+# The listings' indexes hold the keys and what their filters compare (template.yaml says the
+# same): a page is read from the index, its messages by key (``list_messages``). Projecting
+# every attribute would write each message three times over in full.
+LISTING_FILTERS = ["seen", "confidential"]
+
+
 class AccountIndex(GlobalSecondaryIndex):
     class Meta:
         index_name = "gsi1"
-        projection = AllProjection()
+        projection = IncludeProjection(LISTING_FILTERS)
 
     gsi1pk = UnicodeAttribute(hash_key=True)
     gsi1sk = UnicodeAttribute(range_key=True)
@@ -229,7 +235,7 @@ class AccountIndex(GlobalSecondaryIndex):
 class FolderIndex(GlobalSecondaryIndex):
     class Meta:
         index_name = "gsi2"
-        projection = AllProjection()
+        projection = IncludeProjection(LISTING_FILTERS)
 
     gsi2pk = UnicodeAttribute(hash_key=True)
     gsi2sk = UnicodeAttribute(range_key=True)

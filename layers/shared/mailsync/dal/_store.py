@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+from botocore.exceptions import ClientError
 from pynamodb.exceptions import DoesNotExist, PutError, QueryError, TransactWriteError, UpdateError
 
 from mailsync.aws import client
@@ -334,7 +335,15 @@ def list_messages(
         if start is not None and getattr(exc, "cause_response_code", None) == "ValidationException":
             raise keys.BadCursor() from None
         raise
-    return [message_from(m) for m in items], keys.encode_cursor(last_key)
+    return _messages_by_key(items), keys.encode_cursor(last_key)
+
+
+def _messages_by_key(entries: list[MessageModel]) -> list[Message]:
+    """The messages of index entries (which hold only keys and filter attributes), in their order."""
+    if not entries:
+        return []
+    found = {(m.pk, m.sk): m for m in MessageModel.batch_get([(e.pk, e.sk) for e in entries])}
+    return [message_from(found[(e.pk, e.sk)]) for e in entries if (e.pk, e.sk) in found]
 
 
 def count_locations(tenant_id: str, user_id: str, server_folder: str) -> int:
@@ -601,8 +610,8 @@ def store_new_messages(rows: list[tuple[Message, Location]]) -> None:
     items = [(message_item(m), location_record(loc), window_record(loc)) for m, loc in rows]
     try:
         write_new_messages(items)
-    except PutError as exc:
-        if exc.cause_response_code != "ValidationException":
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ValidationException":
             raise
         raise Unstorable(str(exc)) from exc
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -141,10 +142,18 @@ class AccountSync:
         self.max_message_bytes = get_settings().max_message_bytes
         self.scan_every = get_settings().flag_scan_minutes * 60
         self.snapshots: dict[str, ServerStatus] = {}
+        self._publisher: ThreadPoolExecutor | None = None
+        self._published: list[Future[int]] = []
 
     # -- entry point ---------------------------------------------------------------------------
 
     def run(self) -> SyncOutcome:
+        try:
+            return self._run()
+        finally:
+            self._publishing_done()
+
+    def _run(self) -> SyncOutcome:
         self._drop_unmapped_folders()
         statuses = self.conn.status(list(self.crm_for))
         work: list[FolderWork] = []
@@ -188,10 +197,23 @@ class AccountSync:
     def publish_events(self) -> None:
         """Announce what is stored so far: after each batch's checkpoint, so the CRM hears of new
         mail while a long first sync runs and a worker that dies later loses no announcement of
-        what it finished (what it did since the last batch is still announced at most once)."""
+        what it finished (what it did since the last batch is still announced at most once).
+
+        Sent by the publisher thread, in order, while the sync goes on; ``run`` waits for it.
+        """
         if self.events:
-            events.publish(self.events)
+            if self._publisher is None:
+                self._publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="events")
+            self._published.append(self._publisher.submit(events.publish, self.events))
             self.events = []
+
+    def _publishing_done(self) -> None:
+        """Wait until every handed-over event is sent (``events.publish`` never raises)."""
+        if self._publisher is not None:
+            self._publisher.shutdown(wait=True)
+            self._publisher = None
+        wait(self._published)
+        self._published = []
 
     def _finish(self) -> SyncOutcome:
         self.outcome.imap_commands = self.conn.command_count
@@ -346,7 +368,13 @@ class AccountSync:
     # -- step 3 ---------------------------------------------------------------------------------
 
     def _process_arrivals(self, work: FolderWork) -> bool:
-        """Store the folder's arrivals batch by batch; False when time ran out (checkpointed)."""
+        """Store the folder's arrivals batch by batch; False when time ran out (checkpointed).
+
+        One IMAP connection, used by this thread only: while a background thread stores batch N
+        (S3, MIME parse, DynamoDB), this one plans and downloads batch N+1. Batch N is
+        checkpointed (and its events handed to the publisher) only once its store returned, so
+        the checkpoint never runs ahead of what is durable.
+        """
         if not work.todo:
             return True
         self.conn.examine(work.server_folder)
@@ -356,18 +384,42 @@ class AccountSync:
         # Newest mail first, so the CRM shows what matters while a big first sync runs. UIDs
         # gone between SEARCH and FETCH have no summary: they are not arrivals any more.
         todo = sorted(summaries, key=lambda u: (summaries[u].internal_date, u), reverse=True)
-        for batch in decide.batches(todo, sizes, max_count=BATCH_COUNT, max_bytes=BATCH_BYTES):
-            if self.deadline():
-                return False
-            self._store_batch(work, [summaries[u] for u in batch])
-            if work.first_sync is not None:
-                work.first_sync = plan.first_sync_progress(work.first_sync, batch)
-                self.checkpoint = self.checkpoint.with_folder(work.server_folder, first_sync=work.first_sync)
-            self._save_checkpoint()
-            self.publish_events()
+        storing: tuple[list[int], Future[list[Message]]] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store") as store:
+            try:
+                for batch in decide.batches(todo, sizes, max_count=BATCH_COUNT, max_bytes=BATCH_BYTES):
+                    if self.deadline():
+                        self._batch_stored(work, storing)
+                        return False
+                    creates = self._prepare_batch(work, [summaries[u] for u in batch])
+                    self._batch_stored(work, storing)
+                    storing = batch, store.submit(self._create, work, creates)
+                self._batch_stored(work, storing)
+                storing = None
+            except BaseException:
+                # Whatever failed, the store in flight ends before this does (no write after a
+                # crash report); its own failure is secondary, and nothing more is checkpointed.
+                if storing is not None:
+                    wait([storing[1]])
+                raise
         return True
 
-    def _store_batch(self, work: FolderWork, batch: list[MessageSummary]) -> None:
+    def _batch_stored(self, work: FolderWork, storing: tuple[list[int], Future[list[Message]]] | None) -> None:
+        """Wait for a batch's store, then checkpoint it and hand its events to the publisher."""
+        if storing is None:
+            return
+        batch, future = storing
+        created = future.result()
+        self.events.extend(message_event(MESSAGE_RECEIVED, m) for m in created)
+        self.outcome.created += len(created)
+        if work.first_sync is not None:
+            work.first_sync = plan.first_sync_progress(work.first_sync, batch)
+            self.checkpoint = self.checkpoint.with_folder(work.server_folder, first_sync=work.first_sync)
+        self._save_checkpoint()
+        self.publish_events()
+
+    def _prepare_batch(self, work: FolderWork, batch: list[MessageSummary]) -> list[tuple[Arrival, FetchedMessage]]:
+        """The IMAP and matching part of a batch: relinks done, new messages downloaded (returned)."""
         summaries = [s for s in batch if decide.in_window(s.internal_date, self.cutoff)]
         sizes = {s.uid: s.size for s in summaries}
         # A message without Message-ID is recognised by its content: that needs its bytes first.
@@ -378,9 +430,10 @@ class AccountSync:
         self.revivable, self.vanished = step.revivable, step.vanished
         for relink in step.relinks:
             self._relink(relink)
-        if step.creates:
-            fetched.update(self._fetch(step.fetch, sizes))
-            self._create(work, [(a, fetched[a.uid]) for a in step.creates if a.uid in fetched])
+        if not step.creates:
+            return []
+        fetched.update(self._fetch(step.fetch, sizes))
+        return [(a, fetched[a.uid]) for a in step.creates if a.uid in fetched]
 
     def _fetch_size(self, size: int) -> int:
         return min(size, TOO_LARGE_HEADER_BYTES) if size > self.max_message_bytes else size
@@ -474,9 +527,11 @@ class AccountSync:
         )
         self.outcome.relinked += 1
 
-    def _create(self, work: FolderWork, items: list[tuple[Arrival, FetchedMessage]]) -> None:
+    def _create(self, work: FolderWork, items: list[tuple[Arrival, FetchedMessage]]) -> list[Message]:
+        """Store new messages (S3, then DynamoDB); returns them as stored. Runs on the store
+        thread: it touches no IMAP and no state of the run but ``_rules``, which only it uses."""
         if not items:
-            return
+            return []
         stored = blobstore.put_many(self.tenant, self.user, (body.raw for _, body in items))
         crm_folder = self.crm_for[work.server_folder]
         rows: list[tuple[Message, Location]] = []
@@ -493,9 +548,7 @@ class AccountSync:
             # One item over a DynamoDB limit fails its whole batch write: store the messages one
             # by one, so only an unstorable one loses metadata (puts: redoing the others is safe).
             rows = [self._store_one(row) for row in rows]
-        for message, _ in rows:
-            self.events.append(message_event(MESSAGE_RECEIVED, message))
-        self.outcome.created += len(rows)
+        return [message for message, _ in rows]
 
     def _classify(
         self, messages: list[Message], rows: list[tuple[Message, Location]]
