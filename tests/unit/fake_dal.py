@@ -32,7 +32,18 @@ from mailsync import dal
 from mailsync.blobstore import raw_key
 from mailsync.config import Settings, get_settings
 from mailsync.crypto import PasswordUnreadable
-from mailsync.domain import Account, Address, Change, Location, Message, Op, SyncState, TenantSettings, ThreadMark
+from mailsync.domain import (
+    Account,
+    Address,
+    Change,
+    Location,
+    Message,
+    OAuthConsent,
+    Op,
+    SyncState,
+    TenantSettings,
+    ThreadMark,
+)
 from mailsync.errors import NotFound
 from mailsync.events import Event
 
@@ -131,6 +142,16 @@ class FakeDal:
     locations: dict[tuple[str, str, str, int, int], Location] = field(default_factory=dict)
     tenants: dict[str, TenantSettings] = field(default_factory=dict)
     threads: dict[tuple[str, str, str], ThreadMark] = field(default_factory=dict)
+    consents: dict[str, OAuthConsent] = field(default_factory=dict)
+
+    # --- OAuth2 consents under way -----------------------------------------------------------
+
+    def save_consent(self, consent: OAuthConsent) -> None:
+        assert consent.nonce not in self.consents
+        self.consents[consent.nonce] = consent
+
+    def take_consent(self, nonce: str) -> OAuthConsent | None:
+        return self.consents.pop(nonce, None)
 
     # --- accounts ---------------------------------------------------------------------------
 

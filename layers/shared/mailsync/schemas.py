@@ -141,6 +141,12 @@ class MailSettingsOut(BaseModel):
     last_error: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    auth: Literal["password", "oauth2"] = Field(
+        default="password", description="`oauth2`: connected by a Google or Microsoft consent (no password)"
+    )
+    provider: Literal["google", "microsoft"] | None = None
+    oauth_scopes: list[str] | None = None
+    connected_at: datetime | None = Field(default=None, description="When the OAuth2 consent was given")
 
 
 class ConnectionTestOut(BaseModel):
@@ -341,3 +347,17 @@ class DossierMessageOut(MessageOut):
 class DossierPageOut(BaseModel):
     messages: list[DossierMessageOut]
     next_cursor: str | None
+
+
+class OAuthStartIn(BaseModel):
+    """Where the browser returns after the consent: an address of an origin this deployment allows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    return_url: str = Field(
+        min_length=1, max_length=2048, description="Gets `?result=connected` or `?result=error&code=...`"
+    )
+
+
+class OAuthStartOut(BaseModel):
+    authorization_url: str = Field(description="Send the user's browser here (valid for a few minutes, once)")

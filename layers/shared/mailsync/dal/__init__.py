@@ -25,6 +25,7 @@ Table names are read from the settings on use: nothing binds them.
 
 """
 
+from mailsync.dal._consents import save_consent, take_consent
 from mailsync.dal._keys import BadCursor
 from mailsync.dal._models import utcnow
 from mailsync.dal._store import (
@@ -110,10 +111,12 @@ __all__ = [
     "release_host_slot",
     "relink",
     "save_checkpoint",
+    "save_consent",
     "save_tenant_settings",
     "set_confidential",
     "set_flags",
     "store_new_messages",
+    "take_consent",
     "take_lease",
     "thread_marks",
     "thread_member_ids",
