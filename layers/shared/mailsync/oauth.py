@@ -20,7 +20,7 @@ from typing import Any
 
 from mailsync.aws import client
 from mailsync.config import Settings
-from mailsync.errors import MailsyncError
+from mailsync.errors import MailboxError, MailsyncError
 from mailsync.providers import Endpoints, Preset
 
 # A token endpoint answers with a few kilobytes; anything near this is not a token response.
@@ -40,10 +40,11 @@ class OAuthError(MailsyncError):
         self.oauth_code = oauth_code
 
 
-class TokenEndpointUnavailable(MailsyncError):
-    """The token endpoint could not be reached or failed (5xx, timeout): transient."""
+class TokenEndpointUnavailable(MailboxError):
+    """The token endpoint could not be reached or failed (5xx, 429, timeout): transient, the
+    account backs off like for a busy mail server."""
 
-    code = "oauth_unavailable"
+    code = "provider_unavailable"
     status = 503
 
 

@@ -15,7 +15,7 @@ from mailsync.netguard import check_host_literal
 from mailsync.observability import logger
 from mailsync.schemas import MailSettingsIn, MailSettingsOut, MailSettingsTestIn, default_port
 from mailsync.services import scheduling
-from mailsync.services.oauth_tokens import revoke_grant
+from mailsync.services.oauth_tokens import access_token, revoke_grant
 
 # Fields whose change means "a different mailbox or login": they reset the account status, and
 # the saved password is never sent anywhere but to the combination it was saved with.
@@ -203,7 +203,17 @@ def delete_settings(principal: Principal, user_id: str) -> None:
 
 
 def server_params(account: Account, settings: Settings) -> ServerParams:
-    """Decrypt the password in memory only, for one login."""
+    """Decrypt the password in memory only, for one login (an OAuth2 mailbox: a current access token)."""
+    if account.auth == "oauth2" and account.refresh_token_ciphertext is not None:
+        return ServerParams(
+            host=account.host,
+            port=int(account.port),
+            username=account.username,
+            password="",
+            security=account.security,
+            protocol=account.protocol,
+            access_token=access_token(account, settings),
+        )
     if account.password_ciphertext is None:
         raise ValidationFailed("No password saved for this mailbox", field="password")
     password = crypto.decrypt_saved_password(account.password_ciphertext, account.tenant_id, account.user_id, settings)

@@ -22,7 +22,7 @@ from mailsync import dal, queue
 from mailsync.config import get_settings
 from mailsync.observability import logger
 
-NOT_DUE_STATUSES = frozenset({"auth_failed", "disabled"})
+NOT_DUE_STATUSES = frozenset({"auth_failed", "reauth_required", "disabled"})
 MAX_BACKOFF_SECONDS = 3600
 SYNCED_PROTOCOLS = frozenset({"imap"})
 
