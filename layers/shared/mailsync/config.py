@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     # Microsoft offers no revocation endpoint for a single refresh token.
     oauth_microsoft_revoke_url: str = ""
     oauth_microsoft_userinfo_url: str = "https://graph.microsoft.com/oidc/userinfo"
+    # The providers' IMAP servers (tests point them at a local server).
+    oauth_google_imap_host: str = "imap.gmail.com"
+    oauth_google_imap_port: int = Field(default=993, ge=1, le=65535)
+    oauth_microsoft_imap_host: str = "outlook.office365.com"
+    oauth_microsoft_imap_port: int = Field(default=993, ge=1, le=65535)
     # Where the provider sends the browser back (the callback route, as registered with the
     # provider); empty: https://<the API's own domain>/v1/oauth/callback.
     oauth_redirect_uri: str = ""

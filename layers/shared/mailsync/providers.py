@@ -44,7 +44,8 @@ PRESETS: dict[ProviderName, Preset] = {
 
 @dataclass(frozen=True)
 class Endpoints:
-    """A provider's client id and endpoints in this deployment (empty revoke_url: none offered)."""
+    """A provider's client id, endpoints and IMAP server in this deployment (empty revoke_url:
+    none offered)."""
 
     client_id: str
     issuer: str
@@ -52,6 +53,8 @@ class Endpoints:
     token_url: str
     revoke_url: str
     userinfo_url: str
+    imap_host: str
+    imap_port: int
 
 
 def endpoints(provider: ProviderName, settings: Settings) -> Endpoints:
@@ -65,6 +68,8 @@ def endpoints(provider: ProviderName, settings: Settings) -> Endpoints:
         token_url=get("token_url"),
         revoke_url=get("revoke_url"),
         userinfo_url=get("userinfo_url"),
+        imap_host=get("imap_host"),
+        imap_port=int(get("imap_port")),
     )
 
 

@@ -226,11 +226,12 @@ def _connect(consent: OAuthConsent, code: str, settings: Settings) -> None:
 
 def _save(consent: OAuthConsent, address: str, tokens: oauth.Tokens, settings: Settings) -> None:
     preset = PRESETS[consent.provider]  # type: ignore[index]
+    where = endpoints(preset.name, settings)
     tenant_id, user_id = consent.tenant_id, consent.user_id
     assert tokens.refresh_token is not None
     values = {
-        "host": preset.imap_host,
-        "port": preset.imap_port,
+        "host": where.imap_host,
+        "port": where.imap_port,
         "username": address,
         "security": "ssl",
         "protocol": "imap",
