@@ -222,3 +222,17 @@ def test_start_for_an_unknown_provider_or_without_a_token_is_refused(api: ApiCal
     handler = load_handler("api")
     event = http_event("POST", "/v1/users/me/oauth/google/start", body={"return_url": RETURN})
     assert api_response(handler(event, LambdaContext(function_name="ApiFunction"))).status == 401
+
+
+def test_the_callback_is_the_only_api_route_without_the_jwt_authorizer_in_aws_and_locally() -> None:
+    from devstack.provision import load_template
+    from devstack.run import PUBLIC_PATHS, TEMPLATE
+
+    events = load_template(TEMPLATE)["Resources"]["ApiFunction"]["Properties"]["Events"]
+    public = {
+        e["Properties"]["Path"]
+        for e in events.values()
+        if (e["Properties"].get("Auth") or {}).get("Authorizer") == "NONE"
+    }
+    assert public == {"/swagger", "/v1/oauth/callback"} == set(PUBLIC_PATHS)
+    assert events["OAuthCallback"]["Properties"]["Method"] == "GET"

@@ -136,7 +136,8 @@ class MailSettingsOut(BaseModel):
     password_set: bool
     status: str = Field(
         description="pending | ok | disabled | auth_failed | tls_failed | connect_failed | timeout | server_busy | "
-        "protocol_mismatch | server_misbehaving"
+        "protocol_mismatch | server_misbehaving; OAuth2 mailboxes: reauth_required (connect again), "
+        "token_rejected, provider_unavailable"
     )
     last_error: str | None = None
     created_at: datetime | None = None

@@ -39,7 +39,7 @@ def live_folders(account: Account) -> list[ServerFolder]:
 def list_server_folders(principal: Principal, user_id: str) -> list[ServerFolderOut]:
     account = require_account(target_for(principal, user_id))
     folders = live_folders(account)
-    suggestions = suggest(folders, provider_for_host(account.host))
+    suggestions = suggest(folders, account.provider or provider_for_host(account.host))
     return [
         ServerFolderOut(
             name=f.name,
@@ -57,7 +57,8 @@ def get_folder_map(principal: Principal, user_id: str) -> FolderMapOut:
     account = require_account(target_for(principal, user_id))
     if account.folder_map is not None:
         return FolderMapOut(folders=dict(account.folder_map), saved=True, updated_at=account.folder_map_updated_at)
-    return FolderMapOut(folders=suggested_map(live_folders(account), provider_for_host(account.host)), saved=False)
+    provider = account.provider or provider_for_host(account.host)
+    return FolderMapOut(folders=suggested_map(live_folders(account), provider), saved=False)
 
 
 def put_folder_map(principal: Principal, user_id: str, folder_map: dict[str, str]) -> FolderMapOut:
