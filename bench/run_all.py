@@ -20,6 +20,7 @@ SCRIPTS = [
     "bench_fanout",
     "bench_memory",
     "bench_settings_api",
+    "bench_throughput",
     "bench_cost",  # last: arithmetic on the JSONs the others just wrote
 ]
 
@@ -53,12 +54,26 @@ def summary_line(name: str, doc: dict) -> str:
         return (
             f"{doc['parameters']['due_accounts']:,} due: {r['queries']} Query, {r['send_message_batch']} "
             f"SendMessageBatch, {r['median_seconds']:.1f} s (moto)"
+            + (
+                f"; enqueued per tick: {p['office_hours']['fraction_enqueued_mean']:.0%} in office hours, "
+                f"{p['night']['fraction_enqueued_mean']:.1%} at night"
+                if (p := r.get("polling", {}).get("ticks"))
+                else ""
+            )
         )
     if name == "bench_memory":
         s = r["summary"]
         return (
             f"peak RSS small {s['small']['peak_rss_mb']:.0f} MB, with a {doc['parameters']['large_mb']:g} MB "
             f"message {s['large']['peak_rss_mb']:.0f} MB (+{r['extra_peak_mb']:.0f} MB)"
+        )
+    if name == "bench_throughput":
+        m = r["model"]
+        return (
+            f"{r['accounts']:,} accounts: {r['accounts_per_cpu_second']:.1f} per CPU-second "
+            f"({r['steady_state']['cpu_ms_per_account']:.1f} ms each); modelled "
+            f"{r['modelled_accounts_per_minute']:,} a minute ({m['lambda_concurrency']} x "
+            f"{m['threads']} threads, {m['bound_by']}-bound)"
         )
     if name == "bench_cost":
         return (

@@ -84,6 +84,27 @@ def banner(stack: LocalStack, server: DovecotServer, username: str, password: st
     )
 
 
+def relay_banner(stack: LocalStack, token: str) -> str:
+    """The demo user's relay address and a message to send to it (it lands in the CRM inbox)."""
+    if stack.smtp is None:
+        return ""
+    status, body = _call(f"{stack.api_url}/v1/users/me/relay-address", token)
+    if status != 200:
+        raise RuntimeError(f"reading the demo relay address failed: {status} {body}")
+    address = body["address"]
+    send = (
+        f"import smtplib; smtplib.SMTP('127.0.0.1', {stack.smtp.port}).sendmail('jan@klant.example', "
+        f"['{address}'], b'From: jan@klant.example\\r\\nSubject: Relayed to the CRM\\r\\n\\r\\nHello')"
+    )
+    return "\n".join(
+        [
+            f"Relay address of '{DEMO_USER}': {address} (local SMTP on 127.0.0.1:{stack.smtp.port}, as SES in AWS).",
+            "Send it a message, then list the messages again: it is in the CRM folder inbox at once.",
+            f'  .venv/bin/python -c "{send}"',
+        ]
+    )
+
+
 def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="mailsync-demo-"))
     server: DovecotServer | None = None
@@ -99,10 +120,12 @@ def main() -> None:
         try:
             stack.start()
             token = configure_demo_user(stack, server, user.username, user.password)
+            relay = relay_banner(stack, token)
         except Exception as exc:  # noqa: BLE001 - say why; the finally stops everything
             print(f"demo setup failed: {exc}", file=sys.stderr)
             sys.exit(1)
-        serve_forever(stack, banner(stack, server, user.username, user.password, token), token_hint=False)
+        text = banner(stack, server, user.username, user.password, token)
+        serve_forever(stack, "\n".join(filter(None, [text, relay])), token_hint=False)
     finally:
         if stack is not None:
             stack.stop()

@@ -6,7 +6,7 @@ switches) to ``.aws-sam/local/stack.json``; this reads it, loads the handler as 
 does and prints the handler's result as JSON on stdout. The function's logs go to stderr, as with
 ``sam local invoke``. ``FN`` is the template's logical id (``SyncWorkerFunction``) or the folder
 under ``functions/`` (``sync_worker``); without it, each event's file name says its function
-(events/ names them after the folder: ``api_*.json``, ``scheduler.json``, ``sync_worker*.json``).
+(events/ names them after the folder: ``api_*.json``, ``scheduler.json``, ``sync_worker*.json``, ``relay_ingest.json``).
 Several events run in order in one process and print as one JSON object, file -> result.
 """
 

@@ -117,6 +117,11 @@ def local_defaults() -> dict[str, str]:
         # Local development talks to mail servers on this machine (Dovecot, the demo).
         "MAILSYNC_ALLOW_PRIVATE_HOSTS": "true",
         "MAILSYNC_ALLOW_INSECURE": "true",
+        # Relay addresses end in this; the SMTP listener (devstack/smtp.py) receives their mail.
+        "MAILSYNC_RELAY_DOMAIN": "relay.localhost",
+        # The template's ScheduleRate default: the quiet-hours slots of adaptive polling count in
+        # its ticks (the local scheduler may tick faster; a slot then polls on each of its ticks).
+        "MAILSYNC_SCHEDULE_RATE": "rate(1 minute)",
     }
 
 
@@ -222,6 +227,7 @@ class LocalStack:
         self._threads: list[threading.Thread] = []
         self._moto: Any = None
         self._http: _ApiServer | None = None
+        self.smtp: Any = None
 
     @property
     def api_url(self) -> str:
@@ -279,6 +285,11 @@ class LocalStack:
         self.api_lock = threading.Lock()
         self.scheduler_handler = load_handler("scheduler")
         self.worker_handler = load_handler("sync_worker")
+        relay_domain = os.environ.get("MAILSYNC_RELAY_DOMAIN", "")
+        if relay_domain:
+            from devstack.smtp import RelaySmtp
+
+            self.smtp = RelaySmtp(relay_domain, load_handler("relay_ingest")).start()
 
         if self.state_dir is not None:
             self._write_state(template)
@@ -389,6 +400,8 @@ class LocalStack:
             self._http.server_close()
         for thread in self._threads:
             thread.join(timeout=10)
+        if self.smtp:
+            self.smtp.stop()
         if self._moto:
             self._moto.stop()
 
@@ -399,6 +412,7 @@ class LocalStack:
             f"  API           {self.api_url}   (Swagger UI: {self.api_url}/swagger)",
             f"  AWS (moto)    http://127.0.0.1:{self.moto_port}",
             f"  scheduler     every {self.schedule_seconds:g} s; worker drains the sync queue in-process",
+            *([f"  SMTP relay    127.0.0.1:{self.smtp.port} for *@{self.smtp.domain} (as SES)"] if self.smtp else []),
             "  resources from template.yaml:",
         ]
         shown = {k: os.environ.get(k, v) for k, v in self.resources.items() if not k.startswith("POWERTOOLS")}

@@ -1,4 +1,4 @@
-"""Scheduler function: on each EventBridge tick, enqueue one sync job per due account."""
+"""Scheduler function: on each EventBridge tick, enqueue the due accounts in sync jobs of up to 100 accounts."""
 
 from __future__ import annotations
 

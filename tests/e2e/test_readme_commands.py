@@ -23,7 +23,7 @@ from tests.e2e.conftest import ROOT, Running, base_env, start, stop, wait_for_sy
 README = ROOT / "README.md"
 EVENTS = ROOT / "events"
 # Sample event files are named after the folder of their function (make invoke finds it so).
-EVENT_FUNCTIONS = ("api_", "scheduler", "sync_worker")
+EVENT_FUNCTIONS = ("api_", "scheduler", "sync_worker", "relay_ingest")
 HTTP_STATUS = re.compile(r"^HTTP (\d{3})$", re.MULTILINE)
 
 
@@ -94,6 +94,22 @@ def test_the_banner_shows_the_demo_users_own_token_and_commands(demo: Running, e
     messages = json.loads(answers[-1][1])["messages"]
     assert sorted(m["folder"] for m in messages) == ["inbox", "sent"], messages
     assert "Quarterly report" not in {m["subject"] for m in messages}
+
+
+def test_the_demo_relay_address_takes_mail_sent_with_smtplib(demo: Running, env: dict[str, str]) -> None:
+    # After the banner test, which counts the demo user's inbox: the relayed message joins it.
+    text = banner(demo)
+    token = re.search(r"export TOKEN=(\S+)", text).group(1)
+    address = re.search(r"Relay address of 'demo': (\S+@relay\.localhost)", text).group(1)
+    [send] = [line.strip() for line in demo.output if line.strip().startswith(".venv/bin/python -c")]
+    done = subprocess.run(["bash", "-c", send], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+    status, page = demo.request("GET", "/v1/users/me/messages?folder=inbox", token)
+    assert status == 200, page
+    [relayed] = [m for m in page["messages"] if m["subject"] == "Relayed to the CRM"]
+    assert relayed["detach_reason"] == "relayed" and relayed["relay_verdicts"]["virus"] == "DISABLED"
+    assert demo.request("GET", "/v1/users/me/relay-address", token)[1] == {"address": address}
 
 
 def test_the_quick_start_demo_commands_work_as_written(demo: Running, env: dict[str, str]) -> None:

@@ -171,3 +171,12 @@ def flavoured_account(request: Any, api: ApiCall, monkeypatch: Any, folder_map: 
     else:
         user = request.getfixturevalue("mail_user")
     return connect_account(api, user, folder_map)
+
+
+def per_account(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sync job bodies as one job per account: a group's accounts each, a single-account body as it is."""
+    jobs = []
+    for body in bodies:
+        for tenant, user in body.get("accounts") or [(body["tenant_id"], body["user_id"])]:
+            jobs.append({"tenant_id": tenant, "user_id": user, "reason": body["reason"]})
+    return jobs

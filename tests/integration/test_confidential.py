@@ -204,7 +204,16 @@ def test_tenant_isolation(alice: Account, api, dovecot) -> None:
 def test_tenant_settings_for_admins_only(api, aws) -> None:
     assert api("GET", "/v1/tenant/settings", caller=ALICE).status == 403
     defaults = api("GET", "/v1/tenant/settings", caller=ADMIN).body
-    assert defaults == {"confidential_keywords": ["confidential", "vertrouwelijk"], "confidential_contacts": []}
+    assert defaults == {
+        "confidential_keywords": ["confidential", "vertrouwelijk"],
+        "confidential_contacts": [],
+        "office_hours": {
+            "time_zone": "Europe/Amsterdam",
+            "days": ["mon", "tue", "wed", "thu", "fri"],
+            "start": "07:00",
+            "end": "19:00",
+        },
+    }
     bad = api(
         "PUT", "/v1/tenant/settings", {"confidential_keywords": [], "confidential_contacts": ["nope"]}, caller=ADMIN
     )

@@ -19,6 +19,7 @@ from devstack.lambda_runtime import LambdaContext, load_handler, sqs_event
 from mailsync.sync.planner import jobs as policy
 from tests.conftest import Caller
 from tests.fixtures.hostile_server import HostileServer, Peer, imap_server
+from tests.integration.sync_support import per_account
 
 # The fixtures of the op-failure tests: an account on Dovecot behind a proxy refusing APPEND.
 from tests.integration.test_op_failures import account, plain_text, refusing, send  # noqa: F401
@@ -33,13 +34,14 @@ def tarpit_login(peer: Peer, tag: bytes, args: bytes) -> None:
 
 
 def drain(queue_url: str) -> list[dict]:
+    """The jobs on the queue (removed from it), one per account."""
     sqs = boto3.client("sqs")
     out = []
     while got := sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages"):
         for m in got:
             out.append(json.loads(m["Body"]))
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
-    return out
+    return per_account(out)
 
 
 def sync_event(users: list[str], **job: str) -> dict[str, Any]:
@@ -63,6 +65,9 @@ def tarpit_accounts(api, aws, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("MAILSYNC_ALLOW_PRIVATE_HOSTS", "true")
     monkeypatch.setenv("MAILSYNC_ALLOW_INSECURE", "true")
     monkeypatch.setenv("MAILSYNC_JOB_BUDGET_SECONDS", str(BUDGET))
+    # One account at a time, so that the batch outlasts the Lambda (tests/integration/
+    # test_sync_groups.py runs tarpits concurrently).
+    monkeypatch.setenv("MAILSYNC_WORKER_THREADS", "1")
     get_settings.cache_clear()
     # Deferred jobs become visible at once here, so the test can read them off the queue.
     monkeypatch.setattr(sync_jobs, "DEFERRED_DELAY_SECONDS", 0)

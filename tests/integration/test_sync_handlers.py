@@ -9,19 +9,24 @@ import pytest
 
 from devstack.lambda_runtime import LambdaContext, load_handler, scheduled_event, sqs_event
 from tests.conftest import Caller
-from tests.integration.sync_support import connect_account, days_ago, message
+from tests.integration.sync_support import connect_account, days_ago, message, per_account
 
 
-def queued_jobs(queue_url: str) -> list[dict]:
+def queued_bodies(queue_url: str) -> list[dict]:
+    """Every message on the queue (removed from it), parsed."""
     sqs = boto3.client("sqs")
-    jobs = []
+    bodies = []
     while True:
         got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)
         if not got.get("Messages"):
-            return jobs
+            return bodies
         for m in got["Messages"]:
-            jobs.append(json.loads(m["Body"]))
+            bodies.append(json.loads(m["Body"]))
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+
+
+def queued_jobs(queue_url: str) -> list[dict]:
+    return per_account(queued_bodies(queue_url))
 
 
 def save_settings(api, user_id: str, **overrides) -> None:

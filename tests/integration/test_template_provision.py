@@ -47,6 +47,8 @@ EXPECTED_ENV = {
     "MAILSYNC_CLAIM_ROLE",
     "MAILSYNC_IMAP_TIMEOUT_SECONDS",
     "MAILSYNC_HOST_CONCURRENCY",
+    "MAILSYNC_WORKER_THREADS",
+    "MAILSYNC_SYNC_GROUP_SIZE",
 }
 
 
@@ -80,6 +82,16 @@ def _keys(schema: list[dict[str, str]]) -> dict[str, str]:
 def test_template_globals_declare_the_env_contract(template: dict[str, Any]) -> None:
     variables = template["Globals"]["Function"]["Environment"]["Variables"]
     assert set(variables) == EXPECTED_ENV
+
+
+def test_the_templates_worker_defaults_are_the_settings_defaults(template: dict[str, Any]) -> None:
+    # Deployed and local runs (and the throughput bench's model) size the worker alike.
+    from mailsync.config import Settings
+
+    fields = Settings.model_fields
+    parameters = template["Parameters"]
+    assert parameters["WorkerThreads"]["Default"] == fields["worker_threads"].default
+    assert parameters["SyncGroupSize"]["Default"] == fields["sync_group_size"].default
 
 
 # --------------------------------------------------------------------------- mock_aws

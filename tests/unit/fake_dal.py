@@ -36,9 +36,11 @@ from mailsync.domain import (
     Account,
     Address,
     Change,
+    DueAccount,
     Location,
     Message,
     OAuthConsent,
+    OfficeHours,
     Op,
     SyncState,
     TenantSettings,
@@ -55,6 +57,7 @@ NOT_IMPLEMENTED = frozenset(
         "acquire_host_slot",
         "aged_out",
         "count_attempt",
+        "create_relay_address",  # relay addresses and relayed mail: tests/integration/test_relay.py (moto)
         "drop",
         "find_locations",
         "finish_op",
@@ -62,10 +65,14 @@ NOT_IMPLEMENTED = frozenset(
         "give_back_lease",
         "idempotency_store",  # Powertools Idempotency on its own table: the POST path is an integration test
         "ids_for_match_key",
+        "relay_address_of",
+        "relay_user",
         "relink",
         "release_host_slot",
         "save_checkpoint",
+        "rotate_relay_address",
         "set_flags",
+        "store_relayed",
         "take_lease",
     }
 )
@@ -141,6 +148,7 @@ class FakeDal:
     messages: dict[str, Message] = field(default_factory=dict)
     locations: dict[tuple[str, str, str, int, int], Location] = field(default_factory=dict)
     tenants: dict[str, TenantSettings] = field(default_factory=dict)
+    office_hours: dict[str, OfficeHours] = field(default_factory=dict)
     threads: dict[tuple[str, str, str], ThreadMark] = field(default_factory=dict)
     consents: dict[str, OAuthConsent] = field(default_factory=dict)
 
@@ -206,13 +214,22 @@ class FakeDal:
     def delete_account(self, tenant_id: str, user_id: str) -> None:
         self.accounts.pop((tenant_id, user_id), None)
 
-    def due_accounts(self, shard: int, now: int, limit: int | None = None) -> Iterator[tuple[str, str]]:
+    def due_accounts(self, shard: int, now: int, limit: int | None = None) -> Iterator[DueAccount]:
         due = sorted(
             (a for a in self.accounts.values() if a.due_shard == shard and a.next_sync_at is not None),
             key=lambda a: a.next_sync_at or 0,
         )
-        found = [(a.tenant_id, a.user_id) for a in due if (a.next_sync_at or 0) <= now]
+        found = [
+            DueAccount(a.tenant_id, a.user_id, a.next_sync_at or 0, a.last_activity_at)
+            for a in due
+            if (a.next_sync_at or 0) <= now
+        ]
         yield from found[:limit] if limit is not None else found
+
+    def record_activity(self, tenant_id: str, user_id: str, at: int) -> None:
+        key = (tenant_id, user_id)
+        if key in self.accounts:
+            self.accounts[key] = dataclasses.replace(self.accounts[key], last_activity_at=at)
 
     # --- sync state -------------------------------------------------------------------------
 
@@ -351,6 +368,13 @@ class FakeDal:
         self.tenants[tenant_id] = saved
         return saved
 
+    def get_office_hours(self, tenant_id: str) -> OfficeHours | None:
+        return self.office_hours.get(tenant_id)
+
+    def save_office_hours(self, tenant_id: str, hours: OfficeHours) -> OfficeHours:
+        self.office_hours[tenant_id] = hours
+        return hours
+
     def thread_marks(self, tenant_id: str, user_id: str, thread_ids: Iterable[str]) -> dict[str, ThreadMark]:
         found = {t: self.threads.get((tenant_id, user_id, t)) for t in set(thread_ids)}
         return {t: mark for t, mark in found.items() if mark is not None}
@@ -388,6 +412,9 @@ class FakeDal:
         ]
         page, next_cursor = _page(wanted, ["contact", tenant_id, address], limit, cursor)
         return [m.id for m in page], next_cursor
+
+    def open_connections(self) -> None:
+        """Nothing to open in memory."""
 
     # --- what the fake provides -------------------------------------------------------------
 
@@ -461,7 +488,12 @@ class FakeQueue:
         return failed
 
     def jobs(self) -> list[tuple[str, str, str]]:
-        return [(body["tenant_id"], body["user_id"], body["reason"]) for body, _ in self.sent]
+        """One entry per account: a group's accounts each, a single-account body as itself."""
+        out = []
+        for body, _ in self.sent:
+            accounts = body.get("accounts") or [(body["tenant_id"], body["user_id"])]
+            out.extend((tenant, user, body["reason"]) for tenant, user in accounts)
+        return out
 
 
 @dataclass

@@ -73,6 +73,8 @@ def test_a_saved_map_makes_a_due_account_sync_now(fake_dal: Fakes, logins: list[
     # Then it is stored, read back as saved, and the account is due now.
     assert out.saved and folder_maps.get_folder_map(ALICE, "me").folders == {"inbox": "INBOX", "archive": "Archive"}
     assert fake_dal.dal.get_account("acme", "alice").next_sync_at == 0  # type: ignore[union-attr]
+    # and active: polled at every tick for a while, at any hour (adaptive polling).
+    assert fake_dal.dal.get_account("acme", "alice").last_activity_at == int(out.updated_at.timestamp())  # type: ignore[union-attr]
 
 
 def test_a_saved_map_leaves_an_account_off_the_schedule_alone(fake_dal: Fakes, logins: list[ServerParams]) -> None:

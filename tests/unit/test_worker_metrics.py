@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from devstack.lambda_runtime import LambdaContext, load_handler, sqs_event
+from mailsync import dal
 from mailsync.observability import InvocationMetrics, metrics, spread
 from mailsync.services import sync_jobs
 from mailsync.sync.engine import SyncOutcome
@@ -34,6 +35,7 @@ def invoke(results: list[sync_jobs.JobResult], monkeypatch: pytest.MonkeyPatch) 
     by_user = {f"user{i}": result for i, result in enumerate(results)}
     fake: Callable[..., sync_jobs.JobResult] = lambda job, **_: by_user[job.user_id]  # noqa: E731
     monkeypatch.setattr(sync_jobs, "run_job", fake)
+    monkeypatch.setattr(dal, "open_connections", lambda: None)  # no DynamoDB in this test
     records = [
         {"MessageId": user, "ReceiptHandle": user, "Body": json.dumps({"tenant_id": "acme", "user_id": user})}
         for user in by_user

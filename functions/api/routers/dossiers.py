@@ -1,4 +1,4 @@
-"""/v1/contacts/{address}/messages (the dossier) and /v1/tenant/settings (privacy settings)."""
+"""/v1/contacts/{address}/messages (the dossier) and /v1/tenant/settings (privacy settings, office hours)."""
 
 from __future__ import annotations
 
@@ -33,11 +33,18 @@ def contact_messages(
     return messages.contact_messages(principal, address, limit, cursor)
 
 
-@router.get("/tenant/settings", tags=["Tenant"], summary="Privacy settings (admins)", responses=responses())
+@router.get(
+    "/tenant/settings", tags=["Tenant"], summary="Privacy settings and office hours (admins)", responses=responses()
+)
 def get_tenant_settings(principal: CurrentPrincipal) -> TenantSettingsOut:
     return confidentiality.get_tenant_settings(principal)
 
 
-@router.put("/tenant/settings", tags=["Tenant"], summary="Change privacy settings (admins)", responses=responses())
+@router.put(
+    "/tenant/settings",
+    tags=["Tenant"],
+    summary="Change privacy settings and office hours (admins)",
+    responses=responses(),
+)
 def put_tenant_settings(principal: CurrentPrincipal, body: Annotated[TenantSettingsIn, Body()]) -> TenantSettingsOut:
     return confidentiality.put_tenant_settings(principal, body)

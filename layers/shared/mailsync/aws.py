@@ -1,22 +1,44 @@
-"""boto3 clients, created once per process (Lambda reuses them across invocations)."""
+"""boto3 clients, created once per process (Lambda reuses them across invocations).
+
+The sync worker uses them from many threads at once. A botocore client is safe to share once it
+exists, but creating one is not (and costs tens of milliseconds of CPU), so creation is
+serialised and each service gets exactly one client.
+"""
 
 from __future__ import annotations
 
-from functools import cache
+import threading
 from typing import Any
 
 import boto3
 from botocore.config import Config
 
-_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=20)
+# A pool per client larger than the worker's threads plus a job's parallel S3 uploads: a full
+# pool opens throwaway connections (and urllib3 warns about each).
+MAX_POOL_CONNECTIONS = 64
+_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 5},
+    connect_timeout=5,
+    read_timeout=20,
+    max_pool_connections=MAX_POOL_CONNECTIONS,
+)
+
+_clients: dict[str, Any] = {}
+_lock = threading.Lock()
 
 
-@cache
 def client(service: str) -> Any:
     """A shared client; honours AWS_ENDPOINT_URL so the local stack reaches moto."""
-    return boto3.session.Session().client(service, config=_CONFIG)
+    found = _clients.get(service)
+    if found is not None:
+        return found
+    with _lock:
+        if service not in _clients:
+            _clients[service] = boto3.session.Session().client(service, config=_CONFIG)
+        return _clients[service]
 
 
 def reset_clients() -> None:
     """Forget cached clients (tests switch endpoints and mocks)."""
-    client.cache_clear()
+    with _lock:
+        _clients.clear()

@@ -33,6 +33,14 @@ class Settings(BaseSettings):
     host_concurrency: int = Field(default=5, ge=1)
     # Scheduler: accounts spread over this many due-index partitions (one Query each per tick).
     due_shards: int = Field(default=16, ge=1, le=1000)
+    # Fan-out: one sync job (SQS message) carries up to this many accounts of one due shard.
+    sync_group_size: int = Field(default=100, ge=1, le=500)
+    # Worker: accounts synced at once in one invocation. A poll mostly waits on the network, so
+    # 16 threads keep one vCPU busy; each thread may hold a batch of mail in memory.
+    worker_threads: int = Field(default=16, ge=1, le=64)
+    # The scheduler's EventBridge expression (template ScheduleRate): outside office hours an
+    # account is polled on its slot of these ticks (sync.planner.polling).
+    schedule_rate: str = Field(default="rate(1 minute)", max_length=200)
     claim_user: str = "sub"
     claim_tenant: str = "tenant_id"
     claim_role: str = "role"
@@ -48,6 +56,8 @@ class Settings(BaseSettings):
     # Servers without CONDSTORE (Courier, Exchange) show a flag change nowhere in STATUS: their
     # full flag scan runs when STATUS changed, else at most this often (0: every sync).
     flag_scan_minutes: float = Field(default=15.0, ge=0, le=1440)
+    # The domain of the per-user relay addresses (SES receives its mail); empty: no relay.
+    relay_domain: str = ""
     # Swagger UI keeps a pasted token in the browser's localStorage: the local stack only.
     swagger_persist_authorization: bool = False
     # OAuth2 mailboxes (Google, Microsoft). Client ids are public; the client secrets (and the key

@@ -54,6 +54,9 @@ class Account:
     folder_map_updated_at: datetime | None = None
     due_shard: int | None = None
     next_sync_at: int | None = None
+    # Epoch seconds of the account's last change (a user's edit, a sync that changed something):
+    # a recently active account is polled every tick even outside office hours.
+    last_activity_at: int | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
     # How the mailbox logs in: "password", or "oauth2" with a refresh token from ``provider``'s
@@ -67,6 +70,28 @@ class Account:
     def mapped_folders(self) -> dict[str, str]:
         """CRM folder -> server folder; before a map is saved, INBOX alone is synced."""
         return dict(self.folder_map) if self.folder_map is not None else dict(INBOX_ONLY)
+
+
+@dataclass(frozen=True)
+class RelayVerdicts:
+    """SES's verdicts on a relayed message, as SES words them: ``PASS``, ``FAIL``, ``GRAY``,
+    ``PROCESSING_FAILED`` or ``DISABLED`` (None: not reported)."""
+
+    spam: str | None = None
+    virus: str | None = None
+    spf: str | None = None
+    dkim: str | None = None
+    dmarc: str | None = None
+
+
+@dataclass(frozen=True)
+class DueAccount:
+    """An account whose next sync time has come, as the due index returns it at a tick."""
+
+    tenant_id: str
+    user_id: str
+    next_sync_at: int = 0  # above 0: the end of a failure backoff
+    last_activity_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +142,8 @@ class Message:
     confidential_reasons: tuple[str, ...] = ()
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    # SES's findings on a message that came in through the relay address (None: it did not).
+    relay_verdicts: RelayVerdicts | None = None
 
     def dossier_addresses(self) -> list[str]:
         """Addresses whose dossier this message belongs to: From, To and Cc."""
@@ -198,6 +225,23 @@ class TenantSettings:
 
     confidential_keywords: tuple[str, ...] | None = None
     confidential_contacts: tuple[str, ...] = ()
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index: ``datetime.weekday()``
+
+
+@dataclass(frozen=True)
+class OfficeHours:
+    """A tenant's office hours: when its accounts are polled every tick (README "Scheduling").
+
+    ``start``/``end`` are local wall-clock times ``HH:MM`` in ``time_zone`` (IANA); an ``end``
+    at or before ``start`` runs past midnight into the next day, and ``end == start`` is 24 hours.
+    A window belongs to the day it starts on: ``days`` lists those days."""
+
+    time_zone: str = "Europe/Amsterdam"
+    days: tuple[str, ...] = WEEKDAYS[:5]
+    start: str = "07:00"
+    end: str = "19:00"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
+from mailsync.domain import WEEKDAYS, OfficeHours
+from mailsync.sync.planner.polling import TIME_OF_DAY, known_time_zones
+
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 Security = Literal["ssl", "starttls", "none"]
@@ -195,6 +198,16 @@ class AttachmentOut(BaseModel):
     size: int
 
 
+class RelayVerdictsOut(BaseModel):
+    """SES's verdicts: `PASS`, `FAIL`, `GRAY`, `PROCESSING_FAILED` or `DISABLED` (null: not reported)."""
+
+    spam: str | None = None
+    virus: str | None = None
+    spf: str | None = None
+    dkim: str | None = None
+    dmarc: str | None = None
+
+
 class MessageOut(BaseModel):
     id: str = Field(description="Our stable id: it survives moves between mapped folders and UIDVALIDITY resets")
     user_id: str
@@ -221,7 +234,9 @@ class MessageOut(BaseModel):
     attachments: list[AttachmentOut]
     participants: list[str]
     state: Literal["synced", "detached"]
-    detach_reason: Literal["removed", "moved_unmapped", "aged_out"] | None = None
+    detach_reason: Literal["removed", "moved_unmapped", "aged_out", "relayed"] | None = Field(
+        default=None, description="`relayed`: it came in through the relay address and is on no mail server (yet)"
+    )
     sync_state: Literal["synced", "pending", "failed"] = Field(
         description="`pending` while a change made in the CRM has not reached the mail server yet; "
         "`failed` when the last one could not be applied (`last_op_error` says why)"
@@ -233,6 +248,9 @@ class MessageOut(BaseModel):
     )
     too_large: bool = Field(
         default=False, description="Over the size cap: only the headers were stored (the raw copy is the headers)"
+    )
+    relay_verdicts: RelayVerdictsOut | None = Field(
+        default=None, description="What SES found, for a message that came in through the relay address"
     )
 
     model_config = ConfigDict(populate_by_name=True)
@@ -311,6 +329,54 @@ MAX_CONTACTS_BYTES = 300_000
 MAX_KEYWORDS_BYTES = 50_000
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_DEFAULT_HOURS = OfficeHours()
+
+
+class OfficeHoursBody(BaseModel):
+    """When the tenant's mailboxes are polled every minute; outside these hours every 15 minutes
+    (a mailbox that changed in the last 30 minutes stays on every minute)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    time_zone: str = Field(
+        default=_DEFAULT_HOURS.time_zone, max_length=64, description="IANA time zone, e.g. Europe/Amsterdam"
+    )
+    days: list[Weekday] = Field(
+        default=list(_DEFAULT_HOURS.days),
+        max_length=7,
+        description="The days whose office hours start on them (an empty list: never office hours)",
+    )
+    start: str = Field(default=_DEFAULT_HOURS.start, pattern=TIME_OF_DAY.pattern, description="Local time HH:MM")
+    end: str = Field(
+        default=_DEFAULT_HOURS.end,
+        pattern=TIME_OF_DAY.pattern,
+        description="Local time HH:MM, exclusive; at or before `start`: the hours run past midnight "
+        "(equal to `start`: the whole day)",
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        if value not in known_time_zones():
+            raise ValueError("must be an IANA time zone name, such as Europe/Amsterdam")
+        return value
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("each day at most once")
+        return sorted(value, key=WEEKDAYS.index)
+
+    def to_domain(self) -> OfficeHours:
+        return OfficeHours(time_zone=self.time_zone, days=tuple(self.days), start=self.start, end=self.end)
+
+    @classmethod
+    def of(cls, hours: OfficeHours) -> OfficeHoursBody:
+        return cls.model_construct(time_zone=hours.time_zone, days=list(hours.days), start=hours.start, end=hours.end)
+
+
 class TenantSettingsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -322,6 +388,9 @@ class TenantSettingsIn(BaseModel):
         max_length=5000,
         description="E-mail addresses: mail from (incoming) or to (outgoing) them is confidential "
         f"(at most {MAX_CONTACTS_BYTES:,} bytes of UTF-8 in all)",
+    )
+    office_hours: OfficeHoursBody | None = Field(
+        default=None, description="Omitted: the saved office hours stay; a field omitted inside: its default"
     )
 
     @field_validator("confidential_keywords", "confidential_contacts")
@@ -339,6 +408,7 @@ class TenantSettingsIn(BaseModel):
 class TenantSettingsOut(BaseModel):
     confidential_keywords: list[str]
     confidential_contacts: list[str]
+    office_hours: OfficeHoursBody = Field(description="As saved, or the defaults")
 
 
 class DossierMessageOut(MessageOut):
@@ -348,6 +418,12 @@ class DossierMessageOut(MessageOut):
 class DossierPageOut(BaseModel):
     messages: list[DossierMessageOut]
     next_cursor: str | None
+
+
+class RelayAddressOut(BaseModel):
+    address: str = Field(
+        description="Mail to this address lands in the user's CRM folder `inbox` (point Exchange's relay/forward here)"
+    )
 
 
 class OAuthStartIn(BaseModel):

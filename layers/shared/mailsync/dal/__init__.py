@@ -1,8 +1,8 @@
 """All DynamoDB access, behind domain values (``mailsync.domain``) in and out.
 
 Two tables. The accounts table holds one item per CRM user (settings, folder map, status,
-due time) and one per tenant (privacy settings). The messages table is a single-table design
-keyed by ``pk``/``sk``:
+due time, last activity) and two per tenant (privacy settings; office hours). The messages
+table is a single-table design keyed by ``pk``/``sk``:
 
 ==========================  =======================================  ============================
 item                        pk                                       sk
@@ -16,6 +16,8 @@ pending CRM change (op)     ``A#{t}#{u}#OPS``                        ``{sequence
 thread mark / member        ``A#{t}#{u}#T#{thread}``                 ``THREAD`` / ``M#{id}``
 dossier entry               ``C#{t}#{address}``                      ``{internal date}#{id}``
 mail-host slot              ``H#{host}``                             ``{slot}``
+relay address -> user       ``R#{local part}``                       ``RELAY``
+user -> relay address       ``A#{t}#{u}``                            ``RELAY``
 ==========================  =======================================  ============================
 
 Messages are listed newest first through ``gsi1`` (account) and ``gsi2`` (account + CRM folder),
@@ -25,9 +27,17 @@ Table names are read from the settings on use: nothing binds them.
 
 """
 
+from mailsync.dal._connections import open_connections
 from mailsync.dal._consents import save_consent, take_consent
 from mailsync.dal._keys import BadCursor
 from mailsync.dal._models import utcnow
+from mailsync.dal._relay import (
+    create_relay_address,
+    relay_address_of,
+    relay_user,
+    rotate_relay_address,
+    store_relayed,
+)
 from mailsync.dal._store import (
     Unstorable,
     account_exists,
@@ -50,6 +60,7 @@ from mailsync.dal._store import (
     folder_locations,
     forget_sync_state,
     get_account,
+    get_office_hours,
     get_sync_state,
     get_tenant_settings,
     give_back_lease,
@@ -59,10 +70,12 @@ from mailsync.dal._store import (
     mark_threads,
     ops_waiting,
     put_accounts,
+    record_activity,
     record_changes,
     release_host_slot,
     relink,
     save_checkpoint,
+    save_office_hours,
     save_tenant_settings,
     set_confidential,
     set_flags,
@@ -86,6 +99,7 @@ __all__ = [
     "count_locations",
     "create_account",
     "create_outgoing",
+    "create_relay_address",
     "delete_account",
     "detach",
     "drop",
@@ -98,6 +112,7 @@ __all__ = [
     "folder_locations",
     "forget_sync_state",
     "get_account",
+    "get_office_hours",
     "get_sync_state",
     "get_tenant_settings",
     "give_back_lease",
@@ -105,17 +120,24 @@ __all__ = [
     "ids_for_match_key",
     "list_messages",
     "mark_threads",
+    "open_connections",
     "ops_waiting",
     "put_accounts",
+    "record_activity",
     "record_changes",
+    "relay_address_of",
+    "relay_user",
     "release_host_slot",
     "relink",
+    "rotate_relay_address",
     "save_checkpoint",
     "save_consent",
+    "save_office_hours",
     "save_tenant_settings",
     "set_confidential",
     "set_flags",
     "store_new_messages",
+    "store_relayed",
     "take_consent",
     "take_lease",
     "thread_marks",

@@ -161,6 +161,7 @@ def account_from(item: AccountModel) -> Account:
         folder_map_updated_at=item.folder_map_updated_at,
         due_shard=_plain(item.due_shard),
         next_sync_at=_plain(item.next_sync_at),
+        last_activity_at=_plain(item.last_activity_at),
         created_at=item.created_at,
         updated_at=item.updated_at,
         auth=item.auth or "password",

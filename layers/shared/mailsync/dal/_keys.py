@@ -90,6 +90,13 @@ def host_slot_sk(index: int) -> str:
     return f"{index:03d}"
 
 
+RELAY_SK = "RELAY"
+
+
+def relay_address_pk(local_part: str) -> str:
+    return f"R#{local_part.lower()}"
+
+
 # --- cursors: a page's last key, opaque to the API's clients ------------------------------------
 
 # The key attributes a page can end on, per listing: the table's key plus the index's key.

@@ -19,12 +19,12 @@ from pynamodb.attributes import (
     UnicodeAttribute,
     UTCDateTimeAttribute,
 )
-from pynamodb.constants import LIST
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
+from pynamodb.constants import LIST, MAP
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
 from mailsync.config import get_settings
-from mailsync.domain import Address, Attachment, dossier_addresses
+from mailsync.domain import Address, Attachment, RelayVerdicts, dossier_addresses
 
 
 def utcnow() -> datetime:
@@ -45,6 +45,8 @@ class _Timeouts:
     # Every DynamoDB call of ours is bounded: a slow request must not eat a Lambda's time.
     connect_timeout_seconds = 5
     read_timeout_seconds = 20
+    # The sync worker's threads share each model's client (see ``_connections``).
+    max_pool_connections = 64
 
 
 class _AccountsTable(_Timeouts, metaclass=_SettingsTable):
@@ -61,11 +63,12 @@ class _MessagesTable(_Timeouts, metaclass=_SettingsTable):
 
 
 class DueIndex(GlobalSecondaryIndex):
-    """Sparse: only accounts that should be synced carry ``due_shard``."""
+    """Sparse: only accounts that should be synced carry ``due_shard``. Besides the keys it carries
+    ``last_activity_at``, which the scheduler's polling decision needs (``planner.polling``)."""
 
     class Meta:
         index_name = "due-index"
-        projection = KeysOnlyProjection()
+        projection = IncludeProjection(["last_activity_at"])
 
     due_shard = NumberAttribute(hash_key=True)
     next_sync_at = NumberAttribute(range_key=True)
@@ -96,6 +99,7 @@ class AccountModel(Model):
     folder_map_updated_at = UTCDateTimeAttribute(null=True)
     due_shard = NumberAttribute(null=True)
     next_sync_at = NumberAttribute(null=True)
+    last_activity_at = NumberAttribute(null=True)
     created_at = UTCDateTimeAttribute(default_for_new=utcnow)
     updated_at = UTCDateTimeAttribute(default=utcnow)
     auth = UnicodeAttribute(default="password")
@@ -123,6 +127,25 @@ class TenantSettingsModel(Model):
     user_id = UnicodeAttribute(range_key=True, default=TENANT_SETTINGS_USER)
     confidential_keywords = ListAttribute(of=UnicodeAttribute, null=True)
     confidential_contacts = ListAttribute(of=UnicodeAttribute, null=True)
+    updated_at = UTCDateTimeAttribute(default=utcnow)
+
+
+OFFICE_HOURS_USER = "#office_hours"
+
+
+class OfficeHoursModel(Model):
+    """A tenant's office hours (``domain.OfficeHours``), in an item of their own: the scheduler
+    reads them every tick, and a read costs by the item's size (the privacy settings may fill
+    hundreds of KB)."""
+
+    Meta = _AccountsTable
+
+    tenant_id = UnicodeAttribute(hash_key=True)
+    user_id = UnicodeAttribute(range_key=True, default=OFFICE_HOURS_USER)
+    time_zone = UnicodeAttribute()
+    days = ListAttribute(of=UnicodeAttribute)
+    start = UnicodeAttribute()
+    end = UnicodeAttribute()
     updated_at = UTCDateTimeAttribute(default=utcnow)
 
 
@@ -182,6 +205,21 @@ class AttachmentList(Attribute[list[Attachment]]):
                 )
             )
         return out
+
+
+class VerdictsAttribute(Attribute[RelayVerdicts]):
+    """``domain.RelayVerdicts``, stored as a map of the verdicts SES reported."""
+
+    attr_type = MAP
+
+    def serialize(self, value: Any) -> dict[str, Any]:
+        return {name: {"S": text} for name, text in vars(value).items() if text is not None}
+
+    def deserialize(self, value: Any) -> RelayVerdicts:
+        return RelayVerdicts(**{name: entry["S"] for name, entry in value.items() if name in _VERDICTS})
+
+
+_VERDICTS = frozenset(vars(RelayVerdicts()))
 
 
 class AccountIndex(GlobalSecondaryIndex):
@@ -260,6 +298,7 @@ class MessageModel(_Item):
     confidential_reasons = ListAttribute(of=UnicodeAttribute, default=list)
     created_at = UTCDateTimeAttribute(default_for_new=utcnow)
     updated_at = UTCDateTimeAttribute(default=utcnow)
+    relay_verdicts = VerdictsAttribute(null=True)
 
     def dossier_addresses(self) -> list[str]:
         """Addresses whose dossier this message belongs to: From, To and Cc."""
@@ -351,3 +390,13 @@ class OpModel(_Item):
 class HostSlotModel(_Item):
     owner = UnicodeAttribute(null=True)
     expires = NumberAttribute(default=0)
+
+
+class RelayAddressModel(_Item):
+    """A relay address: under ``R#{address}`` who it belongs to (the direct lookup of incoming
+    mail), and under the user's ``A#{t}#{u}`` / ``RELAY`` which address is theirs now."""
+
+    tenant_id = UnicodeAttribute()
+    user_id = UnicodeAttribute()
+    address = UnicodeAttribute()
+    created_at = UTCDateTimeAttribute(default_for_new=utcnow)

@@ -40,6 +40,7 @@ from mailsync.dal._items import (
     write_new_messages,
 )
 from mailsync.dal._models import (
+    OFFICE_HOURS_USER,
     TENANT_SETTINGS_USER,
     AccountModel,
     ContactIndexModel,
@@ -47,6 +48,7 @@ from mailsync.dal._models import (
     LocationModel,
     MatchKeyModel,
     MessageModel,
+    OfficeHoursModel,
     OpModel,
     SyncStateModel,
     TenantSettingsModel,
@@ -55,7 +57,18 @@ from mailsync.dal._models import (
     WindowModel,
     utcnow,
 )
-from mailsync.domain import Account, Change, Location, Message, Op, SyncState, TenantSettings, ThreadMark
+from mailsync.domain import (
+    Account,
+    Change,
+    DueAccount,
+    Location,
+    Message,
+    OfficeHours,
+    Op,
+    SyncState,
+    TenantSettings,
+    ThreadMark,
+)
 from mailsync.errors import NotFound
 
 # --- accounts --------------------------------------------------------------------------------------
@@ -150,10 +163,25 @@ def delete_account(tenant_id: str, user_id: str) -> None:
     AccountModel(tenant_id, user_id).delete()
 
 
-def due_accounts(shard: int, now: int, limit: int | None = None) -> Iterator[tuple[str, str]]:
-    """(tenant, user) of accounts in ``shard`` whose next sync time has come."""
+def due_accounts(shard: int, now: int, limit: int | None = None) -> Iterator[DueAccount]:
+    """The accounts in ``shard`` whose next sync time has come, with what the polling rule needs."""
     for item in AccountModel.due.query(shard, AccountModel.next_sync_at <= now, limit=limit):
-        yield item.tenant_id, item.user_id
+        active = item.last_activity_at
+        yield DueAccount(
+            item.tenant_id, item.user_id, int(item.next_sync_at or 0), None if active is None else int(active)
+        )
+
+
+def record_activity(tenant_id: str, user_id: str, at: int) -> None:
+    """Remember that the account changed at ``at`` (epoch seconds) for the polling rule; nothing
+    else of the account is touched, and a deleted account stays deleted."""
+    try:
+        AccountModel(tenant_id, user_id).update(
+            actions=[AccountModel.last_activity_at.set(at)], condition=AccountModel.user_id.exists()
+        )
+    except UpdateError as exc:
+        if not conditional_failure(exc):
+            raise
 
 
 def acquire_host_slot(host: str, owner: str, slots: int, seconds: int) -> str | None:
@@ -225,7 +253,10 @@ def take_lease(tenant_id: str, user_id: str, owner: str, seconds: int, **fields:
 
 def save_checkpoint(tenant_id: str, user_id: str, owner: str, **fields: Any) -> None:
     """(sync core) Checkpoint while holding the lease (``fields``: ``SyncState`` attributes,
-    ``folders`` whole); fails if the lease was lost."""
+    ``folders`` whole); fails if the lease was lost. ``has_detached`` only ever turns on: mail
+    relayed while the sync ran sets it, and the sync's older copy must not turn it off."""
+    if not fields.get("has_detached", True):
+        fields = {name: value for name, value in fields.items() if name != "has_detached"}
     state_key(tenant_id, user_id).update(
         actions=set_actions(SyncStateModel, fields), condition=SyncStateModel.lease_owner == owner
     )
@@ -420,6 +451,22 @@ def save_tenant_settings(tenant_id: str, keywords: list[str], contacts: list[str
         tenant_id, TENANT_SETTINGS_USER, confidential_keywords=keywords, confidential_contacts=contacts
     ).save()
     return TenantSettings(confidential_keywords=tuple(keywords), confidential_contacts=tuple(contacts))
+
+
+def get_office_hours(tenant_id: str) -> OfficeHours | None:
+    """The tenant's saved office hours; None: never saved (the defaults apply)."""
+    try:
+        item = OfficeHoursModel.get(tenant_id, OFFICE_HOURS_USER)
+    except DoesNotExist:
+        return None
+    return OfficeHours(time_zone=item.time_zone, days=tuple(item.days), start=item.start, end=item.end)
+
+
+def save_office_hours(tenant_id: str, hours: OfficeHours) -> OfficeHours:
+    OfficeHoursModel(
+        tenant_id, OFFICE_HOURS_USER, time_zone=hours.time_zone, days=list(hours.days), start=hours.start, end=hours.end
+    ).save()
+    return hours
 
 
 def thread_marks(tenant_id: str, user_id: str, thread_ids: Iterable[str]) -> dict[str, ThreadMark]:

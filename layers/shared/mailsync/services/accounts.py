@@ -148,7 +148,9 @@ def put_settings(principal: Principal, user_id: str, body: MailSettingsIn) -> tu
     if account is None:
         values.update(status="pending", last_error=None, settings_version=1)
         values.update(
-            scheduling.due_fields(target.tenant_id, target.user_id, body.fetch_enabled, "pending", body.protocol)
+            scheduling.due_fields(
+                target.tenant_id, target.user_id, body.fetch_enabled, "pending", body.protocol, active=True
+            )
         )
         if not body.fetch_enabled:
             values["status"] = "disabled"
@@ -168,7 +170,9 @@ def put_settings(principal: Principal, user_id: str, body: MailSettingsIn) -> tu
             status = "pending"
         values["status"] = status
         values.update(
-            scheduling.due_fields(target.tenant_id, target.user_id, body.fetch_enabled, status, body.protocol)
+            scheduling.due_fields(
+                target.tenant_id, target.user_id, body.fetch_enabled, status, body.protocol, active=True
+            )
         )
         # Conditional on what was read: the password check above held for that version only. A
         # concurrent PUT of another server with its password (or a DELETE) in between would

@@ -1,4 +1,5 @@
-"""Applying the privacy rules: classifying new messages, the owner's thread decision, tenant settings."""
+"""Applying the privacy rules: classifying new messages, the owner's thread decision, tenant
+settings (with the office hours the scheduler polls by, ``services.scheduling``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from mailsync.domain import Account, Message
 from mailsync.errors import Forbidden
 from mailsync.identity import Principal
 from mailsync.privacy import TenantRules
-from mailsync.schemas import TenantSettingsIn, TenantSettingsOut
+from mailsync.schemas import OfficeHoursBody, TenantSettingsIn, TenantSettingsOut
+from mailsync.services import scheduling
 
 
 def tenant_rules(tenant_id: str) -> TenantRules:
@@ -50,7 +52,11 @@ def _require_admin(principal: Principal) -> None:
 def get_tenant_settings(principal: Principal) -> TenantSettingsOut:
     _require_admin(principal)
     rules = tenant_rules(principal.tenant_id)
-    return TenantSettingsOut(confidential_keywords=list(rules.keywords), confidential_contacts=sorted(rules.contacts))
+    return TenantSettingsOut(
+        confidential_keywords=list(rules.keywords),
+        confidential_contacts=sorted(rules.contacts),
+        office_hours=OfficeHoursBody.of(scheduling.office_hours(principal.tenant_id)),
+    )
 
 
 def put_tenant_settings(principal: Principal, body: TenantSettingsIn) -> TenantSettingsOut:
@@ -58,4 +64,10 @@ def put_tenant_settings(principal: Principal, body: TenantSettingsIn) -> TenantS
     keywords = list(dict.fromkeys(k.strip() for k in body.confidential_keywords if k.strip()))
     contacts = sorted({str(c).lower() for c in body.confidential_contacts})
     dal.save_tenant_settings(principal.tenant_id, keywords, contacts)
-    return TenantSettingsOut(confidential_keywords=keywords, confidential_contacts=contacts)
+    if body.office_hours is not None:
+        hours = dal.save_office_hours(principal.tenant_id, body.office_hours.to_domain())
+    else:
+        hours = scheduling.office_hours(principal.tenant_id)
+    return TenantSettingsOut(
+        confidential_keywords=keywords, confidential_contacts=contacts, office_hours=OfficeHoursBody.of(hours)
+    )

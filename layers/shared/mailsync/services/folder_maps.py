@@ -68,6 +68,7 @@ def put_folder_map(principal: Principal, user_id: str, folder_map: dict[str, str
     now = dal.utcnow()
     fields: dict = {"folder_map": clean, "folder_map_updated_at": now}
     if account.due_shard is not None:
-        fields["next_sync_at"] = 0  # a new map is worth syncing now, not at the next due time
+        # A new map is worth syncing now, not at the next due time (nor the next quiet-hours slot).
+        fields.update(next_sync_at=0, last_activity_at=int(now.timestamp()))
     dal.update_account(account, fields)
     return FolderMapOut(folders=clean, saved=True, updated_at=now)

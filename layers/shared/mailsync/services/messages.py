@@ -91,6 +91,7 @@ def to_out(message: Message) -> MessageOut:
             "last_op_error": message.last_op_error,
             "metadata_truncated": message.metadata_truncated,
             "too_large": message.too_large,
+            "relay_verdicts": vars(message.relay_verdicts) if message.relay_verdicts is not None else None,
         }
     )
 

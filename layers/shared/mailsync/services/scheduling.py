@@ -6,6 +6,11 @@ The sparse GSI ``due-index`` (due_shard, next_sync_at) holds only those accounts
 costs one Query per shard over the due accounts' keys, never a scan of the table. Accounts
 with fetch disabled or in ``auth_failed`` have no ``due_shard`` and cost nothing. A failing
 account backs off by moving its ``next_sync_at`` into the future.
+
+Of the accounts the index returns, the tick polls those that ``sync.planner.polling`` picks:
+all during their tenant's office hours (read once per tenant per tick), recently active ones
+(``last_activity_at``, projected into the index) at any hour, the others on their slot of the
+quiet interval. Nothing is written per poll: activity is recorded only with a change.
 """
 
 from __future__ import annotations
@@ -13,18 +18,29 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 from mailsync import dal, queue
 from mailsync.config import get_settings
+from mailsync.domain import Account, DueAccount, OfficeHours
 from mailsync.observability import logger
+from mailsync.sync.planner import polling
+from mailsync.sync.planner.polling import Poll
+
+if TYPE_CHECKING:
+    from mailsync.sync.engine import SyncOutcome
 
 NOT_DUE_STATUSES = frozenset({"auth_failed", "reauth_required", "disabled"})
 MAX_BACKOFF_SECONDS = 3600
 SYNCED_PROTOCOLS = frozenset({"imap"})
+# SQS's limit on the bodies of one SendMessageBatch (and on one message).
+BATCH_PAYLOAD_BYTES = 256 * 1024
 
 
 def shard_for(tenant_id: str, user_id: str, shards: int) -> int:
@@ -33,15 +49,17 @@ def shard_for(tenant_id: str, user_id: str, shards: int) -> int:
 
 
 def due_fields(
-    tenant_id: str, user_id: str, fetch_enabled: bool, status: str, protocol: str = "imap"
+    tenant_id: str, user_id: str, fetch_enabled: bool, status: str, protocol: str = "imap", *, active: bool = False
 ) -> dict[str, Any]:
-    """Index attributes for an account: due now, or absent from the due index.
+    """Index attributes for an account: due now, or absent from the due index. ``active``: a
+    user just changed it, so it is polled at the next ticks at any hour (``last_activity_at``).
 
     Only IMAP accounts sync (POP3 ones can be saved and tested): a POP3 account in the index
     would get a job every tick that does nothing."""
+    fields: dict[str, Any] = {"last_activity_at": int(time.time())} if active else {}
     if not fetch_enabled or status in NOT_DUE_STATUSES or protocol not in SYNCED_PROTOCOLS:
-        return {"due_shard": None, "next_sync_at": None}
-    return {"due_shard": shard_for(tenant_id, user_id, get_settings().due_shards), "next_sync_at": 0}
+        return fields | {"due_shard": None, "next_sync_at": None}
+    return fields | {"due_shard": shard_for(tenant_id, user_id, get_settings().due_shards), "next_sync_at": 0}
 
 
 def backoff_seconds(failures: int, base: int = 60) -> int:
@@ -51,38 +69,146 @@ def backoff_seconds(failures: int, base: int = 60) -> int:
 
 
 def job_body(tenant_id: str, user_id: str, reason: str) -> str:
+    """A job for one account (user requests, continuations, retries): a group of one."""
     return json.dumps({"tenant_id": tenant_id, "user_id": user_id, "reason": reason})
+
+
+def group_body(accounts: Sequence[tuple[str, str]], reason: str) -> str:
+    """A job for several accounts, synced concurrently by one worker (``services.sync_groups``)."""
+    return json.dumps({"accounts": [list(a) for a in accounts], "reason": reason})
 
 
 def enqueue(tenant_id: str, user_id: str, reason: str, delay_seconds: int = 0) -> None:
     queue.send(job_body(tenant_id, user_id, reason), delay_seconds)
 
 
+def enqueue_accounts(accounts: Sequence[tuple[str, str]], reason: str, delay_seconds: int = 0) -> None:
+    """Jobs for ``accounts`` with one reason: one job alone, more in groups of ``sync_group_size``."""
+    if len(accounts) == 1:
+        enqueue(*accounts[0], reason, delay_seconds)
+        return
+    for group in split_groups(accounts, get_settings().sync_group_size):
+        queue.send(group_body(group, reason), delay_seconds)
+
+
+def split_groups(accounts: Sequence[tuple[str, str]], size: int) -> list[Sequence[tuple[str, str]]]:
+    """As few groups of at most ``size`` as possible, of near-equal size: 250 accounts by 100 make
+    84 + 83 + 83, not 100 + 100 + 50, so the workers that get them finish at about the same time."""
+    if not accounts:
+        return []
+    count = -(-len(accounts) // size)
+    base, extra = divmod(len(accounts), count)
+    groups = []
+    start = 0
+    for i in range(count):
+        end = start + base + (1 if i < extra else 0)
+        groups.append(accounts[start:end])
+        start = end
+    return groups
+
+
+def _batches(bodies: list[str]) -> list[list[int]]:
+    """Positions of ``bodies`` per SendMessageBatch: at most ten, and within SQS's payload limit."""
+    batches: list[list[int]] = []
+    size = 0
+    for i, body in enumerate(bodies):
+        length = len(body.encode())
+        if not batches or len(batches[-1]) == queue.BATCH_SIZE or size + length > BATCH_PAYLOAD_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(i)
+        size += length
+    return batches
+
+
 def _send_batches(accounts: list[tuple[str, str]], reason: str) -> int:
+    """One message per group; returns how many accounts were sent."""
+    groups = split_groups(accounts, get_settings().sync_group_size)
+    bodies = [group_body(group, reason) for group in groups]
     sent = 0
-    for start in range(0, len(accounts), queue.BATCH_SIZE):
-        bodies = [job_body(tenant, user, reason) for tenant, user in accounts[start : start + queue.BATCH_SIZE]]
-        failed = queue.send_batch(bodies)
+    for positions in _batches(bodies):
+        failed = [positions[i] for i in queue.send_batch([bodies[p] for p in positions])]
         if failed:
             # Partial failures are retried once entry by entry; what still fails waits for the next tick.
-            failed = [failed[i] for i in queue.send_batch([bodies[i] for i in failed])]
-            logger.warning("sync jobs not enqueued", extra={"failed": len(failed)})
-        sent += len(bodies) - len(failed)
+            failed = [failed[i] for i in queue.send_batch([bodies[p] for p in failed])]
+            logger.warning("sync jobs not enqueued", extra={"failed": sum(len(groups[p]) for p in failed)})
+        sent += sum(len(groups[p]) for p in positions if p not in failed)
     return sent
 
 
-def _shard(shard: int, now: int) -> int:
-    accounts = list(dal.due_accounts(shard, now))
+def record_activity(account: Account, outcome: SyncOutcome) -> None:
+    """After a sync: one that created, moved, flagged or pushed something keeps the account on
+    every tick for a while (``planner.polling.ACTIVE_WINDOW_SECONDS``). Detachments do not
+    count: messages aging out of the window are the passage of time, not activity. A no-op
+    writes nothing. Best effort: a failed write only leaves the account on its quiet slots, and
+    must not turn the sync that just succeeded into a failure."""
+    if outcome.created or outcome.relinked or outcome.flag_updates or outcome.pushed:
+        try:
+            dal.record_activity(account.tenant_id, account.user_id, int(time.time()))
+        except Exception:  # noqa: BLE001 - see above
+            logger.exception("activity not recorded", extra={"user_id": account.user_id})
+
+
+def office_hours(tenant_id: str) -> OfficeHours:
+    """The tenant's office hours as saved, else the defaults."""
+    return dal.get_office_hours(tenant_id) or OfficeHours()
+
+
+class _Tick:
+    """One scheduler tick: which due accounts it polls (``planner.polling``), with each tenant's
+    office hours read once though the shards run in parallel threads, and why it polled them."""
+
+    def __init__(self, now: int, tick_seconds: int) -> None:
+        self.now = now
+        self.tick_seconds = tick_seconds
+        self.why: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._hours: dict[str, Future[bool]] = {}
+
+    def polls(self, account: DueAccount) -> bool:
+        decision = polling.decide(
+            account,
+            now=self.now,
+            tick_seconds=self.tick_seconds,
+            office_hours_now=self._in_office_hours(account.tenant_id),
+        )
+        with self._lock:
+            self.why[decision] += 1
+        return decision is not Poll.WAIT
+
+    def _in_office_hours(self, tenant_id: str) -> bool:
+        with self._lock:
+            answer = self._hours.get(tenant_id)
+            first = answer is None
+            if answer is None:
+                answer = self._hours[tenant_id] = Future()
+        if first:
+            answer.set_result(self._read(tenant_id))
+        return answer.result(timeout=120)
+
+    def _read(self, tenant_id: str) -> bool:
+        try:
+            return polling.in_office_hours(office_hours(tenant_id), self.now)
+        except Exception:  # noqa: BLE001 - one tenant's unreadable settings must not stop the tick
+            logger.exception("office hours unreadable: polling as in office hours", extra={"tenant_id": tenant_id})
+            return True
+
+
+def _shard(shard: int, tick: _Tick) -> int:
+    accounts = [(a.tenant_id, a.user_id) for a in dal.due_accounts(shard, tick.now) if tick.polls(a)]
     return _send_batches(accounts, "schedule") if accounts else 0
 
 
 def enqueue_due_accounts(now: int | None = None) -> int:
-    """Send one sync job per due account (SendMessageBatch); returns how many were sent."""
+    """Send every due account a sync job, in groups of ``sync_group_size`` accounts of one shard
+    (one SQS message each, ten to a SendMessageBatch); returns how many accounts were sent."""
     settings = get_settings()
-    now = int(time.time()) if now is None else now
+    tick = _Tick(int(time.time()) if now is None else now, polling.tick_seconds(settings.schedule_rate))
     with ThreadPoolExecutor(max_workers=min(8, settings.due_shards)) as pool:
-        sent = sum(pool.map(lambda s: _shard(s, now), range(settings.due_shards)))
-    logger.info("sync jobs enqueued", extra={"enqueued": sent})
+        sent = sum(pool.map(lambda s: _shard(s, tick), range(settings.due_shards)))
+    logger.info(
+        "sync jobs enqueued", extra={"enqueued": sent, "decisions": {str(k): n for k, n in sorted(tick.why.items())}}
+    )
     return sent
 
 

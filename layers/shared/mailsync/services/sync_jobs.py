@@ -180,6 +180,7 @@ def _sync(
         events.publish([events.Event(kind, account.tenant_id, account.user_id, detail)])
         return JobResult("failed", error=exc.code), final
     final = policy.finished_state(complete=outcome.complete)
+    scheduling.record_activity(account, outcome)  # adaptive polling: only a sync that changed something writes
     if outcome.complete:
         final["last_success_at"] = dal.utcnow()
     if account.status != "ok" or account.next_sync_at:

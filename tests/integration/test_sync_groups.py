@@ -1,0 +1,260 @@
+"""Groups of accounts in one worker invocation, synced concurrently (issue 11 item 1).
+
+Driven through the real scheduler and worker handlers (moto + Dovecot); hostile accounts are a
+scripted server trickling its answer to LOGIN, so each costs its whole job budget.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from devstack.dovecot import DovecotServer
+from devstack.lambda_runtime import LambdaContext, load_handler, scheduled_event, sqs_event
+from mailsync.sync.planner import jobs as policy
+from tests.conftest import Caller
+from tests.fixtures.hostile_server import HostileServer, Peer, imap_server
+from tests.integration.sync_support import Account, connect_account, days_ago, message, per_account
+
+BUDGET = 8  # seconds: each job's budget here, so a hostile account costs seconds, not minutes
+THREADS = 3
+INBOX_ONLY = {"inbox": "INBOX"}
+QUEUE_ARN = "arn:aws:sqs:eu-west-1:000000000000:mailsync-local-SyncQueue"
+
+
+def tarpit_login(peer: Peer, tag: bytes, args: bytes) -> None:
+    # Alive but never finishing: one byte at a time, a line that never ends.
+    peer.trickle(b"* OK " + b"x" * 100_000, 0.2)
+
+
+def group_record(users: list[str], reason: str = "schedule", tenant: str = "acme") -> dict[str, str]:
+    body = json.dumps({"accounts": [[tenant, u] for u in users], "reason": reason})
+    return {"MessageId": f"m-{users[0]}", "ReceiptHandle": f"r-{users[0]}", "Body": body}
+
+
+def run_worker(records: list[dict[str, str]], timeout_seconds: float = 300) -> tuple[dict, float]:
+    context = LambdaContext(function_name="SyncWorkerFunction", timeout_seconds=timeout_seconds)
+    started = time.monotonic()
+    result = load_handler("sync_worker")(sqs_event(records, QUEUE_ARN), context)
+    return result, time.monotonic() - started
+
+
+def queued(queue_url: str) -> list[dict[str, Any]]:
+    """Every message on the queue (removed from it), parsed."""
+    sqs = boto3.client("sqs")
+    bodies = []
+    while got := sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages"):
+        for m in got:
+            bodies.append(json.loads(m["Body"]))
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+    return bodies
+
+
+@pytest.fixture
+def group_env(local_mail_env: DovecotServer, monkeypatch: pytest.MonkeyPatch) -> DovecotServer:
+    from mailsync.config import get_settings
+    from mailsync.services import sync_jobs
+
+    monkeypatch.setenv("MAILSYNC_ALLOW_INSECURE", "true")  # the hostile server speaks plain IMAP
+    monkeypatch.setenv("MAILSYNC_JOB_BUDGET_SECONDS", str(BUDGET))
+    monkeypatch.setenv("MAILSYNC_WORKER_THREADS", str(THREADS))
+    get_settings.cache_clear()
+    # Deferred jobs become visible at once here, so the test can read them off the queue.
+    monkeypatch.setattr(sync_jobs, "DEFERRED_DELAY_SECONDS", 0)
+    return local_mail_env
+
+
+def mail_accounts(api, dovecot: DovecotServer, count: int, prefix: str = "mail") -> list[Account]:
+    """``count`` accounts on Dovecot; account i has i + 1 new messages, subjects "<user> <n>"."""
+    out = []
+    for i in range(count):
+        user = dovecot.add_user()
+        with user.client() as imap:
+            for n in range(i + 1):
+                imap.append("INBOX", message(f"{prefix}{i} {n}"), internal_date=days_ago(1))
+        out.append(connect_account(api, user, INBOX_ONLY, who=f"{prefix}{i}"))
+    return out
+
+
+def tarpit_accounts(api, server: HostileServer, users: list[str]) -> None:
+    body = {"host": server.host, "port": server.port, "username": "u", "password": "pw", "security": "none"}
+    for user in users:
+        saved = api("PUT", "/v1/users/me/mail-settings", body, caller=Caller(user))
+        assert saved.status == 201, saved.body
+
+
+def assert_synced(account: Account, count: int) -> None:
+    from mailsync import dal
+
+    who = account.caller.user
+    assert sorted(account.synced()) == sorted(f"{who} {n}" for n in range(count))
+    state = dal.get_sync_state("acme", who)
+    assert (state.state, state.lease_owner, state.last_error) == ("idle", None, None)
+    assert dal.get_account("acme", who).status == "ok"
+
+
+def test_a_hostile_account_in_a_group_holds_up_no_other(api, group_env, aws) -> None:
+    from mailsync import dal
+
+    good = mail_accounts(api, group_env, 4)
+    with HostileServer(imap_server({b"LOGIN": tarpit_login})) as server:
+        tarpit_accounts(api, server, ["tarpit"])
+        started = time.time()
+        # The tarpit first: one account at a time, everything else would wait for its budget.
+        result, elapsed = run_worker([group_record(["tarpit", *(a.caller.user for a in good)])])
+
+    assert result == {"batchItemFailures": []}
+    assert elapsed < 2 * BUDGET, elapsed
+    for i, account in enumerate(good):
+        assert_synced(account, i + 1)
+        finished = dal.get_sync_state("acme", account.caller.user).last_success_at.timestamp()
+        assert finished < started + BUDGET - 1, "a mailbox waited for the hostile one"
+    tarpit = dal.get_sync_state("acme", "tarpit")
+    assert (tarpit.state, tarpit.lease_owner) == ("failed", None)
+    assert dal.get_account("acme", "tarpit").status in ("server_misbehaving", "timeout")
+    assert server.connections == 1, "a hostile server gets no second try within the job"
+
+
+@pytest.mark.parametrize("where", ["before the lease", "inside the job"])
+def test_an_account_raising_unexpectedly_affects_no_other(
+    api, group_env, aws, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    from mailsync import dal
+    from mailsync.services import sync_jobs
+
+    accounts = mail_accounts(api, group_env, 3)
+    victim = accounts[1].caller.user
+    if where == "before the lease":
+        # Escapes run_job altogether (it reads the account before its own safety net).
+        real = dal.get_account
+
+        def get_account(tenant_id: str, user_id: str):
+            if user_id == victim:
+                raise RuntimeError("the accounts table went away")
+            return real(tenant_id, user_id)
+
+        monkeypatch.setattr(dal, "get_account", get_account)
+    else:
+        real_sync = sync_jobs.sync_account
+
+        def sync_account(account, *args: Any, **kwargs: Any):
+            if account.user_id == victim:
+                raise KeyError("a bug for this mailbox only")
+            return real_sync(account, *args, **kwargs)
+
+        monkeypatch.setattr(sync_jobs, "sync_account", sync_account)
+
+    result, _ = run_worker([group_record([a.caller.user for a in accounts])])
+    monkeypatch.undo()  # the checks below read the real accounts table
+
+    assert result == {"batchItemFailures": []}, "an account's failure is not the record's"
+    for i in (0, 2):
+        assert_synced(accounts[i], i + 1)
+    state = dal.get_sync_state("acme", victim)
+    if where == "before the lease":
+        assert state is None, "nothing was written: the account stays due, the next tick retries it"
+    else:
+        assert (state.state, state.lease_owner, state.last_error) == ("failed", None, policy.INTERNAL_ERROR)
+    assert accounts[1].synced() == {}
+
+
+def test_a_group_the_lambda_has_no_time_left_for_is_deferred_none_left_syncing(api, group_env, aws) -> None:
+    from mailsync import dal
+
+    good = mail_accounts(api, group_env, 3)
+    with HostileServer(imap_server({b"LOGIN": tarpit_login})) as server:
+        tarpits = [f"tarpit{i}" for i in range(THREADS)]
+        tarpit_accounts(api, server, tarpits)
+        queued(aws["SYNC_QUEUE_URL"])
+        # Time for one round of whole jobs, not two: the tarpits take every thread for their
+        # whole budget, after which no job fits in what is left of the Lambda.
+        timeout = BUDGET + policy.LAMBDA_MARGIN_SECONDS + 3
+        users = [*tarpits, *(a.caller.user for a in good)]
+        result, elapsed = run_worker([group_record(users, reason="user")], timeout_seconds=timeout)
+
+    assert result == {"batchItemFailures": []}, "deferring is not a failure: no DLQ count, no 30 min wait"
+    assert elapsed < timeout - policy.LAMBDA_MARGIN_SECONDS / 2, elapsed
+    assert server.connections == THREADS
+    for user in tarpits:
+        state = dal.get_sync_state("acme", user)
+        assert (state.state, state.lease_owner) == ("failed", None)
+    # The rest went back on the queue together, with their reason, and never showed "syncing".
+    bodies = queued(aws["SYNC_QUEUE_URL"])
+    assert len(bodies) == 1
+    assert per_account(bodies) == [{"tenant_id": "acme", "user_id": a.caller.user, "reason": "user"} for a in good]
+    for account in good:
+        assert dal.get_sync_state("acme", account.caller.user) is None
+
+    # The next invocation syncs them.
+    record = {"MessageId": "again", "ReceiptHandle": "r", "Body": json.dumps(bodies[0])}
+    assert run_worker([record])[0] == {"batchItemFailures": []}
+    for i, account in enumerate(good):
+        assert_synced(account, i + 1)
+
+
+def test_the_scheduler_sends_groups_and_the_worker_takes_them_with_single_jobs(
+    api, group_env, aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailsync import dal
+    from mailsync.config import get_settings
+
+    monkeypatch.setenv("MAILSYNC_SYNC_GROUP_SIZE", "2")
+    monkeypatch.setenv("MAILSYNC_DUE_SHARDS", "1")
+    get_settings.cache_clear()
+    accounts = mail_accounts(api, group_env, 5)
+    single = mail_accounts(api, group_env, 1, prefix="single")[0]
+    queued(aws["SYNC_QUEUE_URL"])
+    # One account is not due (backing off): it reaches the worker only through a job of its own.
+    dal.update_account(dal.get_account("acme", "single0"), {"next_sync_at": 2**40})
+
+    tick = load_handler("scheduler")(scheduled_event(), LambdaContext(function_name="SchedulerFunction"))
+    assert tick == {"enqueued": 5}
+    bodies = queued(aws["SYNC_QUEUE_URL"])
+    # 5 due accounts of one shard, groups of at most 2: 3 messages, not 5.
+    assert sorted(len(b["accounts"]) for b in bodies) == [1, 2, 2]
+    assert sorted(j["user_id"] for j in per_account(bodies)) == [a.caller.user for a in accounts]
+
+    records = [{"MessageId": f"m{i}", "ReceiptHandle": f"r{i}", "Body": json.dumps(b)} for i, b in enumerate(bodies)]
+    old_body = json.dumps({"tenant_id": "acme", "user_id": "single0", "reason": "user"})
+    records.append({"MessageId": "old", "ReceiptHandle": "r-old", "Body": old_body})
+    records.append({"MessageId": "bad", "ReceiptHandle": "r-bad", "Body": json.dumps({"accounts": []})})
+    result, _ = run_worker(records)
+    assert result == {"batchItemFailures": [{"itemIdentifier": "bad"}]}
+    for i, account in enumerate(accounts):
+        assert_synced(account, i + 1)
+    assert sorted(single.synced()) == ["single0 0"]
+
+
+@pytest.fixture
+def log_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    load_handler("sync_worker")  # the Logger as the local runtime sets it up
+    from mailsync.observability import logger
+
+    stream = io.StringIO()
+    previous = logger.registered_handler.setStream(stream)
+    try:
+        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+    finally:
+        logger.registered_handler.setStream(previous)
+
+
+def test_each_accounts_log_lines_name_that_account(api, group_env, aws, log_lines) -> None:
+    accounts = mail_accounts(api, group_env, 6)
+    result, _ = run_worker([group_record([a.caller.user for a in accounts])])
+    assert result == {"batchItemFailures": []}
+
+    done = [line for line in log_lines() if line["message"] == "sync job done"]
+    # Account i created i + 1 messages: a line carrying another account's keys would not match.
+    assert sorted((line["user_id"], line["messages_created"]) for line in done) == [
+        (f"mail{i}", i + 1) for i in range(len(accounts))
+    ]
+    assert all(line["tenant_id"] == "acme" for line in done)
+    # The invocation's keys reach the pool threads too.
+    assert all(line["function_name"] == "SyncWorkerFunction" for line in done)
+    assert len({line["function_request_id"] for line in done}) == 1
