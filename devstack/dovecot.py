@@ -611,6 +611,7 @@ class DovecotServer:
         *,
         binary: Path = DEFAULT_BINARY,
         ports: Mapping[str, int] | None = None,
+        oauth2_introspection_url: str | None = None,
     ) -> None:
         if flavour not in ("full", "basic"):
             raise ValueError(f"unknown flavour {flavour!r}")
@@ -622,6 +623,9 @@ class DovecotServer:
         self.binary = Path(binary)
         self.host = HOST
         self._fixed_ports = dict(ports or {})
+        # Also accept OAuth2 access tokens (XOAUTH2, OAUTHBEARER), validated by RFC 7662
+        # introspection at this URL (an authorization server the test runs).
+        self.oauth2_introspection_url = oauth2_introspection_url
         self._users: dict[str, str] = dict(users or {})
         for username, password in self._users.items():
             _check_username(username)
@@ -690,6 +694,20 @@ class DovecotServer:
             self.stop()
             raise
         return self
+
+    def _oauth2_passdb(self) -> str:
+        if not self.oauth2_introspection_url:
+            return ""
+        conf = self.base_dir / "dovecot-oauth2.conf.ext"
+        conf.write_text(
+            "introspection_mode = post\n"
+            f"introspection_url = {self.oauth2_introspection_url}\n"
+            "force_introspection = yes\n"
+            "username_attribute = username\n"
+            "active_attribute = active\n"
+            "active_value = true\n"
+        )
+        return f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {conf}\n}}\n"
 
     def _start(self) -> None:
         self._prepare_dirs()
@@ -849,7 +867,7 @@ ssl_cert = <{cert_file}
 ssl_key = <{key_file}
 # Plaintext auth stays possible so a `security: none` account can be tested.
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{" xoauth2 oauthbearer" if self.oauth2_introspection_url else ""}
 # Tests try wrong passwords on purpose; the default 2 s failure delay would
 # make each of them slow (the nodelay passdb below covers it too).
 auth_failure_delay = 0
@@ -868,7 +886,7 @@ passdb {{
 # A file dict rather than passwd-file: passwd-file is re-read at most once
 # per second, so set_password() could race the next login. The file dict is
 # re-read whenever the file is atomically replaced.
-passdb {{
+{self._oauth2_passdb()}passdb {{
   driver = dict
   args = {self.base_dir / "auth-dict.conf"}
 }}

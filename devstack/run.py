@@ -39,10 +39,11 @@ from devstack.provision import ENDPOINT_VARIABLE, load_template
 TEMPLATE = ROOT / "template.yaml"
 # Metrics are disabled locally; Powertools still warns on every invocation.
 warnings.filterwarnings("ignore", message="No application metrics to publish")
-# The template's routes: the API under /v1 behind the JWT authorizer, Swagger UI without it.
+# The template's routes: the API under /v1 behind the JWT authorizer, Swagger UI and the OAuth2
+# callback (the browser coming back from Google or Microsoft) without it.
 # Anything else is API Gateway's 404 before any authorizer runs (a browser's /favicon.ico too).
 API_PREFIX = "/v1/"
-PUBLIC_PATHS = ("/swagger",)
+PUBLIC_PATHS = ("/swagger", "/v1/oauth/callback")
 # Where make run and make demo write the files that sam local and make invoke read.
 STATE_DIR = ROOT / ".aws-sam" / "local"
 SAM_ENV_FILE = "env-vars.json"

@@ -213,7 +213,8 @@ def test_every_operation_documents_its_success_response() -> None:
         f"{method.upper()} {path}"
         for path, operations in DOCUMENT["paths"].items()
         for method, operation in operations.items()
-        if not any(status.startswith("2") for status in operation["responses"])
+        # 3xx: the OAuth2 callback succeeds by sending the browser back to the CRM.
+        if not any(status.startswith(("2", "3")) for status in operation["responses"])
     ]
     assert missing == []
 

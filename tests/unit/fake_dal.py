@@ -39,6 +39,7 @@ from mailsync.domain import (
     DueAccount,
     Location,
     Message,
+    OAuthConsent,
     OfficeHours,
     Op,
     SyncState,
@@ -149,6 +150,16 @@ class FakeDal:
     tenants: dict[str, TenantSettings] = field(default_factory=dict)
     office_hours: dict[str, OfficeHours] = field(default_factory=dict)
     threads: dict[tuple[str, str, str], ThreadMark] = field(default_factory=dict)
+    consents: dict[str, OAuthConsent] = field(default_factory=dict)
+
+    # --- OAuth2 consents under way -----------------------------------------------------------
+
+    def save_consent(self, consent: OAuthConsent) -> None:
+        assert consent.nonce not in self.consents
+        self.consents[consent.nonce] = consent
+
+    def take_consent(self, nonce: str) -> OAuthConsent | None:
+        return self.consents.pop(nonce, None)
 
     # --- accounts ---------------------------------------------------------------------------
 

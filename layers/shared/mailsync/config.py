@@ -60,6 +60,37 @@ class Settings(BaseSettings):
     relay_domain: str = ""
     # Swagger UI keeps a pasted token in the browser's localStorage: the local stack only.
     swagger_persist_authorization: bool = False
+    # OAuth2 mailboxes (Google, Microsoft). Client ids are public; the client secrets (and the key
+    # that signs a consent's `state`) live in one Secrets Manager secret, never in a variable:
+    # JSON {"google_client_secret", "microsoft_client_secret", "state_key"}.
+    oauth_google_client_id: str = ""
+    oauth_microsoft_client_id: str = ""
+    oauth_client_secret_arn: str = ""
+    # Endpoints, so that tests and other identity providers can point elsewhere.
+    oauth_google_issuer: str = "https://accounts.google.com"
+    oauth_google_authorize_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    oauth_google_token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 (a URL)
+    oauth_google_revoke_url: str = "https://oauth2.googleapis.com/revoke"
+    oauth_google_userinfo_url: str = "https://openidconnect.googleapis.com/v1/userinfo"
+    # "organizations": work and school accounts of any Microsoft Entra tenant.
+    oauth_microsoft_issuer: str = "https://login.microsoftonline.com/organizations/v2.0"
+    oauth_microsoft_authorize_url: str = "https://login.microsoftonline.com/organizations/oauth2/v2.0/authorize"
+    oauth_microsoft_token_url: str = "https://login.microsoftonline.com/organizations/oauth2/v2.0/token"  # noqa: S105 (a URL)
+    # Microsoft offers no revocation endpoint for a single refresh token.
+    oauth_microsoft_revoke_url: str = ""
+    oauth_microsoft_userinfo_url: str = "https://graph.microsoft.com/oidc/userinfo"
+    # The providers' IMAP servers (tests point them at a local server).
+    oauth_google_imap_host: str = "imap.gmail.com"
+    oauth_google_imap_port: int = Field(default=993, ge=1, le=65535)
+    oauth_microsoft_imap_host: str = "outlook.office365.com"
+    oauth_microsoft_imap_port: int = Field(default=993, ge=1, le=65535)
+    # Where the provider sends the browser back (the callback route, as registered with the
+    # provider); empty: https://<the API's own domain>/v1/oauth/callback.
+    oauth_redirect_uri: str = ""
+    # Origins (scheme://host[:port]) a consent may return to, comma separated; empty: none.
+    oauth_return_origins: str = ""
+    oauth_state_ttl_seconds: int = Field(default=600, ge=60, le=3600)
+    oauth_http_timeout_seconds: float = Field(default=10.0, gt=0, le=30)
 
     @field_validator("allow_private_hosts", "allow_insecure", mode="before")
     @classmethod

@@ -59,6 +59,13 @@ class Account:
     last_activity_at: int | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    # How the mailbox logs in: "password", or "oauth2" with a refresh token from ``provider``'s
+    # consent (encrypted like passwords; never leaves the data layer and the login in plain).
+    auth: str = "password"
+    provider: str | None = None
+    oauth_scopes: str | None = None  # space separated, as OAuth2 writes scopes
+    connected_at: datetime | None = None
+    refresh_token_ciphertext: bytes | None = None
 
     def mapped_folders(self) -> dict[str, str]:
         """CRM folder -> server folder; before a map is saved, INBOX alone is synced."""
@@ -243,3 +250,21 @@ class ThreadMark:
 
     confidential: bool
     by_owner: bool  # True: the owner decided (PATCH); automatic rules no longer apply to it
+
+
+@dataclass(frozen=True)
+class OAuthConsent:
+    """A consent under way: what its ``state`` stands for, kept until the callback uses it once.
+
+    The PKCE verifier stays here, never in the browser; the state carries only ``nonce``.
+    """
+
+    nonce: str
+    tenant_id: str
+    user_id: str
+    caller_id: str
+    provider: str
+    code_verifier: str
+    redirect_uri: str
+    return_url: str
+    expires_at: int

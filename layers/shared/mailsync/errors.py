@@ -77,6 +77,29 @@ class AuthFailed(MailboxError):
         super().__init__(message, **kw)
 
 
+class ReauthRequired(AuthFailed):
+    """The provider no longer honours the mailbox's OAuth2 grant: only a new consent helps."""
+
+    code = "reauth_required"
+
+    def __init__(
+        self,
+        message: str = "The mail provider no longer allows access to this mailbox: connect it again",
+        **kw,
+    ) -> None:
+        super().__init__(message, **kw)
+
+
+class AccessTokenRejected(MailboxError):
+    """The mail server said NO to an OAuth2 access token that had not expired: the next job
+    gets a new one (and learns from the provider whether the grant still stands)."""
+
+    code = "token_rejected"
+
+    def __init__(self, message: str = "The mail server refused the access token; it will be renewed", **kw) -> None:
+        super().__init__(message, **kw)
+
+
 class ConnectFailed(MailboxError):
     code = "connect_failed"
 

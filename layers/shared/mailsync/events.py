@@ -19,6 +19,8 @@ MESSAGE_SYNC_FAILED = "message.sync_failed"
 ACCOUNT_AUTH_FAILED = "account.auth_failed"
 ACCOUNT_SYNC_FAILED = "account.sync_failed"
 ACCOUNT_FOLDER_MISSING = "account.folder_missing"
+# An OAuth2 grant is gone (consent revoked, password changed, admin policy): connect again.
+ACCOUNT_REAUTH_REQUIRED = "account.reauth_required"
 
 
 @dataclass(frozen=True)

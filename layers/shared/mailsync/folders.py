@@ -15,6 +15,11 @@ _CRM_FOLDER_RE = re.compile(CRM_FOLDER_PATTERN)
 # Junk and \All (Gmail's All Mail) are deliberately not suggested: spam does not belong in
 # dossiers and All Mail would mirror every other folder a second time.
 _SPECIAL_USE_TO_CRM = {"\\Sent": "sent", "\\Drafts": "drafts", "\\Trash": "trash", "\\Archive": "archive"}
+# Never a default, whatever the folder is called: Gmail's All Mail, Important and Starred hold
+# copies of mail that lives in other folders too (a second copy in the CRM), and Junk is spam.
+_NEVER_SUGGESTED_FLAGS = frozenset({"\\All", "\\Important", "\\Flagged", "\\Junk"})
+# Gmail's system folders live under this root ("[Google Mail]" in Germany and the UK of old).
+_GMAIL_ROOTS = ("[gmail]", "[google mail]")
 
 # Well-known display names (compared case- and accent-insensitively on the last path
 # segment) in English, Dutch, German, French and Spanish, plus Gmail/Outlook forms.
@@ -39,6 +44,8 @@ _WELL_KNOWN: dict[str, tuple[str, ...]] = {
         "elementos enviados",
         "mensajes enviados",
         "correo enviado",
+        "messaggi inviati",
+        "posta inviata",
     ),
     "drafts": (
         "drafts",
@@ -49,6 +56,7 @@ _WELL_KNOWN: dict[str, tuple[str, ...]] = {
         "entwuerfe",
         "brouillons",
         "borradores",
+        "bozze",
     ),
     "trash": (
         "trash",
@@ -65,6 +73,8 @@ _WELL_KNOWN: dict[str, tuple[str, ...]] = {
         "elements supprimes",
         "papelera",
         "elementos eliminados",
+        "cestino",
+        "posta eliminata",
     ),
     "archive": ("archive", "archives", "archief", "archiv", "archivo", "archivos"),
 }
@@ -82,11 +92,22 @@ def _last_segment(folder: ServerFolder) -> str:
     return folder.name
 
 
-def suggest(folders: Iterable[ServerFolder]) -> dict[str, str | None]:
+def _gmail_system(folder: ServerFolder) -> bool:
+    root = folder.name.split(folder.delimiter, 1)[0] if folder.delimiter else folder.name
+    return _normalise(root) in _GMAIL_ROOTS
+
+
+def _never_suggested(folder: ServerFolder) -> bool:
+    return bool(_NEVER_SUGGESTED_FLAGS.intersection(folder.flags)) or folder.special_use in _NEVER_SUGGESTED_FLAGS
+
+
+def suggest(folders: Iterable[ServerFolder], provider: str | None = None) -> dict[str, str | None]:
     """Suggested CRM folder per server folder name (None for no suggestion).
 
     SPECIAL-USE wins over names; each CRM folder is suggested for one server folder only;
-    among name matches, a top-level folder beats a nested one.
+    among name matches, a top-level folder beats a nested one, except on Gmail (``provider``
+    ``google``), where the system folders under ``[Gmail]`` beat labels of the same name. All
+    Mail, Important, Starred and Junk are never suggested.
     """
     folders = list(folders)
     result: dict[str, str | None] = {f.name: None for f in folders}
@@ -102,11 +123,15 @@ def suggest(folders: Iterable[ServerFolder]) -> dict[str, str | None]:
             assign(folder, "inbox")
     for folder in folders:
         crm = _SPECIAL_USE_TO_CRM.get(folder.special_use or "")
-        if crm and "\\Noselect" not in folder.flags:
+        if crm and "\\Noselect" not in folder.flags and not _never_suggested(folder):
             assign(folder, crm)
-    by_depth = sorted(folders, key=lambda f: (f.delimiter is not None and f.delimiter in f.name, f.name))
-    for folder in by_depth:
-        if "\\Noselect" in folder.flags or "\\NonExistent" in folder.flags:
+
+    def order(f: ServerFolder) -> tuple[bool, bool, str]:
+        system_first = provider == "google" and not _gmail_system(f)
+        return (system_first, f.delimiter is not None and f.delimiter in f.name, f.name)
+
+    for folder in sorted(folders, key=order):
+        if "\\Noselect" in folder.flags or "\\NonExistent" in folder.flags or _never_suggested(folder):
             continue
         crm = _NAME_TO_CRM.get(_normalise(_last_segment(folder)))
         if crm:
@@ -114,9 +139,9 @@ def suggest(folders: Iterable[ServerFolder]) -> dict[str, str | None]:
     return result
 
 
-def suggested_map(folders: Iterable[ServerFolder]) -> dict[str, str]:
+def suggested_map(folders: Iterable[ServerFolder], provider: str | None = None) -> dict[str, str]:
     """The folder map a user would get by accepting every suggestion."""
-    return {crm: name for name, crm in suggest(folders).items() if crm}
+    return {crm: name for name, crm in suggest(folders, provider).items() if crm}
 
 
 def validate_map_shape(folder_map: Mapping[str, str]) -> dict[str, str]:

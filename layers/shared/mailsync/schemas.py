@@ -139,11 +139,18 @@ class MailSettingsOut(BaseModel):
     password_set: bool
     status: str = Field(
         description="pending | ok | disabled | auth_failed | tls_failed | connect_failed | timeout | server_busy | "
-        "protocol_mismatch | server_misbehaving"
+        "protocol_mismatch | server_misbehaving; OAuth2 mailboxes: reauth_required (connect again), "
+        "token_rejected, provider_unavailable"
     )
     last_error: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    auth: Literal["password", "oauth2"] = Field(
+        default="password", description="`oauth2`: connected by a Google or Microsoft consent (no password)"
+    )
+    provider: Literal["google", "microsoft"] | None = None
+    oauth_scopes: list[str] | None = None
+    connected_at: datetime | None = Field(default=None, description="When the OAuth2 consent was given")
 
 
 class ConnectionTestOut(BaseModel):
@@ -417,3 +424,17 @@ class RelayAddressOut(BaseModel):
     address: str = Field(
         description="Mail to this address lands in the user's CRM folder `inbox` (point Exchange's relay/forward here)"
     )
+
+
+class OAuthStartIn(BaseModel):
+    """Where the browser returns after the consent: an address of an origin this deployment allows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    return_url: str = Field(
+        min_length=1, max_length=2048, description="Gets `?result=connected` or `?result=error&code=...`"
+    )
+
+
+class OAuthStartOut(BaseModel):
+    authorization_url: str = Field(description="Send the user's browser here (valid for a few minutes, once)")

@@ -30,6 +30,7 @@ Table names are read from the settings on use: nothing binds them.
 """
 
 from mailsync.dal._connections import open_connections
+from mailsync.dal._consents import save_consent, take_consent
 from mailsync.dal._keys import BadCursor
 from mailsync.dal._models import utcnow
 from mailsync.dal._relay import (
@@ -132,12 +133,14 @@ __all__ = [
     "relink",
     "rotate_relay_address",
     "save_checkpoint",
+    "save_consent",
     "save_office_hours",
     "save_tenant_settings",
     "set_confidential",
     "set_flags",
     "store_new_messages",
     "store_relayed",
+    "take_consent",
     "take_lease",
     "thread_marks",
     "thread_member_ids",

@@ -166,6 +166,11 @@ def account_from(item: AccountModel) -> Account:
         last_activity_at=_plain(item.last_activity_at),
         created_at=item.created_at,
         updated_at=item.updated_at,
+        auth=item.auth or "password",
+        provider=item.provider,
+        oauth_scopes=item.oauth_scopes,
+        connected_at=item.connected_at,
+        refresh_token_ciphertext=item.refresh_token_ciphertext,
     )
 
 

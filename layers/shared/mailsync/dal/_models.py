@@ -102,6 +102,11 @@ class AccountModel(Model):
     last_activity_at = NumberAttribute(null=True)
     created_at = UTCDateTimeAttribute(default_for_new=utcnow)
     updated_at = UTCDateTimeAttribute(default=utcnow)
+    auth = UnicodeAttribute(default="password")
+    provider = UnicodeAttribute(null=True)
+    oauth_scopes = UnicodeAttribute(null=True)
+    connected_at = UTCDateTimeAttribute(null=True)
+    refresh_token_ciphertext = BinaryAttribute(null=True, legacy_encoding=False)
 
     due = DueIndex()
 

@@ -22,6 +22,8 @@ class ServerParams:
     password: str = field(repr=False)
     security: str  # ssl | starttls | none
     protocol: str = "imap"  # imap | pop3
+    # OAuth2 mailboxes log in with this (XOAUTH2 / OAUTHBEARER) instead of ``password``.
+    access_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ from imapclient.util import to_unicode
 
 from mailsync.config import Settings
 from mailsync.errors import (
+    AccessTokenRejected,
     AuthFailed,
     ConnectFailed,
     ExtensionMissing,
@@ -418,10 +419,33 @@ def _quotable(text: str) -> bool:
     return all(" " <= ch <= "~" for ch in text)
 
 
+def _send_oauth(imap: imaplib.IMAP4, params: ServerParams, capabilities: set[str]) -> tuple[str, list]:
+    """AUTHENTICATE OAUTHBEARER (RFC 7628) where offered, else XOAUTH2 (Google's and Microsoft's).
+
+    On failure the server sends an error challenge before its NO; the second answer is the
+    reply each mechanism requires to it (OAUTHBEARER: ^A, XOAUTH2: an empty line).
+    """
+    assert params.access_token is not None
+    user, token = params.username.encode(), params.access_token.encode()
+    if "AUTH=OAUTHBEARER" in capabilities:
+        gs2 = b"n,a=" + user.replace(b"=", b"=3D").replace(b",", b"=2C") + b","
+        message = gs2 + b"\x01host=" + params.host.encode() + b"\x01port=%d" % params.port
+        message += b"\x01auth=Bearer " + token + b"\x01\x01"
+        imap.literal = _Answers(base64.b64encode(message), base64.b64encode(b"\x01")).next
+        return imap._simple_command("AUTHENTICATE", "OAUTHBEARER")
+    if "AUTH=XOAUTH2" in capabilities:
+        message = b"user=" + user + b"\x01auth=Bearer " + token + b"\x01\x01"
+        imap.literal = _Answers(base64.b64encode(message), b"").next
+        return imap._simple_command("AUTHENTICATE", "XOAUTH2")
+    raise ProtocolMismatch("The mail server offers no OAuth2 login (AUTH=XOAUTH2 or AUTH=OAUTHBEARER)")
+
+
 def _send_login(imap: imaplib.IMAP4, params: ServerParams) -> tuple[str, list]:
     """LOGIN, or AUTHENTICATE PLAIN in UTF-8 for credentials a quoted string cannot carry."""
     user, password = params.username, params.password
     capabilities = set(imap.capabilities)
+    if params.access_token is not None:
+        return _send_oauth(imap, params, capabilities)
     if "LOGINDISABLED" in capabilities and "AUTH=PLAIN" not in capabilities:
         # LOGIN would send the password where the server said it must not go; its NO would
         # then read as a wrong password and take the account off the schedule.
@@ -471,6 +495,8 @@ def _login(client: IMAPClient, params: ServerParams) -> None:
         logger.info("IMAP login deferred by the server", extra={"mail_host": params.host, "code": code})
         raise ServerBusy(f"The mail server turned the login away for now: {text}")
     logger.info("IMAP login rejected", extra={"mail_host": params.host})
+    if params.access_token is not None:
+        raise AccessTokenRejected(f"The mail server refused the access token; it will be renewed: {text}")
     raise AuthFailed()
 
 

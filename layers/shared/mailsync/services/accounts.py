@@ -15,6 +15,7 @@ from mailsync.netguard import check_host_literal
 from mailsync.observability import logger
 from mailsync.schemas import MailSettingsIn, MailSettingsOut, MailSettingsTestIn, default_port
 from mailsync.services import scheduling
+from mailsync.services.oauth_tokens import access_token, revoke_grant
 
 # Fields whose change means "a different mailbox or login": they reset the account status, and
 # the saved password is never sent anywhere but to the combination it was saved with.
@@ -41,6 +42,11 @@ def _settle_pending_ops(target: Target, before: str | None, after: str) -> None:
     if state is not None and int(state.ops_pending or 0) > 0:
         failed = dal.fail_pending_ops(target.tenant_id, target.user_id, OPS_FOR_OTHER_SERVER)
         logger.info("pending ops failed: mailbox changed", extra={"user_id": target.user_id, "ops": failed})
+
+
+def settle_pending_ops(tenant_id: str, user_id: str, before: str | None, after: str) -> None:
+    """``_settle_pending_ops`` for a mailbox connected by other means (an OAuth2 consent)."""
+    _settle_pending_ops(Target(tenant_id, user_id), before, after)
 
 
 def _saved_connection(account: Account) -> dict[str, object]:
@@ -92,6 +98,10 @@ def to_out(account: Account) -> MailSettingsOut:
         last_error=account.last_error,
         created_at=account.created_at,
         updated_at=account.updated_at,
+        auth=account.auth,
+        provider=account.provider,
+        oauth_scopes=account.oauth_scopes.split() if account.oauth_scopes else None,
+        connected_at=account.connected_at,
     )
 
 
@@ -126,6 +136,9 @@ def put_settings(principal: Principal, user_id: str, body: MailSettingsIn) -> tu
         values["password_ciphertext"] = crypto.encrypt_password(
             body.password.get_secret_value(), target.tenant_id, target.user_id, settings
         )
+        if account is not None and account.auth == "oauth2":  # a password replaces the OAuth2 grant
+            values.update(auth="password", provider=None, oauth_scopes=None, connected_at=None)
+            values["refresh_token_ciphertext"] = None
     if account is None:
         state = dal.get_sync_state(target.tenant_id, target.user_id)
         before = state.ops_server if state is not None else None
@@ -171,6 +184,8 @@ def put_settings(principal: Principal, user_id: str, body: MailSettingsIn) -> tu
             if dal.get_account(target.tenant_id, target.user_id) is None:
                 raise NotFound(f"No mail settings saved for user '{target.user_id}'")
             raise Conflict(SETTINGS_CHANGED_MESSAGE)
+        if updated.auth == "password" and account.auth == "oauth2":
+            revoke_grant(account, settings)  # after the write: a refused write keeps the grant
         account = updated
     logger.info(
         "mail settings saved",
@@ -183,6 +198,7 @@ def delete_settings(principal: Principal, user_id: str) -> None:
     """Stop syncing and destroy the credentials (the archived messages stay)."""
     target = target_for(principal, user_id)
     account = require_account(target)
+    revoke_grant(account, get_settings())
     dal.delete_account(target.tenant_id, target.user_id)
     # Pending CRM changes outlive the settings: a re-PUT of this mailbox applies them, a PUT of
     # another mailbox fails them (put_settings), instead of leaving them pending for ever.
@@ -191,7 +207,17 @@ def delete_settings(principal: Principal, user_id: str) -> None:
 
 
 def server_params(account: Account, settings: Settings) -> ServerParams:
-    """Decrypt the password in memory only, for one login."""
+    """Decrypt the password in memory only, for one login (an OAuth2 mailbox: a current access token)."""
+    if account.auth == "oauth2" and account.refresh_token_ciphertext is not None:
+        return ServerParams(
+            host=account.host,
+            port=int(account.port),
+            username=account.username,
+            password="",
+            security=account.security,
+            protocol=account.protocol,
+            access_token=access_token(account, settings),
+        )
     if account.password_ciphertext is None:
         raise ValidationFailed("No password saved for this mailbox", field="password")
     password = crypto.decrypt_saved_password(account.password_ciphertext, account.tenant_id, account.user_id, settings)

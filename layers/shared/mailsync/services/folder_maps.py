@@ -10,6 +10,7 @@ from mailsync.folders import check_folders_exist, suggest, suggested_map, valida
 from mailsync.identity import Principal
 from mailsync.mailbox import ServerFolder, open_mailbox_check
 from mailsync.mailbox.connection import open_imap
+from mailsync.providers import provider_for_host
 from mailsync.schemas import FolderMapOut, ServerFolderOut
 from mailsync.services.accounts import record_login_outcome, require_account, server_params, target_for
 
@@ -38,7 +39,7 @@ def live_folders(account: Account) -> list[ServerFolder]:
 def list_server_folders(principal: Principal, user_id: str) -> list[ServerFolderOut]:
     account = require_account(target_for(principal, user_id))
     folders = live_folders(account)
-    suggestions = suggest(folders)
+    suggestions = suggest(folders, account.provider or provider_for_host(account.host))
     return [
         ServerFolderOut(
             name=f.name,
@@ -56,7 +57,8 @@ def get_folder_map(principal: Principal, user_id: str) -> FolderMapOut:
     account = require_account(target_for(principal, user_id))
     if account.folder_map is not None:
         return FolderMapOut(folders=dict(account.folder_map), saved=True, updated_at=account.folder_map_updated_at)
-    return FolderMapOut(folders=suggested_map(live_folders(account)), saved=False)
+    provider = account.provider or provider_for_host(account.host)
+    return FolderMapOut(folders=suggested_map(live_folders(account), provider), saved=False)
 
 
 def put_folder_map(principal: Principal, user_id: str, folder_map: dict[str, str]) -> FolderMapOut:

@@ -36,7 +36,7 @@ from mailsync.sync.planner.polling import Poll
 if TYPE_CHECKING:
     from mailsync.sync.engine import SyncOutcome
 
-NOT_DUE_STATUSES = frozenset({"auth_failed", "disabled"})
+NOT_DUE_STATUSES = frozenset({"auth_failed", "reauth_required", "disabled"})
 MAX_BACKOFF_SECONDS = 3600
 SYNCED_PROTOCOLS = frozenset({"imap"})
 # SQS's limit on the bodies of one SendMessageBatch (and on one message).

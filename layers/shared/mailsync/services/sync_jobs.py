@@ -35,6 +35,7 @@ from mailsync.mailbox.connection import ImapConnection, open_imap
 from mailsync.observability import logger
 from mailsync.services import scheduling
 from mailsync.services.accounts import server_params
+from mailsync.services.oauth_tokens import forget_access_token
 from mailsync.sync.account import sync_account
 from mailsync.sync.engine import SyncOutcome
 from mailsync.sync.planner import jobs as policy
@@ -171,6 +172,10 @@ def _sync(
     except MailboxError as exc:
         final = _record_failure(account, state, exc)
         kind = events.ACCOUNT_AUTH_FAILED if isinstance(exc, AuthFailed) else events.ACCOUNT_SYNC_FAILED
+        if exc.code == "reauth_required":
+            kind = events.ACCOUNT_REAUTH_REQUIRED
+        if exc.code == "token_rejected":
+            forget_access_token(account)
         detail = {"error": exc.message} if isinstance(exc, AuthFailed) else {"error": exc.message, "code": exc.code}
         events.publish([events.Event(kind, account.tenant_id, account.user_id, detail)])
         return JobResult("failed", error=exc.code), final

@@ -3,6 +3,9 @@
 Failure policy (mail servers lock accounts after repeated failed logins):
 - wrong password: ``auth_failed``; the account leaves the due index until its settings change —
   no further login attempts;
+- an OAuth2 grant the provider no longer honours (``invalid_grant``): ``reauth_required``, off
+  the schedule the same way until the user connects the mailbox again; trouble at the
+  provider's token endpoint (``provider_unavailable``) is transient: the account's backoff;
 - certificate failure: ``tls_failed``, retried with long backoff (someone may fix the server);
 - network trouble: retried a few times with backoff inside the job, then the account backs off
   exponentially;
@@ -32,12 +35,16 @@ LAMBDA_MARGIN_SECONDS = 10.0
 INTERNAL_ERROR = "Syncing this mailbox failed because of an internal error; it will be retried"
 SYNCED_PROTOCOLS = frozenset({"imap"})
 # Retrying these inside a job only spends the budget again or gets the account locked.
-NOT_RETRIED_IN_JOB = frozenset({"auth_failed", "tls_failed", "server_misbehaving", "protocol_mismatch", "server_busy"})
+NOT_RETRIED_IN_JOB = frozenset(
+    {"auth_failed", "reauth_required", "tls_failed", "server_misbehaving", "protocol_mismatch", "server_busy"}
+)
+# Only the user can end these (new password, new consent): the account leaves the schedule.
+NEEDS_THE_USER = frozenset({"auth_failed", "reauth_required"})
 
 
 def may_sync(*, fetch_enabled: bool, status: str, protocol: str) -> bool:
     """auth_failed: no login until the settings change (they reset the status)."""
-    return bool(fetch_enabled) and status != "auth_failed" and protocol in SYNCED_PROTOCOLS
+    return bool(fetch_enabled) and status not in NEEDS_THE_USER and protocol in SYNCED_PROTOCOLS
 
 
 def duplicate_scheduled_job(reason: str, seconds_since_success: float | None) -> bool:
@@ -112,7 +119,7 @@ def mailbox_failure(code: str, message: str, failures_before: int) -> FailurePla
     failures = failures_before + 1
     return FailurePlan(
         status=code,
-        stays_due=code != "auth_failed",
+        stays_due=code not in NEEDS_THE_USER,
         backoff_base=600 if code == "tls_failed" else 60,
         sync_state={"state": "failed", "last_error": message, "failures": failures},
     )

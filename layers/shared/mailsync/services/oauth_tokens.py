@@ -1,0 +1,141 @@
+"""A mailbox's OAuth2 grant: its refresh token encrypted like passwords, revoked on delete."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from mailsync import crypto, dal, oauth
+from mailsync.config import Settings
+from mailsync.domain import Account
+from mailsync.errors import ReauthRequired
+from mailsync.observability import logger
+from mailsync.providers import PROVIDERS, endpoints
+
+
+def encrypt_refresh_token(token: str, tenant_id: str, user_id: str, settings: Settings) -> bytes:
+    """Through the password encryption's public API: same key, same tenant/user binding."""
+    return crypto.encrypt_password(token, tenant_id, user_id, settings)
+
+
+def decrypt_refresh_token(account: Account, settings: Settings) -> str:
+    """The refresh token in memory only, for one token request (``PasswordUnreadable`` when it
+    no longer decrypts for this user: like a lost password, the user must connect again)."""
+    assert account.refresh_token_ciphertext is not None
+    return crypto.decrypt_saved_password(account.refresh_token_ciphertext, account.tenant_id, account.user_id, settings)
+
+
+def revoke_grant(account: Account, settings: Settings) -> None:
+    """Revoke the saved refresh token at the provider where it offers revocation.
+
+    Best effort: the credentials are destroyed next whatever the provider answers, and a user
+    who deletes their settings must not be kept waiting on an unreachable provider.
+    """
+    if account.auth != "oauth2" or account.refresh_token_ciphertext is None or account.provider not in PROVIDERS:
+        return
+    where = endpoints(account.provider, settings)  # type: ignore[arg-type]
+    if not where.revoke_url:
+        return
+    try:
+        token = decrypt_refresh_token(account, settings)
+        revoked = oauth.revoke(
+            where, oauth.client_secret(account.provider, settings), token, settings.oauth_http_timeout_seconds
+        )
+    except Exception as exc:  # noqa: BLE001 (best effort, see above)
+        logger.warning(
+            "refresh token not revoked", extra={"user_id": account.user_id, "error_type": type(exc).__name__}
+        )
+        return
+    logger.info("refresh token revoked", extra={"user_id": account.user_id, "revoked": revoked})
+
+
+# --- access tokens, cached per container ------------------------------------------------------
+
+# Renewed this long before they expire: a sync job runs up to a few minutes on one login.
+REFRESH_AHEAD_SECONDS = 300
+_CACHE_MAX = 2_000
+_cache_lock = threading.Lock()
+# (tenant, user, refresh token ciphertext) -> (access token, monotonic expiry). A new consent
+# has a new ciphertext, so it never gets the previous grant's token.
+_cache: dict[tuple[str, str, bytes], tuple[str, float]] = {}
+_refreshing: dict[tuple[str, str, bytes], threading.Lock] = {}
+
+
+def _key(account: Account) -> tuple[str, str, bytes]:
+    return (account.tenant_id, account.user_id, account.refresh_token_ciphertext or b"")
+
+
+def _cached(key: tuple[str, str, bytes], now: float) -> str | None:
+    with _cache_lock:
+        entry = _cache.get(key)
+    if entry is not None and entry[1] - now > REFRESH_AHEAD_SECONDS:
+        return entry[0]
+    return None
+
+
+def access_token(account: Account, settings: Settings) -> str:
+    """A valid access token for ``account``'s OAuth2 grant: the cached one while it has more
+    than ``REFRESH_AHEAD_SECONDS`` left, else a fresh one from the provider (one refresh per
+    account at a time across the container's threads).
+
+    ``ReauthRequired`` when the provider says ``invalid_grant``; ``TokenEndpointUnavailable``
+    (transient) when it cannot be reached or misbehaves.
+    """
+    key = _key(account)
+    token = _cached(key, time.monotonic())
+    if token is not None:
+        return token
+    with _cache_lock:
+        lock = _refreshing.setdefault(key, threading.Lock())
+    with lock:
+        token = _cached(key, time.monotonic())
+        if token is not None:
+            return token
+        tokens = _refresh(account, settings)
+        with _cache_lock:
+            if len(_cache) >= _CACHE_MAX:
+                _cache.clear()
+                _refreshing.clear()
+            _cache[key] = (tokens.access_token, time.monotonic() + tokens.expires_in)
+    if tokens.refresh_token and account.refresh_token_ciphertext is not None:
+        # Microsoft hands out a new refresh token with each refresh: keep the newest.
+        ciphertext = encrypt_refresh_token(tokens.refresh_token, account.tenant_id, account.user_id, settings)
+        updated = dal.update_account(account, {"refresh_token_ciphertext": ciphertext})
+        with _cache_lock:
+            _cache[_key(updated)] = _cache.pop(key, (tokens.access_token, time.monotonic() + tokens.expires_in))
+    return tokens.access_token
+
+
+def _refresh(account: Account, settings: Settings) -> oauth.Tokens:
+    provider = account.provider
+    if provider not in PROVIDERS:
+        raise ReauthRequired()
+    where = endpoints(provider, settings)  # type: ignore[arg-type]
+    try:
+        return oauth.refresh(
+            where,
+            oauth.client_secret(provider, settings),
+            decrypt_refresh_token(account, settings),
+            settings.oauth_http_timeout_seconds,
+        )
+    except oauth.OAuthError as exc:
+        if exc.oauth_code == "invalid_grant":
+            logger.info("oauth grant gone", extra={"user_id": account.user_id, "provider": provider})
+            raise ReauthRequired() from None
+        # invalid_client and the like: the deployment's configuration, not the user's grant.
+        logger.warning("oauth refresh refused", extra={"provider": provider, "oauth_code": exc.oauth_code})
+        raise oauth.TokenEndpointUnavailable(
+            f"The mail provider refused to renew access ({exc.oauth_code}); it will be retried"
+        ) from None
+
+
+def forget_access_token(account: Account) -> None:
+    """Drop ``account``'s cached access token (the mail server refused it)."""
+    with _cache_lock:
+        _cache.pop(_key(account), None)
+
+
+def forget_all_access_tokens() -> None:
+    with _cache_lock:
+        _cache.clear()
+        _refreshing.clear()

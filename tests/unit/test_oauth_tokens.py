@@ -1,0 +1,149 @@
+"""OAuth2 access tokens for the sync (``mailsync.services.oauth_tokens``): cached per container,
+renewed ahead of expiry, one refresh at a time; a lost grant is ``reauth_required`` (off the
+schedule, until a new consent), token endpoint trouble is transient."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from mailsync import oauth
+from mailsync.config import get_settings
+from mailsync.domain import Account
+from mailsync.errors import ReauthRequired
+from mailsync.services import accounts, oauth_tokens, scheduling
+from mailsync.sync.planner import jobs as policy
+from tests.unit.fake_dal import Fakes
+
+REFRESH = "1//refresh-secret"
+
+
+class TokenEndpoint:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.answer: Exception | None = None
+        self.expires_in = 3600
+        self.rotate = False
+        self.gate: threading.Event | None = None
+
+    def refresh(self, endpoints: Any, secret: str, refresh_token: str, timeout: float) -> oauth.Tokens:
+        self.calls += 1
+        if self.gate is not None:
+            self.gate.wait(10)
+        if self.answer is not None:
+            raise self.answer
+        assert refresh_token == REFRESH
+        rotated = f"rotated-{self.calls}" if self.rotate else None
+        return oauth.Tokens(access_token=f"access-{self.calls}", expires_in=self.expires_in, refresh_token=rotated)
+
+
+@pytest.fixture
+def endpoint(fake_dal: Fakes, monkeypatch: pytest.MonkeyPatch) -> TokenEndpoint:
+    monkeypatch.setenv("MAILSYNC_OAUTH_GOOGLE_CLIENT_ID", "google-client")
+    get_settings.cache_clear()
+    fake = TokenEndpoint()
+    monkeypatch.setattr(oauth, "refresh", fake.refresh)
+    monkeypatch.setattr(oauth, "deployment_secret", lambda settings: {"google_client_secret": "g"})
+    oauth_tokens.forget_all_access_tokens()
+    return fake
+
+
+@pytest.fixture
+def account(fake_dal: Fakes) -> Account:
+    ciphertext = fake_dal.kms.encrypt_password(REFRESH, "acme", "alice", get_settings())
+    stored = Account(
+        "acme",
+        "alice",
+        "imap.gmail.com",
+        993,
+        "alice@gmail.com",
+        "ssl",
+        auth="oauth2",
+        provider="google",
+        refresh_token_ciphertext=ciphertext,
+    )
+    fake_dal.dal.accounts[("acme", "alice")] = stored
+    return stored
+
+
+def test_the_access_token_is_cached_until_shortly_before_it_expires(
+    endpoint: TokenEndpoint, account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = get_settings()
+    assert oauth_tokens.access_token(account, settings) == "access-1"
+    assert oauth_tokens.access_token(account, settings) == "access-1"
+    assert endpoint.calls == 1
+    # Within REFRESH_AHEAD_SECONDS of its expiry it is renewed.
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + 3600 - oauth_tokens.REFRESH_AHEAD_SECONDS + 1)
+    assert oauth_tokens.access_token(account, settings) == "access-2"
+
+
+def test_server_params_log_in_with_the_access_token_not_a_password(endpoint: TokenEndpoint, account: Account) -> None:
+    params = accounts.server_params(account, get_settings())
+    assert (params.access_token, params.password, params.username) == ("access-1", "", "alice@gmail.com")
+    assert "access-1" not in repr(params)
+
+
+def test_concurrent_jobs_in_one_container_refresh_once(endpoint: TokenEndpoint, account: Account) -> None:
+    endpoint.gate = threading.Event()
+    results: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(oauth_tokens.access_token(account, get_settings())))
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    endpoint.gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert results == ["access-1"] * 4 and endpoint.calls == 1
+
+
+def test_invalid_grant_is_reauth_required(endpoint: TokenEndpoint, account: Account) -> None:
+    endpoint.answer = oauth.OAuthError("invalid_grant")
+    with pytest.raises(ReauthRequired) as lost:
+        oauth_tokens.access_token(account, get_settings())
+    assert lost.value.code == "reauth_required" and "connect it again" in lost.value.message
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [oauth.TokenEndpointUnavailable("down"), oauth.OAuthError("invalid_client")],
+    ids=["unreachable", "deployment-misconfigured"],
+)
+def test_token_endpoint_trouble_is_transient(endpoint: TokenEndpoint, account: Account, answer: Exception) -> None:
+    endpoint.answer = answer
+    with pytest.raises(oauth.TokenEndpointUnavailable) as trouble:
+        oauth_tokens.access_token(account, get_settings())
+    plan = policy.mailbox_failure(trouble.value.code, trouble.value.message, 0)
+    assert plan.stays_due and trouble.value.code == "provider_unavailable"
+
+
+def test_a_rotated_refresh_token_is_kept_encrypted(endpoint: TokenEndpoint, account: Account, fake_dal: Fakes) -> None:
+    endpoint.rotate = True
+    oauth_tokens.access_token(account, get_settings())
+    stored = fake_dal.dal.get_account("acme", "alice")
+    assert stored is not None and stored.refresh_token_ciphertext != account.refresh_token_ciphertext
+    assert fake_dal.kms.plaintexts[stored.refresh_token_ciphertext] == ("acme", "alice", "rotated-1")
+    # and the next job (reading the stored account) uses the cached access token
+    assert oauth_tokens.access_token(stored, get_settings()) == "access-1" and endpoint.calls == 1
+
+
+def test_a_forgotten_token_is_refreshed(endpoint: TokenEndpoint, account: Account) -> None:
+    oauth_tokens.access_token(account, get_settings())
+    oauth_tokens.forget_access_token(account)
+    assert oauth_tokens.access_token(account, get_settings()) == "access-2"
+
+
+def test_reauth_required_leaves_the_schedule_until_a_new_consent() -> None:
+    plan = policy.mailbox_failure("reauth_required", "connect again", 0)
+    assert not plan.stays_due
+    assert not policy.may_sync(fetch_enabled=True, status="reauth_required", protocol="imap")
+    assert not policy.retry_in_job("reauth_required", 1, out_of_time=False)
+    assert scheduling.due_fields("acme", "alice", True, "reauth_required") == {"due_shard": None, "next_sync_at": None}
+    # A token the mail server refused is renewed at the account's next (backed-off) job.
+    assert policy.mailbox_failure("token_rejected", "refused", 0).stays_due
