@@ -42,7 +42,13 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
     _records_seen += 1
     job = sync_jobs.parse_job(record.body)
     logger.append_keys(tenant_id=job.tenant_id, user_id=job.user_id)
-    result = sync_jobs.run_job(job, lambda_deadline=_lambda_deadline(lambda_context), may_defer=_records_seen > 1)
+    sent = record.attributes.raw_event.get("SentTimestamp")  # ms; when the job was enqueued
+    result = sync_jobs.run_job(
+        job,
+        lambda_deadline=_lambda_deadline(lambda_context),
+        may_defer=_records_seen > 1,
+        queued_at=int(sent) / 1000 if sent else None,
+    )
     record_metrics(result)
     # Most jobs find nothing to do (every account, every minute): those are DEBUG, not log volume.
     log = logger.debug if result.no_op else logger.info
@@ -50,7 +56,8 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
 
 
 def record_metrics(result: sync_jobs.JobResult) -> None:
-    """One metric per outcome; the alarms in template.yaml watch SyncFailures_auth_failed and SyncLagSeconds."""
+    """One metric per outcome; the alarms in template.yaml watch SyncFailures_auth_failed and
+    SyncLagSeconds (how long a job waited on the queue: a no-op writes no ``last_success_at``)."""
     metrics.add_metric(name=f"Sync_{result.status}", unit=MetricUnit.Count, value=1)
     if result.error:
         metrics.add_metric(name=f"SyncFailures_{result.error}", unit=MetricUnit.Count, value=1)

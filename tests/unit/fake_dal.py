@@ -41,7 +41,6 @@ from mailsync.events import Event
 # functions over storage (the two exception classes and the clock) stay the real ones.
 NOT_IMPLEMENTED = frozenset(
     {
-        "acquire_host_slot",
         "aged_out",
         "count_attempt",
         "drop",
@@ -52,7 +51,6 @@ NOT_IMPLEMENTED = frozenset(
         "idempotency_store",  # Powertools Idempotency on its own table: the POST path is an integration test
         "ids_for_match_key",
         "relink",
-        "release_host_slot",
         "save_checkpoint",
         "set_flags",
         "take_lease",

@@ -15,7 +15,6 @@ sync state + lease          ``A#{t}#{u}``                            ``STATE``
 pending CRM change (op)     ``A#{t}#{u}#OPS``                        ``{sequence number}``
 thread mark / member        ``A#{t}#{u}#T#{thread}``                 ``THREAD`` / ``M#{id}``
 dossier entry               ``C#{t}#{address}``                      ``{internal date}#{id}``
-mail-host slot              ``H#{host}``                             ``{slot}``
 ==========================  =======================================  ============================
 
 Messages are listed newest first through ``gsi1`` (account) and ``gsi2`` (account + CRM folder),
@@ -30,7 +29,6 @@ from mailsync.dal._models import utcnow
 from mailsync.dal._store import (
     Unstorable,
     account_exists,
-    acquire_host_slot,
     aged_out,
     contact_messages,
     count_attempt,
@@ -59,7 +57,6 @@ from mailsync.dal._store import (
     ops_waiting,
     put_accounts,
     record_changes,
-    release_host_slot,
     relink,
     save_checkpoint,
     save_tenant_settings,
@@ -78,7 +75,6 @@ __all__ = [
     "BadCursor",
     "Unstorable",
     "account_exists",
-    "acquire_host_slot",
     "aged_out",
     "contact_messages",
     "count_attempt",
@@ -107,7 +103,6 @@ __all__ = [
     "ops_waiting",
     "put_accounts",
     "record_changes",
-    "release_host_slot",
     "relink",
     "save_checkpoint",
     "save_tenant_settings",

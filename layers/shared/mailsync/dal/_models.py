@@ -341,8 +341,3 @@ class OpModel(_Item):
     folder = UnicodeAttribute(null=True)  # CRM folder (move)
     created_at = UTCDateTimeAttribute(default_for_new=utcnow)
     attempts = NumberAttribute(default=0)
-
-
-class HostSlotModel(_Item):
-    owner = UnicodeAttribute(null=True)
-    expires = NumberAttribute(default=0)

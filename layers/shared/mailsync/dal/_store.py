@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -43,7 +42,6 @@ from mailsync.dal._models import (
     TENANT_SETTINGS_USER,
     AccountModel,
     ContactIndexModel,
-    HostSlotModel,
     LocationModel,
     MatchKeyModel,
     MessageModel,
@@ -154,29 +152,6 @@ def due_accounts(shard: int, now: int, limit: int | None = None) -> Iterator[tup
     """(tenant, user) of accounts in ``shard`` whose next sync time has come."""
     for item in AccountModel.due.query(shard, AccountModel.next_sync_at <= now, limit=limit):
         yield item.tenant_id, item.user_id
-
-
-def acquire_host_slot(host: str, owner: str, slots: int, seconds: int) -> str | None:
-    """One of ``slots`` concurrent syncs against a mail host; None when all are taken."""
-    now = int(time.time())
-    for index in range(slots):
-        slot = HostSlotModel(keys.host_slot_pk(host), keys.host_slot_sk(index), owner=owner, expires=now + seconds)
-        try:
-            slot.save(condition=HostSlotModel.sk.does_not_exist() | (HostSlotModel.expires < now))
-        except PutError as exc:
-            if conditional_failure(exc):
-                continue
-            raise
-        return slot.sk
-    return None
-
-
-def release_host_slot(host: str, slot: str, owner: str) -> None:
-    try:
-        HostSlotModel(keys.host_slot_pk(host), slot).delete(condition=HostSlotModel.owner == owner)
-    except Exception as exc:
-        if not conditional_failure(exc):
-            raise
 
 
 # --- sync state ------------------------------------------------------------------------------------
