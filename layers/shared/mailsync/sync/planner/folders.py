@@ -316,5 +316,6 @@ def status_work(
             stored, status, qresync=False, has_copies=lambda name=name: has_copies(name), now=now, scan_every=scan_every
         )
         if mode is not Mode.SKIP:
-            return f"folder_{mode.value}"
+            # Which of QRESYNC and CONDSTORE the sync then uses is the connection's to say.
+            return f"folder_{mode.value}" if mode in (Mode.FULL, Mode.SCAN) else "folder_changed"
     return None
