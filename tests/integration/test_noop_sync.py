@@ -87,8 +87,8 @@ def test_a_no_op_sync_writes_nothing_and_makes_no_kms_call(account: Account) -> 
     assert result.status == "synced" and result.no_op, result
     assert writes(calls) == {}, calls
     assert kms(calls) == {}, calls
-    # What it did read: the account item and its sync state, nothing else anywhere.
-    assert calls == {"dynamodb:GetItem": 2}, calls
+    # What it did: read the account item and its sync state in one request, nothing else anywhere.
+    assert calls == {"dynamodb:BatchGetItem": 1}, calls
     # The API shows the account as it was: idle, the last sync that had work, no "syncing".
     after = sync_status(account)
     assert (after["state"], after["last_success_at"], after["last_started_at"]) == (

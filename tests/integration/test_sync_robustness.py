@@ -258,5 +258,5 @@ def test_noop_sync_cost_does_not_grow_with_the_mailbox(api, local_mail_env, dove
     assert small_calls == big_calls
     # And it is small: connect, login, one LIST-STATUS, logout; a handful of DynamoDB reads.
     assert small_cmds <= 6, small_cmds
-    # Reads: the account item and its sync state; no lease, no writes at all.
-    assert small_calls == {"GetItem": 2}, small_calls
+    # One read (the account item and its sync state together); no lease, no writes at all.
+    assert small_calls == {"BatchGetItem": 1}, small_calls

@@ -47,6 +47,7 @@ NOT_IMPLEMENTED = frozenset(
         "find_locations",
         "finish_op",
         "folder_locations",
+        "get_account_and_sync_state",
         "give_back_lease",
         "idempotency_store",  # Powertools Idempotency on its own table: the POST path is an integration test
         "ids_for_match_key",

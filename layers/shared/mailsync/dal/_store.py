@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -163,6 +164,46 @@ def get_sync_state(tenant_id: str, user_id: str) -> SyncState | None:
     except DoesNotExist:
         return None
     return sync_state_from(item)
+
+
+def get_account_and_sync_state(tenant_id: str, user_id: str) -> tuple[Account | None, SyncState | None]:
+    """(sync core) ``get_account`` and ``get_sync_state`` in one request (a BatchGetItem over both
+    tables, strongly consistent): every job starts with these two reads, most end there."""
+    settings = get_settings()
+    account_key_ = {
+        AccountModel.tenant_id.attr_name: {"S": tenant_id},
+        AccountModel.user_id.attr_name: {"S": user_id},
+    }
+    state_key_ = {
+        SyncStateModel.pk.attr_name: {"S": keys.account_pk(tenant_id, user_id)},
+        SyncStateModel.sk.attr_name: {"S": keys.STATE_SK},
+    }
+    if settings.accounts_table == settings.messages_table:
+        return get_account(tenant_id, user_id), get_sync_state(tenant_id, user_id)
+    wanted: dict[str, Any] = {
+        settings.accounts_table: {"Keys": [account_key_], "ConsistentRead": True},
+        settings.messages_table: {"Keys": [state_key_], "ConsistentRead": True},
+    }
+    found: dict[str, list[dict[str, Any]]] = {}
+    for attempt in range(_BATCH_GET_ATTEMPTS):
+        response = client("dynamodb").batch_get_item(RequestItems=wanted)
+        for table, items in response.get("Responses", {}).items():
+            found.setdefault(table, []).extend(items)
+        wanted = response.get("UnprocessedKeys") or {}
+        if not wanted:
+            break
+        time.sleep(0.05 * 2**attempt)  # throttled: DynamoDB asks for a backoff before the retry
+    else:
+        return get_account(tenant_id, user_id), get_sync_state(tenant_id, user_id)
+    accounts = found.get(settings.accounts_table) or []
+    states = found.get(settings.messages_table) or []
+    return (
+        account_from(AccountModel.from_raw_data(accounts[0])) if accounts else None,
+        sync_state_from(SyncStateModel.from_raw_data(states[0])) if states else None,
+    )
+
+
+_BATCH_GET_ATTEMPTS = 4
 
 
 def forget_sync_state(tenant_id: str, user_id: str, ops_server: str) -> None:

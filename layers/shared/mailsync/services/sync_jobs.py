@@ -106,7 +106,9 @@ def run_job(
         return JobResult("deferred")
     lag = None if queued_at is None else max(0, int(time.time() - queued_at))
     owner = owner or scheduling.worker_id()
-    account = dal.get_account(job.tenant_id, job.user_id)
+    # One request for both; read without the lease: most jobs find nothing to do and then
+    # write nothing at all.
+    account, stored = dal.get_account_and_sync_state(job.tenant_id, job.user_id)
     if account is None:
         return JobResult("gone")
     if not policy.may_sync(fetch_enabled=account.fetch_enabled, status=account.status, protocol=account.protocol):
@@ -116,8 +118,7 @@ def run_job(
             with contextlib.suppress(NotFound):
                 dal.update_account(account, {"due_shard": None, "next_sync_at": None})
         return JobResult("skipped")
-    # Read without the lease: most jobs find nothing to do and then write nothing at all.
-    state = dal.get_sync_state(job.tenant_id, job.user_id) or SyncState()
+    state = stored or SyncState()
     since_success = None if state.last_success_at is None else time.time() - state.last_success_at.timestamp()
     if policy.duplicate_scheduled_job(job.reason, since_success):
         return JobResult("skipped", lag_seconds=lag)  # it succeeded moments ago
