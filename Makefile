@@ -20,7 +20,7 @@ TENANT ?= acme
 ROLE ?= user
 
 .DEFAULT_GOAL := run
-.PHONY: help bench run demo token test unit integration e2e tooling lint fmt validate build openapi dovecot venv clean
+.PHONY: help bench run demo token invoke test unit integration e2e tooling lint fmt validate build openapi dovecot venv clean
 
 help:  ## this list
 	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z0-9-]+):.*## (.*)/\1\t\2/' | \
@@ -35,8 +35,16 @@ demo: $(STAMP) dovecot  ## the local stack plus a throwaway Dovecot with a sampl
 token: $(STAMP)  ## print a local JWT: make token USER=alice TENANT=acme ROLE=admin
 	@$(BIN)/python -m devstack.token --user "$(TOKEN_USER)" --tenant "$(TENANT)" --role "$(ROLE)"
 
+invoke: $(STAMP)  ## run a function in-process against the running stack: make invoke FN=SyncWorkerFunction EVENT=events/sync_worker.json
+	@if [ -z "$(EVENT)" ]; then echo 'usage: make invoke [FN=<function>] EVENT="events/<file>.json ..."'; exit 2; fi
+	@$(BIN)/python -m devstack.invoke $(if $(FN),--function "$(FN)") $(EVENT)
+
+# Two pytest processes: the suite waits on mail servers and moto as much as it computes. A test file
+# stays on one process (--dist loadfile), so module-scoped stacks and servers start once.
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP) dovecot servers lint validate build  ## everything CI runs
-	$(BIN)/python -m pytest  # pyproject.toml's testpaths: tests/ and devstack/tests/
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile  # pyproject.toml's testpaths: tests/ and devstack/tests/
 
 unit: $(STAMP)  ## the fast loop: pure logic and the services on an in-memory data layer (~20 s)
 	$(BIN)/python -m pytest tests/unit

@@ -20,6 +20,7 @@ SCRIPTS = [
     "bench_fanout",
     "bench_memory",
     "bench_settings_api",
+    "bench_cost",  # last: arithmetic on the JSONs the others just wrote
 ]
 
 
@@ -58,6 +59,11 @@ def summary_line(name: str, doc: dict) -> str:
         return (
             f"peak RSS small {s['small']['peak_rss_mb']:.0f} MB, with a {doc['parameters']['large_mb']:g} MB "
             f"message {s['large']['peak_rss_mb']:.0f} MB (+{r['extra_peak_mb']:.0f} MB)"
+        )
+    if name == "bench_cost":
+        return (
+            f"per 1,000 users a month: polling ${r['polling_usd_per_1000_users_month']:.2f}, "
+            f"mail ${r['messages_usd_per_1000_users_month']:.2f}"
         )
     return ""
 

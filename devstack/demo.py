@@ -1,10 +1,12 @@
 """``make demo``: the local stack plus a throwaway Dovecot with a sample mailbox, and a demo
-user whose mail settings and folder map are already saved through the API."""
+user whose mail settings and folder map are already saved through the API. Its banner shows
+what works for that user; everything it made is removed when it stops."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import urllib.request
@@ -13,10 +15,12 @@ from typing import Any
 
 from devstack.auth import make_token
 from devstack.dovecot import DovecotServer, seed_sample_mailbox
-from devstack.run import LocalStack, serve_forever
+from devstack.run import LocalStack, serve_forever, state_dir
 
 DEMO_USER = "demo"
 DEMO_TENANT = "demo-office"
+# The demo user keeps the default window; the sample mailbox has one message older than it.
+SYNC_WINDOW_DAYS = 30
 
 
 def _call(url: str, token: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
@@ -57,44 +61,54 @@ def configure_demo_user(stack: LocalStack, server: DovecotServer, username: str,
     return token
 
 
+def banner(stack: LocalStack, server: DovecotServer, username: str, password: str, token: str) -> str:
+    """What works for the demo user: its token and commands, and why one sample is not shown."""
+    auth = '-H "Authorization: Bearer $TOKEN"'
+    base = f"{stack.api_url}/v1/users/me"
+    return "\n".join(
+        [
+            "Demo mailbox (Dovecot, throwaway; removed with everything else on Ctrl-C):",
+            f"  IMAPS 127.0.0.1:{server.imaps_port}  IMAP+STARTTLS 127.0.0.1:{server.imap_port}",
+            f"  user {username}  password {password}  CA {server.ca_file}",
+            f"Demo CRM user '{DEMO_USER}' of tenant '{DEMO_TENANT}': mail settings and folder map saved, first sync",
+            "started. In another shell:",
+            f"  export TOKEN={token}",
+            *(
+                f"  curl -s {base}/{path} {auth}"
+                for path in ("mail-settings", "server-folders", "folder-map", "sync-status", "messages")
+            ),
+            'The sample mailbox holds 4 messages; the CRM shows 2 of them. "Quarterly report" is 40 days old:',
+            f"outside the {SYNC_WINDOW_DAYS}-day sync window (sync_window_days), so Mailsync does not sync it (its",
+            'reply in Sent it does). The draft lies in "Entwürfe", a folder the suggested map leaves out.',
+        ]
+    )
+
+
 def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="mailsync-demo-"))
-    server = DovecotServer(workdir / "dovecot").start()
+    server: DovecotServer | None = None
+    stack: LocalStack | None = None
     try:
+        server = DovecotServer(workdir / "dovecot").start()
         user = server.add_user("demo@example.test", "demo-password")
         with user.client("ssl") as client:
             seed_sample_mailbox(client)
         # The demo's Dovecot has its own CA; trust it like a deployment trusts a private CA.
         os.environ["MAILSYNC_EXTRA_CA_FILE"] = str(server.ca_file)
-        stack = LocalStack(verbose=os.environ.get("MAILSYNC_VERBOSE") == "1").start()
-    except Exception:
-        server.stop()
-        raise
-    try:
-        token = configure_demo_user(stack, server, user.username, user.password)
-    except Exception as exc:  # noqa: BLE001 - show why, then stop everything cleanly
-        print(f"demo setup failed: {exc}", file=sys.stderr)
-        stack.stop()
-        server.stop()
-        sys.exit(1)
-    extra = "\n".join(
-        [
-            "Demo mailbox (Dovecot, throwaway):",
-            f"  IMAPS 127.0.0.1:{server.imaps_port}  IMAP+STARTTLS 127.0.0.1:{server.imap_port}",
-            f"  user {user.username}  password {user.password}  CA {server.ca_file}",
-            f"Demo CRM user '{DEMO_USER}' of tenant '{DEMO_TENANT}' is configured. Its token:",
-            f"  export TOKEN={token}",
-            f'  curl -H "Authorization: Bearer $TOKEN" {stack.api_url}/v1/users/me/mail-settings',
-            f'  curl -H "Authorization: Bearer $TOKEN" {stack.api_url}/v1/users/me/server-folders',
-            f'  curl -H "Authorization: Bearer $TOKEN" {stack.api_url}/v1/users/me/folder-map',
-            f'  curl -H "Authorization: Bearer $TOKEN" {stack.api_url}/v1/users/me/sync-status',
-            f'  curl -H "Authorization: Bearer $TOKEN" {stack.api_url}/v1/users/me/messages',
-        ]
-    )
-    try:
-        serve_forever(stack, extra)
+        stack = LocalStack(verbose=os.environ.get("MAILSYNC_VERBOSE") == "1", state_dir=state_dir())
+        try:
+            stack.start()
+            token = configure_demo_user(stack, server, user.username, user.password)
+        except Exception as exc:  # noqa: BLE001 - say why; the finally stops everything
+            print(f"demo setup failed: {exc}", file=sys.stderr)
+            sys.exit(1)
+        serve_forever(stack, banner(stack, server, user.username, user.password, token), token_hint=False)
     finally:
-        server.stop()
+        if stack is not None:
+            stack.stop()
+        if server is not None:
+            server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

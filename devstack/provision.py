@@ -41,6 +41,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "template.yaml"
+# The functions reach AWS at this endpoint: declared empty in the template so that sam local's
+# --env-vars can set it (sam local passes only declared variables).
+ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL"
 
 TABLE = "AWS::DynamoDB::Table"
 BUCKET = "AWS::S3::Bucket"
@@ -367,6 +370,9 @@ class _LocalStack:
             elif isinstance(value, dict):
                 raise ProvisionError(f"environment variable {name} did not resolve to a scalar: {value!r}")
             env[name] = _cfn_str(value)
+        if ENDPOINT_VARIABLE in env:
+            # Empty in AWS (boto3 ignores it); sam local and the local stack point it at moto.
+            env[ENDPOINT_VARIABLE] = self.endpoint_url or ""
         return env
 
 

@@ -8,6 +8,8 @@ scheduler runs on a timer and the worker drains the queue in-process.
 from __future__ import annotations
 
 import base64
+import errno
+import json
 import logging
 import os
 import signal
@@ -17,6 +19,7 @@ import threading
 import warnings
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,17 +34,70 @@ from devstack.lambda_runtime import (
     sqs_event,
 )
 from devstack.moto_atomic import make_dynamodb_atomic
+from devstack.provision import ENDPOINT_VARIABLE, load_template
 
 TEMPLATE = ROOT / "template.yaml"
 # Metrics are disabled locally; Powertools still warns on every invocation.
 warnings.filterwarnings("ignore", message="No application metrics to publish")
+# The template's routes: the API under /v1 behind the JWT authorizer, Swagger UI without it.
+# Anything else is API Gateway's 404 before any authorizer runs (a browser's /favicon.ico too).
+API_PREFIX = "/v1/"
 PUBLIC_PATHS = ("/swagger",)
+# Where make run and make demo write the files that sam local and make invoke read.
+STATE_DIR = ROOT / ".aws-sam" / "local"
+SAM_ENV_FILE = "env-vars.json"
+STACK_FILE = "stack.json"
+FUNCTION_TYPE = "AWS::Serverless::Function"
+# Never written to the stack's files: a developer's shell may hold real ones (moto takes any).
+CREDENTIAL_VARIABLES = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"})
+
+
+class PortInUse(OSError):
+    """The API port is taken; the message names it and the variable that moves it."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(
+            errno.EADDRINUSE,
+            f"port {port} on 127.0.0.1 is in use (another make run or make demo?): stop that, or choose "
+            f"another port with MAILSYNC_PORT, e.g. MAILSYNC_PORT={port + 1} make run (or make demo)",
+        )
+        self.port = port
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def state_dir() -> Path:
+    """The directory of the running stack's files (``MAILSYNC_LOCAL_STATE_DIR``, else .aws-sam/local)."""
+    configured = os.environ.get("MAILSYNC_LOCAL_STATE_DIR")
+    return Path(configured) if configured else STATE_DIR
+
+
+def function_variables(template: dict[str, Any]) -> dict[str, list[str]]:
+    """Each function's logical id -> the environment variables the template declares for it (the
+    only ones sam local passes: Globals plus the function's own)."""
+    globals_env = ((template.get("Globals") or {}).get("Function") or {}).get("Environment") or {}
+    declared = list(globals_env.get("Variables") or {})
+    out: dict[str, list[str]] = {}
+    for logical_id, resource in template["Resources"].items():
+        if resource.get("Type") != FUNCTION_TYPE:
+            continue
+        own = ((resource.get("Properties") or {}).get("Environment") or {}).get("Variables") or {}
+        out[logical_id] = declared + [name for name in own if name not in declared]
+    return out
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# The guards the local stack lowers, and the variable that keeps one up ("false") locally.
+LOCAL_SWITCHES = {
+    "MAILSYNC_ALLOW_PRIVATE_HOSTS": "MAILSYNC_LOCAL_ALLOW_PRIVATE_HOSTS",
+    "MAILSYNC_ALLOW_INSECURE": "MAILSYNC_LOCAL_ALLOW_INSECURE",
+}
 
 
 def local_defaults() -> dict[str, str]:
@@ -55,6 +111,8 @@ def local_defaults() -> dict[str, str]:
         "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_METRICS_DISABLED": "true",
         "POWERTOOLS_DEV": "false",
+        # A developer's token survives reloads of the local Swagger UI (never in AWS: localStorage).
+        "MAILSYNC_SWAGGER_PERSIST_AUTHORIZATION": "true",
         # Local development talks to mail servers on this machine (Dovecot, the demo).
         "MAILSYNC_ALLOW_PRIVATE_HOSTS": "true",
         "MAILSYNC_ALLOW_INSECURE": "true",
@@ -74,6 +132,9 @@ class _ApiRequestHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
         claims = None
+        if not url.path.startswith((API_PREFIX, *PUBLIC_PATHS)):
+            self._send(HTTPStatus.NOT_FOUND, {"content-type": "application/json"}, b'{"message":"Not Found"}')
+            return
         if not url.path.startswith(PUBLIC_PATHS):
             claims = auth.verify_bearer(self.headers.get("authorization"))
             if claims is None:
@@ -144,7 +205,9 @@ class LocalStack:
         moto_port: int | None = None,
         schedule_seconds: float | None = None,
         verbose: bool = False,
+        state_dir: Path | None = None,
     ) -> None:
+        """``state_dir``: where to write the files for sam local and make invoke (none if None)."""
         env = os.environ
         self.port = port if port is not None else int(env.get("MAILSYNC_PORT", "3000"))
         self.moto_port = moto_port if moto_port is not None else int(env.get("MAILSYNC_MOTO_PORT", "0"))
@@ -152,6 +215,7 @@ class LocalStack:
             schedule_seconds if schedule_seconds is not None else float(env.get("MAILSYNC_SCHEDULE_SECONDS", "60"))
         )
         self.verbose = verbose
+        self.state_dir = state_dir
         self.resources: dict[str, str] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -163,6 +227,21 @@ class LocalStack:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> LocalStack:
+        # The port first: a taken port fails at once, before moto and the provisioning.
+        try:
+            self._http = _ApiServer(("127.0.0.1", self.port), self)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(self.port) from exc
+            raise
+        self.port = self._http.server_address[1]
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> LocalStack:
         from moto.server import ThreadedMotoServer
 
         ensure_layer_on_path()
@@ -179,15 +258,16 @@ class LocalStack:
         endpoint = f"http://127.0.0.1:{self.moto_port}"
         os.environ["AWS_ENDPOINT_URL"] = endpoint
 
-        from devstack.provision import load_template, provision
+        from devstack.provision import provision
 
-        self.resources = provision(load_template(TEMPLATE), endpoint_url=endpoint)
+        template = load_template(TEMPLATE)
+        self.resources = provision(template, endpoint_url=endpoint)
         for key, value in self.resources.items():
             if key in local_defaults() and key in os.environ:
                 continue
             os.environ[key] = value
-        for key in ("MAILSYNC_ALLOW_PRIVATE_HOSTS", "MAILSYNC_ALLOW_INSECURE"):
-            os.environ[key] = os.environ.get(f"MAILSYNC_LOCAL_{key[9:]}", local_defaults()[key])
+        for key, local_key in LOCAL_SWITCHES.items():
+            os.environ[key] = os.environ.get(local_key, local_defaults()[key])
 
         from mailsync.aws import reset_clients
         from mailsync.config import get_settings
@@ -199,12 +279,58 @@ class LocalStack:
         self.scheduler_handler = load_handler("scheduler")
         self.worker_handler = load_handler("sync_worker")
 
-        self._http = _ApiServer(("127.0.0.1", self.port), self)
-        self.port = self._http.server_address[1]
+        if self.state_dir is not None:
+            self._write_state(template)
+        assert self._http is not None
         self._spawn("http", self._http.serve_forever)
         self._spawn("scheduler", self._schedule_loop)
         self._spawn("worker", self._drain_loop)
         return self
+
+    def function_environment(self) -> dict[str, str]:
+        """What an in-process function of this stack runs with: credentials, region, Powertools and
+        Mailsync switches, the resources' names and the endpoint of moto."""
+        prefixes = ("AWS_", "MAILSYNC_", "POWERTOOLS_")
+        names = set(self.resources) | set(local_defaults())
+        return {
+            k: v
+            for k, v in os.environ.items()
+            if (k in names or k.startswith(prefixes)) and k not in CREDENTIAL_VARIABLES
+        }
+
+    def sam_env_vars(self, template: dict[str, Any]) -> dict[str, dict[str, str]]:
+        """sam local's ``--env-vars`` document: per function, every variable the template declares
+        for it, with this stack's value (moto's endpoint, the local names and switches)."""
+        environment = self.function_environment()
+        return {
+            logical_id: {name: environment[name] for name in names if name in environment}
+            for logical_id, names in function_variables(template).items()
+        }
+
+    def _write_state(self, template: dict[str, Any]) -> None:
+        assert self.state_dir is not None
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        stack = {
+            "pid": os.getpid(),
+            "api_url": self.api_url,
+            "endpoint_url": os.environ[ENDPOINT_VARIABLE],
+            "environment": self.function_environment(),
+        }
+        (self.state_dir / SAM_ENV_FILE).write_text(json.dumps(self.sam_env_vars(template), indent=2) + "\n")
+        (self.state_dir / STACK_FILE).write_text(json.dumps(stack, indent=2) + "\n")
+
+    def _remove_state(self) -> None:
+        if self.state_dir is None:
+            return
+        stack_file = self.state_dir / STACK_FILE
+        try:
+            owner = json.loads(stack_file.read_text()).get("pid")
+        except (OSError, ValueError):
+            return
+        if owner != os.getpid():
+            return  # another stack started since and wrote its own files
+        for name in (STACK_FILE, SAM_ENV_FILE):
+            (self.state_dir / name).unlink(missing_ok=True)
 
     def _spawn(self, name: str, target: Any) -> None:
         thread = threading.Thread(target=target, name=f"mailsync-{name}", daemon=True)
@@ -251,16 +377,22 @@ class LocalStack:
                 self._stop.wait(1)
 
     def stop(self) -> None:
+        """Idempotent: stop serving, the loops and moto; remove the stack's files."""
+        if self._stop.is_set():
+            return
         self._stop.set()
+        self._remove_state()
         if self._http:
-            self._http.shutdown()
+            if self._threads:
+                self._http.shutdown()
             self._http.server_close()
         for thread in self._threads:
             thread.join(timeout=10)
         if self._moto:
             self._moto.stop()
 
-    def describe(self, extra: str = "") -> str:
+    def describe(self, extra: str = "", *, token_hint: bool = True) -> str:
+        """The banner; ``token_hint`` adds how to get a token for any user (the demo shows its own)."""
         lines = [
             "Mailsync local stack is running.",
             f"  API           {self.api_url}   (Swagger UI: {self.api_url}/swagger)",
@@ -270,22 +402,35 @@ class LocalStack:
         ]
         shown = {k: os.environ.get(k, v) for k, v in self.resources.items() if not k.startswith("POWERTOOLS")}
         lines += [f"    {k} = {v}" for k, v in sorted(shown.items())]
-        lines += [
-            "  token:        make token USER=alice TENANT=acme ROLE=admin",
-            '  try:          curl -H "Authorization: Bearer $(make -s token)" '
-            f"{self.api_url}/v1/users/me/mail-settings",
-        ]
+        if self.state_dir is not None:
+            lines += [
+                f"  sam local:    --env-vars {_shown_path(self.state_dir / SAM_ENV_FILE)} --docker-network host",
+                "  in-process:   make invoke FN=SyncWorkerFunction EVENT=events/sync_worker.json",
+            ]
+        if token_hint:
+            lines += [
+                "  token:        make token USER=alice TENANT=acme ROLE=admin",
+                '  try:          curl -H "Authorization: Bearer $(make -s token)" '
+                f"{self.api_url}/v1/users/me/mail-settings",
+            ]
         if extra:
             lines.append(extra)
         lines.append("Press Ctrl-C to stop.")
         return "\n".join(lines)
 
 
-def serve_forever(stack: LocalStack, extra: str = "") -> None:
+def _shown_path(path: Path) -> str:
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def serve_forever(stack: LocalStack, extra: str = "", *, token_hint: bool = True) -> None:
     """Print what runs, then block until Ctrl-C/SIGTERM."""
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
-    print(stack.describe(extra), flush=True)
+    print(stack.describe(extra, token_hint=token_hint), flush=True)
     try:
         done.wait()
     except KeyboardInterrupt:
@@ -296,7 +441,7 @@ def serve_forever(stack: LocalStack, extra: str = "") -> None:
 
 
 def main() -> None:
-    stack = LocalStack(verbose=os.environ.get("MAILSYNC_VERBOSE") == "1")
+    stack = LocalStack(verbose=os.environ.get("MAILSYNC_VERBOSE") == "1", state_dir=state_dir())
     try:
         stack.start()
     except OSError as exc:

@@ -20,6 +20,7 @@ from mailsync.api_errors import (
     unparseable_body_response,
     validation_error_response,
 )
+from mailsync.config import Settings
 from mailsync.errors import (
     MailboxError,
     MailsyncError,
@@ -40,6 +41,8 @@ app.enable_swagger(
     '`{"error": {"code", "message", "field"?}}`.',
     security_schemes={"bearer": HTTPBearer(bearerFormat="JWT")},
     security=[{"bearer": []}],
+    # Read at import (the page is built once); get_settings() stays uncached until a request.
+    persist_authorization=Settings().swagger_persist_authorization,
 )
 app.include_router(settings.router, prefix="/v1")
 app.include_router(folders.router, prefix="/v1")

@@ -21,7 +21,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from mailsync.observability import logger, metrics, tracer
+from mailsync.observability import job_metrics, logger, metrics, tracer
 from mailsync.services import sync_jobs
 
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -56,15 +56,16 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
 
 
 def record_metrics(result: sync_jobs.JobResult) -> None:
-    """One metric per outcome; the alarms in template.yaml watch SyncFailures_auth_failed and
-    SyncLagSeconds (how long a job waited on the queue: a no-op writes no ``last_success_at``)."""
-    metrics.add_metric(name=f"Sync_{result.status}", unit=MetricUnit.Count, value=1)
+    """One metric per outcome, summed over the invocation (published once, at its end); the alarms in
+    template.yaml watch SyncFailures_auth_failed and SyncLagSeconds (how long a job waited on the
+    queue: a no-op writes no ``last_success_at`` to measure from)."""
+    job_metrics.count(f"Sync_{result.status}")
     if result.error:
-        metrics.add_metric(name=f"SyncFailures_{result.error}", unit=MetricUnit.Count, value=1)
+        job_metrics.count(f"SyncFailures_{result.error}")
     if result.status in ("synced", "incomplete", "failed"):
-        metrics.add_metric(name="SyncDuration", unit=MetricUnit.Milliseconds, value=result.duration_ms)
+        job_metrics.sample("SyncDuration", MetricUnit.Milliseconds, result.duration_ms)
     if result.lag_seconds is not None:
-        metrics.add_metric(name="SyncLagSeconds", unit=MetricUnit.Seconds, value=result.lag_seconds)
+        job_metrics.sample("SyncLagSeconds", MetricUnit.Seconds, result.lag_seconds)
     outcome = result.outcome
     if outcome is not None:
         for name, value in (
@@ -75,7 +76,7 @@ def record_metrics(result: sync_jobs.JobResult) -> None:
             ("CrmChangesPushed", outcome.pushed),
             ("ImapCommands", outcome.imap_commands),
         ):
-            metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+            job_metrics.count(name, value)
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -84,4 +85,9 @@ def record_metrics(result: sync_jobs.JobResult) -> None:
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     global _records_seen
     _records_seen = 0
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+    try:
+        return process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+    finally:
+        job_metrics.publish()  # before log_metrics prints: one EMF document per invocation

@@ -8,6 +8,7 @@ import queue
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -108,6 +109,8 @@ def base_env(**extra: str) -> dict[str, str]:
         {
             "MAILSYNC_PORT": str(free_port()),
             "MAILSYNC_SCHEDULE_SECONDS": "3600",
+            # The stack's files for make invoke and sam local: never a developer's own in .aws-sam/local.
+            "MAILSYNC_LOCAL_STATE_DIR": str(Path(tempfile.gettempdir()) / f"mailsync-e2e-{os.getpid()}"),
             "PYTHONPATH": "",
             "PYTHONUNBUFFERED": "1",
         }

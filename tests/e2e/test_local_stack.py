@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 import urllib.request
 from datetime import UTC, datetime
 
 from devstack.dovecot import make_message
-from tests.e2e.conftest import Running, base_env, make_token, start, stop, wait_for_sync
+from tests.e2e.conftest import Running, make_token, wait_for_sync
 
 
 def test_first_steps_over_http(local_stack: Running, mail_user) -> None:
@@ -65,24 +64,3 @@ def test_first_steps_over_http(local_stack: Running, mail_user) -> None:
     assert local_stack.request("GET", "/v1/users/alice/mail-settings", make_token("bob", "acme"))[0] == 403
     assert local_stack.request("GET", "/v1/users/alice/mail-settings", make_token("root", "acme", "admin"))[0] == 200
     assert local_stack.request("GET", "/v1/users/alice/mail-settings", make_token("eve", "globex", "admin"))[0] == 404
-
-
-def test_demo_configures_a_working_mailbox() -> None:
-    running = start("demo", base_env())
-    try:
-        output = "\n".join(running.output)
-        match = re.search(r"export TOKEN=(\S+)", output)
-        assert match, output
-        token = match.group(1)
-        status, body = running.request("GET", "/v1/users/me/mail-settings", token)
-        assert status == 200, body
-        assert body["status"] == "ok", "the demo logged in to its Dovecot"
-        status, folder_map = running.request("GET", "/v1/users/me/folder-map", token)
-        assert folder_map["saved"] is True
-        assert folder_map["folders"]["sent"] == "Sent"
-        wait_for_sync(running, token)
-        status, page = running.request("GET", "/v1/users/me/messages", token)
-        folders = sorted(m["folder"] for m in page["messages"])
-        assert folders == ["inbox", "sent"], page  # the 40-day-old sample is outside the window
-    finally:
-        stop(running)

@@ -5,11 +5,16 @@ the function's build dir, the layer's ``python/`` dir and symlinks to the packag
 Lambda Python runtime itself provides (boto3 & co.). Anything else - pydantic, Powertools,
 imapclient, pynamodb, the ``mailsync`` package - must therefore come from the built layer.
 
+The layer is built for arm64; on another machine its compiled distributions (pydantic_core, wrapt)
+cannot load, so exactly those are taken from this venv at the same versions (``native_dir``);
+test_layer_architecture checks the layer's own copies are aarch64.
+
 Needs ``.aws-sam/build`` (``make build``); set MAILSYNC_SKIP_BUILD_TEST=1 to skip.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -23,6 +28,7 @@ import pytest
 from moto import mock_aws
 
 from devstack.provision import load_template, provision
+from tests.integration.layer_support import foreign_files, host_machine, top_level_packages
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SOURCE_TEMPLATE = REPO_ROOT / "template.yaml"
@@ -97,6 +103,25 @@ def layer_dir(built_template: dict[str, Any]) -> Path:
 
 
 @pytest.fixture(scope="module")
+def native_dir(layer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[str]]:
+    """Symlinks to this venv's copies of the layer's distributions compiled for another CPU, and their modules."""
+    target = tmp_path_factory.mktemp("native")
+    swapped: set[str] = set()
+    for dist_info in sorted(layer_dir.glob("*.dist-info")):
+        modules = top_level_packages(dist_info)
+        if not any(foreign_files(layer_dir / m, host_machine()) for m in modules if (layer_dir / m).is_dir()):
+            continue
+        name, _, version = dist_info.name.removesuffix(".dist-info").rpartition("-")
+        assert importlib.metadata.version(name) == version, f"the venv's {name} is not the layer's {version}"
+        for module in modules:
+            spec = importlib.util.find_spec(module)
+            assert spec is not None and spec.submodule_search_locations, f"{module} not installed in the test venv"
+            (target / module).symlink_to(spec.submodule_search_locations[0])
+            swapped.add(module)
+    return target, swapped
+
+
+@pytest.fixture(scope="module")
 def runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Symlinks to the venv's copies of what the Lambda runtime provides."""
     target = tmp_path_factory.mktemp("lambda-runtime")
@@ -156,9 +181,11 @@ def test_handler_imports_from_build_and_layer_only(
     logical_id: str,
     built_template: dict[str, Any],
     layer_dir: Path,
+    native_dir: tuple[Path, set[str]],
     runtime_dir: Path,
     function_env: dict[str, str],
 ) -> None:
+    native, swapped = native_dir
     assert sys.version_info[:2] == (3, 12), "the layer is built for python3.12"
     props = built_template["Resources"][logical_id]["Properties"]
     function_dir = BUILD_DIR / props["CodeUri"]
@@ -166,7 +193,7 @@ def test_handler_imports_from_build_and_layer_only(
     module, _, attribute = props["Handler"].rpartition(".")
 
     config = {
-        "path": [str(function_dir), str(layer_dir), str(runtime_dir)],
+        "path": [str(function_dir), str(native), str(layer_dir), str(runtime_dir)],
         "module": module,
         "attribute": attribute,
         "layer_modules": list(LAYER_MODULES),
@@ -187,11 +214,12 @@ def test_handler_imports_from_build_and_layer_only(
     assert report["callable"], f"{props['Handler']} is not callable"
     assert Path(report["handler_file"]).is_relative_to(function_dir)
     for name, origin in report["origins"].items():
-        assert origin and Path(origin).is_relative_to(layer_dir), f"{name} imported from {origin}, not the layer"
+        home = native if name in swapped else layer_dir
+        assert origin and Path(origin).is_relative_to(home), f"{name} imported from {origin}, not {home}"
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     platstdlib = Path(sysconfig.get_paths()["platstdlib"])
-    allowed = (function_dir, layer_dir, runtime_dir, stdlib, platstdlib)
+    allowed = (function_dir, native, layer_dir, runtime_dir, stdlib, platstdlib)
     leaked = [
         f
         for f in report["loaded"]

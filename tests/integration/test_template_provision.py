@@ -29,6 +29,7 @@ PREFIX = "mailsync-local"
 
 # The contract every function relies on (see the project brief).
 EXPECTED_ENV = {
+    "AWS_ENDPOINT_URL",
     "ACCOUNTS_TABLE",
     "MESSAGES_TABLE",
     "IDEMPOTENCY_TABLE",
@@ -88,6 +89,7 @@ def test_template_globals_declare_the_env_contract(template: dict[str, Any]) -> 
 def test_env_is_fully_resolved(mocked_env: dict[str, str], template: dict[str, Any]) -> None:
     env = mocked_env
     assert set(env) == set(template["Globals"]["Function"]["Environment"]["Variables"])
+    assert env.pop("AWS_ENDPOINT_URL") == "", "inside mock_aws the functions use the default endpoints"
     for name, value in env.items():
         # Overrides of the built-in per-host limits: none by default.
         assert isinstance(value, str) and (value or name == "MAILSYNC_HOST_CONCURRENCY_OVERRIDES"), name

@@ -1,4 +1,4 @@
-"""The sync decision module (``mailsync.sync.planner``): one test per README conflict rule, and
+"""The sync decision module (``mailsync.sync.planner``): one test per conflict rule of docs/architecture.md, and
 the other decisions the engine, the pusher and the job runner only carry out.
 
 Plain data in, assertions out: no server, no moto.
@@ -42,7 +42,7 @@ def at(folder: str = "INBOX", uidvalidity: int = 7, uid: int = 3, state: str = "
     return MessageFacts(state=state, server_folder=folder, uidvalidity=uidvalidity, uid=uid)
 
 
-# --- README "Conflict rules" ---------------------------------------------------------------------
+# --- docs/architecture.md "Conflict rules" -----------------------------------------------------
 
 
 def test_rule_1_non_conflicting_changes_from_both_sides_both_apply() -> None:

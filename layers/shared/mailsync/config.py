@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # Servers without CONDSTORE (Courier, Exchange) show a flag change nowhere in STATUS: their
     # full flag scan runs when STATUS changed, else at most this often (0: every sync).
     flag_scan_minutes: float = Field(default=15.0, ge=0, le=1440)
+    # Swagger UI keeps a pasted token in the browser's localStorage: the local stack only.
+    swagger_persist_authorization: bool = False
 
     @field_validator("host_concurrency_overrides")
     @classmethod
