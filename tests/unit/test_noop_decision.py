@@ -161,3 +161,11 @@ def test_status_to_record_is_the_same_rule_before_and_after_the_sync() -> None:
     assert jobs.status_to_record(account_status="ok", next_sync_at=None) is False
     assert jobs.status_to_record(account_status="ok", next_sync_at=5) is True
     assert jobs.status_to_record(account_status="server_busy", next_sync_at=0) is True
+
+
+def test_a_live_lease_of_another_worker_makes_the_job_busy_before_any_login() -> None:
+    assert jobs.lease_held_elsewhere(lease_owner="w2", lease_expires=int(NOW) + 60, owner="w1", now=NOW)
+    assert not jobs.lease_held_elsewhere(lease_owner="w1", lease_expires=int(NOW) + 60, owner="w1", now=NOW)
+    # Expired (its worker died) or given back: the lease write would succeed.
+    assert not jobs.lease_held_elsewhere(lease_owner="w2", lease_expires=int(NOW) - 1, owner="w1", now=NOW)
+    assert not jobs.lease_held_elsewhere(lease_owner=None, lease_expires=None, owner="w1", now=NOW)

@@ -122,6 +122,10 @@ def run_job(
     since_success = None if state.last_success_at is None else time.time() - state.last_success_at.timestamp()
     if policy.duplicate_scheduled_job(job.reason, since_success):
         return JobResult("skipped", lag_seconds=lag)  # it succeeded moments ago
+    if policy.lease_held_elsewhere(
+        lease_owner=state.lease_owner, lease_expires=state.lease_expires, owner=owner, now=time.time()
+    ):
+        return JobResult("busy")  # another worker syncs it now
     lease = _Lease(job.tenant_id, job.user_id, owner)
     final: dict[str, Any] = {}
     started = time.monotonic()

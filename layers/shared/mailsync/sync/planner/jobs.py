@@ -136,6 +136,12 @@ def finished_state(*, complete: bool) -> dict[str, Any]:
     return {"state": "idle" if complete else "syncing", "last_error": None, "failures": 0}
 
 
+def lease_held_elsewhere(*, lease_owner: str | None, lease_expires: int | None, owner: str, now: float) -> bool:
+    """Whether another worker holds the account's lease (the lease write's own condition, read
+    beforehand): then the job is ``busy`` without even logging in."""
+    return lease_expires is not None and int(lease_expires) >= int(now) and lease_owner != owner
+
+
 def status_to_record(*, account_status: str, next_sync_at: int | None) -> bool:
     """Whether a job that reached the server writes the account's status (``ok``) and puts it
     back in the schedule: after a failure, a backoff or before its first success."""
