@@ -57,6 +57,11 @@ def kms(calls: Counter[str]) -> dict[str, int]:
     return {op: n for op, n in calls.items() if op.startswith("kms:")}
 
 
+def poll(account: Account, **kw: Any) -> Any:
+    """A scheduled sync job, as the scheduler sends one every minute."""
+    return account.sync(reason="schedule", **kw)
+
+
 def sync_status(account: Account) -> dict[str, Any]:
     response = account.api("GET", "/v1/users/me/sync-status", caller=account.caller)
     assert response.status == 200, response.body
@@ -68,8 +73,12 @@ def account(request, api, local_mail_env, monkeypatch) -> Account:
     """Synced once, on Dovecot with CONDSTORE/QRESYNC ("full") and without ("basic", whose flag
     scan then runs every 15 minutes, the default, instead of on every sync as in other tests)."""
     from mailsync.config import get_settings
+    from mailsync.sync.planner import jobs
 
     monkeypatch.setenv("MAILSYNC_FLAG_SCAN_MINUTES", "15")
+    # The polls here follow each other at once; the skip of a scheduled job right after a
+    # success has its own test (test_sync_handlers.py::test_scheduled_duplicate_right_after_a_sync_is_skipped).
+    monkeypatch.setattr(jobs, "MIN_SECONDS_BETWEEN_SCHEDULED_SYNCS", 0)
     get_settings.cache_clear()
     account = flavoured_account(request, api, monkeypatch, MAP)
     with account.user.client() as imap:
@@ -83,7 +92,7 @@ def account(request, api, local_mail_env, monkeypatch) -> Account:
 def test_a_no_op_sync_writes_nothing_and_makes_no_kms_call(account: Account) -> None:
     before = sync_status(account)
     with count_aws_calls() as calls:
-        result = account.sync()
+        result = poll(account)
     assert result.status == "synced" and result.no_op, result
     assert writes(calls) == {}, calls
     assert kms(calls) == {}, calls
@@ -98,15 +107,25 @@ def test_a_no_op_sync_writes_nothing_and_makes_no_kms_call(account: Account) -> 
     )
 
 
+def test_a_sync_the_user_asked_for_confirms_itself_under_the_lease(account: Account) -> None:
+    before = sync_status(account)["last_success_at"]
+    with count_aws_calls() as calls:
+        result = account.sync(reason="user")  # POST /v1/users/me/sync
+    assert result.status == "synced" and result.outcome.created == 0
+    assert writes(calls) == {"dynamodb:UpdateItem": 2}, calls  # the lease taken and given back
+    assert kms(calls) == {}, calls
+    assert sync_status(account)["last_success_at"] > before
+
+
 def test_a_cold_container_unwraps_the_data_key_once(account: Account) -> None:
     from mailsync import crypto
 
     crypto.reset_caches()  # a new container: no data key in memory
     with count_aws_calls() as calls:
-        assert account.sync().no_op
+        assert poll(account).no_op
     assert kms(calls) == {"kms:Decrypt": 1}, calls
     with count_aws_calls() as calls:
-        assert account.sync().no_op
+        assert poll(account).no_op
     assert kms(calls) == {}, calls
 
 
@@ -115,7 +134,7 @@ def test_a_change_on_the_server_still_syncs_under_the_lease(account: Account) ->
     with account.user.client() as imap:
         imap.append("INBOX", message("new mail", days=1), internal_date=days_ago(1))
     with count_aws_calls() as calls:
-        result = account.sync()
+        result = poll(account)
     assert result.status == "synced" and result.outcome.created == 1
     # The lease was taken and given back (its two writes), the message stored.
     assert writes(calls)["dynamodb:UpdateItem"] >= 2, calls
@@ -128,13 +147,13 @@ def test_a_pending_crm_change_still_syncs_under_the_lease(account: Account) -> N
     target = account.synced()["old 0"]
     assert account.api("PATCH", f"/v1/messages/{target['id']}", {"seen": True}, caller=account.caller).status == 200
     with count_aws_calls() as calls:
-        result = account.sync()
+        result = poll(account)
     assert result.status == "synced" and result.outcome.pushed == 1
     assert writes(calls), calls
     assert "\\Seen" in server_flags(account, "INBOX", "old 0")
     # Then quiet again.
     with count_aws_calls() as calls:
-        assert account.sync().no_op
+        assert poll(account).no_op
     assert writes(calls) == {}, calls
 
 
@@ -142,7 +161,7 @@ def test_a_flag_changed_by_another_program_is_work_on_condstore_servers(account:
     with account.user.client() as imap:
         uid = imap.uids("INBOX")[0]
         imap.add_flags("INBOX", uid, ["\\Flagged"])
-    result = account.sync()
+    result = poll(account)
     if "basic" in request.node.callspec.id:
         # Without CONDSTORE STATUS does not show it: it waits for the next flag scan (15 min).
         assert result.no_op
@@ -187,7 +206,7 @@ def test_two_workers_racing_on_a_change_never_both_write(account: Account, monke
     results: list[Any] = []
 
     def worker(owner: str) -> None:
-        results.append(account.sync(owner=owner))
+        results.append(poll(account, owner=owner))
 
     threads = [threading.Thread(target=worker, args=(f"worker-{i}",)) for i in range(2)]
     for t in threads:

@@ -207,7 +207,7 @@ def test_first_sync_resumes_after_running_out_of_time(account: Account, monkeypa
 
 def noop_cost(account: Account) -> tuple[int, Counter]:
     with count_dynamodb_calls() as calls:
-        result = account.sync()
+        result = account.sync(reason="schedule")  # a poll (a sync the user asks for confirms itself)
     assert result.status == "synced" and result.outcome.created == 0
     return result.outcome.imap_commands, calls
 
@@ -241,7 +241,10 @@ def fill(user: MailUser, count: int, in_window: int) -> None:
         assert imap.imap.select_folder("INBOX", readonly=True)[b"EXISTS"] == count
 
 
-def test_noop_sync_cost_does_not_grow_with_the_mailbox(api, local_mail_env, dovecot) -> None:
+def test_noop_sync_cost_does_not_grow_with_the_mailbox(api, local_mail_env, dovecot, monkeypatch) -> None:
+    from mailsync.sync.planner import jobs
+
+    monkeypatch.setattr(jobs, "MIN_SECONDS_BETWEEN_SCHEDULED_SYNCS", 0)  # the poll follows the first sync at once
     small_user, big_user = dovecot.add_user(), dovecot.add_user()
     # The small mailbox has more synced messages, the big one far more on the server: the cost
     # of a sync that finds nothing new depends on neither.

@@ -58,7 +58,11 @@ def on_server(point: Checkpoint, statuses: dict[str, ServerStatus | None], **kw:
 
 def test_a_healthy_idle_account_needs_the_servers_status_to_decide() -> None:
     assert stored() is None
-    assert stored(reason="user") is None
+    assert stored(reason="push") is None  # a CRM change enqueues it; ops_pending shows the work
+
+
+def test_a_sync_the_user_asked_for_always_confirms_itself() -> None:
+    assert stored(reason="user") == "requested"
 
 
 @pytest.mark.parametrize(

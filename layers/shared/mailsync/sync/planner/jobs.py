@@ -163,9 +163,13 @@ def stored_work(
 
     A job without work writes nothing: no lease, no ``syncing``, no ``last_success_at``. So
     anything the job must write or clear is work: CRM changes to push, a first sync or a
-    continuation on its way (``syncing``), a failure to clear, a status to record."""
+    continuation on its way (``syncing``), a failure to clear, a status to record — and a sync
+    the user asked for (``POST .../sync``, rare): it confirms itself with ``last_success_at``,
+    which a CRM may watch for."""
     if reason == "continue":
         return "continuation"
+    if reason == "user":
+        return "requested"
     if ops_pending > 0:
         return "crm_changes"
     if sync_state != "idle":
