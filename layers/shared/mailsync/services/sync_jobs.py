@@ -1,10 +1,15 @@
-"""Running one sync job: lease, mail-host slot, one IMAP connection, the engine, the outcome.
+"""Running one sync job: a connection slot, one IMAP connection, the lease when there is work,
+the engine, the outcome.
 
-Every decision — whether the job runs, its deadlines, what its outcome records and the failure
-policy — is in ``sync.planner.jobs``; this module carries them out: the lease, the mail-host slot,
-the connection (retried while the policy says so), ``sync.account.sync_account``, and the outcome
-with its events. Nothing escapes: an unexpected exception leaves sync state ``failed`` with a
-human ``last_error``, the ``SyncFailures_internal_error`` metric and the lease released.
+Every decision — whether the job runs, whether it has work, its deadlines, what its outcome
+records and the failure policy — is in ``sync.planner`` (``jobs``, and ``folders`` for the STATUS
+comparison); this module carries them out: room for the connection in this process
+(``mailbox.limits``), the connection (retried while the policy says so), the account's lease —
+taken only once the stored state or the folders' STATUS shows work, so a job that finds nothing
+writes nothing — ``sync.account.sync_account``, and the outcome with its events. Nothing
+escapes: an unexpected exception leaves sync state ``failed`` with a human ``last_error``, the
+``SyncFailures_internal_error`` metric and the lease released. Thread-safe: no module state but
+the process's connection limits and password keys, both locked.
 
 Time: a job has ``job_budget_seconds`` of wall time from its start, and never more than the
 Lambda has left less ``LAMBDA_MARGIN_SECONDS`` (time to record the outcome, release the lease and
