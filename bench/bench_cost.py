@@ -373,11 +373,24 @@ def model(inputs: Inputs, polls_per_user: float, messages_per_user_day: float, m
     }
 
 
+def adaptive_polls_per_day(doc: dict[str, Any] | None) -> float:
+    """Polls a user a day under adaptive polling as bench_fanout.py modelled it (the default office
+    hours, no activity); every minute around the clock (1,440) without that figure."""
+    try:
+        return doc["results"]["polling"]["model"]["polls_per_account_per_30_days"] / 30  # type: ignore[index]
+    except (KeyError, TypeError):
+        return 24 * 60
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="read the -small bench JSONs, write bench_cost-small.json")
     parser.add_argument(
-        "--polls-per-user-day", type=float, default=24 * 60, help="default 1,440: every minute, around the clock"
+        "--polls-per-user-day",
+        type=float,
+        default=None,
+        help="default: adaptive polling's figure from bench_fanout.json (office hours every minute, "
+        "quiet hours every 15), else 1,440: every minute, around the clock",
     )
     parser.add_argument("--messages-per-user-day", type=float, default=50)
     parser.add_argument("--message-kb", type=float, default=75)
@@ -397,6 +410,8 @@ def main() -> None:
     throughput_inputs(inputs, load_result("bench_throughput", args.small))
     fanout_inputs(inputs, load_result("bench_fanout", args.small), template)
     message_inputs(inputs, load_result("bench_initial_sync", args.small))
+    if args.polls_per_user_day is None:
+        args.polls_per_user_day = adaptive_polls_per_day(load_result("bench_fanout", args.small))
 
     results = model(
         inputs, args.polls_per_user_day * DAYS, args.messages_per_user_day, args.message_kb, args.deployment_users

@@ -4,23 +4,32 @@ An account with 5 mapped folders (INBOX, Sent, Drafts, Trash, Archive), each hol
 on the server (default N = 200 and N = 20,000; ``--small``: 200 and 2,000). To keep the first
 sync affordable only the newest ``--in-window`` messages of each folder (default 200) are inside
 the 30-day window; the rest are older, so both accounts sync the same number of messages while
-the server-side mailbox differs a hundredfold. After the first sync, ``--noops`` no-op syncs are
-run and counted:
+the server-side mailbox differs a hundredfold. After the first sync and ``--warmup`` no-ops (a
+warm container: modules loaded, the SSLContext and the password's data key cached), ``--noops``
+no-op syncs are run and measured, per size:
 
-- IMAP commands: the session's counter (``outcome.imap_commands``) and, on the wire, tagged
-  command lines seen by a loopback TCP proxy in front of Dovecot's plain IMAP port (the account
-  uses ``security: none`` through the proxy so that the commands are readable; the commands are
-  the same under TLS);
-- AWS calls by service and operation (boto3 clients and PynamoDB alike, see
-  ``benchlib.count_aws_calls``), under ``moto.mock_aws`` in-process;
-- wall time of the no-op ``run_job`` (in-process moto: AWS latency not included).
+- ``imap_commands_after_login``: tagged command lines after LOGIN, seen on the wire by a loopback
+  TCP proxy in front of Dovecot's plain IMAP port (that account uses ``security: none`` so the
+  commands are readable; they are the same under TLS), and the session's own counter;
+- ``dynamodb_write_calls``, ``kms_calls`` and every AWS call by service and operation (boto3
+  clients and PynamoDB alike, counted at ``botocore.client.BaseClient._make_api_call``);
+- ``dynamodb_rru`` / ``dynamodb_wru``: capacity units computed from the items read and written
+  (DynamoDB's item size rules: 4 KB per RRU, halved for eventually consistent reads; 1 KB per
+  WRU, per item written — for an update or delete the item sent, a lower bound);
+- ``cpu_ms``: the worker's own CPU for one no-op (median), on a second account of the same
+  mailbox over TLS straight to Dovecot, as in production. AWS is a moto server in its own
+  process and the proxy's threads are not on the worker's thread, so this is
+  ``time.thread_time()`` of the thread running ``run_job`` (the no-op starts no threads).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import datetime as dt
+import gc
+import math
 import os
 import re
 import shutil
@@ -30,15 +39,19 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 import benchlib
-from benchlib import print_table, write_results
+from benchlib import MotoServer, print_table, write_results
 
 from devstack.dovecot import DovecotServer
 
 FOLDERS = {"inbox": "INBOX", "sent": "Sent", "drafts": "Drafts", "trash": "Trash", "archive": "Archive"}
+DYNAMODB_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
 _TAGGED = re.compile(rb"^([A-Za-z0-9]+) ([A-Za-z]+)(?: ([A-Za-z]+))?")
 
 
@@ -51,6 +64,7 @@ class CountingProxy:
         self.port = self.listener.getsockname()[1]
         self.lock = threading.Lock()
         self.commands: Counter[str] = Counter()
+        self.sequence: list[str] = []  # the command verbs in order
         self.bytes_up = 0
         self.bytes_down = 0
         self._stop = threading.Event()
@@ -60,6 +74,7 @@ class CountingProxy:
     def reset(self) -> None:
         with self.lock:
             self.commands = Counter()
+            self.sequence = []
             self.bytes_up = self.bytes_down = 0
 
     def _accept(self) -> None:
@@ -99,6 +114,7 @@ class CountingProxy:
                                 verb += " " + match.group(3).upper().decode()
                             with self.lock:
                                 self.commands[verb] += 1
+                                self.sequence.append(verb)
         except OSError:
             pass
         finally:
@@ -140,52 +156,176 @@ def fill(user, per_folder: int, in_window: int) -> float:
     return time.perf_counter() - started
 
 
-def measure(server: DovecotServer, per_folder: int, in_window: int, noops: int) -> dict:
+def item_bytes(item: dict[str, Any]) -> int:
+    """An item's size by DynamoDB's rules: attribute names plus values (low-level JSON form)."""
+    return sum(len(name.encode()) + _value_bytes(value) for name, value in item.items())
+
+
+def _value_bytes(value: dict[str, Any]) -> int:
+    ((kind, raw),) = value.items()
+    if kind == "S":
+        return len(raw.encode())
+    if kind == "N":
+        return (len(raw.strip("-").lstrip("0").replace(".", "")) + 1) // 2 + 1
+    if kind == "B":
+        return len(raw) if isinstance(raw, bytes) else len(base64.b64decode(raw))
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind == "L":
+        return 3 + sum(1 + _value_bytes(v) for v in raw)
+    if kind == "M":
+        return 3 + sum(len(k.encode()) + 1 + _value_bytes(v) for k, v in raw.items())
+    if kind in ("SS", "NS", "BS"):
+        return sum(_value_bytes({kind[0]: v}) for v in raw)
+    return 0
+
+
+@dataclass
+class AwsUsage:
+    calls: Counter[str] = field(default_factory=Counter)
+    rru: float = 0.0
+    wru: float = 0.0
+
+
+@contextlib.contextmanager
+def count_aws_usage() -> Iterator[AwsUsage]:
+    """Every AWS call as ``service:Operation`` plus DynamoDB capacity units from the items."""
+    from botocore.client import BaseClient
+
+    usage = AwsUsage()
+    original = BaseClient._make_api_call
+    lock = threading.Lock()
+
+    def counted(self: Any, operation_name: str, api_params: dict[str, Any]) -> Any:
+        response = original(self, operation_name, api_params)
+        service = self.meta.service_model.service_name
+        rru = wru = 0.0
+        if service == "dynamodb":
+            rru, wru = _capacity(operation_name, api_params, response)
+        with lock:
+            usage.calls[f"{service}:{operation_name}"] += 1
+            usage.rru += rru
+            usage.wru += wru
+        return response
+
+    BaseClient._make_api_call = counted  # type: ignore[method-assign]
+    try:
+        yield usage
+    finally:
+        BaseClient._make_api_call = original  # type: ignore[method-assign]
+
+
+def _capacity(operation: str, params: dict[str, Any], response: dict[str, Any]) -> tuple[float, float]:
+    def read_units(size: int, consistent: bool) -> float:
+        units = max(1, math.ceil(size / 4096))
+        return float(units) if consistent else units / 2
+
+    if operation == "GetItem":
+        return read_units(item_bytes(response.get("Item") or {}), bool(params.get("ConsistentRead"))), 0.0
+    if operation in ("Query", "Scan"):
+        size = sum(item_bytes(i) for i in response.get("Items", []))
+        return read_units(size, bool(params.get("ConsistentRead"))), 0.0
+    if operation == "BatchGetItem":
+        consistent = {t: bool(spec.get("ConsistentRead")) for t, spec in params.get("RequestItems", {}).items()}
+        found = response.get("Responses", {})
+        return sum(
+            read_units(item_bytes(i), consistent.get(t, False)) for t, items in found.items() for i in items
+        ), 0.0
+    if operation == "PutItem":
+        return 0.0, float(max(1, math.ceil(item_bytes(params["Item"]) / 1024)))
+    if operation in ("UpdateItem", "DeleteItem"):
+        return 0.0, 1.0
+    if operation == "BatchWriteItem":
+        writes = [w for table in params.get("RequestItems", {}).values() for w in table]
+        return 0.0, float(
+            sum(max(1, math.ceil(item_bytes(w.get("PutRequest", {}).get("Item", {})) / 1024)) for w in writes)
+        )
+    if operation == "TransactWriteItems":
+        return 0.0, 2.0 * len(params.get("TransactItems", []))
+    return 0.0, 0.0
+
+
+def after_login(sequence: list[str]) -> int:
+    """Commands after the last LOGIN/AUTHENTICATE of the session."""
+    logins = [i for i, verb in enumerate(sequence) if verb in ("LOGIN", "AUTHENTICATE")]
+    return len(sequence) - (logins[-1] + 1) if logins else len(sequence)
+
+
+def measure(server: DovecotServer, per_folder: int, in_window: int, noops: int, warmup: int) -> dict:
     from mailsync.services import sync_jobs
+    from mailsync.sync.planner import jobs as policy
 
     user = server.add_user()
     fill_seconds = fill(user, per_folder, in_window)
     proxy = CountingProxy(server.imap_port)
-    who = f"noop-{per_folder}"
+    who, who_tls = f"noop-{per_folder}", f"noop-{per_folder}-tls"
+
+    def run(user_id: str) -> Any:
+        # A scheduled poll: a sync the user asks for (reason "user") always confirms itself with a write.
+        result = sync_jobs.run_job(sync_jobs.SyncJob(tenant_id=benchlib.TENANT, user_id=user_id, reason="schedule"))
+        if result.status != "synced" or result.outcome is None or not result.no_op:
+            raise RuntimeError(f"no-op sync ended {result.status} {result.outcome}")
+        return result
+
     try:
-        settings = {
-            "host": "127.0.0.1",
-            "port": proxy.port,
-            "username": user.username,
-            "password": user.password,
-            "security": "none",
-        }
-        benchlib.save_account(who, settings, FOLDERS)
+        login = {"host": "127.0.0.1", "username": user.username, "password": user.password}
+        benchlib.save_account(who, {**login, "port": proxy.port, "security": "none"}, FOLDERS)
+        benchlib.save_account(who_tls, {**login, "port": server.imaps_port, "security": "ssl"}, FOLDERS)
         started = time.perf_counter()
         first = benchlib.run_until_synced(who)
         first_seconds = time.perf_counter() - started
         if first["status"] != "synced":
             raise RuntimeError(f"first sync ended {first}")
+        if benchlib.run_until_synced(who_tls)["status"] != "synced":
+            raise RuntimeError("first sync of the TLS account did not complete")
+        # A scheduled job right after a success is skipped as a duplicate (MIN_SECONDS_BETWEEN_SCHEDULED_SYNCS):
+        # polls come a minute apart in production, so wait that rule out once.
+        time.sleep(policy.MIN_SECONDS_BETWEEN_SCHEDULED_SYNCS + 1)
+        for _ in range(warmup):
+            run(who)
+            run(who_tls)
         samples = []
         for _ in range(noops):
             proxy.reset()
-            with benchlib.count_aws_calls() as calls:
+            with count_aws_usage() as usage:
                 t0 = time.perf_counter()
-                result = sync_jobs.run_job(sync_jobs.SyncJob(tenant_id=benchlib.TENANT, user_id=who, reason="user"))
+                result = run(who)
                 seconds = time.perf_counter() - t0
             time.sleep(0.2)  # let the proxy threads see the LOGOUT exchange close
-            if result.status != "synced" or result.outcome is None or result.outcome.created:
-                raise RuntimeError(f"no-op sync ended {result.status} {result.outcome}")
             with proxy.lock:
                 wire = dict(proxy.commands)
+                sequence = list(proxy.sequence)
                 up, down = proxy.bytes_up, proxy.bytes_down
+            calls = dict(sorted(usage.calls.items()))
             samples.append(
                 {
                     "seconds": seconds,
                     "imap_commands_session": result.outcome.imap_commands,
                     "imap_commands_wire": sum(wire.values()),
-                    "wire_commands": dict(sorted(wire.items())),
+                    "imap_commands_after_login": after_login(sequence),
+                    "wire_commands": sequence,
                     "bytes_up": up,
                     "bytes_down": down,
-                    "aws_calls": dict(sorted(calls.items())),
-                    "aws_by_service": benchlib.by_service(calls),
+                    "aws_calls": calls,
+                    "aws_by_service": benchlib.by_service(usage.calls),
+                    "dynamodb_write_calls": sum(
+                        n
+                        for op, n in calls.items()
+                        if op.split(":")[1] in DYNAMODB_WRITES and op.startswith("dynamodb:")
+                    ),
+                    "dynamodb_rru": usage.rru,
+                    "dynamodb_wru": usage.wru,
+                    "kms_calls": sum(n for op, n in calls.items() if op.startswith("kms:")),
                 }
             )
+        cpu_ms = []
+        process_ms = []
+        for _ in range(noops):
+            gc.collect()
+            t0, p0 = time.thread_time(), time.process_time()
+            run(who_tls)
+            cpu_ms.append((time.thread_time() - t0) * 1000)
+            process_ms.append((time.process_time() - p0) * 1000)
     finally:
         proxy.close()
     last = samples[-1]
@@ -193,14 +333,22 @@ def measure(server: DovecotServer, per_folder: int, in_window: int, noops: int) 
         "messages_per_folder_on_server": per_folder,
         "messages_on_server": per_folder * len(FOLDERS),
         "in_window_per_folder": min(in_window, per_folder),
+        # The figures of issue 11 (the last sample; noop_samples_identical says whether all agree).
+        "imap_commands_after_login": last["imap_commands_after_login"],
+        "dynamodb_write_calls": last["dynamodb_write_calls"],
+        "dynamodb_wru": last["dynamodb_wru"],
+        "dynamodb_rru": last["dynamodb_rru"],
+        "kms_calls": last["kms_calls"],
+        "cpu_ms": statistics.median(cpu_ms),
+        "cpu_ms_samples": cpu_ms,
+        "process_cpu_ms_samples": process_ms,
         "synced_by_first_sync": first["created"],
         "fill_seconds": fill_seconds,
         "first_sync_seconds": first_seconds,
         "first_sync_imap_commands": first["imap_commands"],
         "noop_median_seconds": statistics.median(s["seconds"] for s in samples),
         "noop_samples_identical": all(
-            (s["imap_commands_wire"], s["aws_calls"]) == (last["imap_commands_wire"], last["aws_calls"])
-            for s in samples
+            (s["wire_commands"], s["aws_calls"]) == (last["wire_commands"], last["aws_calls"]) for s in samples
         ),
         "noop": last,
         "noop_samples": samples,
@@ -212,23 +360,21 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="200 and 2,000 per folder, 20 in the window")
     parser.add_argument("--sizes", help="messages per folder, comma-separated (default 200,20000)")
     parser.add_argument("--in-window", type=int, help="messages per folder inside the window (default 200)")
-    parser.add_argument("--noops", type=int, default=3)
+    parser.add_argument("--noops", type=int, default=7, help="measured no-ops per size (median of these)")
+    parser.add_argument("--warmup", type=int, default=3, help="unmeasured no-ops first (a warm container)")
     args = parser.parse_args()
     sizes = [int(s) for s in (args.sizes or ("200,2000" if args.small else "200,20000")).split(",")]
     in_window = args.in_window or (20 if args.small else 200)
 
-    for key, value in benchlib.aws_env().items():
-        os.environ[key] = value
-    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
-    from moto import mock_aws
-
-    from devstack.provision import provision_mock
-
     tmp = Path(tempfile.mkdtemp(prefix="mailsync-bench-noop-"))
     results = []
     try:
-        with DovecotServer(tmp / "dovecot") as server, mock_aws():
-            os.environ.update(provision_mock())
+        with DovecotServer(tmp / "dovecot") as server, MotoServer() as moto:
+            os.environ.update(benchlib.aws_env(moto.endpoint))
+            from devstack.provision import load_template, provision
+            from devstack.run import TEMPLATE
+
+            os.environ.update(provision(load_template(TEMPLATE), endpoint_url=moto.endpoint))
             os.environ["POWERTOOLS_LOG_LEVEL"] = "WARNING"
             os.environ["MAILSYNC_ALLOW_PRIVATE_HOSTS"] = "true"
             os.environ["MAILSYNC_ALLOW_INSECURE"] = "true"
@@ -236,7 +382,7 @@ def main() -> None:
             benchlib.reset_caches()
             for per_folder in sizes:
                 print(f"{len(FOLDERS)} folders x {per_folder:,} messages ...", flush=True)
-                results.append(measure(server, per_folder, in_window, args.noops))
+                results.append(measure(server, per_folder, in_window, args.noops, args.warmup))
                 r = results[-1]
                 print(
                     f"  filled in {r['fill_seconds']:.1f} s; first sync {r['synced_by_first_sync']} messages "
@@ -257,35 +403,39 @@ def main() -> None:
             [
                 r["messages_on_server"],
                 r["synced_by_first_sync"],
-                n["imap_commands_session"],
+                r["imap_commands_after_login"],
                 n["imap_commands_wire"],
                 n["bytes_up"] + n["bytes_down"],
-                n["aws_by_service"].get("dynamodb", 0),
-                n["aws_by_service"].get("s3", 0),
+                r["dynamodb_write_calls"],
+                r["dynamodb_wru"],
+                r["dynamodb_rru"],
+                r["kms_calls"],
                 sum(n["aws_by_service"].values()),
-                r["noop_median_seconds"] * 1000,
+                r["cpu_ms"],
             ]
         )
     print_table(
         [
             "on server",
             "synced",
-            "IMAP cmds (session)",
-            "IMAP cmds (wire)",
+            "IMAP after login",
+            "IMAP (wire)",
             "wire bytes",
-            "DynamoDB",
-            "S3",
+            "DDB writes",
+            "WRU",
+            "RRU",
+            "KMS",
             "all AWS",
-            "median ms",
+            "worker CPU ms",
         ],
         rows,
     )
     for r in results:
         n = r["noop"]
-        wire = ", ".join(f"{k} {v}" for k, v in n["wire_commands"].items())
         aws = ", ".join(f"{k} {v}" for k, v in n["aws_calls"].items())
-        print(f"  {r['messages_on_server']:>7,}: wire: {wire}")
+        print(f"  {r['messages_on_server']:>7,}: wire: {' '.join(n['wire_commands'])}")
         print(f"           AWS: {aws}")
+        print(f"           worker CPU ms: {', '.join(f'{c:.1f}' for c in r['cpu_ms_samples'])}")
     write_results(
         "bench_noop_sync",
         {
@@ -293,9 +443,12 @@ def main() -> None:
             "messages_per_folder": sizes,
             "in_window_per_folder": in_window,
             "noops": args.noops,
+            "warmup": args.warmup,
             "small": args.small,
-            "aws": "moto.mock_aws in-process",
-            "transport": "plain IMAP through a counting loopback proxy (security: none)",
+            "aws": "moto server in its own process",
+            "transport": "counts: plain IMAP through a counting loopback proxy (security: none); "
+            "cpu_ms: IMAPS straight to Dovecot",
+            "cpu_ms": "time.thread_time() of the thread running run_job, median of the no-ops",
         },
         results,
     )

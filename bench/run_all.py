@@ -41,7 +41,8 @@ def summary_line(name: str, doc: dict) -> str:
             n = size["noop"]
             parts.append(
                 f"{size['messages_on_server']:,} on server: {n['imap_commands_wire']} IMAP cmds, "
-                f"{n['aws_by_service'].get('dynamodb', 0)} DynamoDB, {n['aws_by_service'].get('s3', 0)} S3"
+                f"{n['aws_by_service'].get('dynamodb', 0)} DynamoDB ({size.get('dynamodb_write_calls')} writes), "
+                f"{size.get('kms_calls')} KMS, {size.get('cpu_ms', float('nan')):.1f} ms CPU"
             )
         return "; ".join(parts)
     if name == "bench_propagation":

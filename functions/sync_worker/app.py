@@ -38,7 +38,9 @@ def _lambda_deadline(lambda_context: LambdaContext | None) -> float | None:
 
 def record_handler(record: SQSRecord) -> list[SyncJob]:
     """A record's accounts; raising makes it a batch item failure (the body is not a job)."""
-    return sync_groups.parse_group(record.body)
+    sent = record.attributes.raw_event.get("SentTimestamp")  # ms; when the job was enqueued
+    queued_at = int(sent) / 1000 if sent else None
+    return [job.model_copy(update={"queued_at": queued_at}) for job in sync_groups.parse_group(record.body)]
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -61,21 +61,23 @@ def capture_events(bus: str) -> EventCapture:
 
 @contextmanager
 def count_dynamodb_calls() -> Iterator[Counter]:
-    """Counts DynamoDB operations made through PynamoDB (all our data access goes through it)."""
-    from pynamodb.connection.base import Connection
+    """Counts DynamoDB operations, PynamoDB's and boto3's alike (both end in botocore's
+    ``BaseClient._make_api_call``)."""
+    from botocore.client import BaseClient
 
     counts: Counter = Counter()
-    original = Connection._make_api_call
+    original = BaseClient._make_api_call
 
-    def counted(self: Connection, operation_name: str, operation_kwargs: dict, *a: Any, **k: Any) -> Any:
-        counts[operation_name] += 1
-        return original(self, operation_name, operation_kwargs, *a, **k)
+    def counted(self: Any, operation_name: str, api_params: dict, *a: Any, **k: Any) -> Any:
+        if self.meta.service_model.service_name == "dynamodb":
+            counts[operation_name] += 1
+        return original(self, operation_name, api_params, *a, **k)
 
-    Connection._make_api_call = counted
+    BaseClient._make_api_call = counted  # type: ignore[method-assign]
     try:
         yield counts
     finally:
-        Connection._make_api_call = original
+        BaseClient._make_api_call = original  # type: ignore[method-assign]
 
 
 def reads(counts: Counter) -> int:

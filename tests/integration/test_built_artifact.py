@@ -28,7 +28,7 @@ import pytest
 from moto import mock_aws
 
 from devstack.provision import load_template, provision
-from tests.integration.layer_support import foreign_files, host_machine, top_level_packages
+from tests.integration.layer_support import elf_machine, foreign_files, host_machine, top_level_packages
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SOURCE_TEMPLATE = REPO_ROOT / "template.yaml"
@@ -109,14 +109,25 @@ def native_dir(layer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     swapped: set[str] = set()
     for dist_info in sorted(layer_dir.glob("*.dist-info")):
         modules = top_level_packages(dist_info)
-        if not any(foreign_files(layer_dir / m, host_machine()) for m in modules if (layer_dir / m).is_dir()):
+        # A top-level extension module is a single file (cffi's _cffi_backend.cpython-312-<cpu>-linux-gnu.so).
+        single = {m for m in modules if (layer_dir / m).is_file() and elf_machine(layer_dir / m) is not None}
+        foreign = [m for m in single if elf_machine(layer_dir / m) != host_machine()]
+        if not foreign and not any(
+            foreign_files(layer_dir / m, host_machine()) for m in modules if (layer_dir / m).is_dir()
+        ):
             continue
         name, _, version = dist_info.name.removesuffix(".dist-info").rpartition("-")
         assert importlib.metadata.version(name) == version, f"the venv's {name} is not the layer's {version}"
-        for module in modules:
+        for module in modules - single:
             spec = importlib.util.find_spec(module)
             assert spec is not None and spec.submodule_search_locations, f"{module} not installed in the test venv"
             (target / module).symlink_to(spec.submodule_search_locations[0])
+            swapped.add(module)
+        for file in single:
+            module = file.split(".", 1)[0]
+            spec = importlib.util.find_spec(module)
+            assert spec is not None and spec.origin, f"{module} not installed in the test venv"
+            (target / Path(spec.origin).name).symlink_to(spec.origin)
             swapped.add(module)
     return target, swapped
 

@@ -86,19 +86,20 @@ def test_post_sync_enqueues_now(api, local_mail_env, mail_user, aws) -> None:
 
 
 def test_host_concurrency_cap_defers_the_job(api, local_mail_env, mail_user, aws, monkeypatch) -> None:
-    from mailsync import dal
     from mailsync.config import get_settings
+    from mailsync.mailbox.limits import LIMITS
+    from mailsync.services import sync_jobs
 
     monkeypatch.setenv("MAILSYNC_HOST_CONCURRENCY", "1")
+    monkeypatch.setattr(sync_jobs, "HOST_WAIT_SECONDS", 0.0)
     get_settings.cache_clear()
     account = connect_account(api, mail_user)
-    slot = dal.acquire_host_slot("127.0.0.1", "another-worker", 1, 600)
-    assert slot is not None
-    assert account.sync().status == "busy"
+    # Another job of this worker process holds the host's only connection.
+    with LIMITS.slot("127.0.0.1", "another-user", limit=1, wait_seconds=0):
+        assert account.sync().status == "busy"
     # Put back on the queue with a delay, not dropped: it runs when the host has room again.
     attributes = boto3.client("sqs").get_queue_attributes(QueueUrl=aws["SYNC_QUEUE_URL"], AttributeNames=["All"])
     assert attributes["Attributes"]["ApproximateNumberOfMessagesDelayed"] == "1"
-    dal.release_host_slot("127.0.0.1", slot, "another-worker")
     assert account.sync().status == "synced"
 
 

@@ -54,7 +54,6 @@ from mailsync.events import Event
 # functions over storage (the two exception classes and the clock) stay the real ones.
 NOT_IMPLEMENTED = frozenset(
     {
-        "acquire_host_slot",
         "aged_out",
         "count_attempt",
         "create_relay_address",  # relay addresses and relayed mail: tests/integration/test_relay.py (moto)
@@ -62,13 +61,13 @@ NOT_IMPLEMENTED = frozenset(
         "find_locations",
         "finish_op",
         "folder_locations",
+        "get_account_and_sync_state",
         "give_back_lease",
         "idempotency_store",  # Powertools Idempotency on its own table: the POST path is an integration test
         "ids_for_match_key",
         "relay_address_of",
         "relay_user",
         "relink",
-        "release_host_slot",
         "save_checkpoint",
         "rotate_relay_address",
         "set_flags",

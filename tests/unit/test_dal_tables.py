@@ -14,7 +14,7 @@ def test_models_follow_the_settings_without_binding(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("MESSAGES_TABLE", "messages-a")
     get_settings.cache_clear()
     assert (_models.AccountModel.Meta.table_name, _models.TenantSettingsModel.Meta.table_name) == ("accounts-a",) * 2
-    assert {m.Meta.table_name for m in (_models.MessageModel, _models.OpModel, _models.HostSlotModel)} == {"messages-a"}
+    assert {m.Meta.table_name for m in (_models.MessageModel, _models.OpModel, _models.ThreadModel)} == {"messages-a"}
     # When the environment changes and the settings are read again, the models follow
     monkeypatch.setenv("MESSAGES_TABLE", "messages-b")
     get_settings.cache_clear()

@@ -30,7 +30,10 @@ class Settings(BaseSettings):
     allow_insecure: bool = False
     extra_ca_file: str | None = None
     imap_timeout_seconds: float = Field(default=20.0, gt=0, le=300)
-    host_concurrency: int = Field(default=5, ge=1)
+    # Connections one worker process opens to one mail host (see mailbox.limits: the big
+    # providers have larger defaults); ``host=n,host=n`` overrides per host.
+    host_concurrency: int = Field(default=10, ge=1, le=1000)
+    host_concurrency_overrides: str = ""
     # Scheduler: accounts spread over this many due-index partitions (one Query each per tick).
     due_shards: int = Field(default=16, ge=1, le=1000)
     # Fan-out: one sync job (SQS message) carries up to this many accounts of one due shard.
@@ -92,6 +95,15 @@ class Settings(BaseSettings):
     oauth_state_ttl_seconds: int = Field(default=600, ge=60, le=3600)
     oauth_http_timeout_seconds: float = Field(default=10.0, gt=0, le=30)
 
+    @field_validator("host_concurrency_overrides")
+    @classmethod
+    def _overrides(cls, raw: str) -> str:
+        parse_overrides(raw)  # a typo fails at start-up, not at the first sync of that host
+        return raw
+
+    def host_concurrency_by_host(self) -> dict[str, int]:
+        return parse_overrides(self.host_concurrency_overrides)
+
     @field_validator("allow_private_hosts", "allow_insecure", mode="before")
     @classmethod
     def _flag(cls, raw: object) -> object:
@@ -99,6 +111,19 @@ class Settings(BaseSettings):
         if isinstance(raw, str):
             return raw.strip().lower() in {"1", "true", "yes", "on"}
         return raw
+
+
+def parse_overrides(text: str) -> dict[str, int]:
+    """``"imap.example.com=20, mail.example.org=2"`` -> per host limits; a bad entry is a ValueError."""
+    out: dict[str, int] = {}
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        host, sep, count = entry.partition("=")
+        if not sep or not host.strip() or not count.strip().isdigit() or int(count) < 1:
+            raise ValueError(f"host concurrency override {entry!r} is not host=n with n >= 1")
+        out[host.strip().lower()] = int(count)
+    return out
 
 
 @lru_cache(maxsize=1)

@@ -15,7 +15,6 @@ sync state + lease          ``A#{t}#{u}``                            ``STATE``
 pending CRM change (op)     ``A#{t}#{u}#OPS``                        ``{sequence number}``
 thread mark / member        ``A#{t}#{u}#T#{thread}``                 ``THREAD`` / ``M#{id}``
 dossier entry               ``C#{t}#{address}``                      ``{internal date}#{id}``
-mail-host slot              ``H#{host}``                             ``{slot}``
 relay address -> user       ``R#{local part}``                       ``RELAY``
 user -> relay address       ``A#{t}#{u}``                            ``RELAY``
 ==========================  =======================================  ============================
@@ -43,7 +42,6 @@ from mailsync.dal._relay import (
 from mailsync.dal._store import (
     Unstorable,
     account_exists,
-    acquire_host_slot,
     aged_out,
     contact_messages,
     count_attempt,
@@ -62,6 +60,7 @@ from mailsync.dal._store import (
     folder_locations,
     forget_sync_state,
     get_account,
+    get_account_and_sync_state,
     get_office_hours,
     get_sync_state,
     get_tenant_settings,
@@ -74,7 +73,6 @@ from mailsync.dal._store import (
     put_accounts,
     record_activity,
     record_changes,
-    release_host_slot,
     relink,
     save_checkpoint,
     save_office_hours,
@@ -94,7 +92,6 @@ __all__ = [
     "BadCursor",
     "Unstorable",
     "account_exists",
-    "acquire_host_slot",
     "aged_out",
     "contact_messages",
     "count_attempt",
@@ -114,6 +111,7 @@ __all__ = [
     "folder_locations",
     "forget_sync_state",
     "get_account",
+    "get_account_and_sync_state",
     "get_office_hours",
     "get_sync_state",
     "get_tenant_settings",
@@ -129,7 +127,6 @@ __all__ = [
     "record_changes",
     "relay_address_of",
     "relay_user",
-    "release_host_slot",
     "relink",
     "rotate_relay_address",
     "save_checkpoint",

@@ -82,14 +82,6 @@ def folder_gsi_pk(tenant_id: str, user_id: str, folder: str) -> str:
     return f"{account_pk(tenant_id, user_id)}#F#{folder}"
 
 
-def host_slot_pk(host: str) -> str:
-    return f"H#{host}"
-
-
-def host_slot_sk(index: int) -> str:
-    return f"{index:03d}"
-
-
 RELAY_SK = "RELAY"
 
 

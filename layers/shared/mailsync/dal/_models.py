@@ -393,11 +393,6 @@ class OpModel(_Item):
     attempts = NumberAttribute(default=0)
 
 
-class HostSlotModel(_Item):
-    owner = UnicodeAttribute(null=True)
-    expires = NumberAttribute(default=0)
-
-
 class RelayAddressModel(_Item):
     """A relay address: under ``R#{address}`` who it belongs to (the direct lookup of incoming
     mail), and under the user's ``A#{t}#{u}`` / ``RELAY`` which address is theirs now."""

@@ -45,7 +45,6 @@ from mailsync.dal._models import (
     TENANT_SETTINGS_USER,
     AccountModel,
     ContactIndexModel,
-    HostSlotModel,
     LocationModel,
     MatchKeyModel,
     MessageModel,
@@ -185,29 +184,6 @@ def record_activity(tenant_id: str, user_id: str, at: int) -> None:
             raise
 
 
-def acquire_host_slot(host: str, owner: str, slots: int, seconds: int) -> str | None:
-    """One of ``slots`` concurrent syncs against a mail host; None when all are taken."""
-    now = int(time.time())
-    for index in range(slots):
-        slot = HostSlotModel(keys.host_slot_pk(host), keys.host_slot_sk(index), owner=owner, expires=now + seconds)
-        try:
-            slot.save(condition=HostSlotModel.sk.does_not_exist() | (HostSlotModel.expires < now))
-        except PutError as exc:
-            if conditional_failure(exc):
-                continue
-            raise
-        return slot.sk
-    return None
-
-
-def release_host_slot(host: str, slot: str, owner: str) -> None:
-    try:
-        HostSlotModel(keys.host_slot_pk(host), slot).delete(condition=HostSlotModel.owner == owner)
-    except Exception as exc:
-        if not conditional_failure(exc):
-            raise
-
-
 # --- sync state ------------------------------------------------------------------------------------
 
 
@@ -217,6 +193,46 @@ def get_sync_state(tenant_id: str, user_id: str) -> SyncState | None:
     except DoesNotExist:
         return None
     return sync_state_from(item)
+
+
+def get_account_and_sync_state(tenant_id: str, user_id: str) -> tuple[Account | None, SyncState | None]:
+    """(sync core) ``get_account`` and ``get_sync_state`` in one request (a BatchGetItem over both
+    tables, strongly consistent): every job starts with these two reads, most end there."""
+    settings = get_settings()
+    account_key_ = {
+        AccountModel.tenant_id.attr_name: {"S": tenant_id},
+        AccountModel.user_id.attr_name: {"S": user_id},
+    }
+    state_key_ = {
+        SyncStateModel.pk.attr_name: {"S": keys.account_pk(tenant_id, user_id)},
+        SyncStateModel.sk.attr_name: {"S": keys.STATE_SK},
+    }
+    if settings.accounts_table == settings.messages_table:
+        return get_account(tenant_id, user_id), get_sync_state(tenant_id, user_id)
+    wanted: dict[str, Any] = {
+        settings.accounts_table: {"Keys": [account_key_], "ConsistentRead": True},
+        settings.messages_table: {"Keys": [state_key_], "ConsistentRead": True},
+    }
+    found: dict[str, list[dict[str, Any]]] = {}
+    for attempt in range(_BATCH_GET_ATTEMPTS):
+        response = client("dynamodb").batch_get_item(RequestItems=wanted)
+        for table, items in response.get("Responses", {}).items():
+            found.setdefault(table, []).extend(items)
+        wanted = response.get("UnprocessedKeys") or {}
+        if not wanted:
+            break
+        time.sleep(0.05 * 2**attempt)  # throttled: DynamoDB asks for a backoff before the retry
+    else:
+        return get_account(tenant_id, user_id), get_sync_state(tenant_id, user_id)
+    accounts = found.get(settings.accounts_table) or []
+    states = found.get(settings.messages_table) or []
+    return (
+        account_from(AccountModel.from_raw_data(accounts[0])) if accounts else None,
+        sync_state_from(SyncStateModel.from_raw_data(states[0])) if states else None,
+    )
+
+
+_BATCH_GET_ATTEMPTS = 4
 
 
 def forget_sync_state(tenant_id: str, user_id: str, ops_server: str) -> None:

@@ -151,7 +151,7 @@ def _run_one(job: SyncJob, lambda_deadline: float | None) -> JobResult:
     logger.thread_safe_append_keys(tenant_id=job.tenant_id, user_id=job.user_id)
     try:
         # Deferring was decided by _Work.take, so that deferred accounts go back in groups.
-        result = sync_jobs.run_job(job, lambda_deadline=lambda_deadline, may_defer=False)
+        result = sync_jobs.run_job(job, lambda_deadline=lambda_deadline, may_defer=False, queued_at=job.queued_at)
     except Exception:  # noqa: BLE001 - one account's failure must not reach the others
         # run_job keeps its own failures; this is what escaped it (storage down while it
         # recorded its outcome): the lease expires, the account stays due and is retried.
@@ -188,7 +188,8 @@ def _defer(jobs: Sequence[SyncJob]) -> None:
 
 def record_metrics(result: JobResult) -> None:
     """One metric per outcome, summed over the invocation (published once, at its end); the alarms in
-    template.yaml watch SyncFailures_auth_failed and SyncLagSeconds."""
+    template.yaml watch SyncFailures_auth_failed and SyncLagSeconds (how long a job waited on the
+    queue: a no-op writes no ``last_success_at`` to measure from)."""
     job_metrics.count(f"Sync_{result.status}")
     if result.error:
         job_metrics.count(f"SyncFailures_{result.error}")

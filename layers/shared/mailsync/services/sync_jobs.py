@@ -1,10 +1,15 @@
-"""Running one sync job: lease, mail-host slot, one IMAP connection, the engine, the outcome.
+"""Running one sync job: a connection slot, one IMAP connection, the lease when there is work,
+the engine, the outcome.
 
-Every decision — whether the job runs, its deadlines, what its outcome records and the failure
-policy — is in ``sync.planner.jobs``; this module carries them out: the lease, the mail-host slot,
-the connection (retried while the policy says so), ``sync.account.sync_account``, and the outcome
-with its events. Nothing escapes: an unexpected exception leaves sync state ``failed`` with a
-human ``last_error``, the ``SyncFailures_internal_error`` metric and the lease released.
+Every decision — whether the job runs, whether it has work, its deadlines, what its outcome
+records and the failure policy — is in ``sync.planner`` (``jobs``, and ``folders`` for the STATUS
+comparison); this module carries them out: room for the connection in this process
+(``mailbox.limits``), the connection (retried while the policy says so), the account's lease —
+taken only once the stored state or the folders' STATUS shows work, so a job that finds nothing
+writes nothing — ``sync.account.sync_account``, and the outcome with its events. Nothing
+escapes: an unexpected exception leaves sync state ``failed`` with a human ``last_error``, the
+``SyncFailures_internal_error`` metric and the lease released. Thread-safe: no module state but
+the process's connection limits and password keys, both locked.
 
 Time: a job has ``job_budget_seconds`` of wall time from its start, and never more than the
 Lambda has left less ``LAMBDA_MARGIN_SECONDS`` (time to record the outcome, release the lease and
@@ -24,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from mailsync import dal, events
 from mailsync.config import Settings, get_settings
@@ -32,16 +37,19 @@ from mailsync.domain import Account, SyncState
 from mailsync.errors import AuthFailed, MailboxError, NotFound
 from mailsync.mailbox.base import ServerParams
 from mailsync.mailbox.connection import ImapConnection, open_imap
+from mailsync.mailbox.limits import LIMITS, HostBusy, host_limit
 from mailsync.observability import logger
 from mailsync.services import scheduling
 from mailsync.services.accounts import server_params
 from mailsync.services.oauth_tokens import forget_access_token
 from mailsync.sync.account import sync_account
-from mailsync.sync.engine import SyncOutcome
+from mailsync.sync.engine import SyncOutcome, pending_work
 from mailsync.sync.planner import jobs as policy
 
 LEASE_SECONDS = 300 + 60  # the worker's Lambda timeout plus a margin: a crashed worker's lease expires
 HOST_BUSY_DELAY_SECONDS = 30
+# How long a job waits for room on its mail host (mailbox.limits) before it goes back on the queue.
+HOST_WAIT_SECONDS = 30.0
 # A job deferred for lack of Lambda time waits this long on the queue: enough for the current
 # invocation to finish its batch, short enough that the sync is barely late.
 DEFERRED_DELAY_SECONDS = 5
@@ -53,6 +61,8 @@ class SyncJob(BaseModel):
     tenant_id: str
     user_id: str
     reason: str = "schedule"  # schedule | user | continue | retry
+    # Not from the body: the worker sets it from SQS's SentTimestamp (SyncLagSeconds).
+    queued_at: float | None = Field(default=None, exclude=True)
 
 
 @dataclass
@@ -61,7 +71,7 @@ class JobResult:
     outcome: SyncOutcome | None = None
     error: str | None = None
     duration_ms: int = 0
-    lag_seconds: int | None = None  # since the previous successful sync, at the start of this one
+    lag_seconds: int | None = None  # how long the job waited on the queue (None: not known)
 
     @property
     def no_op(self) -> bool:
@@ -85,12 +95,14 @@ def run_job(
     connection_factory: Callable[[ImapConnection], ImapConnection] = lambda conn: conn,
     lambda_deadline: float | None = None,
     may_defer: bool = True,
+    queued_at: float | None = None,
 ) -> JobResult:
     """Sync one account if it should be synced now; never raises for mailbox problems.
 
     ``lambda_deadline`` is the ``time.monotonic()`` instant the invoking Lambda is cut off (None
     outside Lambda); ``may_defer`` is false for the invocation's first job (see
-    ``planner.jobs.defer_job``).
+    ``planner.jobs.defer_job``); ``queued_at`` (epoch seconds) is when the job was sent, for
+    ``lag_seconds``. Thread-safe: the worker may run many accounts' jobs at once.
     """
     settings = get_settings()
     lambda_left = None if lambda_deadline is None else lambda_deadline - time.monotonic()
@@ -100,8 +112,11 @@ def run_job(
         # nothing is wrong with it. Nothing was written for the account: it never shows "syncing".
         scheduling.enqueue(job.tenant_id, job.user_id, job.reason, delay_seconds=DEFERRED_DELAY_SECONDS)
         return JobResult("deferred")
+    lag = None if queued_at is None else max(0, int(time.time() - queued_at))
     owner = owner or scheduling.worker_id()
-    account = dal.get_account(job.tenant_id, job.user_id)
+    # One request for both; read without the lease: most jobs find nothing to do and then
+    # write nothing at all.
+    account, stored = dal.get_account_and_sync_state(job.tenant_id, job.user_id)
     if account is None:
         return JobResult("gone")
     if not policy.may_sync(fetch_enabled=account.fetch_enabled, status=account.status, protocol=account.protocol):
@@ -111,46 +126,77 @@ def run_job(
             with contextlib.suppress(NotFound):
                 dal.update_account(account, {"due_shard": None, "next_sync_at": None})
         return JobResult("skipped")
-    # Marking the account "syncing" rides on the lease write: one request, not two.
-    state = dal.take_lease(
-        job.tenant_id, job.user_id, owner, LEASE_SECONDS, state="syncing", last_started_at=dal.utcnow()
-    )
-    if state is None:
-        return JobResult("busy")
+    state = stored or SyncState()
+    since_success = None if state.last_success_at is None else time.time() - state.last_success_at.timestamp()
+    if policy.duplicate_scheduled_job(job.reason, since_success):
+        return JobResult("skipped", lag_seconds=lag)  # it succeeded moments ago
+    if policy.lease_held_elsewhere(
+        lease_owner=state.lease_owner, lease_expires=state.lease_expires, owner=owner, now=time.time()
+    ):
+        return JobResult("busy")  # another worker syncs it now
+    lease = _Lease(job.tenant_id, job.user_id, owner)
     final: dict[str, Any] = {}
     started = time.monotonic()
     try:
-        since_success = None if state.last_success_at is None else time.time() - state.last_success_at.timestamp()
-        if policy.duplicate_scheduled_job(job.reason, since_success):
-            final = {"state": "idle"}  # it succeeded moments ago
-            return JobResult("skipped")
-        slot = dal.acquire_host_slot(account.host, owner, settings.host_concurrency, LEASE_SECONDS)
-        if slot is None:
-            scheduling.enqueue(job.tenant_id, job.user_id, job.reason, delay_seconds=HOST_BUSY_DELAY_SECONDS)
-            final = {"state": "idle"}  # waiting for room on the host, not syncing
-            return JobResult("busy")
         try:
-            result, final = _sync(account, state, owner, deadline, connection_factory, started, lambda_deadline)
-            result.duration_ms = int((time.monotonic() - started) * 1000)
-            if since_success is not None:
-                result.lag_seconds = int(time.time() - state.last_success_at.timestamp())
-            return result
-        finally:
-            dal.release_host_slot(account.host, slot, owner)
+            with LIMITS.slot(
+                account.host,
+                account.username,
+                limit=host_limit(account.host, settings),
+                wait_seconds=min(HOST_WAIT_SECONDS, settings.job_budget_seconds / 4),
+            ):
+                result, final = _sync(
+                    account, state, lease, job.reason, deadline, connection_factory, started, lambda_deadline
+                )
+        except HostBusy:
+            # Waiting for room on the host (or for this process's other job of the same mailbox).
+            scheduling.enqueue(job.tenant_id, job.user_id, job.reason, delay_seconds=HOST_BUSY_DELAY_SECONDS)
+            return JobResult("busy")
+        result.duration_ms = int((time.monotonic() - started) * 1000)
+        result.lag_seconds = lag
+        return result
     except Exception:  # noqa: BLE001 - the job's last line of defence, see the module docstring
         # Whatever it was, the account must not look "syncing" forever nor be retried at once.
         logger.exception("sync job failed unexpectedly", extra={"user_id": job.user_id})
-        final = _record_internal_failure(account, state)
+        leased = lease.take()
+        if leased is not None:  # else another worker syncs it now and records its own outcome
+            final = _record_internal_failure(account, leased)
         return JobResult("failed", error="internal_error", duration_ms=int((time.monotonic() - started) * 1000))
     finally:
         # The final state is written with the lease release, in one request.
-        dal.give_back_lease(job.tenant_id, job.user_id, owner, **final)
+        lease.give_back(final)
+
+
+class _LeaseBusy(Exception):
+    """Another worker holds the account's lease."""
+
+
+class _Lease:
+    """The account's lease, taken only once the job knows it has work (or an outcome to record)."""
+
+    def __init__(self, tenant_id: str, user_id: str, owner: str) -> None:
+        self.tenant_id, self.user_id, self.owner = tenant_id, user_id, owner
+        self.state: SyncState | None = None  # as read by the lease write; None: not held
+
+    def take(self) -> SyncState | None:
+        """The sync state read by taking the lease (already held: as read then); None if busy."""
+        if self.state is None:
+            # Marking the account "syncing" rides on the lease write: one request, not two.
+            self.state = dal.take_lease(
+                self.tenant_id, self.user_id, self.owner, LEASE_SECONDS, state="syncing", last_started_at=dal.utcnow()
+            )
+        return self.state
+
+    def give_back(self, final: dict[str, Any]) -> None:
+        if self.state is not None:
+            dal.give_back_lease(self.tenant_id, self.user_id, self.owner, **final)
 
 
 def _sync(
     account: Account,
-    state: SyncState,
-    owner: str,
+    read: SyncState,
+    lease: _Lease,
+    reason: str,
     deadline: Callable[[], bool],
     connection_factory: Callable[[ImapConnection], ImapConnection],
     started: float,
@@ -160,16 +206,39 @@ def _sync(
     budget = settings.job_budget_seconds
     hard_deadline = policy.hard_deadline_for(started, budget, lambda_deadline)
     soft_deadline = policy.job_deadline(deadline, hard_deadline, budget, time.monotonic)
+    # Work the stored state alone shows; otherwise the folders' STATUS decides, before the lease.
+    known_work = policy.stored_work(
+        reason=reason,
+        account_status=account.status,
+        next_sync_at=account.next_sync_at,
+        sync_state=read.state,
+        failures=read.failures,
+        last_error=read.last_error,
+        ops_pending=read.ops_pending,
+    )
     try:
         params = server_params(account, settings)
         outcome = _with_connect_retries(
             lambda: _run_engine(
-                account, state, owner, soft_deadline, params, settings, connection_factory, hard_deadline
+                account,
+                read if known_work is None else None,
+                lease,
+                soft_deadline,
+                params,
+                settings,
+                connection_factory,
+                hard_deadline,
             ),
             # The budget alone: the Lambda's deadline callable is the engine's to ask.
             policy.job_deadline(lambda: False, hard_deadline, budget, time.monotonic),
         )
+    except _LeaseBusy:
+        return JobResult("busy"), {}
     except MailboxError as exc:
+        # A failure is recorded, so it needs the lease too (another worker holding it records its own).
+        state = lease.take()
+        if state is None:
+            return JobResult("busy"), {}
         final = _record_failure(account, state, exc)
         kind = events.ACCOUNT_AUTH_FAILED if isinstance(exc, AuthFailed) else events.ACCOUNT_SYNC_FAILED
         if exc.code == "reauth_required":
@@ -179,11 +248,14 @@ def _sync(
         detail = {"error": exc.message} if isinstance(exc, AuthFailed) else {"error": exc.message, "code": exc.code}
         events.publish([events.Event(kind, account.tenant_id, account.user_id, detail)])
         return JobResult("failed", error=exc.code), final
+    if isinstance(outcome, int):
+        # Nothing to do: nothing written, no lease taken (see README "No-op syncs").
+        return JobResult("synced", SyncOutcome(imap_commands=outcome)), {}
     final = policy.finished_state(complete=outcome.complete)
     scheduling.record_activity(account, outcome)  # adaptive polling: only a sync that changed something writes
     if outcome.complete:
         final["last_success_at"] = dal.utcnow()
-    if account.status != "ok" or account.next_sync_at:
+    if policy.status_to_record(account_status=account.status, next_sync_at=account.next_sync_at):
         due = scheduling.due_fields(account.tenant_id, account.user_id, account.fetch_enabled, "ok")
         dal.update_account_status(account, "ok", None, extra=due)
     if not outcome.complete:
@@ -194,16 +266,29 @@ def _sync(
 
 def _run_engine(
     account: Account,
-    state: SyncState,
-    owner: str,
+    unleased: SyncState | None,
+    lease: _Lease,
     deadline: Callable[[], bool],
     params: ServerParams,
     settings: Settings,
     connection_factory: Callable[[ImapConnection], ImapConnection],
     hard_deadline: float,
-) -> SyncOutcome:
-    with open_imap(params, settings, deadline=hard_deadline) as conn:
-        return sync_account(account, state, connection_factory(conn), owner=owner, deadline=deadline)
+) -> SyncOutcome | int:
+    """The sync over one connection; without a lease yet and with ``unleased`` (the state read
+    without it), first the folders' STATUS: when it shows no work, the IMAP commands it took
+    (an ``int``) and nothing else. Otherwise the lease is taken and the engine runs as usual
+    on the state read by the lease write."""
+    with open_imap(params, settings, deadline=hard_deadline) as opened:
+        conn = connection_factory(opened)
+        if lease.state is None and unleased is not None:
+            why = pending_work(account, unleased, conn)
+            if why is None:
+                return conn.command_count
+            logger.debug("sync has work", extra={"reason": why})
+        state = lease.take()
+        if state is None:
+            raise _LeaseBusy()
+        return sync_account(account, state, conn, owner=lease.owner, deadline=deadline)
 
 
 def _with_connect_retries(

@@ -103,6 +103,29 @@ def load_checkpoint(state: SyncState) -> Checkpoint:
     )
 
 
+def pending_work(account: Account, state: SyncState, conn: ImapConnection) -> str | None:
+    """Why ``AccountSync.run`` would change anything, from the stored checkpoint and one STATUS
+    of the mapped folders (no lease taken, nothing written); None: it would change nothing.
+
+    Read before the lease: whoever takes it reads the state again and syncs as usual, so a
+    stale answer here costs at most one sync that finds nothing."""
+    now = time.time()
+    mapped = {server: crm for crm, server in account.mapped_folders().items()}
+    checkpoint = load_checkpoint(state)
+    reason = plan.checkpoint_work(checkpoint, mapped, now=now, sweep_interval=SWEEP_INTERVAL_SECONDS)
+    if reason is not None:
+        return reason
+    found = conn.status(list(mapped))
+    statuses = {name: (_status(found[name]) if name in found else None) for name in mapped}
+    return plan.status_work(
+        checkpoint,
+        statuses,
+        now=now,
+        scan_every=get_settings().flag_scan_minutes * 60,
+        has_copies=lambda name: next(dal.folder_locations(account.tenant_id, account.user_id, name), None) is not None,
+    )
+
+
 class AccountSync:
     """One sync run of one account, holding its lease (``owner``)."""
 

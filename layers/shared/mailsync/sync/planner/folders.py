@@ -271,3 +271,51 @@ def scan_due(stored: FolderCheckpoint, status: ServerStatus, *, now: float, scan
     if (status.uidnext, status.messages) != (stored.uidnext, stored.messages):
         return True
     return now - stored.scanned_at >= scan_every
+
+
+def checkpoint_work(
+    checkpoint: Checkpoint, mapped: Mapping[str, str], *, now: float, sweep_interval: int
+) -> str | None:
+    """Why the checkpoint alone means work (``mapped``: server folder -> CRM folder); None when
+    only the folders' STATUS can tell (``status_work``). Mirrors what the engine would write
+    for folders whose STATUS is unchanged: an unmapped folder's messages to detach, a first
+    sync to go on with, a changed CRM folder to record, the hourly aged-out sweep."""
+    if any(name not in mapped for name in checkpoint.folders):
+        return "folder_unmapped"
+    for name, crm in mapped.items():
+        stored = checkpoint.folder(name)
+        if stored.uidvalidity is None or stored.first_sync is not None:
+            return "first_sync"
+        if stored.crm_folder != crm:
+            return "folder_remapped"
+    if sweep_due(checkpoint.last_sweep_at, now, force=False, interval=sweep_interval):
+        return "sweep_due"
+    return None
+
+
+def status_work(
+    checkpoint: Checkpoint,
+    statuses: Mapping[str, ServerStatus | None],
+    *,
+    now: float,
+    scan_every: float,
+    has_copies: Callable[[str], bool],
+) -> str | None:
+    """Why the folders' STATUS (None: the folder is missing on the server) means work; None for a
+    no-op. The same rules as ``plan_folder`` (a folder it would skip is no work), plus a folder
+    error to clear or a newly missing folder to report."""
+    for name, status in statuses.items():
+        stored = checkpoint.folder(name)
+        if status is None:
+            if stored.error != "folder_missing":
+                return "folder_missing"
+            continue
+        if stored.error is not None:
+            return "folder_error_cleared"
+        mode = plan_folder(
+            stored, status, qresync=False, has_copies=lambda name=name: has_copies(name), now=now, scan_every=scan_every
+        )
+        if mode is not Mode.SKIP:
+            # Which of QRESYNC and CONDSTORE the sync then uses is the connection's to say.
+            return f"folder_{mode.value}" if mode in (Mode.FULL, Mode.SCAN) else "folder_changed"
+    return None

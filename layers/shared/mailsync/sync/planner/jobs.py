@@ -141,3 +141,48 @@ def finished_state(*, complete: bool) -> dict[str, Any]:
     """The sync state a job that reached the server leaves (``last_success_at`` added by the
     caller for a complete sync); an incomplete one continues in a job it enqueues."""
     return {"state": "idle" if complete else "syncing", "last_error": None, "failures": 0}
+
+
+def lease_held_elsewhere(*, lease_owner: str | None, lease_expires: int | None, owner: str, now: float) -> bool:
+    """Whether another worker holds the account's lease (the lease write's own condition, read
+    beforehand): then the job is ``busy`` without even logging in."""
+    return lease_expires is not None and int(lease_expires) >= int(now) and lease_owner != owner
+
+
+def status_to_record(*, account_status: str, next_sync_at: int | None) -> bool:
+    """Whether a job that reached the server writes the account's status (``ok``) and puts it
+    back in the schedule: after a failure, a backoff or before its first success."""
+    return account_status != "ok" or bool(next_sync_at)
+
+
+def stored_work(
+    *,
+    reason: str,
+    account_status: str,
+    next_sync_at: int | None,
+    sync_state: str,
+    failures: int,
+    last_error: str | None,
+    ops_pending: int,
+) -> str | None:
+    """Why the job needs the account's lease whatever the server's STATUS says; None when only
+    STATUS can tell (see ``folders.checkpoint_work`` and ``folders.status_work``).
+
+    A job without work writes nothing: no lease, no ``syncing``, no ``last_success_at``. So
+    anything the job must write or clear is work: CRM changes to push, a first sync or a
+    continuation on its way (``syncing``), a failure to clear, a status to record — and a sync
+    the user asked for (``POST .../sync``, rare): it confirms itself with ``last_success_at``,
+    which a CRM may watch for."""
+    if reason == "continue":
+        return "continuation"
+    if reason == "user":
+        return "requested"
+    if ops_pending > 0:
+        return "crm_changes"
+    if sync_state != "idle":
+        return f"state_{sync_state}"
+    if failures or last_error:
+        return "failure_to_clear"
+    if status_to_record(account_status=account_status, next_sync_at=next_sync_at):
+        return "status_to_record"
+    return None
