@@ -122,6 +122,12 @@ def local_defaults() -> dict[str, str]:
         # The template's ScheduleRate default: the quiet-hours slots of adaptive polling count in
         # its ticks (the local scheduler may tick faster; a slot then polls on each of its ticks).
         "MAILSYNC_SCHEDULE_RATE": "rate(1 minute)",
+        # OAuth2 mailboxes need an app registered with Google or Microsoft (docs/operations.md):
+        # off locally unless the developer sets these, as in a stack deployed without them.
+        "MAILSYNC_OAUTH_GOOGLE_CLIENT_ID": "",
+        "MAILSYNC_OAUTH_MICROSOFT_CLIENT_ID": "",
+        "MAILSYNC_OAUTH_CLIENT_SECRET_ARN": "",
+        "MAILSYNC_OAUTH_RETURN_ORIGINS": "",
     }
 
 

@@ -83,9 +83,10 @@ def mail_accounts(api, dovecot: DovecotServer, count: int, prefix: str = "mail")
 
 
 def tarpit_accounts(api, server: HostileServer, users: list[str]) -> None:
-    body = {"host": server.host, "port": server.port, "username": "u", "password": "pw", "security": "none"}
+    body = {"host": server.host, "port": server.port, "password": "pw", "security": "none"}
     for user in users:
-        saved = api("PUT", "/v1/users/me/mail-settings", body, caller=Caller(user))
+        # A user name each: a process opens one connection per mailbox (host, user name) at most.
+        saved = api("PUT", "/v1/users/me/mail-settings", body | {"username": user}, caller=Caller(user))
         assert saved.status == 201, saved.body
 
 
@@ -132,14 +133,14 @@ def test_an_account_raising_unexpectedly_affects_no_other(
     victim = accounts[1].caller.user
     if where == "before the lease":
         # Escapes run_job altogether (it reads the account before its own safety net).
-        real = dal.get_account
+        real = dal.get_account_and_sync_state
 
-        def get_account(tenant_id: str, user_id: str):
+        def get_account_and_sync_state(tenant_id: str, user_id: str, *args: Any, **kwargs: Any):
             if user_id == victim:
                 raise RuntimeError("the accounts table went away")
-            return real(tenant_id, user_id)
+            return real(tenant_id, user_id, *args, **kwargs)
 
-        monkeypatch.setattr(dal, "get_account", get_account)
+        monkeypatch.setattr(dal, "get_account_and_sync_state", get_account_and_sync_state)
     else:
         real_sync = sync_jobs.sync_account
 
