@@ -201,6 +201,14 @@ def test_virus_verdict_means_not_stored(api: ApiCall, relay_on: Any) -> None:
     assert inbox(api) == []
 
 
+@pytest.mark.parametrize("virus", ["GRAY", "PROCESSING_FAILED"])
+def test_an_undecided_virus_verdict_is_stored_and_shown(api: ApiCall, relay_on: Any, virus: str) -> None:
+    outcome = deliver(message("Scan undecided"), [address_of(api, ALICE)], virus=virus)
+    assert outcome["stored"] == 1 and outcome["virus"] == 0
+    [stored] = inbox(api)
+    assert stored["relay_verdicts"]["virus"] == virus
+
+
 def test_unknown_addresses_and_other_domains_are_dropped_and_counted(api: ApiCall, relay_on: Any) -> None:
     address_of(api, ALICE)
     outcome = deliver(message("Guess"), [f"alice.aaaaaaaaaaaaaaaa@{DOMAIN}", "alice@elsewhere.test", "x" * 300])
