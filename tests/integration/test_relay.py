@@ -201,6 +201,14 @@ def test_virus_verdict_means_not_stored(api: ApiCall, relay_on: Any) -> None:
     assert inbox(api) == []
 
 
+@pytest.mark.parametrize("virus", ["GRAY", "PROCESSING_FAILED"])
+def test_an_undecided_virus_verdict_is_stored_and_shown(api: ApiCall, relay_on: Any, virus: str) -> None:
+    outcome = deliver(message("Scan undecided"), [address_of(api, ALICE)], virus=virus)
+    assert outcome["stored"] == 1 and outcome["virus"] == 0
+    [stored] = inbox(api)
+    assert stored["relay_verdicts"]["virus"] == virus
+
+
 def test_unknown_addresses_and_other_domains_are_dropped_and_counted(api: ApiCall, relay_on: Any) -> None:
     address_of(api, ALICE)
     outcome = deliver(message("Guess"), [f"alice.aaaaaaaaaaaaaaaa@{DOMAIN}", "alice@elsewhere.test", "x" * 300])
@@ -281,6 +289,29 @@ def test_relay_then_imap_is_one_message(
     assert one["id"] == relayed["id"]
     assert one["state"] == "synced" and one["uid"] is not None and one["folder"] == "inbox"
     assert one["relay_verdicts"]["spam"] == "PASS"
+
+
+def test_a_different_imap_message_with_a_relayed_message_id_is_a_message_of_its_own(
+    api: ApiCall, relay_on: Any, local_mail_env: Any, mail_user: Any
+) -> None:
+    # Anyone can relay mail with a Message-ID of their choosing before the real message syncs.
+    account = connect_account(api, mail_user, {"inbox": "INBOX"})
+    forged = message("Pay to this account", message_id="<real-1@klant.test>", sender="mallory@evil.test", body="A\n")
+    deliver(forged, [address_of(api, account.caller)])
+    [relayed] = account.messages()
+
+    real = message("Quarterly figures", message_id="<real-1@klant.test>", body="B's own body\n")
+    with mail_user.client() as imap:
+        imap.append("INBOX", real, internal_date=days_ago(1))
+    assert account.sync().status == "synced"
+
+    by_id = {m["id"]: m for m in account.messages()}
+    assert len(by_id) == 2
+    assert by_id[relayed["id"]]["state"] == "detached" and by_id[relayed["id"]]["subject"] == "Pay to this account"
+    [imap_copy] = [m for i, m in by_id.items() if i != relayed["id"]]
+    assert imap_copy["state"] == "synced" and imap_copy["subject"] == "Quarterly figures"
+    assert imap_copy["relay_verdicts"] is None
+    assert "B's own body" in imap_copy["snippet"]
 
 
 def test_mail_relayed_while_a_sync_runs_is_still_one_message_with_its_imap_copy(

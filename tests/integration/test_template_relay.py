@@ -22,6 +22,9 @@ RELAY_RESOURCES = {
     "RelayDomainIdentity",
     "RelayReceiptRuleSet",
     "RelayReceiptRule",
+    "RelayDeadLetterQueue",
+    "RelayDeadLetterQueueAlarm",
+    "RelayIngestFunctionEventInvokeConfig",
 }
 
 
@@ -81,6 +84,28 @@ def test_on_ses_writes_raw_mail_under_relay_and_invokes_the_ingest_function(monk
         "mail.crm.example.com"
     )
     assert "inbound-smtp" in cfn["Outputs"]["RelayMxRecord"]["Value"]["Fn::Sub"]
+
+
+def test_on_a_failed_ingest_lands_in_an_encrypted_queue_that_alarms(monkeypatch: pytest.MonkeyPatch) -> None:
+    resources = render("mail.crm.example.com", monkeypatch)["Resources"]
+    invoke = resources["RelayIngestFunctionEventInvokeConfig"]["Properties"]
+    assert invoke["FunctionName"] == {"Ref": "RelayIngestFunction"}
+    assert invoke["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["RelayDeadLetterQueue", "Arn"]}
+    assert resources["RelayDeadLetterQueue"]["Properties"]["SqsManagedSseEnabled"] is True
+    alarm = resources["RelayDeadLetterQueueAlarm"]["Properties"]
+    assert alarm["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["RelayDeadLetterQueue", "QueueName"]}}
+    ]
+    assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+    # The function may send to its failure destination.
+    role = resources["RelayIngestFunctionRole"]["Properties"]
+    sends = [
+        s
+        for policy in role["Policies"]
+        for s in policy["PolicyDocument"]["Statement"]
+        if "sqs:SendMessage" in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])
+    ]
+    assert sends
 
 
 def test_relayed_raw_mail_expires_from_its_prefix(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -121,6 +121,31 @@ def test_a_shard_larger_than_a_group_is_split_into_near_equal_groups(fake_dal: F
     assert sorted(u for _, u, _ in fake_dal.queue.jobs()) == sorted(a.user_id for a in due)
 
 
+def test_each_tick_groups_a_shards_accounts_anew(fake_dal: Fakes, monkeypatch) -> None:
+    # Given groups of at most 4 accounts, 30 due accounts, and a seeded shuffle,
+    from mailsync.config import get_settings
+
+    monkeypatch.setenv("MAILSYNC_SYNC_GROUP_SIZE", "4")
+    get_settings.cache_clear()
+    monkeypatch.setattr(scheduling, "random", random.Random(7))
+    due = [_due_account(f"due{i}", 0) for i in range(30)]
+    fake_dal.dal.put_accounts(due)
+
+    # When the scheduler ticks twice,
+    ticks = []
+    for now in (1_000_000, 1_000_060):
+        first = len(fake_dal.queue.sent)
+        assert scheduling.enqueue_due_accounts(now) == 30
+        ticks.append([body["accounts"] for body, _ in fake_dal.queue.sent[first:]])
+
+    # Then each tick sends every account exactly once, but not in the same groups, so an account
+    # that crashes its group's worker does not hold back the same neighbours every tick.
+    for groups in ticks:
+        assert sorted(u for g in groups for _, u in g) == sorted(a.user_id for a in due)
+    compositions = [{frozenset(u for _, u in g) for g in groups} for groups in ticks]
+    assert compositions[0] != compositions[1]
+
+
 @pytest.mark.parametrize(("count", "size", "expected"), [(0, 3, []), (1, 3, [1]), (7, 3, [3, 2, 2]), (9, 3, [3, 3, 3])])
 def test_split_groups(count: int, size: int, expected: list[int]) -> None:
     accounts = [("acme", f"u{i}") for i in range(count)]

@@ -192,6 +192,7 @@ def receive(notice: SesNotice, outcome: Received) -> None:
     if not users:
         return
     verdicts = notice.verdicts()
+    # Only FAIL drops it: GRAY or PROCESSING_FAILED (SES could not tell) is stored with that verdict shown.
     if verdicts.virus == "FAIL":
         logger.warning("relayed message has a virus verdict: not stored", extra={"users": len(users)})
         outcome.virus += len(users)

@@ -196,6 +196,9 @@ class _Tick:
 
 def _shard(shard: int, tick: _Tick) -> int:
     accounts = [(a.tenant_id, a.user_id) for a in dal.due_accounts(shard, tick.now) if tick.polls(a)]
+    # New groups every tick: an account that crashes its worker (out of memory, say) fails the
+    # whole group's message, and in a fixed order the same neighbours would never sync.
+    random.shuffle(accounts)
     return _send_batches(accounts, "schedule") if accounts else 0
 
 

@@ -17,7 +17,7 @@ Order of work (each step is safe to redo after a crash, see README "Sync engine"
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -450,6 +450,7 @@ class AccountSync:
         arrivals = [a for a in (self._arrival(work, s, fetched.get(s.uid)) for s in summaries) if a is not None]
         detached = self._detached_candidates({a.match_key for a in arrivals}) if self.checkpoint.has_detached else {}
         step = decide.plan_batch(arrivals, self.vanished, detached, self.revivable, set(fetched))
+        step = self._relayed_checked(step)
         self.revivable, self.vanished = step.revivable, step.vanished
         for relink in step.relinks:
             self._relink(relink)
@@ -457,6 +458,39 @@ class AccountSync:
             return []
         fetched.update(self._fetch(step.fetch, sizes))
         return [(a, fetched[a.uid]) for a in step.creates if a.uid in fetched]
+
+    def _relayed_checked(self, step: decide.BatchPlan) -> decide.BatchPlan:
+        """Revivals of relayed messages by Message-ID only where the server copy's headers agree
+        (``decide.same_relayed_message``); the others become new messages."""
+        revivals = [r for r in step.relinks if r.old is None and not r.arrival.match_key.startswith("sha:")]
+        messages = dal.find_messages(r.id for r in revivals) if revivals else {}
+        relayed = [r for r in revivals if r.id in messages and messages[r.id].detach_reason == "relayed"]
+        if not relayed:
+            return step
+        heads = {
+            m.uid: m.raw for m in self.conn.fetch_headers([r.arrival.uid for r in relayed], TOO_LARGE_HEADER_BYTES)
+        }
+
+        def envelope(sender: Sequence[mime.Address], subject: str | None, date: datetime | None) -> decide.Envelope:
+            return decide.Envelope(sender[0].email.lower() if sender else None, subject, date)
+
+        rejected = []
+        for relink in relayed:
+            message = messages[relink.id]
+            head = mime.parse_message(heads[relink.arrival.uid]) if relink.arrival.uid in heads else None
+            if head is None or not decide.same_relayed_message(
+                envelope(message.from_, message.subject, message.date), envelope(head.from_, head.subject, head.date)
+            ):
+                rejected.append(relink)
+        if not rejected:
+            return step
+        logger.warning("server copy does not match its relayed message: stored as new", extra={"count": len(rejected)})
+        return replace(
+            step,
+            relinks=[r for r in step.relinks if r not in rejected],
+            creates=sorted([*step.creates, *(r.arrival for r in rejected)], key=lambda a: a.uid),
+            fetch=[*step.fetch, *(r.arrival.uid for r in rejected)],
+        )
 
     def _fetch_size(self, size: int) -> int:
         return min(size, TOO_LARGE_HEADER_BYTES) if size > self.max_message_bytes else size

@@ -10,7 +10,7 @@ import hashlib
 from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -106,6 +106,37 @@ def reconcile(
     for remaining in pool.values():
         result.vanished.extend(remaining)
     return result
+
+
+# A relayed copy and its server copy carry the same Date header; re-rendering may move its zone only.
+RELAYED_DATE_TOLERANCE = timedelta(minutes=15)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What must agree before a relayed message takes a server copy with its Message-ID."""
+
+    sender: str | None  # the first From address, lower-cased
+    subject: str | None
+    date: datetime | None  # aware
+
+
+def same_relayed_message(relayed: Envelope, server: Envelope) -> bool:
+    """Whether a server copy found by Message-ID is the message that came in by relay.
+
+    Anyone can relay a message with a chosen Message-ID before the real one syncs; matched on the
+    ID alone, the real copy would be shown with the relayed bytes. So From and Subject must agree,
+    and Date within ``RELAYED_DATE_TOLERANCE``; otherwise the server copy is a message of its own.
+    """
+
+    def subject(value: str | None) -> str:
+        return " ".join((value or "").split())
+
+    if relayed.sender != server.sender or subject(relayed.subject) != subject(server.subject):
+        return False
+    if relayed.date is None or server.date is None:
+        return relayed.date is None and server.date is None
+    return abs(relayed.date - server.date) <= RELAYED_DATE_TOLERANCE
 
 
 @dataclass(frozen=True)
