@@ -147,3 +147,10 @@ def test_reauth_required_leaves_the_schedule_until_a_new_consent() -> None:
     assert scheduling.due_fields("acme", "alice", True, "reauth_required") == {"due_shard": None, "next_sync_at": None}
     # A token the mail server refused is renewed at the account's next (backed-off) job.
     assert policy.mailbox_failure("token_rejected", "refused", 0).stays_due
+
+
+def test_a_refused_access_token_is_renewed_once_never_resent() -> None:
+    assert not policy.retry_in_job("token_rejected", 1, out_of_time=False)
+    assert policy.renew_token_and_retry("token_rejected", renewed=False)
+    assert not policy.renew_token_and_retry("token_rejected", renewed=True)
+    assert not policy.renew_token_and_retry("connect_failed", renewed=False)
