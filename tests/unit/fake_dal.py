@@ -190,12 +190,20 @@ class FakeDal:
         return _with(account, fields)
 
     def update_account_if_version(
-        self, account: Account, fields: Mapping[str, Any], version: int, ciphertext: bytes | None = None
+        self,
+        account: Account,
+        fields: Mapping[str, Any],
+        version: int,
+        ciphertext: bytes | None = None,
+        *,
+        refresh_token_ciphertext: bytes | None = None,
     ) -> Account | None:
         stored = self.accounts.get((account.tenant_id, account.user_id))
         if stored is None or stored.settings_version != version:
             return None
         if ciphertext is not None and stored.password_ciphertext != ciphertext:
+            return None
+        if refresh_token_ciphertext is not None and stored.refresh_token_ciphertext != refresh_token_ciphertext:
             return None
         return self.update_account(account, fields)
 

@@ -4,6 +4,7 @@ schedule, until a new consent), token endpoint trouble is transient."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from typing import Any
@@ -154,3 +155,41 @@ def test_a_refused_access_token_is_renewed_once_never_resent() -> None:
     assert policy.renew_token_and_retry("token_rejected", renewed=False)
     assert not policy.renew_token_and_retry("token_rejected", renewed=True)
     assert not policy.renew_token_and_retry("connect_failed", renewed=False)
+
+
+@pytest.mark.parametrize("change", ["new-consent", "password", "deleted"])
+def test_a_rotated_refresh_token_never_overwrites_settings_changed_meanwhile(
+    endpoint: TokenEndpoint, account: Account, fake_dal: Fakes, change: str
+) -> None:
+    """The refresh races with the user: what the user saved meanwhile stays."""
+    endpoint.rotate = True
+    endpoint.gate = threading.Event()
+    refreshing = threading.Thread(target=lambda: oauth_tokens.access_token(account, get_settings()))
+    refreshing.start()
+    key = ("acme", "alice")
+    if change == "deleted":
+        del fake_dal.dal.accounts[key]
+    else:
+        fields: dict[str, Any] = {"settings_version": 2}
+        if change == "new-consent":
+            fields["refresh_token_ciphertext"] = fake_dal.kms.encrypt_password("new", "acme", "alice", get_settings())
+        else:
+            fields.update(auth="password", refresh_token_ciphertext=None, password_ciphertext=b"pw")
+        fake_dal.dal.update_account(account, fields)
+    saved = fake_dal.dal.accounts.get(key)
+    endpoint.gate.set()
+    refreshing.join(10)
+    assert not refreshing.is_alive() and endpoint.calls == 1
+    assert fake_dal.dal.accounts.get(key) == saved
+
+
+def test_a_rotated_refresh_token_is_not_written_over_another_refresh_token(
+    endpoint: TokenEndpoint, account: Account, fake_dal: Fakes
+) -> None:
+    """Same settings_version, another grant (e.g. a token written without a version bump)."""
+    endpoint.rotate = True
+    other = fake_dal.kms.encrypt_password("other", "acme", "alice", get_settings())
+    fake_dal.dal.accounts[("acme", "alice")] = dataclasses.replace(account, refresh_token_ciphertext=other)
+    assert oauth_tokens.access_token(account, get_settings()) == "access-1"
+    stored = fake_dal.dal.get_account("acme", "alice")
+    assert stored is not None and stored.refresh_token_ciphertext == other

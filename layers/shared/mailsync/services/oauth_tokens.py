@@ -100,7 +100,17 @@ def access_token(account: Account, settings: Settings) -> str:
     if tokens.refresh_token and account.refresh_token_ciphertext is not None:
         # Microsoft hands out a new refresh token with each refresh: keep the newest.
         ciphertext = encrypt_refresh_token(tokens.refresh_token, account.tenant_id, account.user_id, settings)
-        updated = dal.update_account(account, {"refresh_token_ciphertext": ciphertext})
+        # Only over the grant it renewed: a new consent, a switch to a password or a delete
+        # meanwhile wins, and the provider's new token (for a grant no longer saved) is dropped.
+        updated = dal.update_account_if_version(
+            account,
+            {"refresh_token_ciphertext": ciphertext},
+            account.settings_version,
+            refresh_token_ciphertext=account.refresh_token_ciphertext,
+        )
+        if updated is None:
+            logger.info("rotated refresh token dropped: the settings changed", extra={"user_id": account.user_id})
+            return tokens.access_token
         with _cache_lock:
             _cache[_key(updated)] = _cache.pop(key, (tokens.access_token, time.monotonic() + tokens.expires_in))
     return tokens.access_token
