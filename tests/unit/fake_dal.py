@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -157,8 +157,13 @@ class FakeDal:
         assert consent.nonce not in self.consents
         self.consents[consent.nonce] = consent
 
-    def take_consent(self, nonce: str) -> OAuthConsent | None:
-        return self.consents.pop(nonce, None)
+    def take_consent(
+        self, nonce: str, valid: Callable[[OAuthConsent], bool] = lambda consent: True
+    ) -> OAuthConsent | None:
+        consent = self.consents.get(nonce)
+        if consent is None or not valid(consent):
+            return None
+        return self.consents.pop(nonce)
 
     # --- accounts ---------------------------------------------------------------------------
 

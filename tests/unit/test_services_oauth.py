@@ -167,6 +167,15 @@ def test_a_forged_or_malformed_state_is_422_on_state_and_nothing_is_exchanged(pr
     assert refused.value.field == "state" and provider.exchanges == []
 
 
+def test_a_forged_state_does_not_spend_the_consent(provider: Provider, fake_dal: Fakes) -> None:
+    state = start()["state"]
+    forged = state[:-2] + ("AA" if not state.endswith("AA") else "BB")
+    with pytest.raises(ValidationFailed):
+        oauth.finish_consent("the-code", forged, None)
+    # the user's browser, holding the real state, still connects
+    assert result_of(oauth.finish_consent("the-code", state, None))["result"] == "connected"
+
+
 def test_an_expired_state_is_refused(provider: Provider, monkeypatch: pytest.MonkeyPatch) -> None:
     params = start()
     later = time.time() + get_settings().oauth_state_ttl_seconds + 1

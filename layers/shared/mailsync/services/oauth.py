@@ -131,13 +131,16 @@ def _checked_consent(state: str | None, settings: Settings) -> OAuthConsent:
     parsed = oauth.parse_state(state or "")
     if parsed is None or parsed.expires_at < time.time():
         raise ValidationFailed(STATE_MESSAGE, field="state")
+
+    def proven(consent: OAuthConsent) -> bool:
+        # Checked before the consent is removed: a forged state must not spend the user's consent.
+        return consent.expires_at == parsed.expires_at and oauth.state_signature_valid(
+            parsed, _binding(consent), settings
+        )
+
     # Taken (removed) before anything else: a state serves once, even when what follows fails.
-    consent = dal.take_consent(parsed.nonce)
-    if (
-        consent is None
-        or consent.expires_at != parsed.expires_at
-        or not oauth.state_signature_valid(parsed, _binding(consent), settings)
-    ):
+    consent = dal.take_consent(parsed.nonce, proven)
+    if consent is None:
         raise ValidationFailed(STATE_MESSAGE, field="state")
     return consent
 
