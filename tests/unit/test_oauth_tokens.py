@@ -193,3 +193,24 @@ def test_a_rotated_refresh_token_is_not_written_over_another_refresh_token(
     assert oauth_tokens.access_token(account, get_settings()) == "access-1"
     stored = fake_dal.dal.get_account("acme", "alice")
     assert stored is not None and stored.refresh_token_ciphertext == other
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [
+        (3599, 3599),
+        ("3599", 3599),
+        ("²", 3600),  # str.isdigit() is true for it; int() is not
+        ("٣٦٠٠", 3600),  # Arabic-Indic digits
+        ("1234567", 3600),  # more than six digits
+        (10**400, 86400),  # would overflow the cache's float arithmetic
+        (5, 60),
+        (-1, 60),
+        (True, 3600),
+        (3599.5, 3600),
+        (None, 3600),
+    ],
+)
+def test_expires_in_is_an_integer_clamped_to_a_sane_range(raw: object, seconds: int) -> None:
+    body = {"access_token": "access-1", "expires_in": raw}
+    assert oauth._tokens(200, body).expires_in == seconds

@@ -272,14 +272,27 @@ def _send(url: str, data: bytes | None, headers: dict[str, str], timeout: float)
     return status, parsed if isinstance(parsed, dict) else {}
 
 
+EXPIRES_IN_DEFAULT, EXPIRES_IN_MIN, EXPIRES_IN_MAX = 3600, 60, 86400
+
+
+def _expires_in(raw: object) -> int:
+    """The access token's lifetime: an integer or ASCII digits (``"²".isdigit()`` is true too),
+    clamped so that neither a tiny nor a huge value breaks the cache's arithmetic."""
+    seconds = EXPIRES_IN_DEFAULT
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        seconds = raw
+    elif isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 6:
+        seconds = int(raw)
+    return min(max(seconds, EXPIRES_IN_MIN), EXPIRES_IN_MAX)
+
+
 def _tokens(status: int, body: dict[str, Any]) -> Tokens:
     if status != 200 or not isinstance(body.get("access_token"), str):
         code = body.get("error") if isinstance(body.get("error"), str) else "invalid_response"
         raise OAuthError(code[:64])
-    expires_in = body.get("expires_in", 3600)
     return Tokens(
         access_token=body["access_token"],
-        expires_in=int(expires_in) if str(expires_in).isdigit() else 3600,
+        expires_in=_expires_in(body.get("expires_in")),
         refresh_token=body.get("refresh_token") if isinstance(body.get("refresh_token"), str) else None,
         id_token=body.get("id_token") if isinstance(body.get("id_token"), str) else None,
         scope=body.get("scope") if isinstance(body.get("scope"), str) else None,
