@@ -29,9 +29,11 @@ class TokenEndpoint:
         self.expires_in = 3600
         self.rotate = False
         self.gate: threading.Event | None = None
+        self.timeouts: list[float] = []
 
     def refresh(self, endpoints: Any, secret: str, refresh_token: str, timeout: float) -> oauth.Tokens:
         self.calls += 1
+        self.timeouts.append(timeout)
         if self.gate is not None:
             self.gate.wait(10)
         if self.answer is not None:
@@ -214,3 +216,14 @@ def test_a_rotated_refresh_token_is_not_written_over_another_refresh_token(
 def test_expires_in_is_an_integer_clamped_to_a_sane_range(raw: object, seconds: int) -> None:
     body = {"access_token": "access-1", "expires_in": raw}
     assert oauth._tokens(200, body).expires_in == seconds
+
+
+def test_a_refresh_for_a_sync_job_ends_by_the_jobs_hard_deadline(endpoint: TokenEndpoint, account: Account) -> None:
+    settings = get_settings()
+    soon = time.monotonic() + 2
+    accounts.server_params(account, settings, deadline=soon)
+    assert 0 < endpoint.timeouts[0] <= 2 < settings.oauth_http_timeout_seconds
+    oauth_tokens.forget_access_token(account)
+    with pytest.raises(oauth.TokenEndpointUnavailable):
+        oauth_tokens.access_token(account, settings, deadline=time.monotonic() - 1)
+    assert endpoint.calls == 1, "no request without time left"

@@ -220,7 +220,7 @@ def _sync(
     def connect_and_run() -> SyncOutcome | int:
         # Params (with an OAuth2 access token) are built once per try, outside the connect
         # retries: a transient network retry reuses them, a refused token never.
-        params = server_params(account, settings)
+        params = server_params(account, settings, deadline=hard_deadline)
         return _with_connect_retries(
             lambda: _run_engine(
                 account,
