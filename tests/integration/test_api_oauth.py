@@ -101,6 +101,7 @@ def oauth_env(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch, token_endpoi
         "MAILSYNC_OAUTH_GOOGLE_REVOKE_URL": f"{token_endpoint.url}/revoke",
         "MAILSYNC_OAUTH_GOOGLE_USERINFO_URL": "",
         "MAILSYNC_OAUTH_RETURN_ORIGINS": "https://crm.example.com",
+        "MAILSYNC_ALLOW_PRIVATE_HOSTS": "true",  # the token endpoint on loopback over plain http
     }.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()

@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -157,8 +157,13 @@ class FakeDal:
         assert consent.nonce not in self.consents
         self.consents[consent.nonce] = consent
 
-    def take_consent(self, nonce: str) -> OAuthConsent | None:
-        return self.consents.pop(nonce, None)
+    def take_consent(
+        self, nonce: str, valid: Callable[[OAuthConsent], bool] = lambda consent: True
+    ) -> OAuthConsent | None:
+        consent = self.consents.get(nonce)
+        if consent is None or not valid(consent):
+            return None
+        return self.consents.pop(nonce)
 
     # --- accounts ---------------------------------------------------------------------------
 
@@ -190,12 +195,20 @@ class FakeDal:
         return _with(account, fields)
 
     def update_account_if_version(
-        self, account: Account, fields: Mapping[str, Any], version: int, ciphertext: bytes | None = None
+        self,
+        account: Account,
+        fields: Mapping[str, Any],
+        version: int,
+        ciphertext: bytes | None = None,
+        *,
+        refresh_token_ciphertext: bytes | None = None,
     ) -> Account | None:
         stored = self.accounts.get((account.tenant_id, account.user_id))
         if stored is None or stored.settings_version != version:
             return None
         if ciphertext is not None and stored.password_ciphertext != ciphertext:
+            return None
+        if refresh_token_ciphertext is not None and stored.refresh_token_ciphertext != refresh_token_ciphertext:
             return None
         return self.update_account(account, fields)
 

@@ -4,6 +4,7 @@ schedule, until a new consent), token endpoint trouble is transient."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from typing import Any
@@ -28,9 +29,11 @@ class TokenEndpoint:
         self.expires_in = 3600
         self.rotate = False
         self.gate: threading.Event | None = None
+        self.timeouts: list[float] = []
 
     def refresh(self, endpoints: Any, secret: str, refresh_token: str, timeout: float) -> oauth.Tokens:
         self.calls += 1
+        self.timeouts.append(timeout)
         if self.gate is not None:
             self.gate.wait(10)
         if self.answer is not None:
@@ -147,3 +150,80 @@ def test_reauth_required_leaves_the_schedule_until_a_new_consent() -> None:
     assert scheduling.due_fields("acme", "alice", True, "reauth_required") == {"due_shard": None, "next_sync_at": None}
     # A token the mail server refused is renewed at the account's next (backed-off) job.
     assert policy.mailbox_failure("token_rejected", "refused", 0).stays_due
+
+
+def test_a_refused_access_token_is_renewed_once_never_resent() -> None:
+    assert not policy.retry_in_job("token_rejected", 1, out_of_time=False)
+    assert policy.renew_token_and_retry("token_rejected", renewed=False)
+    assert not policy.renew_token_and_retry("token_rejected", renewed=True)
+    assert not policy.renew_token_and_retry("connect_failed", renewed=False)
+
+
+@pytest.mark.parametrize("change", ["new-consent", "password", "deleted"])
+def test_a_rotated_refresh_token_never_overwrites_settings_changed_meanwhile(
+    endpoint: TokenEndpoint, account: Account, fake_dal: Fakes, change: str
+) -> None:
+    """The refresh races with the user: what the user saved meanwhile stays."""
+    endpoint.rotate = True
+    endpoint.gate = threading.Event()
+    refreshing = threading.Thread(target=lambda: oauth_tokens.access_token(account, get_settings()))
+    refreshing.start()
+    key = ("acme", "alice")
+    if change == "deleted":
+        del fake_dal.dal.accounts[key]
+    else:
+        fields: dict[str, Any] = {"settings_version": 2}
+        if change == "new-consent":
+            fields["refresh_token_ciphertext"] = fake_dal.kms.encrypt_password("new", "acme", "alice", get_settings())
+        else:
+            fields.update(auth="password", refresh_token_ciphertext=None, password_ciphertext=b"pw")
+        fake_dal.dal.update_account(account, fields)
+    saved = fake_dal.dal.accounts.get(key)
+    endpoint.gate.set()
+    refreshing.join(10)
+    assert not refreshing.is_alive() and endpoint.calls == 1
+    assert fake_dal.dal.accounts.get(key) == saved
+
+
+def test_a_rotated_refresh_token_is_not_written_over_another_refresh_token(
+    endpoint: TokenEndpoint, account: Account, fake_dal: Fakes
+) -> None:
+    """Same settings_version, another grant (e.g. a token written without a version bump)."""
+    endpoint.rotate = True
+    other = fake_dal.kms.encrypt_password("other", "acme", "alice", get_settings())
+    fake_dal.dal.accounts[("acme", "alice")] = dataclasses.replace(account, refresh_token_ciphertext=other)
+    assert oauth_tokens.access_token(account, get_settings()) == "access-1"
+    stored = fake_dal.dal.get_account("acme", "alice")
+    assert stored is not None and stored.refresh_token_ciphertext == other
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [
+        (3599, 3599),
+        ("3599", 3599),
+        ("²", 3600),  # str.isdigit() is true for it; int() is not
+        ("٣٦٠٠", 3600),  # Arabic-Indic digits
+        ("1234567", 3600),  # more than six digits
+        (10**400, 86400),  # would overflow the cache's float arithmetic
+        (5, 60),
+        (-1, 60),
+        (True, 3600),
+        (3599.5, 3600),
+        (None, 3600),
+    ],
+)
+def test_expires_in_is_an_integer_clamped_to_a_sane_range(raw: object, seconds: int) -> None:
+    body = {"access_token": "access-1", "expires_in": raw}
+    assert oauth._tokens(200, body).expires_in == seconds
+
+
+def test_a_refresh_for_a_sync_job_ends_by_the_jobs_hard_deadline(endpoint: TokenEndpoint, account: Account) -> None:
+    settings = get_settings()
+    soon = time.monotonic() + 2
+    accounts.server_params(account, settings, deadline=soon)
+    assert 0 < endpoint.timeouts[0] <= 2 < settings.oauth_http_timeout_seconds
+    oauth_tokens.forget_access_token(account)
+    with pytest.raises(oauth.TokenEndpointUnavailable):
+        oauth_tokens.access_token(account, settings, deadline=time.monotonic() - 1)
+    assert endpoint.calls == 1, "no request without time left"

@@ -167,6 +167,15 @@ def test_a_forged_or_malformed_state_is_422_on_state_and_nothing_is_exchanged(pr
     assert refused.value.field == "state" and provider.exchanges == []
 
 
+def test_a_forged_state_does_not_spend_the_consent(provider: Provider, fake_dal: Fakes) -> None:
+    state = start()["state"]
+    forged = state[:-2] + ("AA" if not state.endswith("AA") else "BB")
+    with pytest.raises(ValidationFailed):
+        oauth.finish_consent("the-code", forged, None)
+    # the user's browser, holding the real state, still connects
+    assert result_of(oauth.finish_consent("the-code", state, None))["result"] == "connected"
+
+
 def test_an_expired_state_is_refused(provider: Provider, monkeypatch: pytest.MonkeyPatch) -> None:
     params = start()
     later = time.time() + get_settings().oauth_state_ttl_seconds + 1
@@ -326,3 +335,16 @@ def test_reconnecting_bumps_the_settings_version(provider: Provider, fake_dal: F
     assert first is not None and second is not None
     assert second.settings_version == first.settings_version + 1
     assert second.refresh_token_ciphertext != first.refresh_token_ciphertext
+
+
+@pytest.mark.parametrize("before", ["none", "password"])
+def test_a_mailbox_connected_by_oauth_is_marked_active(provider: Provider, fake_dal: Fakes, before: str) -> None:
+    """As after saving settings: adaptive polling polls it soon, at any hour."""
+    if before == "password":
+        fake_dal.dal.accounts[("acme", "alice")] = Account(
+            "acme", "alice", "imap.example.com", 993, "alice", "ssl", password_ciphertext=b"pw"
+        )
+    now = int(time.time())
+    assert result_of(oauth.finish_consent("the-code", start()["state"], None))["result"] == "connected"
+    account = fake_dal.dal.get_account("acme", "alice")
+    assert account is not None and account.last_activity_at is not None and account.last_activity_at >= now

@@ -93,7 +93,8 @@ class Settings(BaseSettings):
     # Origins (scheme://host[:port]) a consent may return to, comma separated; empty: none.
     oauth_return_origins: str = ""
     oauth_state_ttl_seconds: int = Field(default=600, ge=60, le=3600)
-    oauth_http_timeout_seconds: float = Field(default=10.0, gt=0, le=30)
+    # Total per request; the callback makes two (code, userinfo) within the API's 29 s.
+    oauth_http_timeout_seconds: float = Field(default=10.0, gt=0, le=12)
 
     @field_validator("host_concurrency_overrides")
     @classmethod

@@ -6,20 +6,22 @@ business. No response body, token or secret is ever logged here.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
+import http.client
+import ipaddress
 import json
 import secrets
+import socket
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 from mailsync.aws import client
-from mailsync.config import Settings
+from mailsync.config import Settings, get_settings
 from mailsync.errors import MailboxError, MailsyncError
 from mailsync.providers import Endpoints, Preset
 
@@ -190,24 +192,77 @@ def authorization_url(preset: Preset, endpoints: Endpoints, redirect_uri: str, s
 
 def _post(url: str, form: dict[str, str], timeout: float) -> tuple[int, dict[str, Any]]:
     data = urllib.parse.urlencode(form).encode("ascii")
-    request = urllib.request.Request(  # noqa: S310 (the deployment's configured https endpoint)
-        url, data=data, headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+    return _send(
+        url, data, {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}, timeout
     )
-    return _send(request, timeout)
 
 
-def _send(request: urllib.request.Request, timeout: float) -> tuple[int, dict[str, Any]]:
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            status, body = response.status, response.read(_MAX_RESPONSE_BYTES + 1)
-    except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read(_MAX_RESPONSE_BYTES + 1)
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _checked_url(url: str) -> urllib.parse.SplitResult:
+    """The configured endpoint's address, https only: the request carries the client secret, a
+    refresh token or an access token. Plain http only to a loopback host where the deployment
+    allows private hosts (the tests' local authorization server)."""
+    parts = urllib.parse.urlsplit(url)
+    local = parts.scheme == "http" and _is_loopback(parts.hostname or "") and get_settings().allow_private_hosts
+    if not parts.hostname or (parts.scheme != "https" and not local):
+        raise TokenEndpointUnavailable("The identity provider's address in this deployment is not an https:// URL")
+    return parts
+
+
+def _cut(connection: http.client.HTTPConnection) -> None:
+    """Unblock a read the per-socket timeout would let a trickling server stretch for ever."""
+    sock = connection.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _send(url: str, data: bytes | None, headers: dict[str, str], timeout: float) -> tuple[int, dict[str, Any]]:
+    """One request with ``timeout`` as its total deadline (connect, answer and body together),
+    never following a redirect: the request's credentials must not reach another host."""
+    parts = _checked_url(url)
+    deadline = time.monotonic() + timeout
+    connection: http.client.HTTPConnection
+    if parts.scheme == "https":
+        connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout)  # type: ignore[arg-type]
+    else:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)  # type: ignore[arg-type]
+    watchdog = threading.Timer(timeout, _cut, (connection,))
+    watchdog.daemon = True
+    watchdog.start()
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        connection.request("POST" if data is not None else "GET", target, body=data, headers=headers)
+        response = connection.getresponse()
+        status = response.status
+        if 300 <= status < 400:
+            raise TokenEndpointUnavailable(f"The identity provider answered HTTP {status} (redirects are not followed)")
+        body = bytearray()
+        while chunk := response.read1(16 * 1024):
+            body += chunk
+            if len(body) > _MAX_RESPONSE_BYTES:
+                raise TokenEndpointUnavailable("The identity provider's answer is too large")
+            if time.monotonic() >= deadline:
+                raise TokenEndpointUnavailable("The identity provider did not answer in time")
+        if time.monotonic() >= deadline:  # the watchdog cut the answer short
+            raise TokenEndpointUnavailable("The identity provider did not answer in time")
+    except (http.client.HTTPException, OSError) as exc:
+        if time.monotonic() >= deadline:
+            raise TokenEndpointUnavailable("The identity provider did not answer in time") from None
         raise TokenEndpointUnavailable(f"The identity provider could not be reached ({type(exc).__name__})") from None
+    finally:
+        watchdog.cancel()
+        connection.close()
     if status >= 500 or status == 429:
         raise TokenEndpointUnavailable(f"The identity provider answered HTTP {status}")
-    if len(body) > _MAX_RESPONSE_BYTES:
-        raise TokenEndpointUnavailable("The identity provider's answer is too large")
     if not body.strip():
         return status, {}
     try:
@@ -217,14 +272,27 @@ def _send(request: urllib.request.Request, timeout: float) -> tuple[int, dict[st
     return status, parsed if isinstance(parsed, dict) else {}
 
 
+EXPIRES_IN_DEFAULT, EXPIRES_IN_MIN, EXPIRES_IN_MAX = 3600, 60, 86400
+
+
+def _expires_in(raw: object) -> int:
+    """The access token's lifetime: an integer or ASCII digits (``"²".isdigit()`` is true too),
+    clamped so that neither a tiny nor a huge value breaks the cache's arithmetic."""
+    seconds = EXPIRES_IN_DEFAULT
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        seconds = raw
+    elif isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 6:
+        seconds = int(raw)
+    return min(max(seconds, EXPIRES_IN_MIN), EXPIRES_IN_MAX)
+
+
 def _tokens(status: int, body: dict[str, Any]) -> Tokens:
     if status != 200 or not isinstance(body.get("access_token"), str):
         code = body.get("error") if isinstance(body.get("error"), str) else "invalid_response"
         raise OAuthError(code[:64])
-    expires_in = body.get("expires_in", 3600)
     return Tokens(
         access_token=body["access_token"],
-        expires_in=int(expires_in) if str(expires_in).isdigit() else 3600,
+        expires_in=_expires_in(body.get("expires_in")),
         refresh_token=body.get("refresh_token") if isinstance(body.get("refresh_token"), str) else None,
         id_token=body.get("id_token") if isinstance(body.get("id_token"), str) else None,
         scope=body.get("scope") if isinstance(body.get("scope"), str) else None,
@@ -279,10 +347,9 @@ def revoke(endpoints: Endpoints, secret: str, token: str, timeout: float) -> boo
 
 
 def userinfo(endpoints: Endpoints, access_token: str, timeout: float) -> dict[str, Any]:
-    request = urllib.request.Request(  # noqa: S310
-        endpoints.userinfo_url, headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
+    status, body = _send(
+        endpoints.userinfo_url, None, {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}, timeout
     )
-    status, body = _send(request, timeout)
     if status != 200:
         raise OAuthError(str(body.get("error") or "userinfo_failed")[:64])
     return body

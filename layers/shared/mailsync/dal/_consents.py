@@ -3,6 +3,8 @@ time-to-live attribute (``expiration``) removes the ones nobody finished."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute
 from pynamodb.exceptions import DeleteError, DoesNotExist
 from pynamodb.models import Model
@@ -47,20 +49,15 @@ def save_consent(consent: OAuthConsent) -> None:
     ).save(condition=ConsentModel.id.does_not_exist())
 
 
-def take_consent(nonce: str) -> OAuthConsent | None:
+def take_consent(nonce: str, valid: Callable[[OAuthConsent], bool] = lambda consent: True) -> OAuthConsent | None:
     """The consent of ``nonce``, removed so that it serves once: None when there is none (never
-    saved, expired and removed, or already taken by a concurrent callback)."""
+    saved, expired and removed, or already taken by a concurrent callback) or when ``valid``
+    says the request does not prove it (then it stays, for the browser that holds the real state)."""
     try:
         item = ConsentModel.get(_PREFIX + nonce, consistent_read=True)
     except DoesNotExist:
         return None
-    try:
-        item.delete(condition=ConsentModel.id.exists())
-    except DeleteError as exc:
-        if conditional_failure(exc):
-            return None
-        raise
-    return OAuthConsent(
+    consent = OAuthConsent(
         nonce=nonce,
         tenant_id=item.tenant_id,
         user_id=item.user_id,
@@ -71,3 +68,12 @@ def take_consent(nonce: str) -> OAuthConsent | None:
         return_url=item.return_url,
         expires_at=int(item.expiration),
     )
+    if not valid(consent):
+        return None
+    try:
+        item.delete(condition=ConsentModel.id.exists())
+    except DeleteError as exc:
+        if conditional_failure(exc):
+            return None
+        raise
+    return consent

@@ -119,11 +119,17 @@ def update_account(account: Account, fields: Mapping[str, Any]) -> Account:
 
 
 def update_account_if_version(
-    account: Account, fields: Mapping[str, Any], version: int, ciphertext: bytes | None = None
+    account: Account,
+    fields: Mapping[str, Any],
+    version: int,
+    ciphertext: bytes | None = None,
+    *,
+    refresh_token_ciphertext: bytes | None = None,
 ) -> Account | None:
     """Write ``fields`` only if the account still exists at ``settings_version`` ``version``
-    (and, given ``ciphertext``, still holds that password); None when it was deleted or its
-    connection settings changed since it was read."""
+    (and, given ``ciphertext``, still holds that password; given ``refresh_token_ciphertext``,
+    that refresh token); None when it was deleted or its connection settings changed since it
+    was read."""
     fields = {**fields, "updated_at": utcnow()}
     same = AccountModel.settings_version == version
     if version == 1:  # items written before settings_version existed read back as 1
@@ -131,6 +137,8 @@ def update_account_if_version(
     if ciphertext is not None:
         # A delete and re-create restarts the version; the ciphertext (random nonce) never repeats.
         same = same & (AccountModel.password_ciphertext == ciphertext)
+    if refresh_token_ciphertext is not None:
+        same = same & (AccountModel.refresh_token_ciphertext == refresh_token_ciphertext)
     try:
         account_key(account).update(
             actions=set_actions(AccountModel, fields), condition=AccountModel.user_id.exists() & same

@@ -206,8 +206,9 @@ def delete_settings(principal: Principal, user_id: str) -> None:
     logger.info("mail settings deleted", extra={"tenant_id": target.tenant_id, "user_id": target.user_id})
 
 
-def server_params(account: Account, settings: Settings) -> ServerParams:
-    """Decrypt the password in memory only, for one login (an OAuth2 mailbox: a current access token)."""
+def server_params(account: Account, settings: Settings, *, deadline: float | None = None) -> ServerParams:
+    """Decrypt the password in memory only, for one login (an OAuth2 mailbox: a current access
+    token, its refresh done by ``deadline``, a ``time.monotonic()`` instant)."""
     if account.auth == "oauth2" and account.refresh_token_ciphertext is not None:
         return ServerParams(
             host=account.host,
@@ -216,7 +217,7 @@ def server_params(account: Account, settings: Settings) -> ServerParams:
             password="",
             security=account.security,
             protocol=account.protocol,
-            access_token=access_token(account, settings),
+            access_token=access_token(account, settings, deadline=deadline),
         )
     if account.password_ciphertext is None:
         raise ValidationFailed("No password saved for this mailbox", field="password")

@@ -131,13 +131,16 @@ def _checked_consent(state: str | None, settings: Settings) -> OAuthConsent:
     parsed = oauth.parse_state(state or "")
     if parsed is None or parsed.expires_at < time.time():
         raise ValidationFailed(STATE_MESSAGE, field="state")
+
+    def proven(consent: OAuthConsent) -> bool:
+        # Checked before the consent is removed: a forged state must not spend the user's consent.
+        return consent.expires_at == parsed.expires_at and oauth.state_signature_valid(
+            parsed, _binding(consent), settings
+        )
+
     # Taken (removed) before anything else: a state serves once, even when what follows fails.
-    consent = dal.take_consent(parsed.nonce)
-    if (
-        consent is None
-        or consent.expires_at != parsed.expires_at
-        or not oauth.state_signature_valid(parsed, _binding(consent), settings)
-    ):
+    consent = dal.take_consent(parsed.nonce, proven)
+    if consent is None:
         raise ValidationFailed(STATE_MESSAGE, field="state")
     return consent
 
@@ -249,7 +252,8 @@ def _save(consent: OAuthConsent, address: str, tokens: oauth.Tokens, settings: S
         settle_pending_ops(
             tenant_id, user_id, state.ops_server if state is not None else None, mailbox_identity(values)
         )
-        due = scheduling.due_fields(tenant_id, user_id, True, "pending", "imap")
+        # Like saved settings (accounts.put_settings): just changed by the user, polled soon at any hour.
+        due = scheduling.due_fields(tenant_id, user_id, True, "pending", "imap", active=True)
         created = dal.create_account(
             Account(tenant_id=tenant_id, user_id=user_id, status="pending", settings_version=1, **values, **due)
         )
@@ -261,5 +265,5 @@ def _save(consent: OAuthConsent, address: str, tokens: oauth.Tokens, settings: S
     settle_pending_ops(tenant_id, user_id, mailbox_identity(existing), mailbox_identity(values))
     status = "pending" if existing.fetch_enabled else "disabled"
     values.update(status=status, settings_version=int(existing.settings_version or 1) + 1)
-    values.update(scheduling.due_fields(tenant_id, user_id, existing.fetch_enabled, status, "imap"))
+    values.update(scheduling.due_fields(tenant_id, user_id, existing.fetch_enabled, status, "imap", active=True))
     dal.update_account(existing, values)

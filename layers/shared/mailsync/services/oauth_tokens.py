@@ -73,13 +73,14 @@ def _cached(key: tuple[str, str, bytes], now: float) -> str | None:
     return None
 
 
-def access_token(account: Account, settings: Settings) -> str:
+def access_token(account: Account, settings: Settings, *, deadline: float | None = None) -> str:
     """A valid access token for ``account``'s OAuth2 grant: the cached one while it has more
     than ``REFRESH_AHEAD_SECONDS`` left, else a fresh one from the provider (one refresh per
     account at a time across the container's threads).
 
     ``ReauthRequired`` when the provider says ``invalid_grant``; ``TokenEndpointUnavailable``
-    (transient) when it cannot be reached or misbehaves.
+    (transient) when it cannot be reached or misbehaves, or not by ``deadline`` (a
+    ``time.monotonic()`` instant: the sync job's hard deadline).
     """
     key = _key(account)
     token = _cached(key, time.monotonic())
@@ -91,7 +92,7 @@ def access_token(account: Account, settings: Settings) -> str:
         token = _cached(key, time.monotonic())
         if token is not None:
             return token
-        tokens = _refresh(account, settings)
+        tokens = _refresh(account, settings, deadline)
         with _cache_lock:
             if len(_cache) >= _CACHE_MAX:
                 _cache.clear()
@@ -100,23 +101,38 @@ def access_token(account: Account, settings: Settings) -> str:
     if tokens.refresh_token and account.refresh_token_ciphertext is not None:
         # Microsoft hands out a new refresh token with each refresh: keep the newest.
         ciphertext = encrypt_refresh_token(tokens.refresh_token, account.tenant_id, account.user_id, settings)
-        updated = dal.update_account(account, {"refresh_token_ciphertext": ciphertext})
+        # Only over the grant it renewed: a new consent, a switch to a password or a delete
+        # meanwhile wins, and the provider's new token (for a grant no longer saved) is dropped.
+        updated = dal.update_account_if_version(
+            account,
+            {"refresh_token_ciphertext": ciphertext},
+            account.settings_version,
+            refresh_token_ciphertext=account.refresh_token_ciphertext,
+        )
+        if updated is None:
+            logger.info("rotated refresh token dropped: the settings changed", extra={"user_id": account.user_id})
+            return tokens.access_token
         with _cache_lock:
             _cache[_key(updated)] = _cache.pop(key, (tokens.access_token, time.monotonic() + tokens.expires_in))
     return tokens.access_token
 
 
-def _refresh(account: Account, settings: Settings) -> oauth.Tokens:
+def _refresh(account: Account, settings: Settings, deadline: float | None = None) -> oauth.Tokens:
     provider = account.provider
     if provider not in PROVIDERS:
         raise ReauthRequired()
     where = endpoints(provider, settings)  # type: ignore[arg-type]
+    timeout = settings.oauth_http_timeout_seconds
+    if deadline is not None:
+        timeout = min(timeout, deadline - time.monotonic())
+        if timeout <= 0:
+            raise oauth.TokenEndpointUnavailable("No time was left to renew access to the mailbox; it will be retried")
     try:
         return oauth.refresh(
             where,
             oauth.client_secret(provider, settings),
             decrypt_refresh_token(account, settings),
-            settings.oauth_http_timeout_seconds,
+            timeout,
         )
     except oauth.OAuthError as exc:
         if exc.oauth_code == "invalid_grant":

@@ -216,9 +216,12 @@ def _sync(
         last_error=read.last_error,
         ops_pending=read.ops_pending,
     )
-    try:
-        params = server_params(account, settings)
-        outcome = _with_connect_retries(
+
+    def connect_and_run() -> SyncOutcome | int:
+        # Params (with an OAuth2 access token) are built once per try, outside the connect
+        # retries: a transient network retry reuses them, a refused token never.
+        params = server_params(account, settings, deadline=hard_deadline)
+        return _with_connect_retries(
             lambda: _run_engine(
                 account,
                 read if known_work is None else None,
@@ -232,6 +235,18 @@ def _sync(
             # The budget alone: the Lambda's deadline callable is the engine's to ask.
             policy.job_deadline(lambda: False, hard_deadline, budget, time.monotonic),
         )
+
+    try:
+        try:
+            outcome = connect_and_run()
+        except MailboxError as exc:
+            if not policy.renew_token_and_retry(exc.code, renewed=False):
+                raise
+            # The mail server refused the cached access token: forget it, so the params are
+            # rebuilt with a refreshed one (or the provider says the grant is gone).
+            forget_access_token(account)
+            logger.info("access token refused, renewing it", extra={"user_id": account.user_id})
+            outcome = connect_and_run()
     except _LeaseBusy:
         return JobResult("busy"), {}
     except MailboxError as exc:

@@ -34,9 +34,18 @@ DEADLINE_MARGIN_SECONDS = 15.0
 LAMBDA_MARGIN_SECONDS = 10.0
 INTERNAL_ERROR = "Syncing this mailbox failed because of an internal error; it will be retried"
 SYNCED_PROTOCOLS = frozenset({"imap"})
-# Retrying these inside a job only spends the budget again or gets the account locked.
+# Retrying these inside a job only spends the budget again or gets the account locked. A refused
+# access token is never sent again: see ``renew_token_and_retry``.
 NOT_RETRIED_IN_JOB = frozenset(
-    {"auth_failed", "reauth_required", "tls_failed", "server_misbehaving", "protocol_mismatch", "server_busy"}
+    {
+        "auth_failed",
+        "reauth_required",
+        "token_rejected",
+        "tls_failed",
+        "server_misbehaving",
+        "protocol_mismatch",
+        "server_busy",
+    }
 )
 # Only the user can end these (new password, new consent): the account leaves the schedule.
 NEEDS_THE_USER = frozenset({"auth_failed", "reauth_required"})
@@ -98,6 +107,13 @@ def retry_in_job(code: str, attempt: int, *, out_of_time: bool) -> bool:
     """Whether a failed connection is tried again within the job (then after
     ``retry_delay(attempt)``)."""
     return code not in NOT_RETRIED_IN_JOB and attempt < CONNECT_ATTEMPTS and not out_of_time
+
+
+def renew_token_and_retry(code: str, *, renewed: bool) -> bool:
+    """Whether a job whose access token the mail server refused gets a new one from the provider
+    and logs in once more (once per job: a new token refused too is the provider's or the
+    server's problem, not the cached token's)."""
+    return code == "token_rejected" and not renewed
 
 
 def retry_delay(attempt: int) -> float:
