@@ -157,11 +157,9 @@ class FakeDal:
         assert consent.nonce not in self.consents
         self.consents[consent.nonce] = consent
 
-    def take_consent(
-        self, nonce: str, valid: Callable[[OAuthConsent], bool] = lambda consent: True
-    ) -> OAuthConsent | None:
+    def take_consent(self, nonce: str, valid: Callable[[OAuthConsent], bool] | None = None) -> OAuthConsent | None:
         consent = self.consents.get(nonce)
-        if consent is None or not valid(consent):
+        if consent is None or (valid is not None and not valid(consent)):
             return None
         return self.consents.pop(nonce)
 

@@ -49,7 +49,7 @@ def save_consent(consent: OAuthConsent) -> None:
     ).save(condition=ConsentModel.id.does_not_exist())
 
 
-def take_consent(nonce: str, valid: Callable[[OAuthConsent], bool] = lambda consent: True) -> OAuthConsent | None:
+def take_consent(nonce: str, valid: Callable[[OAuthConsent], bool] | None = None) -> OAuthConsent | None:
     """The consent of ``nonce``, removed so that it serves once: None when there is none (never
     saved, expired and removed, or already taken by a concurrent callback) or when ``valid``
     says the request does not prove it (then it stays, for the browser that holds the real state)."""
@@ -68,7 +68,7 @@ def take_consent(nonce: str, valid: Callable[[OAuthConsent], bool] = lambda cons
         return_url=item.return_url,
         expires_at=int(item.expiration),
     )
-    if not valid(consent):
+    if valid is not None and not valid(consent):
         return None
     try:
         item.delete(condition=ConsentModel.id.exists())
