@@ -46,7 +46,7 @@ PYTEST_WORKERS ?= 2
 test: $(STAMP) dovecot servers lint validate build  ## everything CI runs
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile  # pyproject.toml's testpaths: tests/ and devstack/tests/
 
-unit: $(STAMP)  ## the fast loop: pure logic and the services on an in-memory data layer (~20 s)
+unit: $(STAMP)  ## the fast loop: pure logic and the services on an in-memory data layer (about 40 s)
 	$(BIN)/python -m pytest tests/unit
 
 integration: $(STAMP) dovecot servers  ## handlers + moto + real Dovecot, Cyrus and Courier

@@ -375,30 +375,11 @@ def append_all(user: Any, folder: str, messages: Iterable[tuple[bytes, dt.dateti
 # --------------------------------------------------------------------------- counting
 
 
-@contextlib.contextmanager
-def count_aws_calls() -> Iterator[Counter[str]]:
-    """Counts every AWS API call as ``service:Operation``: boto3 clients and PynamoDB alike.
+def count_aws_calls() -> contextlib.AbstractContextManager[Counter[str]]:
+    """Every AWS call as ``service:Operation`` (one counter for the benchmarks and the tests)."""
+    from devstack.aws_calls import count_aws_calls as counter
 
-    Both end in ``botocore.client.BaseClient._make_api_call`` (PynamoDB keeps its own botocore
-    session and clients, so a ``before-call`` handler on one session would miss them). Retries
-    happen below this point: one count is one logical call.
-    """
-    from botocore.client import BaseClient
-
-    counts: Counter[str] = Counter()
-    original = BaseClient._make_api_call
-    lock = threading.Lock()
-
-    def counted(self: Any, operation_name: str, api_params: dict[str, Any]) -> Any:
-        with lock:
-            counts[f"{self.meta.service_model.service_name}:{operation_name}"] += 1
-        return original(self, operation_name, api_params)
-
-    BaseClient._make_api_call = counted  # type: ignore[method-assign]
-    try:
-        yield counts
-    finally:
-        BaseClient._make_api_call = original  # type: ignore[method-assign]
+    return counter()
 
 
 # --------------------------------------------------------------------------- write units

@@ -13,6 +13,7 @@ from typing import Any
 
 import boto3
 
+from devstack.aws_calls import count_aws_calls
 from devstack.dovecot import MailUser, make_message
 from tests.conftest import ApiCall, Caller
 
@@ -61,23 +62,11 @@ def capture_events(bus: str) -> EventCapture:
 
 @contextmanager
 def count_dynamodb_calls() -> Iterator[Counter]:
-    """Counts DynamoDB operations, PynamoDB's and boto3's alike (both end in botocore's
-    ``BaseClient._make_api_call``)."""
-    from botocore.client import BaseClient
-
-    counts: Counter = Counter()
-    original = BaseClient._make_api_call
-
-    def counted(self: Any, operation_name: str, api_params: dict, *a: Any, **k: Any) -> Any:
-        if self.meta.service_model.service_name == "dynamodb":
-            counts[operation_name] += 1
-        return original(self, operation_name, api_params, *a, **k)
-
-    BaseClient._make_api_call = counted  # type: ignore[method-assign]
-    try:
+    """Counts DynamoDB operations, PynamoDB's and boto3's alike, by operation name."""
+    with count_aws_calls() as calls:
+        counts: Counter = Counter()
         yield counts
-    finally:
-        BaseClient._make_api_call = original  # type: ignore[method-assign]
+    counts.update({op.split(":", 1)[1]: n for op, n in calls.items() if op.startswith("dynamodb:")})
 
 
 def reads(counts: Counter) -> int:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import boto3
 import pytest
 
+from devstack.aws_calls import count_aws_calls
 from tests.integration.sync_support import (
     Account,
     connect_account,
@@ -26,27 +25,6 @@ from tests.integration.sync_support import (
 
 MAP = {"inbox": "INBOX", "sent": "Sent"}
 DYNAMODB_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
-
-
-@contextmanager
-def count_aws_calls() -> Iterator[Counter[str]]:
-    """Every AWS call as ``service:Operation``, from any thread."""
-    from botocore.client import BaseClient
-
-    counts: Counter[str] = Counter()
-    original = BaseClient._make_api_call
-    lock = threading.Lock()
-
-    def counted(self: Any, operation_name: str, api_params: dict[str, Any]) -> Any:
-        with lock:
-            counts[f"{self.meta.service_model.service_name}:{operation_name}"] += 1
-        return original(self, operation_name, api_params)
-
-    BaseClient._make_api_call = counted  # type: ignore[method-assign]
-    try:
-        yield counts
-    finally:
-        BaseClient._make_api_call = original  # type: ignore[method-assign]
 
 
 def writes(calls: Counter[str]) -> dict[str, int]:
