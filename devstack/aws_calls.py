@@ -10,9 +10,9 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def count_aws_calls() -> Iterator[Counter[str]]:
+def count_aws_calls(service: str | None = None) -> Iterator[Counter[str]]:
     """Counts every AWS API call as ``service:Operation``, from any thread: boto3 clients and
-    PynamoDB alike.
+    PynamoDB alike. With ``service`` (e.g. ``"kms"``), only that service's calls, as ``Operation``.
 
     Both end in ``botocore.client.BaseClient._make_api_call`` (PynamoDB keeps its own botocore
     session and clients, so a ``before-call`` handler on one session would miss them). Retries
@@ -25,8 +25,10 @@ def count_aws_calls() -> Iterator[Counter[str]]:
     lock = threading.Lock()
 
     def counted(self: Any, operation_name: str, api_params: dict[str, Any]) -> Any:
-        with lock:
-            counts[f"{self.meta.service_model.service_name}:{operation_name}"] += 1
+        name = self.meta.service_model.service_name
+        if service is None or name == service:
+            with lock:
+                counts[operation_name if service else f"{name}:{operation_name}"] += 1
         return original(self, operation_name, api_params)
 
     BaseClient._make_api_call = counted  # type: ignore[method-assign]

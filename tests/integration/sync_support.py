@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -60,13 +59,9 @@ def capture_events(bus: str) -> EventCapture:
     return EventCapture(url)
 
 
-@contextmanager
-def count_dynamodb_calls() -> Iterator[Counter]:
+def count_dynamodb_calls() -> AbstractContextManager[Counter[str]]:
     """Counts DynamoDB operations, PynamoDB's and boto3's alike, by operation name."""
-    with count_aws_calls() as calls:
-        counts: Counter = Counter()
-        yield counts
-    counts.update({op.split(":", 1)[1]: n for op, n in calls.items() if op.startswith("dynamodb:")})
+    return count_aws_calls("dynamodb")
 
 
 def reads(counts: Counter) -> int:

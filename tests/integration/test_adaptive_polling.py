@@ -8,8 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -17,6 +16,7 @@ from zoneinfo import ZoneInfo
 import boto3
 import pytest
 
+from devstack.aws_calls import count_aws_calls
 from tests.conftest import ApiCall, Caller
 from tests.integration.sync_support import Account, connect_account, days_ago, message
 
@@ -62,23 +62,9 @@ def tick(aws: dict[str, str], now: int) -> set[str]:
     return set(users)
 
 
-@contextmanager
-def aws_calls() -> Iterator[Counter[str]]:
-    """Every AWS call by operation (boto3 and PynamoDB both end in BaseClient._make_api_call)."""
-    from botocore.client import BaseClient
-
-    counts: Counter[str] = Counter()
-    original = BaseClient._make_api_call
-
-    def counted(self: Any, operation: str, params: dict[str, Any]) -> Any:
-        counts[operation] += 1
-        return original(self, operation, params)
-
-    BaseClient._make_api_call = counted  # type: ignore[method-assign]
-    try:
-        yield counts
-    finally:
-        BaseClient._make_api_call = original  # type: ignore[method-assign]
+def aws_calls() -> AbstractContextManager[Counter[str]]:
+    """Every DynamoDB call by operation."""
+    return count_aws_calls("dynamodb")
 
 
 def seed(tenant: str, users: list[str], **fields: Any) -> None:

@@ -4,12 +4,13 @@ cached data key, bound to tenant and user; older direct-KMS ciphertexts still de
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import boto3
 import pytest
+
+from devstack.aws_calls import count_aws_calls
 
 
 @pytest.fixture
@@ -19,23 +20,8 @@ def settings(aws: dict[str, str]) -> Any:
     return get_settings()
 
 
-@contextmanager
-def kms_calls() -> Iterator[Counter[str]]:
-    from botocore.client import BaseClient
-
-    counts: Counter[str] = Counter()
-    original = BaseClient._make_api_call
-
-    def counted(self: Any, operation_name: str, api_params: dict[str, Any]) -> Any:
-        if self.meta.service_model.service_name == "kms":
-            counts[operation_name] += 1
-        return original(self, operation_name, api_params)
-
-    BaseClient._make_api_call = counted  # type: ignore[method-assign]
-    try:
-        yield counts
-    finally:
-        BaseClient._make_api_call = original  # type: ignore[method-assign]
+def kms_calls() -> AbstractContextManager[Counter[str]]:
+    return count_aws_calls("kms")
 
 
 def test_round_trip_with_one_data_key_and_no_kms_call_when_warm(settings: Any) -> None:
