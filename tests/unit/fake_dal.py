@@ -447,6 +447,8 @@ class FakeKms:
     ciphertext is new (KMS's random nonce), so equal passwords never give equal ciphertexts."""
 
     plaintexts: dict[bytes, tuple[str, str, str]] = field(default_factory=dict)
+    # Ciphertexts sealed for the refresh-token purpose (the others are passwords').
+    tokens: set[bytes] = field(default_factory=set)
 
     def encrypt_password(self, password: str, tenant_id: str, user_id: str, settings: Settings) -> bytes:
         ciphertext = b"fake-kms:" + os.urandom(12)
@@ -455,9 +457,20 @@ class FakeKms:
 
     def decrypt_saved_password(self, ciphertext: bytes, tenant_id: str, user_id: str, settings: Settings) -> str:
         owner_tenant, owner_user, password = self.plaintexts.get(ciphertext, ("", "", ""))
-        if (owner_tenant, owner_user) != (tenant_id, user_id):
+        if (owner_tenant, owner_user) != (tenant_id, user_id) or ciphertext in self.tokens:
             raise PasswordUnreadable()
         return password
+
+    def encrypt_refresh_token(self, token: str, tenant_id: str, user_id: str, settings: Settings) -> bytes:
+        ciphertext = self.encrypt_password(token, tenant_id, user_id, settings)
+        self.tokens.add(ciphertext)
+        return ciphertext
+
+    def decrypt_refresh_token(self, ciphertext: bytes, tenant_id: str, user_id: str, settings: Settings) -> str:
+        owner_tenant, owner_user, token = self.plaintexts.get(ciphertext, ("", "", ""))
+        if (owner_tenant, owner_user) != (tenant_id, user_id) or ciphertext not in self.tokens:
+            raise PasswordUnreadable()
+        return token
 
 
 @dataclass
@@ -545,7 +558,11 @@ def fake_dal(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fakes]:
         replacement = getattr(fakes.dal, name) if name in provided else _unavailable(f"dal.{name}")
         monkeypatch.setattr(dal, name, replacement)
     for module, recorder, names in (
-        (crypto, fakes.kms, ("encrypt_password", "decrypt_saved_password")),
+        (
+            crypto,
+            fakes.kms,
+            ("encrypt_password", "decrypt_saved_password", "encrypt_refresh_token", "decrypt_refresh_token"),
+        ),
         (blobstore, fakes.blobs, ("put_raw", "get_raw", "presigned_url")),
         (queue, fakes.queue, ("send", "send_batch")),
         (events, fakes.events, ("publish",)),
