@@ -2,9 +2,10 @@
 real HTTP API events, moto), a local authorization server built on Authlib (over HTTP), and a
 Dovecot whose ``oauth2`` passdb validates access tokens by RFC 7662 introspection against it.
 
-start -> consent (auto-approved) -> callback -> first sync over XOAUTH2/OAUTHBEARER -> the
-provider expires the access token -> refresh -> sync -> the user revokes consent ->
-``reauth_required`` (event, off the schedule) -> DELETE revokes at the provider.
+start -> consent (auto-approved) -> callback -> finish (the CRM frontend, with the JWT) -> first
+sync over XOAUTH2/OAUTHBEARER -> the provider expires the access token -> refresh -> sync -> the
+user revokes consent -> ``reauth_required`` (event, off the schedule) -> DELETE revokes at the
+provider.
 """
 
 from __future__ import annotations
@@ -120,13 +121,17 @@ def test_oauth2_mailbox_from_consent_to_reauth_required(
         imap.append("INBOX", message("Hello over XOAUTH2"))
     events = capture_events(get_settings().event_bus_name)
 
-    # start -> the provider's consent screen (approved) -> back to the callback
+    # start -> the provider's consent screen (approved) -> back to the callback -> the return URL,
+    # where the CRM frontend finishes the consent with its user's JWT
     started = api("POST", "/v1/users/me/oauth/google/start", {"return_url": RETURN})
     assert started.status == 200, started.body
     location = follow_consent(started.body["authorization_url"])
     assert location.startswith(REDIRECT_URI + "?")
-    done = callback(urllib.parse.urlsplit(location).query)
-    assert (done.status, done.headers["Location"]) == (302, f"{RETURN}?result=connected")
+    back = callback(urllib.parse.urlsplit(location).query)
+    assert back.status == 302 and back.headers["Location"].startswith(f"{RETURN}?result=confirm#")
+    carried = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(back.headers["Location"]).fragment))
+    done = api("POST", "/v1/oauth/finish", {"state": carried["oauth_state"], "code": carried["oauth_code"]})
+    assert (done.status, done.body) == (200, {"result": "connected", "code": None}), done.raw
     settings = api("GET", "/v1/users/me/mail-settings").body
     assert (settings["auth"], settings["provider"], settings["username"]) == ("oauth2", "google", mailbox.username)
 

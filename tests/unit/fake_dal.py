@@ -157,6 +157,9 @@ class FakeDal:
         assert consent.nonce not in self.consents
         self.consents[consent.nonce] = consent
 
+    def find_consent(self, nonce: str) -> OAuthConsent | None:
+        return self.consents.get(nonce)
+
     def take_consent(self, nonce: str, valid: Callable[[OAuthConsent], bool] | None = None) -> OAuthConsent | None:
         consent = self.consents.get(nonce)
         if consent is None or (valid is not None and not valid(consent)):

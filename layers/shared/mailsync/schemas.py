@@ -432,9 +432,30 @@ class OAuthStartIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     return_url: str = Field(
-        min_length=1, max_length=2048, description="Gets `?result=connected` or `?result=error&code=...`"
+        min_length=1,
+        max_length=2048,
+        description="Gets `?result=confirm` with `#oauth_state=...&oauth_code=...` (finish with "
+        "`POST /v1/oauth/finish`), or `?result=error&code=...`",
     )
 
 
 class OAuthStartOut(BaseModel):
     authorization_url: str = Field(description="Send the user's browser here (valid for a few minutes, once)")
+
+
+class OAuthFinishIn(BaseModel):
+    """What the return URL's fragment carried, sent by the CRM frontend with the JWT of the user
+    who started the consent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: str = Field(min_length=1, max_length=512, description="`oauth_state` from the return URL's fragment")
+    code: str = Field(min_length=1, max_length=4096, description="`oauth_code` from the return URL's fragment")
+
+
+class OAuthFinishOut(BaseModel):
+    result: Literal["connected", "error"]
+    code: str | None = Field(
+        default=None,
+        description="With `error`: `token_exchange_failed`, `wrong_account_type` or `settings_changed`",
+    )

@@ -29,7 +29,7 @@ Table names are read from the settings on use: nothing binds them.
 """
 
 from mailsync.dal._connections import open_connections
-from mailsync.dal._consents import save_consent, take_consent
+from mailsync.dal._consents import find_consent, save_consent, take_consent
 from mailsync.dal._keys import BadCursor
 from mailsync.dal._models import utcnow
 from mailsync.dal._relay import (
@@ -104,6 +104,7 @@ __all__ = [
     "drop",
     "due_accounts",
     "fail_pending_ops",
+    "find_consent",
     "find_locations",
     "find_message",
     "find_messages",
