@@ -296,3 +296,28 @@ def test_the_callback_is_the_only_api_route_without_the_jwt_authorizer_in_aws_an
     }
     assert public == {"/swagger", "/v1/oauth/callback"} == set(PUBLIC_PATHS)
     assert events["OAuthCallback"]["Properties"]["Method"] == "GET"
+
+
+def test_a_grant_shared_with_a_colleague_is_revoked_only_by_the_last_one_holding_it(
+    api: ApiCall, oauth_env: TokenEndpoint
+) -> None:
+    """Both connect the same Google mailbox (one grant at Google): the tenant's other items
+    (its settings) sit in the same partition of the accounts table."""
+    admin = Caller(user="root", role="admin")
+    assert (
+        api(
+            "PUT",
+            "/v1/tenant/settings",
+            {"confidential_keywords": ["secret"], "confidential_contacts": []},
+            caller=admin,
+        ).status
+        == 200
+    )
+    bob = Caller(user="bob")
+    for caller in (None, bob):
+        done = finish(api, back_from_provider("good-code", start(api, caller=caller)["state"]), caller=caller)
+        assert done.body == {"result": "connected", "code": None}
+    assert api("DELETE", "/v1/users/me/mail-settings").status == 204
+    assert [path for path, _ in oauth_env.requests] == ["/token", "/token"]
+    assert api("DELETE", "/v1/users/me/mail-settings", caller=bob).status == 204
+    assert [path for path, _ in oauth_env.requests] == ["/token", "/token", "/revoke"]

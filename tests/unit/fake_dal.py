@@ -171,6 +171,17 @@ class FakeDal:
     def get_account(self, tenant_id: str, user_id: str) -> Account | None:
         return self.accounts.get((tenant_id, user_id))
 
+    def oauth_grant_holders(self, tenant_id: str, provider: str, username: str) -> list[str]:
+        return [
+            a.user_id
+            for (tenant, _), a in self.accounts.items()
+            if tenant == tenant_id
+            and a.auth == "oauth2"
+            and a.provider == provider
+            and a.refresh_token_ciphertext is not None
+            and a.username.lower() == username.lower()
+        ]
+
     def account_exists(self, tenant_id: str, user_id: str) -> bool:
         return self.get_account(tenant_id, user_id) is not None
 

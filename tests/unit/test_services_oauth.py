@@ -434,3 +434,38 @@ def test_finish_refuses_a_missing_or_hostile_code_on_code(provider: Provider) ->
             oauth.finish_consent(ALICE, code, state)
         assert refused.value.field == "code"
     assert provider.exchanges == []
+
+
+# --- a grant shared by two CRM users ------------------------------------------------------------
+
+
+def test_a_grant_another_user_of_the_tenant_holds_for_the_same_mailbox_is_not_revoked(
+    provider: Provider, fake_dal: Fakes
+) -> None:
+    # Given alice and bob both connected the shared mailbox with the same Google account
+    finish_consent("code-a", start(ALICE)["state"], None, principal=ALICE)
+    provider.claims["email"] = "Alice@Gmail.com"  # the provider may spell it otherwise
+    finish_consent("code-b", oauth_start_for(BOB), None, principal=BOB)
+    # When alice deletes her settings, Google's grant (which bob's token is part of) stays
+    accounts.delete_settings(ALICE, "me")
+    assert provider.revoked == [] and fake_dal.dal.get_account("acme", "alice") is None
+    # Then bob, the last one holding it, revokes it when he deletes his
+    accounts.delete_settings(BOB, "me")
+    assert provider.revoked == [REFRESH]
+
+
+def test_a_grant_is_revoked_when_the_others_hold_another_mailbox_or_are_in_another_tenant(
+    provider: Provider, fake_dal: Fakes
+) -> None:
+    finish_consent("code-a", start(ALICE)["state"], None, principal=ALICE)
+    provider.claims["email"] = "bob@gmail.com"
+    finish_consent("code-b", oauth_start_for(BOB), None, principal=BOB)
+    provider.claims["email"] = "alice@gmail.com"
+    finish_consent("code-e", oauth_start_for(EVE), None, principal=EVE)
+    accounts.delete_settings(ALICE, "me")
+    assert provider.revoked == [REFRESH]
+
+
+def oauth_start_for(principal: Principal) -> str:
+    url = oauth.start_consent(principal, "me", "google", RETURN, "api.example.com")
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["state"]

@@ -52,11 +52,26 @@ def revoke_grant(account: Account, settings: Settings) -> None:
 
     Best effort: the credentials are destroyed next whatever the provider answers, and a user
     who deletes their settings must not be kept waiting on an unreachable provider.
+
+    Not while another user of the tenant holds a grant for the same mailbox and provider (a
+    shared mailbox both connected): Google revokes a grant, not one token, so revoking this
+    user's token would cut the other user off too. Their token is dropped here all the same.
     """
     if account.auth != "oauth2" or account.refresh_token_ciphertext is None or account.provider not in PROVIDERS:
         return
     where = endpoints(account.provider, settings)  # type: ignore[arg-type]
     if not where.revoke_url:
+        return
+    sharing = [
+        u
+        for u in dal.oauth_grant_holders(account.tenant_id, account.provider, account.username)
+        if u != account.user_id
+    ]
+    if sharing:
+        logger.info(
+            "refresh token not revoked: another user holds a grant for this mailbox",
+            extra={"user_id": account.user_id, "provider": account.provider, "other_users": len(sharing)},
+        )
         return
     try:
         token = decrypt_refresh_token(account, settings)
