@@ -136,3 +136,76 @@ def test_only_a_server_advertising_x_gm_ext_1_is_read_the_gmail_way() -> None:
     assert gmail_conn.is_gmail and not other.is_gmail
     assert "X-GM-MSGID X-GM-THRID X-GM-LABELS" in connection._GMAIL_SUMMARY_ITEMS
     assert connection._GMAIL_SUMMARY_ITEMS.startswith(connection._SUMMARY_ITEMS[:-1])
+
+
+class RecordingImap:
+    """The commands a Gmail session would carry, answered as Google's examples answer them."""
+
+    def __init__(self, by_folder: dict[str, dict[int, int]]) -> None:
+        self.by_folder = by_folder  # folder -> uid -> X-GM-MSGID
+        self.folder = ""
+        self.commands: list[str] = []
+
+    def connection(self) -> connection.ImapConnection:
+        conn = connection.ImapConnection.__new__(connection.ImapConnection)
+        conn._capabilities = ["IMAP4rev1", "X-GM-EXT-1", "MOVE", "UIDPLUS"]
+        conn._params = connection.ServerParams("imap.gmail.com", 993, "a@gmail.com", "", "ssl")
+        conn._writing = False
+        conn._client = type("Client", (), {"_imap": self})()
+        conn._examine = lambda folder, parameters: self._open("EXAMINE", folder)  # type: ignore[method-assign]
+        conn._select = lambda folder, writable: self._open("SELECT", folder)  # type: ignore[method-assign]
+        conn._uid_search = self.search  # type: ignore[method-assign]
+        conn._uid_fetch = self.fetch  # type: ignore[method-assign]
+        return conn
+
+    def _open(self, verb: str, folder: str) -> None:
+        self.commands.append(f"{verb} {folder}")
+        self.folder = folder
+
+    def search(self, criteria: str, charset: str | None = None) -> list[int]:
+        self.commands.append(f"UID SEARCH {criteria}")
+        wanted = {int(m) for m in criteria.split() if m.isdigit()}
+        return sorted(uid for uid, msgid in self.by_folder.get(self.folder, {}).items() if msgid in wanted)
+
+    def fetch(self, uids: list[int], items: str) -> dict[int, dict[bytes, object]]:
+        self.commands.append(f"UID FETCH {','.join(map(str, uids))} {items}")
+        lines = [
+            f"{i} (UID {uid} X-GM-MSGID {self.by_folder[self.folder][uid]})".encode()
+            for i, uid in enumerate(uids, 1)
+            if uid in self.by_folder.get(self.folder, {})
+        ]
+        return connection._parse_fetch(lines)
+
+    def _simple_command(self, *args: str) -> tuple[str, list[bytes]]:
+        self.commands.append(" ".join(args))
+        return "OK", [b"STORE (Success)"]
+
+
+def test_gmail_locate_searches_by_x_gm_msgid_and_maps_each_to_its_uid() -> None:
+    imap = RecordingImap({"Clients": {40: 1278455344230334865, 41: 7, 42: 1266894439832287888}})
+    found = imap.connection().gmail_locate("Clients", [1278455344230334865, 1266894439832287888, 99])
+    assert found == {1278455344230334865: 40, 1266894439832287888: 42}
+    assert imap.commands == [
+        "EXAMINE Clients",
+        "UID SEARCH OR OR X-GM-MSGID 99 X-GM-MSGID 1266894439832287888 X-GM-MSGID 1278455344230334865",
+        "UID FETCH 40,42 (UID X-GM-MSGID)",
+    ]
+    assert imap.connection().gmail_locate("Clients", []) == {}
+
+
+def test_gmail_add_label_stores_the_targets_label_and_finds_the_new_copy_there() -> None:
+    imap = RecordingImap({"[Gmail]/All Mail": {900: 11}, "INBOX": {3: 11}, "Kunden/Müller": {8: 11}})
+    conn = imap.connection()
+    assert conn.gmail_add_label("[Gmail]/All Mail", 900, "INBOX") == 3
+    assert imap.commands[:3] == [
+        "SELECT [Gmail]/All Mail",
+        "UID FETCH 900 (UID X-GM-MSGID)",
+        "UID STORE 900 +X-GM-LABELS.SILENT (\\Inbox)",
+    ]
+    imap.commands.clear()
+    assert conn.gmail_add_label("[Gmail]/All Mail", 900, "Kunden/Müller") == 8
+    assert imap.commands[2] == 'UID STORE 900 +X-GM-LABELS.SILENT ("Kunden/M&APw-ller")'
+    # A message no longer in the source folder: nothing is stored
+    imap.commands.clear()
+    assert conn.gmail_add_label("[Gmail]/All Mail", 901, "INBOX") is None
+    assert not any("STORE" in c for c in imap.commands)

@@ -308,3 +308,12 @@ def test_new_messages_get_the_gmail_id_and_thread() -> None:
     message = labels.thread_of(a_message("INBOX", 3, "inbox", thread_id="from-headers"))
     assert message.thread_id == rules.thread_id(1266894439832287888)
     assert labels.thread_of(a_message("INBOX", 9, "inbox", thread_id="x")).thread_id == "x"
+
+
+def test_the_pusher_asks_the_folder_list_for_all_mail_and_trash_whatever_their_names() -> None:
+    from mailsync.sync import gmail as carried_out
+
+    conn = RecordingConnection({})
+    assert carried_out.move_method(conn, ALL_MAIL, "INBOX") == (rules.MoveMethod.ADD_LABEL, None)  # type: ignore[arg-type]
+    assert carried_out.move_method(conn, ALL_MAIL, TRASH) == (rules.MoveMethod.MOVE, "\\Trash")  # type: ignore[arg-type]
+    assert carried_out.move_method(conn, "INBOX", "Clients") == (rules.MoveMethod.MOVE, None)  # type: ignore[arg-type]

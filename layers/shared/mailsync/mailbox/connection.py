@@ -880,7 +880,8 @@ class ImapConnection:
         Commands: EXAMINE, one UID SEARCH per SEARCH_CHUNK ids, one UID FETCH (X-GM-MSGID) of
         the hits per FETCH_CHUNK; none for an empty input. Raises ``FolderMissing``.
         """
-        wanted = sorted({int(m) for m in msgids})
+        asked = {int(m) for m in msgids}
+        wanted = sorted(asked)
         if not wanted:
             return {}
         found: dict[int, int] = {}
@@ -893,7 +894,7 @@ class ImapConnection:
             for chunk in _chunks(sorted(hits), FETCH_CHUNK):
                 for uid, attrs in sorted(self._uid_fetch(chunk, "(UID X-GM-MSGID)").items()):
                     parsed = gmail.parse_attributes(attrs)
-                    if parsed is not None and parsed.msgid in wanted:
+                    if parsed is not None and parsed.msgid in asked:
                         found.setdefault(parsed.msgid, uid)
         return found
 
