@@ -221,6 +221,21 @@ def test_an_attackers_consent_completed_in_a_victims_browser_connects_nothing(
     assert api("GET", "/v1/users/me/mail-settings", caller=mallory).status == 404
 
 
+def test_a_victims_state_completed_with_the_attackers_mailbox_connects_nothing(
+    api: ApiCall, oauth_env: TokenEndpoint
+) -> None:
+    """The other way round: alice's state reaches mallory, who approves it with his own mailbox
+    in his browser and finishes with his JWT, to get his mailbox into alice's CRM user."""
+    mallory = Caller(user="mallory")
+    alice_state = start(api)["state"]
+    carried = back_from_provider("good-code", alice_state)  # in mallory's browser
+    refused = finish(api, carried, caller=mallory)
+    assert refused.status == 403 and oauth_env.requests == []
+    assert api("GET", "/v1/users/me/mail-settings").status == 404
+    # Alice's consent was not spent: her own browser's code still connects her mailbox
+    assert finish(api, back_from_provider("good-code", alice_state)).body == {"result": "connected", "code": None}
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
