@@ -61,7 +61,7 @@ tooling: $(STAMP) dovecot  ## tests of the tooling itself: the local stack (devs
 .PHONY: soak
 soak: $(STAMP) dovecot  ## long runs: convergence (10 seeds x 300 operations per flavour), every crash point on both flavours; not in CI
 	MAILSYNC_SOAK=1 $(BIN)/python -m pytest tests/integration/test_convergence_mbsync.py tests/integration/test_convergence.py \
-		tests/integration/test_crash_every_write.py
+		tests/integration/test_crash_every_write.py tests/integration/test_sync_robustness.py::test_noop_sync_cost_does_not_grow_with_the_mailbox
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check .
