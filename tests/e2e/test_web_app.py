@@ -1,0 +1,250 @@
+"""The reference web app (web/) in a real browser: Debian's Chromium driven by Playwright, against
+`make run` and the test Dovecot, as a recruiter uses it. Each test saves its screen to docs/screens/
+(the README shows them). One stack and one browser for the module."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.policy
+import email.utils
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from devstack.dovecot import DovecotServer, MailUser, make_message
+from tests.e2e.conftest import ROOT, Running, base_env, make_token, start, stop
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENS = ROOT / "docs" / "screens"
+# As the machine notes say: without the networking switches Chromium tries Google's hosts at start.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Every wait on the page is bounded; the API answers in milliseconds, a sync in a few seconds.
+WAIT_MS = 30_000
+DESKTOP = {"width": 1100, "height": 900}
+expect.set_options(timeout=WAIT_MS)
+
+
+@pytest.fixture(scope="module")
+def stack(dovecot: DovecotServer) -> Iterator[Running]:
+    running = start("run", base_env(MAILSYNC_EXTRA_CA_FILE=str(dovecot.ca_file)))
+    try:
+        yield running
+    finally:
+        stop(running)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make chromium` installs Debian's chromium", pytrace=False)
+    with sync_playwright() as playwright:
+        # Playwright's launch() gives the browser a new, empty profile directory of its own.
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def open_page(browser: Browser, locale: str = "en-GB") -> Page:
+    context = browser.new_context(locale=locale, viewport=DESKTOP)
+    context.set_default_timeout(WAIT_MS)
+    return context.new_page()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    opened = open_page(browser)
+    try:
+        yield opened
+    finally:
+        opened.context.close()
+
+
+def sign_in(page: Page, stack: Running, user: str, tenant: str = "acme", role: str = "user") -> None:
+    """The local stack's sign-in form (config.json turns it on; a deployment has none)."""
+    page.goto(f"{stack.url}/app/")
+    page.locator("#local-user").fill(user)
+    page.locator("#local-tenant").fill(tenant)
+    page.locator("#local-role").select_option(role)
+    page.locator("#local-user").press("Enter")
+    expect(page.locator("#host")).to_be_visible()
+
+
+def screenshot(page: Page, name: str) -> None:
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENS / f"{name}.png"), full_page=True)
+
+
+def fill_settings(page: Page, mail_user: MailUser, password: str) -> None:
+    page.get_by_label("Mailserver", exact=True).fill("127.0.0.1")
+    page.get_by_label("Port (optional)").fill(str(mail_user.imaps_port))
+    page.get_by_label("User name").fill(mail_user.username)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("radio", name="SSL").check()
+
+
+def with_cv(subject: str, sender: str, date: dt.datetime) -> bytes:
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"], msg["To"], msg["Subject"] = sender, "recruiter@example.com", subject
+    msg["Date"], msg["Message-ID"] = email.utils.format_datetime(date), email.utils.make_msgid(domain="mailsync.test")
+    msg.set_content("My CV is attached.\n")
+    msg.add_attachment(b"%PDF-1.4\n%%EOF\n", maintype="application", subtype="pdf", filename="cv.pdf")
+    return bytes(msg)
+
+
+def wait_until(check, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"not within {timeout} s: {what}")
+
+
+def test_settings_folders_mail_arriving_and_read_on_the_server(
+    stack: Running, page: Page, dovecot: DovecotServer
+) -> None:
+    mail_user = dovecot.add_user()
+    user = f"web-{secrets.token_hex(3)}"
+    sign_in(page, stack, user)
+
+    fill_settings(page, mail_user, mail_user.password)
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.get_by_text("Saved. Login to the mailbox succeeded.")).to_be_visible()
+    # The password is write-only: the field is empty again, with "saved" in its place.
+    expect(page.get_by_label("Password", exact=True)).to_have_value("")
+    expect(page.get_by_label("Password", exact=True)).to_have_attribute("placeholder", "saved")
+    screenshot(page, "settings")
+
+    page.get_by_role("button", name="Edit folders").click()
+    # The server's folders, live, with the suggestion preselected per CRM folder.
+    expect(page.locator("#map-inbox")).to_have_value("INBOX")
+    expect(page.locator("#map-sent")).to_have_value("Sent")
+    options = page.locator("#map-drafts option").all_inner_texts()
+    assert "Entwürfe" in options, options
+    page.locator("#map-drafts").select_option("Entwürfe")
+    screenshot(page, "folders")
+    page.get_by_role("button", name="Save folders").click()
+    expect(page.get_by_text("Folders saved.")).to_be_visible()
+    code, saved = stack.request("GET", "/v1/users/me/folder-map", make_token(user, "acme"))
+    assert code == 200 and saved["saved"] and saved["folders"]["drafts"] == "Entwürfe", saved
+
+    now = dt.datetime.now(dt.UTC)
+    with mail_user.client("ssl") as imap:
+        older = make_message(subject="Interview on Tuesday", sender="Petra <petra@bureau.example>")
+        imap.append("INBOX", older, internal_date=now - dt.timedelta(hours=2))
+        newer = with_cv("Application: senior recruiter", "Jan de Vries <jan@klant.example>", now)
+        imap.append("INBOX", newer, internal_date=now - dt.timedelta(minutes=5))
+    page.get_by_role("link", name="Mailbox").click()
+    page.get_by_role("button", name="Sync now").click()
+    row = page.locator("li.message", has_text="Application: senior recruiter")
+    expect(row).to_be_visible()
+    expect(row).to_have_class(re.compile(r"\bunread\b"))
+    expect(row.get_by_role("img", name="Has attachments")).to_be_visible()
+    expect(page.get_by_role("button", name=re.compile(r"^Inbox 2 Messages$"))).to_be_visible()
+    # Newest first.
+    expect(page.locator("li.message .subject")).to_have_text(
+        [re.compile("Application: senior recruiter$"), re.compile("Interview on Tuesday$")]
+    )
+
+    row.get_by_role("button", name="Mark read").click()
+    expect(row.get_by_role("button", name="Mark unread")).to_be_visible()
+    with mail_user.client("ssl") as imap:
+        uid = imap.uids("INBOX")[-1]
+        wait_until(lambda: "\\Seen" in imap.flags("INBOX", uid), "\\Seen on the server")
+
+    row.get_by_role("button", name="Mark confidential").click()
+    expect(row.get_by_role("img", name="Confidential")).to_be_visible()
+    screenshot(page, "mailbox")
+
+    page.get_by_label("E-mail address").fill("jan@klant.example")
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator(".dossier li", has_text="Application: senior recruiter")).to_be_visible()
+
+    # 360 px wide (a phone): everything stacks, nothing runs off the side.
+    page.set_viewport_size({"width": 360, "height": 800})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    screenshot(page, "mailbox-360")
+
+
+def test_a_wrong_password_is_named_in_the_help_pages_words(stack: Running, page: Page, dovecot: DovecotServer) -> None:
+    mail_user = dovecot.add_user()
+    sign_in(page, stack, f"web-{secrets.token_hex(3)}")
+    fill_settings(page, mail_user, "not-the-password")
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.get_by_role("alert")).to_have_text("Login to mailbox failed: check user name and password")
+    screenshot(page, "wrong-password")
+
+
+def test_keep_a_copy_is_for_pop_only_and_none_is_offered_where_allowed(stack: Running, page: Page) -> None:
+    sign_in(page, stack, f"web-{secrets.token_hex(3)}")
+    keep, remove_after = page.get_by_label("Keep a copy of fetched e-mails"), page.locator("#remove_after_days")
+    expect(keep).to_be_disabled()
+    expect(remove_after).to_be_disabled()
+    page.get_by_role("radio", name="POP").check()
+    expect(keep).to_be_enabled()
+    expect(remove_after).to_be_enabled()
+    keep.uncheck()
+    expect(remove_after).to_be_disabled()
+    page.get_by_role("radio", name="IMAP").check()
+    expect(keep).to_be_disabled()
+    # The local stack allows security None (MAILSYNC_ALLOW_INSECURE); /v1/deployment says so.
+    expect(page.get_by_role("radio", name="None")).to_be_visible()
+
+
+def test_dutch_from_the_browser_switchable_and_usable_by_keyboard(stack: Running, browser: Browser) -> None:
+    page = open_page(browser, locale="nl-NL")
+    try:
+        sign_in(page, stack, f"web-{secrets.token_hex(3)}")
+        for label in ("Mailserver", "Gebruikersnaam", "Wachtwoord", "Beveiliging", "Type mailserver"):
+            expect(page.get_by_text(label, exact=True).first).to_be_visible()
+        expect(page.get_by_label("Kopie van opgehaalde e-mails op de mailserver bewaren")).to_be_disabled()
+        screenshot(page, "settings-nl")
+
+        # Keyboard only: Tab walks the form in reading order.
+        page.locator("#host").focus()
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "port"
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "username"
+
+        page.get_by_label("Taal").select_option("en")
+        expect(page.get_by_label("User name")).to_be_visible()
+        assert page.evaluate("document.documentElement.lang") == "en"
+    finally:
+        page.context.close()
+
+
+def test_an_admin_opens_a_colleagues_settings(stack: Running, page: Page, dovecot: DovecotServer) -> None:
+    mail_user = dovecot.add_user()
+    colleague = f"web-{secrets.token_hex(3)}"
+    body = {"host": "127.0.0.1", "port": mail_user.imaps_port, "username": mail_user.username, "password": "x1"}
+    assert stack.request("PUT", "/v1/users/me/mail-settings", make_token(colleague, "acme"), body)[0] == 201
+
+    sign_in(page, stack, "boss", role="admin")
+    page.get_by_label("User of your tenant").fill(colleague)
+    page.get_by_role("button", name="Open").click()
+    expect(page.get_by_text(f"Settings of {colleague}")).to_be_visible()
+    expect(page.get_by_label("User name")).to_have_value(mail_user.username)
+
+
+def test_screens_are_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in ("settings", "folders", "mailbox", "settings-nl"):
+        assert f"docs/screens/{name}.png" in readme, name
