@@ -47,6 +47,7 @@ def test_an_unbuilt_app_says_how_to_build_it(tmp_path: Path) -> None:
     assert status == 404 and b"make web" in body
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # the documented local secret
 def test_the_local_token_is_what_make_token_signs() -> None:
     raw = json.dumps({"user": "boss", "tenant": "acme", "role": "admin"}).encode()
     status, _, body = webapp.handle("POST", "/local/token", raw, LOGIN)
