@@ -1,5 +1,5 @@
 import { useEffect, useRef, useState } from "preact/hooks";
-import { type Api, errorWords, type Message, type MessagePage, statusWords, type SyncStatus } from "./api";
+import { type Api, ApiError, errorWords, type Message, type MessagePage, statusWords, type SyncStatus } from "./api";
 import { formatDate, type Key, type Lang, type T } from "./i18n";
 import { CRM_FOLDERS } from "./Settings";
 
@@ -138,7 +138,9 @@ export function Mailbox({ t, lang, api, userId }: { t: T; lang: Lang; api: Api; 
       pollUntil.current = Date.now() + 10_000;
       dispatchEvent(new Event("mailsync:poll"));
     } catch (exc) {
-      setError(errorWords(t, exc));
+      // 409 means one thing per route: no trash mapped (delete), the message is gone (change).
+      const conflict = exc instanceof ApiError && exc.code === "conflict";
+      setError(conflict ? t(method === "DELETE" ? "err_no_trash" : "err_gone") : errorWords(t, exc));
     } finally {
       setBusyId(null);
     }
