@@ -7,17 +7,21 @@ from __future__ import annotations
 import datetime as dt
 import email.policy
 import email.utils
+import json
 import re
+import secrets
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
+import boto3
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from devstack.dovecot import DovecotServer, MailUser, make_message
-from tests.e2e.conftest import ROOT, Running, base_env, make_token, start, stop
+from tests.e2e.conftest import ROOT, Running, base_env, free_port, make_token, start, stop
+from tests.fixtures.oauth_server import CLIENT_ID, CLIENT_SECRET, RunningServer, run_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENS = ROOT / "docs" / "screens"
@@ -34,14 +38,52 @@ CHROMIUM_ARGS = [
 ]
 # Every wait on the page is bounded; the API answers in milliseconds, a sync in a few seconds.
 WAIT_MS = 30_000
+OAUTH_SECRET_NAME = "mailsync-web-oauth"
 DESKTOP = {"width": 1100, "height": 900}
 expect.set_options(timeout=WAIT_MS)
 
 
 @pytest.fixture(scope="module")
-def stack(dovecot: DovecotServer) -> Iterator[Running]:
-    running = start("run", base_env(MAILSYNC_EXTRA_CA_FILE=str(dovecot.ca_file)))
+def ports() -> dict[str, int]:
+    return {"api": free_port(), "moto": free_port()}
+
+
+@pytest.fixture(scope="module")
+def google(ports: dict[str, int]) -> Iterator[RunningServer]:
+    """A local authorization server in Google's place (tests/fixtures/oauth_server.py)."""
+    yield from run_server(f"http://127.0.0.1:{ports['api']}/v1/oauth/callback", approve_as="")
+
+
+@pytest.fixture(scope="module")
+def stack(dovecot: DovecotServer, ports: dict[str, int], google: RunningServer) -> Iterator[Running]:
+    origin = f"http://127.0.0.1:{ports['api']}"
+    env = base_env(
+        MAILSYNC_PORT=str(ports["api"]),
+        MAILSYNC_MOTO_PORT=str(ports["moto"]),
+        MAILSYNC_EXTRA_CA_FILE=str(dovecot.ca_file),
+        # Connect Google goes to the local authorization server and back to this stack's app.
+        MAILSYNC_OAUTH_GOOGLE_CLIENT_ID=CLIENT_ID,
+        MAILSYNC_OAUTH_GOOGLE_ISSUER=google.url,
+        MAILSYNC_OAUTH_GOOGLE_AUTHORIZE_URL=f"{google.url}/authorize",
+        MAILSYNC_OAUTH_GOOGLE_TOKEN_URL=f"{google.url}/token",
+        MAILSYNC_OAUTH_GOOGLE_REVOKE_URL=f"{google.url}/revoke",
+        MAILSYNC_OAUTH_GOOGLE_USERINFO_URL="",
+        MAILSYNC_OAUTH_GOOGLE_IMAP_HOST="127.0.0.1",
+        MAILSYNC_OAUTH_REDIRECT_URI=f"{origin}/v1/oauth/callback",
+        MAILSYNC_OAUTH_RETURN_ORIGINS=origin,
+        # A secret's name is a SecretId as good as its ARN; it is created once moto runs.
+        MAILSYNC_OAUTH_CLIENT_SECRET_ARN=OAUTH_SECRET_NAME,
+    )
+    running = start("run", env)
     try:
+        secret = {"google_client_secret": CLIENT_SECRET, "state_key": secrets.token_urlsafe(32)}
+        boto3.client(
+            "secretsmanager",
+            endpoint_url=f"http://127.0.0.1:{ports['moto']}",
+            region_name="eu-west-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",  # moto takes any
+        ).create_secret(Name=OAUTH_SECRET_NAME, SecretString=json.dumps(secret))
         yield running
     finally:
         stop(running)
@@ -229,6 +271,23 @@ def test_dutch_from_the_browser_switchable_and_usable_by_keyboard(stack: Running
         assert page.evaluate("document.documentElement.lang") == "en"
     finally:
         page.context.close()
+
+
+def test_connect_google_runs_the_consent_and_comes_back_connected(
+    stack: Running, page: Page, google: RunningServer
+) -> None:
+    google.server.approve_as = "frank@gmail.example"
+    sign_in(page, stack, "frank")
+    expect(page.get_by_role("button", name="Connect Microsoft")).to_be_disabled()  # no app registered here
+    page.get_by_role("button", name="Connect Google").click()
+    # The browser went to the provider, was approved, came back through the API's callback.
+    expect(page.get_by_text("Your mailbox is connected.")).to_be_visible()
+    expect(page.get_by_text(re.compile(r"^Connected with Google on "))).to_be_visible()
+    assert "result=" not in page.url  # the app tidies the address
+    expect(page.get_by_label("User name")).to_have_value("frank@gmail.example")
+    screenshot(page, "connected-google")
+    code, saved = stack.request("GET", "/v1/users/me/mail-settings", make_token("frank", "acme"))
+    assert code == 200 and (saved["auth"], saved["provider"]) == ("oauth2", "google"), saved
 
 
 def test_an_admin_opens_a_colleagues_settings(stack: Running, page: Page, dovecot: DovecotServer) -> None:

@@ -85,6 +85,10 @@ function bodyOf(form: Form): Record<string, unknown> {
   return body;
 }
 
+function providerName(provider: "google" | "microsoft"): string {
+  return provider === "google" ? "Google" : "Microsoft";
+}
+
 type Notice = { kind: "ok" | "error"; text: string } | null;
 
 export function Settings({ t, lang, api, userId }: { t: T; lang: Lang; api: Api; userId: string }) {
@@ -194,6 +198,10 @@ export function Settings({ t, lang, api, userId }: { t: T; lang: Lang; api: Api;
   const securities = SECURITY_ORDER.filter((s) => (deployment?.security ?? ["ssl", "starttls"]).includes(s));
   const isPop = form.protocol === "pop3";
   const accountProblem = saved ? statusWords(t, saved.status) : null;
+  const notOffered = deployment
+    ? (["google", "microsoft"] as const).filter((p) => !deployment.oauth_providers.includes(p)).map(providerName)
+    : [];
+  const passwordHint = saved?.auth === "oauth2" ? t("passwordOauthHint") : saved?.password_set ? t("passwordSavedHint") : null;
 
   return (
     <div class="stack">
@@ -253,13 +261,13 @@ export function Settings({ t, lang, api, userId }: { t: T; lang: Lang; api: Api;
             type="password"
             autocomplete="new-password"
             placeholder={saved?.password_set ? t("passwordSaved") : ""}
-            aria-describedby={saved?.password_set ? "password-hint" : undefined}
+            aria-describedby={passwordHint ? "password-hint" : undefined}
             value={form.password}
             onInput={(e) => set("password", e.currentTarget.value)}
           />
-          {saved?.password_set && (
+          {passwordHint && (
             <p id="password-hint" class="hint">
-              {t("passwordSavedHint")}
+              {passwordHint}
             </p>
           )}
         </div>
@@ -399,7 +407,7 @@ export function Settings({ t, lang, api, userId }: { t: T; lang: Lang; api: Api;
         {saved?.auth === "oauth2" && saved.provider && (
           <p class="ok">
             {t("connectedWith", {
-              provider: saved.provider === "google" ? "Google" : "Microsoft",
+              provider: providerName(saved.provider),
               date: formatDate(lang, saved.connected_at),
             })}
           </p>
@@ -420,9 +428,9 @@ export function Settings({ t, lang, api, userId }: { t: T; lang: Lang; api: Api;
             );
           })}
         </div>
-        {deployment && deployment.oauth_providers.length < 2 && (
+        {notOffered.length > 0 && (
           <p id="connect-off" class="hint">
-            {t("connectNotOffered")}
+            {t("connectNotOffered", { providers: notOffered.join(", ") })}
           </p>
         )}
         {oauthNotice && (
