@@ -215,6 +215,20 @@ def test_settings_folders_mail_arriving_and_read_on_the_server(
     expect(row.get_by_role("img", name="Confidential")).to_be_visible()
     screenshot(page, "mailbox")
 
+    # Move to another mapped folder, then delete from there: both reach the server.
+    other = page.locator("li.message", has_text="Interview on Tuesday")
+    other.get_by_label("Move to").select_option(label="Archive")
+    other.get_by_role("button", name="Move").click()
+    expect(other).to_have_count(0)
+    with mail_user.client("ssl") as imap:
+        wait_until(lambda: len(imap.uids("Archive")) == 1, "the message in Archive on the server")
+    page.get_by_role("button", name=re.compile(r"^Archive \d+ Messages$")).click()
+    archived = page.locator("li.message", has_text="Interview on Tuesday")
+    archived.get_by_role("button", name="Delete").click()
+    expect(archived).to_have_count(0)
+    with mail_user.client("ssl") as imap:
+        wait_until(lambda: len(imap.uids("Trash")) == 1 and not imap.uids("Archive"), "the message in Trash")
+
     page.get_by_label("E-mail address").fill("jan@klant.example")
     page.get_by_role("button", name="Search").click()
     expect(page.locator(".dossier li", has_text="Application: senior recruiter")).to_be_visible()
