@@ -304,6 +304,14 @@ def test_connect_google_runs_the_consent_and_comes_back_connected(
     assert code == 200 and (saved["auth"], saved["provider"]) == ("oauth2", "google"), saved
 
 
+def test_a_refused_token_signs_out_and_says_so(stack: Running, page: Page) -> None:
+    page.goto(f"{stack.url}/app/")
+    page.evaluate("sessionStorage.setItem('mailsync.token', 'not.a.token')")
+    page.reload()
+    expect(page.get_by_role("alert")).to_have_text("Your sign-in has expired: sign in again.")
+    expect(page.locator("#local-user")).to_be_visible()
+
+
 def test_an_admin_opens_a_colleagues_settings(stack: Running, page: Page, dovecot: DovecotServer) -> None:
     mail_user = dovecot.add_user()
     colleague = "erik"

@@ -31,11 +31,12 @@ export function App({ config }: { config: AppConfig }) {
   }, []);
 
   const claims = token ? tokenClaims(token) : null;
-  const api = useMemo(() => (token ? new Api(config.api, token) : null), [config.api, token]);
+  const [expired, setExpired] = useState(false);
   const isAdmin = claims?.role === "admin";
 
   const signIn = (value: string) => {
     sessionStorage.setItem(TOKEN_STORE, value);
+    setExpired(false);
     setToken(value);
   };
   const signOut = () => {
@@ -44,6 +45,16 @@ export function App({ config }: { config: AppConfig }) {
     setWho("me");
     setWhoInput("me");
   };
+  const api = useMemo(
+    () =>
+      token
+        ? new Api(config.api, token, () => {
+            signOut();
+            setExpired(true);
+          })
+        : null,
+    [config.api, token],
+  );
   const changeLang = (value: Lang) => {
     saveLang(value);
     setLang(value);
@@ -81,6 +92,11 @@ export function App({ config }: { config: AppConfig }) {
         )}
       </header>
       <main>
+        {!api && expired && (
+          <p class="error" role="alert">
+            {t("err_unauthorized")}
+          </p>
+        )}
         {!api && <SignIn t={t} config={config} onToken={signIn} />}
         {api && isAdmin && (
           <form

@@ -6,6 +6,7 @@ import { CRM_FOLDERS } from "./Settings";
 // While a sync runs the status is asked for this often, for at most this long after the last request.
 const POLL_MS = 1000;
 const POLL_BUDGET_MS = 120_000;
+const SYNCING_MS = 3_000;
 const IDLE_REFRESH_MS = 20_000;
 
 function folderLabel(t: T, crm: string): string {
@@ -76,8 +77,10 @@ export function Mailbox({ t, lang, api, userId }: { t: T; lang: Lang; api: Api; 
         lastSeen = seen;
         await loadMessages();
       }
-      const busy = found?.state === "syncing" || Date.now() < pollUntil.current;
-      timer = window.setTimeout(tick, busy ? POLL_MS : IDLE_REFRESH_MS);
+      // Fast for a while after the user asked; a sync running on its own is followed more slowly.
+      const delay =
+        Date.now() < pollUntil.current ? POLL_MS : found?.state === "syncing" ? SYNCING_MS : IDLE_REFRESH_MS;
+      timer = window.setTimeout(tick, delay);
     };
     tick();
     const wake = () => {

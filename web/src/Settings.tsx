@@ -205,7 +205,7 @@ export function Settings({ t, lang, api, userId }: { t: T; lang: Lang; api: Api;
 
   return (
     <div class="stack">
-      <form class="card settings" onSubmit={save} aria-labelledby="settings-title" noValidate={false}>
+      <form class="card settings" onSubmit={save} aria-labelledby="settings-title">
         <h1 id="settings-title">{t("settingsTitle")}</h1>
         {userId !== "me" && <p class="hint">{t("settingsFor", { user: userId })}</p>}
         {!saved && <p class="hint">{t("newUser")}</p>}

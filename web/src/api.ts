@@ -131,6 +131,8 @@ export class Api {
   constructor(
     private readonly base: string,
     private readonly token: string,
+    /** Called when the API refuses the token (expired, or signed for another deployment). */
+    private readonly onUnauthorized: () => void = () => {},
   ) {}
 
   async call<R>(method: string, path: string, body?: unknown): Promise<R> {
@@ -156,7 +158,10 @@ export class Api {
     }
     if (!response.ok) {
       const error = data?.error;
-      if (response.status === 401) throw new ApiError(401, "unauthorized", error?.message ?? "Unauthorized");
+      if (response.status === 401) {
+        this.onUnauthorized();
+        throw new ApiError(401, "unauthorized", error?.message ?? "Unauthorized");
+      }
       throw new ApiError(
         response.status,
         String(error?.code ?? "other"),
