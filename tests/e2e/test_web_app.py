@@ -140,6 +140,16 @@ def fill_settings(page: Page, mail_user: MailUser, password: str) -> None:
     page.get_by_role("radio", name="SSL").check()
 
 
+UNLABELLED = """[...document.querySelectorAll('input, select, textarea')]
+    .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
+    .map((e) => e.id || e.name || e.outerHTML)"""
+
+
+def unlabelled(page: Page) -> list[str]:
+    """Form fields without a label (every field has one: screen readers and clicks on the text)."""
+    return page.evaluate(UNLABELLED)
+
+
 def with_cv(subject: str, sender: str, date: dt.datetime) -> bytes:
     msg = EmailMessage(policy=email.policy.SMTP)
     msg["From"], msg["To"], msg["Subject"] = sender, "recruiter@example.com", subject
@@ -182,6 +192,7 @@ def test_settings_folders_mail_arriving_and_read_on_the_server(
     assert "Entwürfe" in options, options
     page.locator("#map-drafts").select_option("Entwürfe")
     screenshot(page, "folders")
+    assert unlabelled(page) == []
     page.get_by_role("button", name="Save folders").click()
     expect(page.get_by_text("Folders saved.")).to_be_visible()
     code, saved = stack.request("GET", "/v1/users/me/folder-map", make_token(user, "acme"))
@@ -214,6 +225,7 @@ def test_settings_folders_mail_arriving_and_read_on_the_server(
     row.get_by_role("button", name="Mark confidential").click()
     expect(row.get_by_role("img", name="Confidential")).to_be_visible()
     screenshot(page, "mailbox")
+    assert unlabelled(page) == []
 
     # Move to another mapped folder, then delete from there: both reach the server.
     other = page.locator("li.message", has_text="Interview on Tuesday")
