@@ -284,6 +284,9 @@ def test_dutch_from_the_browser_switchable_and_usable_by_keyboard(stack: Running
             expect(page.get_by_text(label, exact=True).first).to_be_visible()
         expect(page.get_by_label("Kopie van opgehaalde e-mails op de mailserver bewaren")).to_be_disabled()
         screenshot(page, "settings-nl")
+        page.set_viewport_size({"width": 360, "height": 800})  # the longer Dutch labels wrap, nothing overflows
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360
+        page.set_viewport_size(DESKTOP)
 
         # Keyboard only: Tab walks the form in reading order.
         page.locator("#host").focus()
