@@ -459,3 +459,15 @@ class OAuthFinishOut(BaseModel):
         default=None,
         description="With `error`: `token_exchange_failed`, `wrong_account_type` or `settings_changed`",
     )
+
+
+class DeploymentOut(BaseModel):
+    """What this deployment accepts; a settings screen offers only these."""
+
+    security: list[Security] = Field(
+        description="The `security` values mail settings may use (`none` only where the deployment allows it)"
+    )
+    oauth_providers: list[Literal["google", "microsoft"]] = Field(
+        description="Providers whose Connect button works here (an OAuth2 app is registered)"
+    )
+    relay_addresses: bool = Field(description="Whether users have a relay address (the deployment has a relay domain)")
