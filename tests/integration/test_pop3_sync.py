@@ -307,3 +307,12 @@ def test_a_wrong_password_is_auth_failed_and_leaves_the_schedule(
     assert settings["status"] == "auth_failed"
     status = api("GET", "/v1/users/me/sync-status", caller=account.caller).body
     assert status["state"] != "syncing"
+
+
+def test_stls_on_the_plain_port_syncs_too(api: ApiCall, local_mail_env, mail_user, clock: Clock) -> None:
+    deliver(mail_user, "over stls", days=1)
+    account = pop_account(api, mail_user, port=mail_user.pop3_port, security="starttls")
+    assert api("GET", SETTINGS, caller=account.caller).body["port"] == mail_user.pop3_port
+
+    assert account.sync().status == "synced"
+    assert sorted(crm(account)) == ["over stls"]
