@@ -76,10 +76,30 @@ def test_a_scheduled_sync_that_finds_nothing_new_writes_nothing(
 
     with count_dynamodb_calls() as calls:
         again = account.sync(reason="schedule")
-    writes = {op: n for op, n in calls.items() if op not in ("GetItem", "Query", "BatchGetItem")}
-    assert again.status == "synced" and again.outcome.created == 0
-    assert writes == {}, "no lease, no state: the listing matched what was known"
+    assert again.status == "synced" and again.outcome is not None and again.outcome.created == 0
+    assert dict(calls) == {"BatchGetItem": 1}, "account and state read; the listing is the last sync's"
     assert sorted(crm(account)) == ["one"]
+
+    deliver(mail_user, "two", days=0.5)
+    assert account.sync(reason="schedule").outcome.created == 1
+
+
+def test_a_kept_copy_falls_due_on_a_scheduled_sync_without_any_change_on_the_server(
+    api: ApiCall, local_mail_env, mail_user, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailsync.sync.planner import jobs
+
+    monkeypatch.setattr(jobs, "MIN_SECONDS_BETWEEN_SCHEDULED_SYNCS", 0)
+    deliver(mail_user, "kept a day", days=1)
+    account = pop_account(api, mail_user, remove_after_days=1)
+    assert account.sync().status == "synced"
+    clock.advance(hours=23)
+    assert account.sync(reason="schedule").status == "synced"
+    assert on_server(mail_user) == ["kept a day"]
+
+    clock.advance(hours=1)
+    assert account.sync(reason="schedule").status == "synced"
+    assert on_server(mail_user) == []
 
 
 def test_keep_copy_false_deletes_each_message_once_it_is_stored_and_leaves_older_mail(

@@ -136,3 +136,52 @@ def test_what_is_remembered_of_a_stored_and_of_a_skipped_message() -> None:
     message = Listed(3, "a", 120)
     assert pop.remembered(message, now=NOW, id="x") == PopSeen("a", NOW, 120, "x", NOW)
     assert pop.remembered(message, now=NOW, id=None) == PopSeen("a", NOW, 120, None, None)
+
+
+DIGEST = {"server": "pop.example.com\0alice", "keep_copy": True, "remove_after_days": None}
+
+
+def test_the_digest_changes_with_the_listing_and_with_the_settings_not_with_the_order() -> None:
+    base = pop.listing_digest(listed("a", "b"), **DIGEST)
+    assert pop.listing_digest(list(reversed(listed("a", "b"))), **DIGEST) == base
+    assert pop.listing_digest(listed("a", "b", "c"), **DIGEST) != base
+    assert pop.listing_digest(listed("a", "b", size=7), **DIGEST) != base
+    assert pop.listing_digest(listed("a", "b"), **DIGEST | {"keep_copy": False}) != base
+    assert pop.listing_digest(listed("a", "b"), **DIGEST | {"remove_after_days": 7}) != base
+    assert pop.listing_digest(listed("a", "b"), **DIGEST | {"server": "other\0alice"}) != base
+
+
+def test_the_next_deletion_is_the_earliest_kept_copy_still_on_the_server() -> None:
+    known = {s.uidl: s for s in (stored("a", days_ago=2), stored("b", days_ago=5), stored("gone", days_ago=9))}
+    known["old"] = too_old("old")
+    server = listed("a", "b", "old")
+    assert pop.next_deletion(known, server, keep_copy=True, remove_after_days=7) == NOW + timedelta(days=2)
+    assert pop.next_deletion(known, server, keep_copy=True, remove_after_days=None) is None
+    assert pop.next_deletion({"old": too_old("old")}, server, keep_copy=True, remove_after_days=7) is None
+
+
+@pytest.mark.parametrize(
+    ("stored_checkpoint", "nothing"),
+    [
+        ({"messages": 2, "listing": "d", "next_deletion_at": None}, True),
+        ({"messages": 2, "listing": "d", "next_deletion_at": int((NOW + timedelta(hours=1)).timestamp())}, True),
+        ({"messages": 2, "listing": "d", "next_deletion_at": float(NOW.timestamp())}, False),
+        ({"messages": 2, "listing": "other"}, False),
+        ({"messages": 2}, False),  # an incomplete sync saves no digest
+        ({}, False),
+    ],
+    ids=["same", "deletion-later", "deletion-due", "other-listing", "incomplete", "never"],
+)
+def test_a_job_ends_before_reading_the_uidl_state_only_when_nothing_can_be_due(
+    stored_checkpoint: dict, nothing: bool
+) -> None:
+    assert pop.nothing_to_do(stored_checkpoint, "d", NOW) is nothing
+
+
+def test_the_checkpoint_keeps_the_digest_of_complete_syncs_only() -> None:
+    assert pop.checkpoint(on_server=3, digest=None, next_deletion_at=NOW) == {"messages": 3}
+    assert pop.checkpoint(on_server=3, digest="d", next_deletion_at=NOW) == {
+        "messages": 3,
+        "listing": "d",
+        "next_deletion_at": int(NOW.timestamp()),
+    }

@@ -335,7 +335,7 @@ def _run_pop3(
             owner=lease.owner,
             take_lease=take_lease,
             deadline=deadline,
-            check_first=lease.state is None and unleased is not None,
+            unleased=unleased if lease.state is None else None,
         )
 
 

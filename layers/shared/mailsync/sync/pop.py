@@ -81,18 +81,24 @@ class PopSync:
         self.outcome = SyncOutcome()
         self._rules: TenantRules | None = None
         self._top = True  # until the server shows it has no TOP
-        self._recorded: list[PopSeen] = []
+        self._recorded: list[PopSeen] = []  # not written yet
+        self._remembered: list[PopSeen] = []  # all this run dealt with
         self._received: list[events.Event] = []
         self.skipped_old = 0
         self.dropped = 0
         self.deleted = 0
 
-    def run(self, *, check_first: bool) -> SyncOutcome | int:
-        """The sync; with ``check_first`` (no lease yet), a maildrop with nothing to do ends it
-        with the commands it took (an ``int``), having written nothing."""
+    def run(self, *, unleased: SyncState | None) -> SyncOutcome | int:
+        """The sync; with ``unleased`` (the state read without the lease), a maildrop with
+        nothing to do ends it with the commands it took (an ``int``), having written nothing:
+        a listing the last complete sync dealt with ends it before the UIDL state is read."""
         listed = [Listed(m.number, m.uidl, m.size) for m in self.conn.listing()]
-        known = dal.pop_seen(self.tenant, self.user, *self.server)
         at = now()
+        settings = {"keep_copy": self.account.keep_copy, "remove_after_days": self.account.remove_after_days}
+        digest = plan.listing_digest(listed, server="\0".join(self.server), **settings)
+        if unleased is not None and plan.nothing_to_do(unleased.folders.get(MAILBOX, {}), digest, at):
+            return self.conn.command_count
+        known = dal.pop_seen(self.tenant, self.user, *self.server)
         step = plan.plan(
             listed,
             known,
@@ -104,7 +110,7 @@ class PopSync:
             logger.warning(
                 "POP3 server lists a UIDL twice: those messages are left alone", extra={"count": len(step.ambiguous)}
             )
-        if check_first and not step.has_work:
+        if unleased is not None and not step.has_work:
             return self.conn.command_count
         state = self.take_lease()
         if step.forget:
@@ -120,7 +126,18 @@ class PopSync:
                 self.deleted += 1
         if step.more:
             self.outcome.complete = False
-        self._save_count(state, len(listed))
+        complete = self.outcome.complete
+        if complete:
+            known = {uidl: s for uidl, s in known.items() if uidl not in step.forget}
+            known.update({s.uidl: s for s in self._remembered})
+        self._save_checkpoint(
+            state,
+            plan.checkpoint(
+                on_server=len(listed),
+                digest=digest if complete else None,
+                next_deletion_at=plan.next_deletion(known, listed, **settings) if complete else None,
+            ),
+        )
         self.outcome.imap_commands = self.conn.command_count
         logger.info(
             "POP3 sync done",
@@ -147,6 +164,7 @@ class PopSync:
             if id_ is None:
                 continue  # gone from the server meanwhile: nothing to remember
             self._recorded.append(plan.remembered(message, now=at, id=id_ or None))
+            self._remembered.append(self._recorded[-1])
             if id_:
                 held.append(message)
             if len(self._recorded) >= RECORD_BATCH:
@@ -213,9 +231,9 @@ class PopSync:
             events.publish(self._received)
             self._received = []
 
-    def _save_count(self, state: SyncState, on_server: int) -> None:
-        """The maildrop's size for sync-status, written only when it changed."""
-        folders = {MAILBOX: {"messages": on_server}}
+    def _save_checkpoint(self, state: SyncState, mailbox: dict[str, object]) -> None:
+        """The maildrop's entry in the sync state, written only when it changed."""
+        folders = {MAILBOX: mailbox}
         if state.folders != folders:
             dal.save_checkpoint(self.tenant, self.user, self.owner, folders=folders)
 
@@ -232,7 +250,8 @@ def sync_pop3(
     owner: str,
     take_lease: Callable[[], SyncState],
     deadline: Callable[[], bool],
-    check_first: bool,
+    unleased: SyncState | None,
 ) -> SyncOutcome | int:
-    """Sync one POP3 account over ``conn`` (see the module docstring)."""
-    return PopSync(account, conn, owner=owner, take_lease=take_lease, deadline=deadline).run(check_first=check_first)
+    """Sync one POP3 account over ``conn`` (see the module docstring); ``unleased``: the state as
+    read without the lease when the job may end without it (no work), else None."""
+    return PopSync(account, conn, owner=owner, take_lease=take_lease, deadline=deadline).run(unleased=unleased)

@@ -12,6 +12,7 @@ left out for being older than the window is never deleted.
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -78,6 +79,47 @@ def plan(
         more=len(new) > max_fetches,
         ambiguous=ambiguous,
     )
+
+
+def listing_digest(listed: Sequence[Listed], *, server: str, keep_copy: bool, remove_after_days: int | None) -> str:
+    """What a sync saw and what its settings made of it, in one value: a later listing with the
+    same digest holds nothing the earlier sync did not deal with."""
+    lines = sorted(f"{m.uidl} {m.size}" for m in listed)
+    text = "\n".join([server, str(keep_copy), str(remove_after_days), *lines])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def next_deletion(
+    known: dict[str, PopSeen], listed: Sequence[Listed], *, keep_copy: bool, remove_after_days: int | None
+) -> datetime | None:
+    """When the next kept copy is due to leave the server (None: none is)."""
+    if keep_copy and remove_after_days is None:
+        return None
+    on_server = {m.uidl for m in listed}
+    due = [
+        s.stored_at + timedelta(days=remove_after_days or 0)
+        for s in known.values()
+        if s.id is not None and s.stored_at is not None and s.uidl in on_server
+    ]
+    return min(due, default=None)
+
+
+def checkpoint(*, on_server: int, digest: str | None, next_deletion_at: datetime | None) -> dict[str, int | str | None]:
+    """The POP3 mailbox's entry in the sync state: its size (sync-status) and, after a complete
+    sync, the digest and next deletion time that let the next job skip the state read."""
+    out: dict[str, int | str | None] = {"messages": on_server}
+    if digest is not None:
+        out["listing"] = digest
+        out["next_deletion_at"] = None if next_deletion_at is None else int(next_deletion_at.timestamp())
+    return out
+
+
+def nothing_to_do(stored: dict[str, object], digest: str, now: datetime) -> bool:
+    """The listing is the one the last complete sync dealt with, and no kept copy is due yet."""
+    if stored.get("listing") != digest:
+        return False
+    due = stored.get("next_deletion_at")
+    return due is None or (isinstance(due, int | float) and now.timestamp() < float(due))
 
 
 def reused(seen: PopSeen, listed: Listed) -> bool:
