@@ -281,10 +281,11 @@ def patch_message(principal: Principal, id: str, body: MessagePatchIn) -> Messag
             fresh = dal.find_message(message.id)
             assert fresh is not None
             return to_out(fresh)
-    if _local_only(message):
+    account = _account_of(message)
+    if _local_only(message, account):
         return _change_locally(message, body)
     _require_synced(message)
-    account = require_account(Target(message.tenant_id, message.user_id))
+    account = account or require_account(Target(message.tenant_id, message.user_id))
     changes: list[Change] = []
     shown: dict[str, Any] = {"updated_at": dal.utcnow(), "last_op_error": None}
     if body.seen is not None:
@@ -302,12 +303,14 @@ def patch_message(principal: Principal, id: str, body: MessagePatchIn) -> Messag
     return to_out(fresh)
 
 
-def _local_only(message: Message) -> bool:
+def _account_of(message: Message) -> Account | None:
+    """The message's account, unless the message alone shows it is POP3 mail (one read fewer)."""
+    return None if message.detach_reason == POP3 else dal.get_account(message.tenant_id, message.user_id)
+
+
+def _local_only(message: Message, account: Account | None) -> bool:
     """POP3 mail, and any mail of a POP3 account: POP3 has no flags and no folders to change."""
-    if message.detach_reason == POP3:
-        return True
-    account = dal.get_account(message.tenant_id, message.user_id)
-    return account is not None and account.protocol == POP3
+    return message.detach_reason == POP3 or (account is not None and account.protocol == POP3)
 
 
 def _change_locally(message: Message, body: MessagePatchIn) -> MessageOut:
@@ -327,9 +330,10 @@ def _change_locally(message: Message, body: MessagePatchIn) -> MessageOut:
 def delete_message(principal: Principal, id: str) -> MessageOut:
     """Move to the mapped trash folder (a pending move); POP3 mail to the CRM's trash."""
     message = _own_message(principal, id)
-    if _local_only(message):
+    account = _account_of(message)
+    if _local_only(message, account):
         return _change_locally(message, MessagePatchIn(folder="trash"))
-    account = require_account(Target(message.tenant_id, message.user_id))
+    account = account or require_account(Target(message.tenant_id, message.user_id))
     folder_map = account.folder_map or {}
     if "trash" not in folder_map:
         raise Conflict("No trash folder is mapped: map `trash` in the folder map to delete messages")
