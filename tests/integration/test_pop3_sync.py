@@ -336,3 +336,41 @@ def test_stls_on_the_plain_port_syncs_too(api: ApiCall, local_mail_env, mail_use
 
     assert account.sync().status == "synced"
     assert sorted(crm(account)) == ["over stls"]
+
+
+def test_fetches_per_job_are_bounded_and_a_continuation_takes_the_rest(
+    api: ApiCall, aws: dict[str, str], local_mail_env, mail_user, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailsync.sync.planner import pop
+
+    monkeypatch.setattr(pop, "MAX_FETCHES_PER_JOB", 2)
+    for i in range(3):
+        deliver(mail_user, f"message {i}", days=1)
+    account = pop_account(api, mail_user, keep_copy=False)
+    boto3.client("sqs").purge_queue(QueueUrl=aws["SYNC_QUEUE_URL"])
+
+    first = account.sync()
+
+    assert first.status == "incomplete" and first.outcome.created == 2
+    got = boto3.client("sqs").receive_message(QueueUrl=aws["SYNC_QUEUE_URL"], MaxNumberOfMessages=10)["Messages"]
+    assert [json.loads(m["Body"])["reason"] for m in got] == ["continue"]
+    assert account.sync(reason="continue").status == "synced"
+    assert sorted(crm(account)) == ["message 0", "message 1", "message 2"] and on_server(mail_user) == []
+
+
+def test_a_message_over_the_size_cap_is_stored_from_its_headers(
+    api: ApiCall, local_mail_env, mail_user, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailsync.config import get_settings
+
+    monkeypatch.setenv("MAILSYNC_MAX_MESSAGE_BYTES", "4096")
+    get_settings.cache_clear()
+    deliver(mail_user, "big", days=1, body="0123456789abcdef\n" * 1000)
+    deliver(mail_user, "small", days=1)
+    account = pop_account(api, mail_user)
+
+    assert account.sync().status == "synced"
+
+    messages = crm(account)
+    assert (messages["big"]["too_large"], messages["small"]["too_large"]) == (True, False)
+    assert messages["big"]["size"] > 16_000, "the size the server listed, not the headers' size"

@@ -105,6 +105,7 @@ class PopSync:
             now=at,
             keep_copy=self.account.keep_copy,
             remove_after_days=self.account.remove_after_days,
+            max_fetches=plan.MAX_FETCHES_PER_JOB,
         )
         if step.ambiguous:
             logger.warning(
