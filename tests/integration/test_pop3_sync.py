@@ -374,3 +374,36 @@ def test_a_message_over_the_size_cap_is_stored_from_its_headers(
     messages = crm(account)
     assert (messages["big"]["too_large"], messages["small"]["too_large"]) == (True, False)
     assert messages["big"]["size"] > 16_000, "the size the server listed, not the headers' size"
+
+
+def test_a_message_that_came_by_relay_is_not_stored_again_from_pop3(
+    api: ApiCall, local_mail_env, mail_user, clock: Clock
+) -> None:
+    from mailsync.domain import RelayVerdicts
+    from mailsync.services import relay
+
+    raw = deliver(mail_user, "relayed and fetched", days=1)
+    assert relay.store_message("acme", "alice", raw, "ses-message-1", RelayVerdicts(spam="PASS"), START)
+    account = pop_account(api, mail_user, keep_copy=False)
+
+    assert account.sync().status == "synced"
+
+    [one] = account.messages()
+    assert (one["subject"], one["detach_reason"]) == ("relayed and fetched", "relayed")
+    assert on_server(mail_user) == [], "the CRM holds it: it left the server"
+
+
+def test_pop3_mail_follows_the_confidentiality_rules_and_fills_the_dossiers(
+    api: ApiCall, local_mail_env, mail_user, dovecot, clock: Clock
+) -> None:
+    deliver(mail_user, "for the dossier", days=1)
+    alice = pop_account(api, mail_user)
+    assert alice.sync().status == "synced"
+    other = dovecot.add_user()
+    deliver(other, "private", days=1)
+    bob = pop_account(api, other, who="bob", incoming_confidential=True)
+    assert bob.sync().status == "synced"
+
+    assert crm(bob)["private"]["confidential"] is True
+    dossier = api("GET", "/v1/contacts/alice@example.com/messages", caller=alice.caller).body["messages"]
+    assert [(m["subject"], m["owner"]) for m in dossier] == [("for the dossier", "alice")], "bob's is confidential"
