@@ -10,9 +10,11 @@ body is never asked for.
 
 from __future__ import annotations
 
+import email.utils
 import time
 import tracemalloc
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -24,9 +26,12 @@ from tests.integration.sync_support import Account
 MB = 1024 * 1024
 HEADROOM = 64 * MB
 FLOOD_LIMIT = 300 * MB
+# Dated yesterday: inside the sync window whenever the test runs.
+YESTERDAY = email.utils.format_datetime(datetime.now(UTC) - timedelta(days=1)).encode()
 HEADER = (
     b"From: a@example.com\r\nTo: b@example.com\r\nSubject: huge\r\n"
-    b"Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <huge@example.com>\r\n"
+    b"Date: " + YESTERDAY + b"\r\n"
+    b"Message-ID: <huge@example.com>\r\n"
 )
 
 Handler = Callable[[Peer, list[bytes]], None]
@@ -186,3 +191,23 @@ def test_a_trickling_server_is_cut_off_at_the_job_budget(
         result, _, elapsed = measured_sync(account)
     assert_misbehaving(account, result, "time budget")
     assert elapsed < 6, elapsed
+
+
+def test_a_server_without_top_is_read_with_retr(api: ApiCall, hostile_env: None) -> None:
+    """TOP is optional in RFC 1939; after one refusal whole messages are read (and dated)."""
+    seen: list[bytes] = []
+    long_ago = email.utils.format_datetime(datetime.now(UTC) - timedelta(days=400)).encode()
+    old = HEADER.replace(YESTERDAY, long_ago).replace(b"huge@", b"old@")
+    bodies = {b"1": HEADER.replace(b"Subject: huge", b"Subject: recent"), b"2": old}
+    handlers: dict[bytes, Handler] = {
+        b"UIDL": lambda peer, args: peer.send(b"+OK\r\n1 uid-1\r\n2 uid-2\r\n.\r\n"),
+        b"LIST": lambda peer, args: peer.send(b"+OK\r\n1 300\r\n2 300\r\n.\r\n"),
+        b"TOP": lambda peer, args: peer.send(b"-ERR unknown command\r\n"),
+        b"RETR": lambda peer, args: peer.send(b"+OK\r\n" + bodies[args[0]] + b"\r\nbody\r\n.\r\n"),
+    }
+    with HostileServer(pop3_maildrop(handlers, seen)) as server:
+        account = account_on(api, server)
+        result = account.sync()
+    assert result.status == "synced", result
+    assert [m["subject"] for m in account.messages()] == ["recent"], "the old one is left out by the window"
+    assert seen.count(b"TOP") == 1 and seen.count(b"RETR") == 2, seen
