@@ -211,3 +211,17 @@ def test_a_server_without_top_is_read_with_retr(api: ApiCall, hostile_env: None)
     assert result.status == "synced", result
     assert [m["subject"] for m in account.messages()] == ["recent"], "the old one is left out by the window"
     assert seen.count(b"TOP") == 1 and seen.count(b"RETR") == 2, seen
+
+
+def test_without_top_a_message_over_the_cap_is_left_on_the_server_not_read(api: ApiCall, hostile_env: None) -> None:
+    seen: list[bytes] = []
+    handlers: dict[bytes, Handler] = {
+        **one_message(4 * 1024 * MB),
+        b"TOP": lambda peer, args: peer.send(b"-ERR unknown command\r\n"),
+    }
+    with HostileServer(pop3_maildrop(handlers, seen)) as server:
+        account = account_on(api, server)
+        first, second = account.sync(), account.sync()
+    assert (first.status, second.status) == ("synced", "synced")
+    assert account.messages() == [] and b"RETR" not in seen and b"DELE" not in seen, seen
+    assert seen.count(b"TOP") == 1, "remembered: not tried again"

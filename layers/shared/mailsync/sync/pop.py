@@ -85,6 +85,7 @@ class PopSync:
         self._remembered: list[PopSeen] = []  # all this run dealt with
         self._received: list[events.Event] = []
         self.skipped_old = 0
+        self.skipped_too_large = 0
         self.dropped = 0
         self.deleted = 0
 
@@ -145,6 +146,7 @@ class PopSync:
             extra={
                 "messages_created": self.outcome.created,
                 "skipped_old": self.skipped_old,
+                "skipped_too_large": self.skipped_too_large,
                 "dropped_by_server": self.dropped,
                 "marked_deleted": self.deleted,
                 "forgotten": len(step.forget),
@@ -173,10 +175,18 @@ class PopSync:
         return held
 
     def _one(self, message: Listed, window_start: datetime) -> str | None:
-        """The CRM id holding ``message`` now; "" when it is older than the window (not stored);
-        None when the server no longer has it."""
+        """The CRM id holding ``message`` now; "" when it is not stored (older than the window,
+        or over the size cap on a server without TOP); None when the server no longer has it."""
         head = self.conn.headers(message.number) if self._top else None
         raw: bytes | None = None
+        if head is None and message.size > self.max_message_bytes:
+            # Without TOP its headers come only with its body, which must never enter memory: it
+            # stays on the server, unstored (and so never deleted), rather than fail every sync.
+            logger.warning(
+                "POP3 message over the size cap and no TOP: left on the server", extra={"size": message.size}
+            )
+            self.skipped_too_large += 1
+            return ""
         if head is None:
             # No TOP (then no server answers it), or the message is gone: RETR tells which.
             raw = self.conn.retrieve(message.number)
