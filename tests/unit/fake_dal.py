@@ -61,10 +61,13 @@ NOT_IMPLEMENTED = frozenset(
         "find_locations",
         "finish_op",
         "folder_locations",
+        "forget_pop_seen",  # POP3 sync state: tests/integration/test_pop3_sync.py (moto + Dovecot)
         "get_account_and_sync_state",
         "give_back_lease",
         "idempotency_store",  # Powertools Idempotency on its own table: the POST path is an integration test
         "ids_for_match_key",
+        "pop_seen",
+        "record_pop_seen",
         "relay_address_of",
         "relay_user",
         "relink",
