@@ -276,6 +276,31 @@ def test_keep_a_copy_is_for_pop_only_and_none_is_offered_where_allowed(stack: Ru
     expect(page.get_by_role("radio", name="None")).to_be_visible()
 
 
+def test_a_pop_mailbox_fetches_into_the_inbox_and_has_no_folders_to_map(
+    stack: Running, page: Page, dovecot: DovecotServer
+) -> None:
+    mail_user = dovecot.add_user()
+    with mail_user.client("ssl") as imap:
+        imap.append("INBOX", make_message(subject="Fetched by POP", sender="Petra <petra@bureau.example>"))
+    sign_in(page, stack, "femke")
+    fill_settings(page, mail_user, mail_user.password)
+    page.get_by_label("Port (optional)").fill(str(mail_user.pop3s_port))
+    page.get_by_role("radio", name="POP").check()
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.get_by_text("Saved. New mail is fetched into the Inbox; POP has no folders to map.")).to_be_visible()
+    expect(page.get_by_role("button", name="Edit folders")).to_be_disabled()
+    expect(page.get_by_text("A POP mailbox has no folders: its mail arrives in the Inbox.")).to_be_visible()
+    page.get_by_role("link", name="Mailbox").click()
+    page.get_by_role("button", name="Sync now").click()
+    expect(page.locator("li.message", has_text="Fetched by POP")).to_be_visible()
+    # Kept on the server: Keep a copy is on unless the user turns it off.
+    pop = mail_user.pop3("ssl")
+    try:
+        assert pop.stat()[0] == 1
+    finally:
+        pop.quit()
+
+
 def test_dutch_from_the_browser_switchable_and_usable_by_keyboard(stack: Running, browser: Browser) -> None:
     page = open_page(browser, locale="nl-NL")
     try:

@@ -181,7 +181,7 @@ export function Settings({ t, lang, api, userId }: { t: T; lang: Lang; api: Api;
       setForm(formOf(stored));
       // Saving stores the settings; the login is tried now so that a wrong password shows at once.
       await api.call("POST", `${base}/mail-settings/test`, {});
-      setNotice({ kind: "ok", text: stored.protocol === "pop3" ? t("popNotSynced") : t("saved") });
+      setNotice({ kind: "ok", text: stored.protocol === "pop3" ? t("popSaved") : t("saved") });
     } catch (exc) {
       setNotice({ kind: "error", text: errorWords(t, exc) });
     } finally {
@@ -420,7 +420,7 @@ export function Settings({ t, lang, api, userId }: { t: T; lang: Lang; api: Api;
         </div>
       </form>
 
-      <FolderEditor t={t} api={api} base={base} enabled={saved !== null} />
+      <FolderEditor t={t} api={api} base={base} enabled={saved !== null && saved.protocol !== "pop3"} pop={saved?.protocol === "pop3"} />
 
       <section class="card" aria-labelledby="connect-title">
         <h2 id="connect-title">{t("connectTitle")}</h2>
@@ -477,7 +477,7 @@ export function Settings({ t, lang, api, userId }: { t: T; lang: Lang; api: Api;
   );
 }
 
-function FolderEditor({ t, api, base, enabled }: { t: T; api: Api; base: string; enabled: boolean }) {
+function FolderEditor({ t, api, base, enabled, pop }: { t: T; api: Api; base: string; enabled: boolean; pop: boolean }) {
   const [open, setOpen] = useState(false);
   const [busy, setBusy] = useState(false);
   const [serverFolders, setServerFolders] = useState<ServerFolder[]>([]);
@@ -539,7 +539,7 @@ function FolderEditor({ t, api, base, enabled }: { t: T; api: Api; base: string;
       </div>
       {!open && !enabled && (
         <p id="folders-hint" class="hint">
-          {t("editFoldersHint")}
+          {pop ? t("editFoldersPopHint") : t("editFoldersHint")}
         </p>
       )}
       {open && (
