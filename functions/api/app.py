@@ -96,7 +96,9 @@ def _unexpected(exc: Exception) -> Response:
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)
-@tracer.capture_lambda_handler
+# Not its answers: they carry OAuth codes and states (the callback's redirect), and X-Ray keeps
+# trace metadata outside the tenant's data.
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     return non_json_body_response(event) or unparseable_body_response(event) or app.resolve(event, context)

@@ -4,6 +4,7 @@ tables, a Secrets Manager secret) against a token endpoint on loopback speaking 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import urllib.parse
@@ -336,3 +337,43 @@ def test_a_grant_shared_with_a_colleague_is_revoked_only_by_the_last_one_holding
     assert [path for path, _ in oauth_env.requests] == ["/token", "/token"]
     assert api("DELETE", "/v1/users/me/mail-settings", caller=bob).status == 204
     assert [path for path, _ in oauth_env.requests] == ["/token", "/token", "/revoke"]
+
+
+class _RecordingSubsegment:
+    def __init__(self, recorded: list[Any]) -> None:
+        self.recorded = recorded
+
+    def put_metadata(self, key: str, value: Any, namespace: str = "default") -> None:
+        self.recorded.append((key, value))
+
+    def put_annotation(self, key: str, value: Any) -> None:
+        self.recorded.append((key, value))
+
+
+class _RecordingProvider:
+    """Stands in for the X-Ray recorder (disabled in tests): keeps what the tracer would send."""
+
+    def __init__(self) -> None:
+        self.recorded: list[Any] = []
+
+    @contextlib.contextmanager
+    def in_subsegment(self, name: str | None = None, **kwargs: Any) -> Iterator[_RecordingSubsegment]:
+        yield _RecordingSubsegment(self.recorded)
+
+
+def test_no_api_answer_reaches_the_trace(
+    api: ApiCall, oauth_env: TokenEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """X-Ray keeps subsegment metadata outside the account's own data: the callback's redirect
+    carries the authorization code and the consent's state, which must not be recorded there."""
+    from mailsync.observability import tracer
+
+    provider = _RecordingProvider()
+    monkeypatch.setattr(tracer, "provider", provider)
+    state = start(api)["state"]
+    carried = back_from_provider("good-code", state)
+    assert finish(api, carried).body == {"result": "connected", "code": None}
+    traced = json.dumps(provider.recorded, default=str)
+    assert ("Service", "mailsync") in provider.recorded, "the calls were traced"
+    for secret in (carried["oauth_code"], carried["oauth_state"], state):
+        assert secret not in traced
