@@ -478,6 +478,9 @@ class FakeKms:
             raise PasswordUnreadable()
         return password
 
+    # Every fake ciphertext stands for an envelope blob (no direct-KMS ones here).
+    decrypt_envelope_password = decrypt_saved_password
+
     def encrypt_refresh_token(self, token: str, tenant_id: str, user_id: str, settings: Settings) -> bytes:
         ciphertext = self.encrypt_password(token, tenant_id, user_id, settings)
         self.tokens.add(ciphertext)
@@ -578,7 +581,13 @@ def fake_dal(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fakes]:
         (
             crypto,
             fakes.kms,
-            ("encrypt_password", "decrypt_saved_password", "encrypt_refresh_token", "decrypt_refresh_token"),
+            (
+                "encrypt_password",
+                "decrypt_saved_password",
+                "decrypt_envelope_password",
+                "encrypt_refresh_token",
+                "decrypt_refresh_token",
+            ),
         ),
         (blobstore, fakes.blobs, ("put_raw", "get_raw", "presigned_url")),
         (queue, fakes.queue, ("send", "send_batch")),

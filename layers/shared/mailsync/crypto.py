@@ -202,6 +202,15 @@ def decrypt_saved_password(ciphertext: bytes, tenant_id: str, user_id: str, sett
     return decrypt_password(ciphertext, tenant_id, user_id, settings)
 
 
+def decrypt_envelope_password(ciphertext: bytes, tenant_id: str, user_id: str, settings: Settings) -> str:
+    """``decrypt_password`` for envelope blobs only: a refresh token sealed as a password (builds
+    before ``REFRESH_TOKEN_PURPOSE``) was always in an envelope, so a direct-KMS blob where a token
+    is expected can only be a password, and is ``PasswordUnreadable`` there."""
+    if not ciphertext.startswith(MAGIC):
+        raise PasswordUnreadable()
+    return decrypt_password(ciphertext, tenant_id, user_id, settings)
+
+
 def decrypt_refresh_token(ciphertext: bytes, tenant_id: str, user_id: str, settings: Settings) -> str:
     """A refresh token sealed by ``encrypt_refresh_token`` for this tenant and user;
     ``PasswordUnreadable`` for anything else, a password's blob of the same user included."""

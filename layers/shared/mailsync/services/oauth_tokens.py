@@ -24,8 +24,9 @@ def decrypt_refresh_token(account: Account, settings: Settings) -> str:
 
     Lazy migration: a token saved before tokens had their own purpose (sealed as a password,
     by builds before this one) is read once as such and sealed again for its purpose at once,
-    over that very ciphertext. Never the account's own password blob (a copy of it in the token
-    field would send the password to the provider).
+    over that very ciphertext. Only an envelope blob, as those builds sealed tokens (a direct-KMS
+    blob there is an older password), and never the account's own password blob (a copy of it in
+    the token field would send the password to the provider).
     """
     ciphertext = account.refresh_token_ciphertext
     assert ciphertext is not None
@@ -34,7 +35,7 @@ def decrypt_refresh_token(account: Account, settings: Settings) -> str:
     except crypto.PasswordUnreadable:
         if ciphertext == account.password_ciphertext:
             raise
-        token = crypto.decrypt_saved_password(ciphertext, account.tenant_id, account.user_id, settings)
+        token = crypto.decrypt_envelope_password(ciphertext, account.tenant_id, account.user_id, settings)
     migrated = dal.update_account_if_version(
         account,
         {"refresh_token_ciphertext": encrypt_refresh_token(token, account.tenant_id, account.user_id, settings)},
