@@ -377,3 +377,21 @@ def test_no_api_answer_reaches_the_trace(
     assert ("Service", "mailsync") in provider.recorded, "the calls were traced"
     for secret in (carried["oauth_code"], carried["oauth_state"], state):
         assert secret not in traced
+
+
+def test_an_admin_demoted_after_starting_a_colleagues_consent_cannot_finish_it(
+    api: ApiCall, oauth_env: TokenEndpoint
+) -> None:
+    """The finish is authorized as the start was: for another user, the caller must still be an admin."""
+    admin, demoted = Caller(user="root", role="admin"), Caller(user="root", role="user")
+    started = api("POST", "/v1/users/bob/oauth/google/start", {"return_url": RETURN}, caller=admin)
+    assert started.status == 200, started.raw
+    state = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(started.body["authorization_url"]).query))["state"]
+    carried = back_from_provider("good-code", state)
+    refused = finish(api, carried, caller=demoted)
+    assert refused.status == 403 and refused.body["error"]["code"] == "forbidden", refused.raw
+    assert oauth_env.requests == []
+    assert api("GET", "/v1/users/bob/mail-settings", caller=admin).status == 404
+    # The consent was not spent: still an admin, the same caller finishes it for bob
+    assert finish(api, carried, caller=admin).body == {"result": "connected", "code": None}
+    assert api("GET", "/v1/users/bob/mail-settings", caller=admin).body["username"] == "alice@gmail.com"

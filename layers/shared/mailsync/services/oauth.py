@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from mailsync import dal, oauth
 from mailsync.config import Settings, get_settings
 from mailsync.domain import Account, OAuthConsent
-from mailsync.errors import Forbidden, ValidationFailed
+from mailsync.errors import Forbidden, NotFound, ValidationFailed
 from mailsync.identity import Principal
 from mailsync.observability import logger
 from mailsync.providers import PRESETS, PROVIDERS, ProviderName, endpoints
@@ -34,6 +34,7 @@ CODE_MAX = 4096
 MICROSOFT_PERSONAL_TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"
 STATE_MESSAGE = "This connection link is not valid (expired, used already, or not issued here): start again"
 NOT_YOURS_MESSAGE = "This connection was started by another user: nothing was connected"
+NOT_ALLOWED_MESSAGE = "You may no longer connect this user's mailbox: nothing was connected"
 # The return URL's fragment: never sent to a server, never in a Referer.
 FRAGMENT_STATE = "oauth_state"
 FRAGMENT_CODE = "oauth_code"
@@ -186,9 +187,9 @@ def finish_consent(principal: Principal, code: str, state: str) -> dict[str, str
     ``{"result": "error", "code": ...}`` (``token_exchange_failed``, ``wrong_account_type``,
     ``settings_changed``), the same results the return URL's query had before.
 
-    A state that is not valid is a 422 on ``state``; one that ``principal`` did not start is a 403
-    and leaves the consent alone (it can still be finished by its own user, with the code only
-    their browser was given).
+    A state that is not valid is a 422 on ``state``; one that ``principal`` did not start, or may
+    no longer act on the user of (an admin since demoted), is a 403 and leaves the consent alone
+    (it can still be finished by its own user, with the code only their browser was given).
     """
     settings = get_settings()
     _checked_code(code)
@@ -196,6 +197,7 @@ def finish_consent(principal: Principal, code: str, state: str) -> dict[str, str
         raise ValidationFailed("code is not an authorization code", field="code")
     parsed = _parsed_state(state)
     strangers: list[OAuthConsent] = []
+    unauthorized: list[OAuthConsent] = []
 
     def proven(consent: OAuthConsent) -> bool:
         # Checked before the consent is removed: a forged state, or another user's browser,
@@ -204,6 +206,13 @@ def finish_consent(principal: Principal, code: str, state: str) -> dict[str, str
             return False
         if (consent.tenant_id, consent.caller_id) != (principal.tenant_id, principal.user_id):
             strangers.append(consent)
+            return False
+        # Authorized again as at the start: an admin demoted since may no longer connect a
+        # colleague's mailbox (a colleague without settings yet is a NotFound to a non-admin).
+        try:
+            target_for(principal, consent.user_id)
+        except (Forbidden, NotFound):
+            unauthorized.append(consent)
             return False
         return True
 
@@ -214,6 +223,12 @@ def finish_consent(principal: Principal, code: str, state: str) -> dict[str, str
             extra={"user_id": strangers[0].user_id, "provider": strangers[0].provider, "caller_id": principal.user_id},
         )
         raise Forbidden(NOT_YOURS_MESSAGE)
+    if unauthorized:
+        logger.warning(
+            "oauth consent finished without the right to act on its user refused",
+            extra={"user_id": unauthorized[0].user_id, "provider": unauthorized[0].provider},
+        )
+        raise Forbidden(NOT_ALLOWED_MESSAGE)
     if consent is None:
         raise ValidationFailed(STATE_MESSAGE, field="state")
     try:
