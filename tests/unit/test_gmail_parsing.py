@@ -209,3 +209,36 @@ def test_gmail_add_label_stores_the_targets_label_and_finds_the_new_copy_there()
     imap.commands.clear()
     assert conn.gmail_add_label("[Gmail]/All Mail", 901, "INBOX") is None
     assert not any("STORE" in c for c in imap.commands)
+
+
+@pytest.mark.parametrize(
+    ("folder", "special_use", "argument"),
+    [
+        ("INBOX", None, "\\Inbox"),
+        ("[Gmail]/Trash", "\\Trash", "\\Trash"),
+        ("[Gmail]/Spam", "\\Junk", "\\Spam"),
+        # Folders merely named like a system label are labels: quoted, never the system atom
+        ("\\Trash", None, '"\\\\Trash"'),
+        ("\\Inbox", None, '"\\\\Inbox"'),
+        ("\\Foo", None, '"\\\\Foo"'),
+        ("Clients/ACME", None, '"Clients/ACME"'),
+    ],
+)
+def test_a_store_label_is_an_atom_only_for_inbox_and_gmails_system_folders(
+    folder: str, special_use: str | None, argument: str
+) -> None:
+    assert gmail.store_label(folder, special_use) == argument
+
+
+def test_only_gmails_system_labels_are_atoms() -> None:
+    for label in ("\\Inbox", "\\Sent", "\\Draft", "\\Important", "\\Starred", "\\Spam", "\\Trash"):
+        assert gmail.label_arg(label) == label
+    assert gmail.label_arg("\\Foo") == '"\\\\Foo"'
+    assert gmail.label_arg("\\Drafts") == '"\\\\Drafts"'
+
+
+def test_gmail_add_label_to_a_folder_named_like_a_system_label_stores_it_quoted() -> None:
+    imap = RecordingImap({"[Gmail]/All Mail": {900: 11}, "\\Trash": {4: 11}})
+    conn = imap.connection()
+    assert conn.gmail_add_label("[Gmail]/All Mail", 900, "\\Trash") == 4
+    assert imap.commands[2] == 'UID STORE 900 +X-GM-LABELS.SILENT ("\\\\Trash")'

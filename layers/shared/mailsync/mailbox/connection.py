@@ -911,7 +911,7 @@ class ImapConnection:
             parsed = gmail.parse_attributes(self._uid_fetch([uid], "(UID X-GM-MSGID)").get(uid, {}))
             if parsed is None:
                 return None
-            label = gmail.label_arg(gmail.label_for(dest, special_use))
+            label = gmail.store_label(dest, special_use)
             typ, data = self._imap._simple_command("UID", "STORE", str(uid), "+X-GM-LABELS.SILENT", f"({label})")
             self._check_ok(typ, data, "STORE")
         return self.gmail_locate(dest, [parsed.msgid]).get(parsed.msgid)

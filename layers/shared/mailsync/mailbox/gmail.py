@@ -74,9 +74,9 @@ def parse_attributes(attrs: Mapping[bytes, Any]) -> GmailAttributes | None:
 
 
 def label_arg(label: str) -> str:
-    """A label as a STORE X-GM-LABELS argument: a system label as its atom, any other quoted
-    in modified UTF-7."""
-    if label.startswith("\\") and label[1:].isalpha() and label.isascii():
+    """A label as a STORE X-GM-LABELS argument: one of Gmail's system labels as its atom, any
+    other quoted in modified UTF-7 (a backslash of its own included)."""
+    if label in SYSTEM_LABELS:
         return label
     return mailbox_arg(label)
 
@@ -90,13 +90,24 @@ _SYSTEM_LABELS = {
     "\\Junk": "\\Spam",
     "\\Trash": "\\Trash",
 }
+INBOX_LABEL = "\\Inbox"
+SYSTEM_LABELS = frozenset({INBOX_LABEL, *_SYSTEM_LABELS.values()})
 
 
 def label_for(folder: str, special_use: str | None) -> str:
     """The X-GM-LABELS label that puts a message into ``folder``: INBOX is ``\\Inbox``, Gmail's
     system folders their system label, any other folder its own name (a label)."""
     if folder.upper() == "INBOX":
-        return "\\Inbox"
+        return INBOX_LABEL
     if special_use in _SYSTEM_LABELS:
         return _SYSTEM_LABELS[special_use]
     return folder
+
+
+def store_label(folder: str, special_use: str | None) -> str:
+    """``label_for`` as a STORE X-GM-LABELS argument: the system atom for INBOX and Gmail's system
+    folders (known by their SPECIAL-USE flag), any other folder's name quoted, even one spelt
+    like a system label (a folder named ``\\Trash`` is a label, not the Trash)."""
+    if folder.upper() == "INBOX" or special_use in _SYSTEM_LABELS:
+        return label_for(folder, special_use)
+    return mailbox_arg(folder)
