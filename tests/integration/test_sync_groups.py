@@ -15,6 +15,7 @@ from typing import Any
 import boto3
 import pytest
 
+from devstack.aws_calls import count_aws_calls
 from devstack.dovecot import DovecotServer
 from devstack.lambda_runtime import LambdaContext, load_handler, scheduled_event, sqs_event
 from mailsync.sync.planner import jobs as policy
@@ -141,6 +142,15 @@ def test_an_account_raising_unexpectedly_affects_no_other(
             return real(tenant_id, user_id, *args, **kwargs)
 
         monkeypatch.setattr(dal, "get_account_and_sync_state", get_account_and_sync_state)
+        real_batch = dal.get_accounts_and_sync_states
+
+        def get_accounts_and_sync_states(accounts: Any, *args: Any, **kwargs: Any):
+            # The group's batch read fails too; then each job reads its own.
+            if any(user_id == victim for _, user_id in accounts):
+                raise RuntimeError("the accounts table went away")
+            return real_batch(accounts, *args, **kwargs)
+
+        monkeypatch.setattr(dal, "get_accounts_and_sync_states", get_accounts_and_sync_states)
     else:
         real_sync = sync_jobs.sync_account
 
@@ -230,6 +240,44 @@ def test_the_scheduler_sends_groups_and_the_worker_takes_them_with_single_jobs(
     for i, account in enumerate(accounts):
         assert_synced(account, i + 1)
     assert sorted(single.synced()) == ["single0 0"]
+
+
+def test_a_scheduled_groups_accounts_are_read_together_eventually_consistent(
+    api, group_env, aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailsync import dal
+    from mailsync.services import sync_groups
+
+    accounts = mail_accounts(api, group_env, 3)
+    users = [a.caller.user for a in accounts]
+    assert run_worker([group_record(users, reason="user")])[0] == {"batchItemFailures": []}
+    monkeypatch.setattr(policy, "MIN_SECONDS_BETWEEN_SCHEDULED_SYNCS", 0)
+    monkeypatch.setattr(sync_groups, "PREFETCH_ACCOUNTS", 2)
+    reads: list[tuple[list[str], bool]] = []
+    real = dal.get_accounts_and_sync_states
+
+    def get_accounts_and_sync_states(wanted: Any, *, consistent: bool = True) -> Any:
+        reads.append(([u for _, u in wanted], consistent))
+        return real(wanted, consistent=consistent)
+
+    monkeypatch.setattr(dal, "get_accounts_and_sync_states", get_accounts_and_sync_states)
+    with count_aws_calls("dynamodb") as calls:
+        result, _ = run_worker([group_record(users)])
+    assert result == {"batchItemFailures": []}
+    # Three no-op polls: two requests (two accounts each at most), eventually consistent, no other.
+    assert sorted(reads) == sorted([(users[:2], False), (users[2:], False)])
+    assert calls == {"BatchGetItem": 2}, calls
+    # A user's request reads its own account, consistently.
+    reads.clear()
+    real_one = dal.get_account_and_sync_state
+
+    def get_account_and_sync_state(tenant_id: str, user_id: str, *, consistent: bool = True) -> Any:
+        reads.append(([user_id], consistent))
+        return real_one(tenant_id, user_id, consistent=consistent)
+
+    monkeypatch.setattr(dal, "get_account_and_sync_state", get_account_and_sync_state)
+    assert run_worker([group_record(users[:1], reason="user")])[0] == {"batchItemFailures": []}
+    assert reads == [(users[:1], True)]
 
 
 @pytest.fixture

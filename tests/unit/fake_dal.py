@@ -62,6 +62,7 @@ NOT_IMPLEMENTED = frozenset(
         "finish_op",
         "folder_locations",
         "get_account_and_sync_state",
+        "get_accounts_and_sync_states",
         "give_back_lease",
         "idempotency_store",  # Powertools Idempotency on its own table: the POST path is an integration test
         "ids_for_match_key",

@@ -96,13 +96,16 @@ def run_job(
     lambda_deadline: float | None = None,
     may_defer: bool = True,
     queued_at: float | None = None,
+    read: tuple[Account | None, SyncState | None] | None = None,
 ) -> JobResult:
     """Sync one account if it should be synced now; never raises for mailbox problems.
 
     ``lambda_deadline`` is the ``time.monotonic()`` instant the invoking Lambda is cut off (None
     outside Lambda); ``may_defer`` is false for the invocation's first job (see
     ``planner.jobs.defer_job``); ``queued_at`` (epoch seconds) is when the job was sent, for
-    ``lag_seconds``. Thread-safe: the worker may run many accounts' jobs at once.
+    ``lag_seconds``; ``read`` is the account and its sync state as already read for this job
+    (a group's scheduled jobs are read together, see ``sync_groups``). Thread-safe: the worker
+    may run many accounts' jobs at once.
     """
     settings = get_settings()
     lambda_left = None if lambda_deadline is None else lambda_deadline - time.monotonic()
@@ -116,7 +119,11 @@ def run_job(
     owner = owner or scheduling.worker_id()
     # One request for both; read without the lease: most jobs find nothing to do and then
     # write nothing at all.
-    account, stored = dal.get_account_and_sync_state(job.tenant_id, job.user_id)
+    # A scheduled poll reads eventually consistent (half the read units): see
+    # dal.get_accounts_and_sync_states for why a stale read is safe there.
+    if read is None:
+        read = dal.get_account_and_sync_state(job.tenant_id, job.user_id, consistent=job.reason != "schedule")
+    account, stored = read
     if account is None:
         return JobResult("gone")
     if not policy.may_sync(fetch_enabled=account.fetch_enabled, status=account.status, protocol=account.protocol):
