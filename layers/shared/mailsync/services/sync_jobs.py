@@ -24,8 +24,9 @@ timeout with an account left ``syncing``.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,13 @@ LEASE_SECONDS = 300 + 60  # the worker's Lambda timeout plus a margin: a crashed
 HOST_BUSY_DELAY_SECONDS = 30
 # How long a job waits for room on its mail host (mailbox.limits) before it goes back on the queue.
 HOST_WAIT_SECONDS = 30.0
+# Syncs with work (mail to download and store, changes to push) one worker process runs at once,
+# whatever its thread count: such a sync holds mail in memory (two batches of engine.BATCH_BYTES,
+# or a message up to max_message_bytes), a poll that finds nothing a few KB. So the worker can run
+# many more threads than its memory holds syncs with work, for polls that mostly wait on mail
+# servers (they are what an invocation is billed for). 16: the threads 1,769 MB held before.
+SYNCS_WITH_WORK = 16
+_WORK_SLOTS = threading.BoundedSemaphore(SYNCS_WITH_WORK)
 # A job deferred for lack of Lambda time waits this long on the queue: enough for the current
 # invocation to finish its batch, short enough that the sync is barely late.
 DEFERRED_DELAY_SECONDS = 5
@@ -155,8 +163,9 @@ def run_job(
                 result, final = _sync(
                     account, state, lease, job.reason, deadline, connection_factory, started, lambda_deadline
                 )
-        except HostBusy:
-            # Waiting for room on the host (or for this process's other job of the same mailbox).
+        except (HostBusy, _NoWorkSlot):
+            # Waiting for room on the host (or for this process's other job of the same mailbox),
+            # or for one of the process's slots for syncs with work.
             scheduling.enqueue(job.tenant_id, job.user_id, job.reason, delay_seconds=HOST_BUSY_DELAY_SECONDS)
             return JobResult("busy")
         result.duration_ms = int((time.monotonic() - started) * 1000)
@@ -176,6 +185,20 @@ def run_job(
 
 class _LeaseBusy(Exception):
     """Another worker holds the account's lease."""
+
+
+class _NoWorkSlot(Exception):
+    """The process runs ``SYNCS_WITH_WORK`` syncs with work already (and did for the whole wait)."""
+
+
+@contextlib.contextmanager
+def _work_slot(wait_seconds: float) -> Iterator[None]:
+    if not _WORK_SLOTS.acquire(timeout=max(0.0, wait_seconds)):
+        raise _NoWorkSlot()
+    try:
+        yield
+    finally:
+        _WORK_SLOTS.release()
 
 
 class _Lease:
@@ -307,10 +330,12 @@ def _run_engine(
             if why is None:
                 return conn.command_count
             logger.debug("sync has work", extra={"reason": why})
-        state = lease.take()
-        if state is None:
-            raise _LeaseBusy()
-        return sync_account(account, state, conn, owner=lease.owner, deadline=deadline)
+        # The slot before the lease: a job waiting for one holds no lease.
+        with _work_slot(min(HOST_WAIT_SECONDS, settings.job_budget_seconds / 4)):
+            state = lease.take()
+            if state is None:
+                raise _LeaseBusy()
+            return sync_account(account, state, conn, owner=lease.owner, deadline=deadline)
 
 
 def _with_connect_retries(
