@@ -326,7 +326,7 @@ def model(inputs: Inputs, polls_per_user: float, messages_per_user_day: float, m
             "Lambda duration, worker",
             polls * poll_gb_seconds(inputs),
             "lambda_arm64_gb_second",
-            f"{inputs['worker_memory_mb']:g} MB and {inputs['worker_threads']:g} threads an invocation: "
+            f"{inputs['worker_memory_mb']:,.0f} MB and {inputs['worker_threads']:g} threads an invocation: "
             f"{rate:.0f} polls a second, {bound}-bound",
         ),
         item("Lambda requests, worker", invocations, "lambda_request", f"{per_invocation:g} accounts per invocation"),
