@@ -20,16 +20,16 @@ TENANT ?= acme
 ROLE ?= user
 
 .DEFAULT_GOAL := run
-.PHONY: help bench run demo token invoke test unit integration e2e tooling lint fmt validate build openapi dovecot venv clean
+.PHONY: help bench run demo token invoke test unit integration e2e tooling lint fmt validate build openapi dovecot venv clean web chromium
 
 help:  ## this list
 	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z0-9-]+):.*## (.*)/\1\t\2/' | \
 		awk -F'\t' '{ printf "  make %-12s %s\n", $$1, $$2 }'
 
-run: $(STAMP)  ## the local stack: moto + API on :3000 + scheduler + worker
+run: $(STAMP) web  ## the local stack: moto + API on :3000 + scheduler + worker
 	$(BIN)/python -m devstack.run
 
-demo: $(STAMP) dovecot  ## the local stack plus a throwaway Dovecot with a sample mailbox
+demo: $(STAMP) dovecot web  ## the local stack plus a throwaway Dovecot with a sample mailbox
 	$(BIN)/python -m devstack.demo
 
 token: $(STAMP)  ## print a local JWT: make token USER=alice TENANT=acme ROLE=admin
@@ -43,7 +43,7 @@ invoke: $(STAMP)  ## run a function in-process against the running stack: make i
 # stays on one process (--dist loadfile), so module-scoped stacks and servers start once.
 PYTEST_WORKERS ?= 2
 
-test: $(STAMP) dovecot servers lint validate build  ## everything CI runs
+test: $(STAMP) dovecot servers web chromium lint validate build  ## everything CI runs
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile  # pyproject.toml's testpaths: tests/ and devstack/tests/
 
 unit: $(STAMP)  ## the fast loop: pure logic and the services on an in-memory data layer (about 40 s)
@@ -52,7 +52,7 @@ unit: $(STAMP)  ## the fast loop: pure logic and the services on an in-memory da
 integration: $(STAMP) dovecot servers  ## handlers + moto + real Dovecot, Cyrus and Courier
 	$(BIN)/python -m pytest tests/integration
 
-e2e: $(STAMP) dovecot  ## the local stack over HTTP
+e2e: $(STAMP) dovecot web chromium  ## the local stack over HTTP
 	$(BIN)/python -m pytest tests/e2e
 
 tooling: $(STAMP) dovecot  ## tests of the tooling itself: the local stack (devstack/) and the test harness
@@ -61,7 +61,7 @@ tooling: $(STAMP) dovecot  ## tests of the tooling itself: the local stack (devs
 .PHONY: soak
 soak: $(STAMP) dovecot  ## long runs: convergence (10 seeds x 300 operations per flavour), every crash point on both flavours; not in CI
 	MAILSYNC_SOAK=1 $(BIN)/python -m pytest tests/integration/test_convergence_mbsync.py tests/integration/test_convergence.py \
-		tests/integration/test_crash_every_write.py
+		tests/integration/test_crash_every_write.py tests/integration/test_sync_robustness.py::test_noop_sync_cost_does_not_grow_with_the_mailbox
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check .
@@ -89,6 +89,21 @@ dovecot:  ## install whichever of Debian's dovecot-imapd/pop3d and isync is miss
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+
+# The reference web app (web/): npm ci from its lockfile, then vite build into web/dist; again only when
+# a source changed. The local stack serves web/dist at /app/.
+WEB_SOURCES := $(wildcard web/src/*) web/index.html web/package.json web/package-lock.json web/vite.config.ts web/tsconfig.json
+
+web: web/dist/index.html  ## build the web app (web/) into web/dist: npm ci + vite build
+
+web/dist/index.html: $(WEB_SOURCES)
+	cd web && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
+
+# The browser tests drive Debian's Chromium (tests/e2e/test_web_app.py); no browser is downloaded.
+chromium:  ## install Debian's chromium if missing (the browser of the web app's tests)
+	@dpkg-query -W -f='$${Status}' chromium 2>/dev/null | grep -q 'install ok installed' || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
 venv: $(STAMP)
 

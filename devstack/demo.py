@@ -71,7 +71,7 @@ def banner(stack: LocalStack, server: DovecotServer, username: str, password: st
             f"  IMAPS 127.0.0.1:{server.imaps_port}  IMAP+STARTTLS 127.0.0.1:{server.imap_port}",
             f"  user {username}  password {password}  CA {server.ca_file}",
             f"Demo CRM user '{DEMO_USER}' of tenant '{DEMO_TENANT}': mail settings and folder map saved, first sync",
-            "started. In another shell:",
+            f"started. Web app: {stack.api_url}/app/ (sign in as {DEMO_USER} of {DEMO_TENANT}). In another shell:",
             f"  export TOKEN={token}",
             *(
                 f"  curl -s {base}/{path} {auth}"
@@ -117,6 +117,7 @@ def main() -> None:
         # The demo's Dovecot has its own CA; trust it like a deployment trusts a private CA.
         os.environ["MAILSYNC_EXTRA_CA_FILE"] = str(server.ca_file)
         stack = LocalStack(verbose=os.environ.get("MAILSYNC_VERBOSE") == "1", state_dir=state_dir())
+        stack.app_login = (DEMO_USER, DEMO_TENANT)
         try:
             stack.start()
             token = configure_demo_user(stack, server, user.username, user.password)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from devstack import auth
+from devstack import auth, webapp
 from devstack.lambda_runtime import (
     ROOT,
     LambdaContext,
@@ -144,6 +144,10 @@ class _ApiRequestHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
         claims = None
+        app_answer = webapp.handle(self.command, url.path, raw, self.server.stack.app_login)
+        if app_answer is not None:
+            self._send(*app_answer)
+            return
         if not url.path.startswith((API_PREFIX, *PUBLIC_PATHS)):
             self._send(HTTPStatus.NOT_FOUND, {"content-type": "application/json"}, b'{"message":"Not Found"}')
             return
@@ -234,6 +238,8 @@ class LocalStack:
         self._moto: Any = None
         self._http: _ApiServer | None = None
         self.smtp: Any = None
+        # Who the web app's local sign-in form offers first (make demo: its demo user).
+        self.app_login = ("alice", "acme")
 
     @property
     def api_url(self) -> str:
@@ -416,6 +422,7 @@ class LocalStack:
         lines = [
             "Mailsync local stack is running.",
             f"  API           {self.api_url}   (Swagger UI: {self.api_url}/swagger)",
+            f"  web app       {self.api_url}/app/   (local sign-in as any user)",
             f"  AWS (moto)    http://127.0.0.1:{self.moto_port}",
             f"  scheduler     every {self.schedule_seconds:g} s; worker drains the sync queue in-process",
             *([f"  SMTP relay    127.0.0.1:{self.smtp.port} for *@{self.smtp.domain} (as SES)"] if self.smtp else []),

@@ -438,3 +438,15 @@ class OAuthStartIn(BaseModel):
 
 class OAuthStartOut(BaseModel):
     authorization_url: str = Field(description="Send the user's browser here (valid for a few minutes, once)")
+
+
+class DeploymentOut(BaseModel):
+    """What this deployment accepts; a settings screen offers only these."""
+
+    security: list[Security] = Field(
+        description="The `security` values mail settings may use (`none` only where the deployment allows it)"
+    )
+    oauth_providers: list[Literal["google", "microsoft"]] = Field(
+        description="Providers whose Connect button works here (an OAuth2 app is registered)"
+    )
+    relay_addresses: bool = Field(description="Whether users have a relay address (the deployment has a relay domain)")
