@@ -114,6 +114,7 @@ class _Work:
         self._lock = threading.Lock()
         self._reads: dict[int, tuple[Account | None, SyncState | None]] = {}
         self._read_lock = threading.Lock()
+        self._read_failed = False
 
     def take(self) -> tuple[int | None, list[int]]:
         """The next job to run, or None and the jobs to defer (empty when all are handed out)."""
@@ -132,8 +133,9 @@ class _Work:
     def read_for(self, index: int) -> tuple[Account | None, SyncState | None] | None:
         """A scheduled job's account and sync state, read with the next ``PREFETCH_ACCOUNTS``
         scheduled jobs' in one request (eventually consistent, as ``run_job`` reads a scheduled
-        job alone); None: the job reads its own (not scheduled, or the batch read failed)."""
-        if self.jobs[index].reason != "schedule":
+        job alone); None: the job reads its own (not scheduled, or a batch read of this
+        invocation failed)."""
+        if self.jobs[index].reason != "schedule" or self._read_failed:
             return None
         with self._read_lock:
             if index not in self._reads:
@@ -146,6 +148,7 @@ class _Work:
                     )
                 except Exception:  # noqa: BLE001 - each job then reads its own, and meets its own failure
                     logger.exception("reading a group's accounts failed")
+                    self._read_failed = True  # once: the invocation's other jobs read their own
                     return None
                 for i in chunk:
                     self._reads[i] = read[(self.jobs[i].tenant_id, self.jobs[i].user_id)]
