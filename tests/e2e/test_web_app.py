@@ -276,6 +276,31 @@ def test_keep_a_copy_is_for_pop_only_and_none_is_offered_where_allowed(stack: Ru
     expect(page.get_by_role("radio", name="None")).to_be_visible()
 
 
+def test_a_pop_mailbox_fetches_into_the_inbox_and_has_no_folders_to_map(
+    stack: Running, page: Page, dovecot: DovecotServer
+) -> None:
+    mail_user = dovecot.add_user()
+    with mail_user.client("ssl") as imap:
+        imap.append("INBOX", make_message(subject="Fetched by POP", sender="Petra <petra@bureau.example>"))
+    sign_in(page, stack, "femke")
+    fill_settings(page, mail_user, mail_user.password)
+    page.get_by_label("Port (optional)").fill(str(mail_user.pop3s_port))
+    page.get_by_role("radio", name="POP").check()
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.get_by_text("Saved. New mail is fetched into the Inbox; POP has no folders to map.")).to_be_visible()
+    expect(page.get_by_role("button", name="Edit folders")).to_be_disabled()
+    expect(page.get_by_text("A POP mailbox has no folders: its mail arrives in the Inbox.")).to_be_visible()
+    page.get_by_role("link", name="Mailbox").click()
+    page.get_by_role("button", name="Sync now").click()
+    expect(page.locator("li.message", has_text="Fetched by POP")).to_be_visible()
+    # Kept on the server: Keep a copy is on unless the user turns it off.
+    pop = mail_user.pop3("ssl")
+    try:
+        assert pop.stat()[0] == 1
+    finally:
+        pop.quit()
+
+
 def test_dutch_from_the_browser_switchable_and_usable_by_keyboard(stack: Running, browser: Browser) -> None:
     page = open_page(browser, locale="nl-NL")
     try:
@@ -309,10 +334,11 @@ def test_connect_google_runs_the_consent_and_comes_back_connected(
     sign_in(page, stack, "frank")
     expect(page.get_by_role("button", name="Connect Microsoft")).to_be_disabled()  # no app registered here
     page.get_by_role("button", name="Connect Google").click()
-    # The browser went to the provider, was approved, came back through the API's callback.
+    # The browser went to the provider, was approved, came back through the API's callback, and
+    # the app finished the consent with this user's token (POST /v1/oauth/finish).
     expect(page.get_by_text("Your mailbox is connected.")).to_be_visible()
     expect(page.get_by_text(re.compile(r"^Connected with Google on "))).to_be_visible()
-    assert "result=" not in page.url  # the app tidies the address
+    assert "result=" not in page.url and "oauth_code" not in page.url  # the app tidies the address
     expect(page.get_by_label("User name")).to_have_value("frank@gmail.example")
     screenshot(page, "connected-google")
     code, saved = stack.request("GET", "/v1/users/me/mail-settings", make_token("frank", "acme"))

@@ -15,7 +15,7 @@ import boto3
 import pytest
 
 from devstack.lambda_runtime import LambdaContext, http_event, load_handler
-from tests.conftest import ApiCall, ApiResponse, api_response
+from tests.conftest import ApiCall, ApiResponse, Caller, api_response
 
 REFRESH = "refresh-token-7f3a9c-never-in-plain"
 RETURN = "https://crm.example.com/mail"
@@ -116,10 +116,26 @@ def callback(query: str) -> ApiResponse:
     return api_response(handler(event, LambdaContext(function_name="ApiFunction")))
 
 
-def start(api: ApiCall, return_url: str = RETURN) -> dict[str, str]:
-    response = api("POST", "/v1/users/me/oauth/google/start", {"return_url": return_url})
+def start(api: ApiCall, return_url: str = RETURN, caller: Caller | None = None) -> dict[str, str]:
+    response = api("POST", "/v1/users/me/oauth/google/start", {"return_url": return_url}, caller=caller)
     assert response.status == 200, response.body
     return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(response.body["authorization_url"]).query))
+
+
+def back_from_provider(code: str, state: str) -> dict[str, str]:
+    """The callback's redirect to the return URL; what its fragment hands the CRM frontend."""
+    done = callback(urllib.parse.urlencode({"code": code, "state": state}))
+    assert done.status == 302, done.body
+    location = urllib.parse.urlsplit(done.headers["Location"])
+    assert urllib.parse.urlunsplit(location._replace(fragment="")) == f"{RETURN}?result=confirm"
+    assert code not in location.query and done.headers["Referrer-Policy"] == "no-referrer"
+    return dict(urllib.parse.parse_qsl(location.fragment))
+
+
+def finish(api: ApiCall, carried: dict[str, str], caller: Caller | None = None) -> ApiResponse:
+    """The CRM frontend at the return URL, with its user's JWT."""
+    body = {"state": carried["oauth_state"], "code": carried["oauth_code"]}
+    return api("POST", "/v1/oauth/finish", body, caller=caller)
 
 
 def test_consent_connects_the_mailbox_and_the_refresh_token_is_stored_encrypted_only(
@@ -127,9 +143,8 @@ def test_consent_connects_the_mailbox_and_the_refresh_token_is_stored_encrypted_
 ) -> None:
     params = start(api)
     assert params["redirect_uri"] == "https://127.0.0.1/v1/oauth/callback"
-    done = callback(urllib.parse.urlencode({"code": "good-code", "state": params["state"]}))
-    assert done.status == 302, done.body
-    assert done.headers["Location"] == f"{RETURN}?result=connected"
+    done = finish(api, back_from_provider("good-code", params["state"]))
+    assert (done.status, done.body) == (200, {"result": "connected", "code": None}), done.raw
     settings = api("GET", "/v1/users/me/mail-settings")
     assert settings.status == 200
     assert {k: settings.body[k] for k in ("auth", "provider", "host", "port", "username", "status")} == {
@@ -167,18 +182,77 @@ def oauth_env_table() -> str:
 
 
 def test_a_replayed_state_is_422_on_state(api: ApiCall, oauth_env: TokenEndpoint) -> None:
-    state = start(api)["state"]
-    assert callback(urllib.parse.urlencode({"code": "good-code", "state": state})).status == 302
-    replay = callback(urllib.parse.urlencode({"code": "good-code", "state": state}))
+    carried = back_from_provider("good-code", start(api)["state"])
+    assert finish(api, carried).status == 200
+    replay = finish(api, carried)
     assert replay.status == 422 and replay.body["error"]["field"] == "state"
+    assert callback(urllib.parse.urlencode({"code": "good-code", "state": carried["oauth_state"]})).status == 422
 
 
 def test_a_refused_code_returns_with_token_exchange_failed(api: ApiCall, oauth_env: TokenEndpoint) -> None:
-    state = start(api)["state"]
-    done = callback(urllib.parse.urlencode({"code": "stolen-code", "state": state}))
-    assert done.status == 302
-    assert done.headers["Location"] == f"{RETURN}?result=error&code=token_exchange_failed"
+    done = finish(api, back_from_provider("stolen-code", start(api)["state"]))
+    assert (done.status, done.body) == (200, {"result": "error", "code": "token_exchange_failed"})
     assert api("GET", "/v1/users/me/mail-settings").status == 404
+
+
+def test_consent_denied_returns_with_the_error_at_once(api: ApiCall, oauth_env: TokenEndpoint) -> None:
+    state = start(api)["state"]
+    done = callback(urllib.parse.urlencode({"error": "access_denied", "state": state}))
+    assert (done.status, done.headers["Location"]) == (302, f"{RETURN}?result=error&code=consent_denied")
+    assert oauth_env.requests == []
+
+
+def test_an_attackers_consent_completed_in_a_victims_browser_connects_nothing(
+    api: ApiCall, oauth_env: TokenEndpoint
+) -> None:
+    """Mallory starts a consent and gets alice to open its authorization link; alice approves
+    with her mailbox and her browser returns to the CRM, where her frontend finishes with her JWT."""
+    mallory = Caller(user="mallory")
+    carried = back_from_provider("good-code", start(api, caller=mallory)["state"])
+    refused = finish(api, carried)  # alice's JWT
+    assert refused.status == 403 and refused.body["error"]["code"] == "forbidden"
+    # Alice's code was never exchanged; nobody's mail settings exist
+    assert oauth_env.requests == []
+    assert api("GET", "/v1/users/me/mail-settings").status == 404
+    assert api("GET", "/v1/users/me/mail-settings", caller=mallory).status == 404
+    # Mallory never saw alice's code (it went to alice's browser only): a guess connects nothing
+    guessed = finish(api, {**carried, "oauth_code": "guessed"}, caller=mallory)
+    assert guessed.body == {"result": "error", "code": "token_exchange_failed"}
+    assert api("GET", "/v1/users/me/mail-settings", caller=mallory).status == 404
+
+
+def test_a_victims_state_completed_with_the_attackers_mailbox_connects_nothing(
+    api: ApiCall, oauth_env: TokenEndpoint
+) -> None:
+    """The other way round: alice's state reaches mallory, who approves it with his own mailbox
+    in his browser and finishes with his JWT, to get his mailbox into alice's CRM user."""
+    mallory = Caller(user="mallory")
+    alice_state = start(api)["state"]
+    carried = back_from_provider("good-code", alice_state)  # in mallory's browser
+    refused = finish(api, carried, caller=mallory)
+    assert refused.status == 403 and oauth_env.requests == []
+    assert api("GET", "/v1/users/me/mail-settings").status == 404
+    # Alice's consent was not spent: her own browser's code still connects her mailbox
+    assert finish(api, back_from_provider("good-code", alice_state)).body == {"result": "connected", "code": None}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"state": "a.1.b"}, "code"),
+        ({"state": "a.1.b", "code": "c" * 5000}, "code"),
+        ({"state": "a.1.b", "code": "c\u00f6de"}, "code"),
+        ({"state": "x" * 600, "code": "c"}, "state"),
+        ({"state": "a.1.b", "code": "c"}, "state"),
+        ({"state": "a.1.b", "code": "c", "more": 1}, "more"),
+    ],
+)
+def test_hostile_finishes_are_4xx_naming_the_field(
+    api: ApiCall, oauth_env: TokenEndpoint, body: dict[str, Any], field: str
+) -> None:
+    response = api("POST", "/v1/oauth/finish", body)
+    assert 400 <= response.status < 500, response.raw
+    assert field in json.dumps(response.body["error"])
 
 
 @pytest.mark.parametrize(
@@ -237,3 +311,28 @@ def test_the_callback_is_the_only_api_route_without_the_jwt_authorizer_in_aws_an
     }
     assert public == {"/swagger", "/v1/oauth/callback"} == set(PUBLIC_PATHS)
     assert events["OAuthCallback"]["Properties"]["Method"] == "GET"
+
+
+def test_a_grant_shared_with_a_colleague_is_revoked_only_by_the_last_one_holding_it(
+    api: ApiCall, oauth_env: TokenEndpoint
+) -> None:
+    """Both connect the same Google mailbox (one grant at Google): the tenant's other items
+    (its settings) sit in the same partition of the accounts table."""
+    admin = Caller(user="root", role="admin")
+    assert (
+        api(
+            "PUT",
+            "/v1/tenant/settings",
+            {"confidential_keywords": ["secret"], "confidential_contacts": []},
+            caller=admin,
+        ).status
+        == 200
+    )
+    bob = Caller(user="bob")
+    for caller in (None, bob):
+        done = finish(api, back_from_provider("good-code", start(api, caller=caller)["state"]), caller=caller)
+        assert done.body == {"result": "connected", "code": None}
+    assert api("DELETE", "/v1/users/me/mail-settings").status == 204
+    assert [path for path, _ in oauth_env.requests] == ["/token", "/token"]
+    assert api("DELETE", "/v1/users/me/mail-settings", caller=bob).status == 204
+    assert [path for path, _ in oauth_env.requests] == ["/token", "/token", "/revoke"]

@@ -203,7 +203,7 @@ def test_a_retried_post_without_message_id_or_key_stores_once(api: ApiCall, alic
     assert archived.status == 201 and archived.body["id"] != first.body["id"]
 
 
-# --- 5. POP3 accounts: saved and tested, never scheduled, visibly not syncing ---------------------
+# --- 5. POP3 accounts: saved, tested and scheduled like IMAP ones (issue 13) ----------------------
 
 
 def account_item(aws: dict[str, str], user: str) -> dict[str, Any]:
@@ -212,7 +212,7 @@ def account_item(aws: dict[str, str], user: str) -> dict[str, Any]:
     )["Item"]
 
 
-def test_pop3_accounts_are_never_due_and_say_why_they_do_not_sync(
+def test_pop3_accounts_are_due_and_can_be_synced_on_request(
     api: ApiCall, aws: dict[str, str], local_mail_env, mail_user
 ) -> None:
     from mailsync.services import scheduling
@@ -226,38 +226,29 @@ def test_pop3_accounts_are_never_due_and_say_why_they_do_not_sync(
         "protocol": "pop3",
     }
     assert api("PUT", SETTINGS, pop3, caller=ALICE).status == 201
-    assert "due_shard" not in account_item(aws, "alice")
-    # A successful login test (real Dovecot POP3) does not put it in the schedule either.
+    assert "due_shard" in account_item(aws, "alice")
+    # A successful login test (real Dovecot POP3) records the status and keeps it scheduled.
     assert api("POST", f"{SETTINGS}/test", caller=ALICE).status == 200
     item = account_item(aws, "alice")
-    assert "due_shard" not in item and item["status"] == {"S": "ok"}
-    assert scheduling.enqueue_due_accounts() == 0
-
-    status = api("GET", "/v1/users/me/sync-status", caller=ALICE).body
-    assert status["state"] == "never"
-    assert status["last_error"] == "POP3 accounts can be saved and tested; syncing them is not available yet"
-    sync = api("POST", "/v1/users/me/sync", caller=ALICE)
-    assert (sync.status, sync.body["error"]["field"]) == (422, "protocol"), sync.raw
-
-    # Switching to IMAP (with the password) schedules it.
-    imap = pop3 | {"protocol": "imap", "port": mail_user.imaps_port}
-    assert api("PUT", SETTINGS, imap, caller=ALICE).status == 200
-    assert "due_shard" in account_item(aws, "alice")
+    assert "due_shard" in item and item["status"] == {"S": "ok"}
     assert scheduling.enqueue_due_accounts() == 1
 
+    status = api("GET", "/v1/users/me/sync-status", caller=ALICE).body
+    assert (status["state"], status["last_error"]) == ("never", None)
+    assert api("POST", "/v1/users/me/sync", caller=ALICE).status == 202
 
-def test_a_pop3_account_left_in_the_due_index_leaves_it_at_its_first_job(
+
+def test_an_account_that_may_not_sync_left_in_the_due_index_leaves_it_at_its_first_job(
     api: ApiCall, aws: dict[str, str], local_mail_env, mail_user
 ) -> None:
-    """Accounts saved before POP3 was kept out of the schedule still carry due_shard."""
     from mailsync import dal
     from mailsync.services import scheduling
     from mailsync.services.sync_jobs import SyncJob, run_job
 
-    pop3 = {"host": "127.0.0.1", "port": mail_user.pop3s_port, "username": mail_user.username}
-    assert api("PUT", SETTINGS, pop3 | {"password": mail_user.password, "protocol": "pop3"}, caller=ALICE).status == 201
+    body = {"host": "127.0.0.1", "port": mail_user.imaps_port, "username": mail_user.username, "fetch_enabled": False}
+    assert api("PUT", SETTINGS, body | {"password": mail_user.password}, caller=ALICE).status == 201
     account = dal.get_account("acme", "alice")
-    dal.update_account(account, scheduling.due_fields("acme", "alice", True, "pending"))  # as saved back then
+    dal.update_account(account, scheduling.due_fields("acme", "alice", True, "pending"))  # as a stale write would
     assert scheduling.enqueue_due_accounts() == 1
 
     assert run_job(SyncJob(tenant_id="acme", user_id="alice")).status == "skipped"

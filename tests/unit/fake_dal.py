@@ -61,11 +61,14 @@ NOT_IMPLEMENTED = frozenset(
         "find_locations",
         "finish_op",
         "folder_locations",
+        "forget_pop_seen",  # POP3 sync state: tests/integration/test_pop3_sync.py (moto + Dovecot)
         "get_account_and_sync_state",
         "get_accounts_and_sync_states",
         "give_back_lease",
         "idempotency_store",  # Powertools Idempotency on its own table: the POST path is an integration test
         "ids_for_match_key",
+        "pop_seen",
+        "record_pop_seen",
         "relay_address_of",
         "relay_user",
         "relink",
@@ -158,6 +161,9 @@ class FakeDal:
         assert consent.nonce not in self.consents
         self.consents[consent.nonce] = consent
 
+    def find_consent(self, nonce: str) -> OAuthConsent | None:
+        return self.consents.get(nonce)
+
     def take_consent(self, nonce: str, valid: Callable[[OAuthConsent], bool] | None = None) -> OAuthConsent | None:
         consent = self.consents.get(nonce)
         if consent is None or (valid is not None and not valid(consent)):
@@ -168,6 +174,17 @@ class FakeDal:
 
     def get_account(self, tenant_id: str, user_id: str) -> Account | None:
         return self.accounts.get((tenant_id, user_id))
+
+    def oauth_grant_holders(self, tenant_id: str, provider: str, username: str) -> list[str]:
+        return [
+            a.user_id
+            for (tenant, _), a in self.accounts.items()
+            if tenant == tenant_id
+            and a.auth == "oauth2"
+            and a.provider == provider
+            and a.refresh_token_ciphertext is not None
+            and a.username.lower() == username.lower()
+        ]
 
     def account_exists(self, tenant_id: str, user_id: str) -> bool:
         return self.get_account(tenant_id, user_id) is not None
@@ -448,6 +465,8 @@ class FakeKms:
     ciphertext is new (KMS's random nonce), so equal passwords never give equal ciphertexts."""
 
     plaintexts: dict[bytes, tuple[str, str, str]] = field(default_factory=dict)
+    # Ciphertexts sealed for the refresh-token purpose (the others are passwords').
+    tokens: set[bytes] = field(default_factory=set)
 
     def encrypt_password(self, password: str, tenant_id: str, user_id: str, settings: Settings) -> bytes:
         ciphertext = b"fake-kms:" + os.urandom(12)
@@ -456,9 +475,20 @@ class FakeKms:
 
     def decrypt_saved_password(self, ciphertext: bytes, tenant_id: str, user_id: str, settings: Settings) -> str:
         owner_tenant, owner_user, password = self.plaintexts.get(ciphertext, ("", "", ""))
-        if (owner_tenant, owner_user) != (tenant_id, user_id):
+        if (owner_tenant, owner_user) != (tenant_id, user_id) or ciphertext in self.tokens:
             raise PasswordUnreadable()
         return password
+
+    def encrypt_refresh_token(self, token: str, tenant_id: str, user_id: str, settings: Settings) -> bytes:
+        ciphertext = self.encrypt_password(token, tenant_id, user_id, settings)
+        self.tokens.add(ciphertext)
+        return ciphertext
+
+    def decrypt_refresh_token(self, ciphertext: bytes, tenant_id: str, user_id: str, settings: Settings) -> str:
+        owner_tenant, owner_user, token = self.plaintexts.get(ciphertext, ("", "", ""))
+        if (owner_tenant, owner_user) != (tenant_id, user_id) or ciphertext not in self.tokens:
+            raise PasswordUnreadable()
+        return token
 
 
 @dataclass
@@ -546,7 +576,11 @@ def fake_dal(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fakes]:
         replacement = getattr(fakes.dal, name) if name in provided else _unavailable(f"dal.{name}")
         monkeypatch.setattr(dal, name, replacement)
     for module, recorder, names in (
-        (crypto, fakes.kms, ("encrypt_password", "decrypt_saved_password")),
+        (
+            crypto,
+            fakes.kms,
+            ("encrypt_password", "decrypt_saved_password", "encrypt_refresh_token", "decrypt_refresh_token"),
+        ),
         (blobstore, fakes.blobs, ("put_raw", "get_raw", "presigned_url")),
         (queue, fakes.queue, ("send", "send_batch")),
         (events, fakes.events, ("publish",)),

@@ -271,7 +271,8 @@ def test_who_is_synced_at_all() -> None:
     assert jobs.may_sync(fetch_enabled=True, status="ok", protocol="imap") is True
     assert jobs.may_sync(fetch_enabled=True, status="auth_failed", protocol="imap") is False
     assert jobs.may_sync(fetch_enabled=False, status="ok", protocol="imap") is False
-    assert jobs.may_sync(fetch_enabled=True, status="ok", protocol="pop3") is False
+    assert jobs.may_sync(fetch_enabled=True, status="ok", protocol="pop3") is True
+    assert jobs.may_sync(fetch_enabled=True, status="ok", protocol="smtp") is False
 
 
 def test_a_scheduled_job_right_after_a_success_is_a_duplicate_but_a_users_never_is() -> None:

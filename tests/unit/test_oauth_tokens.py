@@ -13,6 +13,7 @@ import pytest
 
 from mailsync import oauth
 from mailsync.config import get_settings
+from mailsync.crypto import PasswordUnreadable
 from mailsync.domain import Account
 from mailsync.errors import ReauthRequired
 from mailsync.services import accounts, oauth_tokens, scheduling
@@ -56,7 +57,7 @@ def endpoint(fake_dal: Fakes, monkeypatch: pytest.MonkeyPatch) -> TokenEndpoint:
 
 @pytest.fixture
 def account(fake_dal: Fakes) -> Account:
-    ciphertext = fake_dal.kms.encrypt_password(REFRESH, "acme", "alice", get_settings())
+    ciphertext = fake_dal.kms.encrypt_refresh_token(REFRESH, "acme", "alice", get_settings())
     stored = Account(
         "acme",
         "alice",
@@ -174,7 +175,9 @@ def test_a_rotated_refresh_token_never_overwrites_settings_changed_meanwhile(
     else:
         fields: dict[str, Any] = {"settings_version": 2}
         if change == "new-consent":
-            fields["refresh_token_ciphertext"] = fake_dal.kms.encrypt_password("new", "acme", "alice", get_settings())
+            fields["refresh_token_ciphertext"] = fake_dal.kms.encrypt_refresh_token(
+                "new", "acme", "alice", get_settings()
+            )
         else:
             fields.update(auth="password", refresh_token_ciphertext=None, password_ciphertext=b"pw")
         fake_dal.dal.update_account(account, fields)
@@ -190,7 +193,7 @@ def test_a_rotated_refresh_token_is_not_written_over_another_refresh_token(
 ) -> None:
     """Same settings_version, another grant (e.g. a token written without a version bump)."""
     endpoint.rotate = True
-    other = fake_dal.kms.encrypt_password("other", "acme", "alice", get_settings())
+    other = fake_dal.kms.encrypt_refresh_token("other", "acme", "alice", get_settings())
     fake_dal.dal.accounts[("acme", "alice")] = dataclasses.replace(account, refresh_token_ciphertext=other)
     assert oauth_tokens.access_token(account, get_settings()) == "access-1"
     stored = fake_dal.dal.get_account("acme", "alice")
@@ -227,3 +230,29 @@ def test_a_refresh_for_a_sync_job_ends_by_the_jobs_hard_deadline(endpoint: Token
     with pytest.raises(oauth.TokenEndpointUnavailable):
         oauth_tokens.access_token(account, settings, deadline=time.monotonic() - 1)
     assert endpoint.calls == 1, "no request without time left"
+
+
+def test_a_token_saved_before_tokens_had_their_own_purpose_is_read_once_and_sealed_again(
+    endpoint: TokenEndpoint, account: Account, fake_dal: Fakes
+) -> None:
+    """Lazy migration: sealed as a password by an earlier build, read as such, re-sealed at once."""
+    legacy = fake_dal.kms.encrypt_password(REFRESH, "acme", "alice", get_settings())
+    account = dataclasses.replace(account, refresh_token_ciphertext=legacy)
+    fake_dal.dal.accounts[("acme", "alice")] = account
+    assert oauth_tokens.access_token(account, get_settings()) == "access-1"
+    stored = fake_dal.dal.get_account("acme", "alice")
+    assert stored is not None and stored.refresh_token_ciphertext != legacy
+    assert stored.refresh_token_ciphertext in fake_dal.kms.tokens
+    assert fake_dal.kms.plaintexts[stored.refresh_token_ciphertext] == ("acme", "alice", REFRESH)
+
+
+def test_the_accounts_own_password_blob_is_never_read_as_its_refresh_token(
+    endpoint: TokenEndpoint, account: Account, fake_dal: Fakes
+) -> None:
+    """A password's ciphertext copied into the token field would send the password to the provider."""
+    password = fake_dal.kms.encrypt_password("mail password", "acme", "alice", get_settings())
+    account = dataclasses.replace(account, refresh_token_ciphertext=password, password_ciphertext=password)
+    fake_dal.dal.accounts[("acme", "alice")] = account
+    with pytest.raises(PasswordUnreadable):
+        oauth_tokens.access_token(account, get_settings())
+    assert endpoint.calls == 0

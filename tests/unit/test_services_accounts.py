@@ -115,10 +115,20 @@ def test_new_credentials_reset_a_failed_login_and_bump_the_version(fake_dal: Fak
     assert fake_dal.kms.plaintexts[account.password_ciphertext][2] == "n3w"
 
 
-def test_a_pop3_account_is_saved_but_never_due(fake_dal: Fakes) -> None:
-    accounts.put_settings(ALICE, "me", settings_in(protocol="pop3"))
+def test_a_pop3_account_is_saved_and_due(fake_dal: Fakes) -> None:
+    accounts.put_settings(ALICE, "me", settings_in(protocol="pop3", keep_copy=True, remove_after_days=7))
     account = saved(fake_dal)
-    assert (account.port, account.status, account.due_shard, account.next_sync_at) == (995, "pending", None, None)
+    assert (account.port, account.status, account.next_sync_at) == (995, "pending", 0)
+    assert account.due_shard is not None and account.remove_after_days == 7
+
+
+@pytest.mark.parametrize(
+    "overrides", [{"protocol": "imap"}, {"protocol": "pop3", "keep_copy": False}], ids=["imap", "no-copy-kept"]
+)
+def test_remove_after_days_needs_a_pop3_account_that_keeps_a_copy(fake_dal: Fakes, overrides: dict) -> None:
+    with pytest.raises(ValidationFailed) as refused:
+        accounts.put_settings(ALICE, "me", settings_in(remove_after_days=7, **overrides))
+    assert refused.value.field == "remove_after_days" and fake_dal.dal.get_account("acme", "alice") is None
 
 
 def test_a_racing_save_of_another_password_is_a_conflict(fake_dal: Fakes, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -240,10 +240,10 @@ def test_sync_status_shows_counts_to_the_owner_only(fake_dal: Fakes) -> None:
 
 @pytest.mark.parametrize(
     ("overrides", "field"),
-    [({"fetch_enabled": False}, "fetch_enabled"), ({"protocol": "pop3"}, "protocol"), ({}, None)],
+    [({"fetch_enabled": False}, "fetch_enabled"), ({"protocol": "pop3"}, None), ({}, None)],
     ids=["disabled", "pop3", "imap"],
 )
-def test_a_sync_request_is_queued_only_for_an_enabled_imap_account(
+def test_a_sync_request_is_queued_only_for_an_enabled_account(
     fake_dal: Fakes, overrides: dict, field: str | None
 ) -> None:
     an_account(fake_dal, **overrides)

@@ -86,6 +86,24 @@ def result_of(location: str) -> dict[str, str]:
     return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))
 
 
+def fragment_of(location: str) -> dict[str, str]:
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).fragment))
+
+
+def finish_consent(code: str | None, state: str, error: str | None, principal: Principal = ALICE) -> str:
+    """The browser's way back: the provider's redirect to the callback, then, with a code, the
+    CRM frontend at the return URL finishing with ``principal``'s JWT; the return URL with the
+    result in its query, as the frontend shows it."""
+    location = oauth.callback_location(code, state, error)
+    if result_of(location).get("result") != "confirm":
+        return location
+    carried = fragment_of(location)
+    outcome = oauth.finish_consent(principal, carried["oauth_code"], carried["oauth_state"])
+    shown = urllib.parse.urlsplit(location)._replace(fragment="")
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(shown.query) if k != "result"] + list(outcome.items())
+    return urllib.parse.urlunsplit(shown._replace(query=urllib.parse.urlencode(query)))
+
+
 def test_start_sends_the_user_to_google_with_pkce_s256_and_a_state(provider: Provider) -> None:
     params = start()
     assert params["client_id"] == "google-client"
@@ -110,7 +128,7 @@ def test_callback_connects_the_mailbox_with_the_refresh_token_encrypted(provider
     # Given a started consent
     params = start()
     # When the provider sends the browser back with a code
-    location = oauth.finish_consent("the-code", params["state"], None)
+    location = finish_consent("the-code", params["state"], None)
     # Then the code was exchanged with the PKCE verifier that matches the challenge
     exchange = provider.exchanges[0]
     challenge = base64.urlsafe_b64encode(hashlib.sha256(exchange["verifier"].encode()).digest()).rstrip(b"=")
@@ -141,9 +159,9 @@ def test_callback_connects_the_mailbox_with_the_refresh_token_encrypted(provider
 
 def test_a_state_serves_once(provider: Provider) -> None:
     params = start()
-    oauth.finish_consent("the-code", params["state"], None)
+    finish_consent("the-code", params["state"], None)
     with pytest.raises(ValidationFailed) as refused:
-        oauth.finish_consent("the-code", params["state"], None)
+        finish_consent("the-code", params["state"], None)
     assert refused.value.field == "state" and len(provider.exchanges) == 1
 
 
@@ -163,7 +181,7 @@ def test_a_state_serves_once(provider: Provider) -> None:
 def test_a_forged_or_malformed_state_is_422_on_state_and_nothing_is_exchanged(provider: Provider, tamper) -> None:
     params = start()
     with pytest.raises(ValidationFailed) as refused:
-        oauth.finish_consent("the-code", tamper(params["state"]), None)
+        finish_consent("the-code", tamper(params["state"]), None)
     assert refused.value.field == "state" and provider.exchanges == []
 
 
@@ -171,9 +189,9 @@ def test_a_forged_state_does_not_spend_the_consent(provider: Provider, fake_dal:
     state = start()["state"]
     forged = state[:-2] + ("AA" if not state.endswith("AA") else "BB")
     with pytest.raises(ValidationFailed):
-        oauth.finish_consent("the-code", forged, None)
+        finish_consent("the-code", forged, None)
     # the user's browser, holding the real state, still connects
-    assert result_of(oauth.finish_consent("the-code", state, None))["result"] == "connected"
+    assert result_of(finish_consent("the-code", state, None))["result"] == "connected"
 
 
 def test_an_expired_state_is_refused(provider: Provider, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -181,7 +199,7 @@ def test_an_expired_state_is_refused(provider: Provider, monkeypatch: pytest.Mon
     later = time.time() + get_settings().oauth_state_ttl_seconds + 1
     monkeypatch.setattr(time, "time", lambda: later)
     with pytest.raises(ValidationFailed) as refused:
-        oauth.finish_consent("the-code", params["state"], None)
+        finish_consent("the-code", params["state"], None)
     assert refused.value.field == "state" and provider.exchanges == []
 
 
@@ -193,19 +211,19 @@ def test_a_state_signed_for_another_binding_does_not_verify(provider: Provider, 
     eve_nonce, _, _ = eve["state"].split(".")
     _, alice_expiry, alice_signature = alice["state"].split(".")
     with pytest.raises(ValidationFailed):
-        oauth.finish_consent("code", f"{eve_nonce}.{alice_expiry}.{alice_signature}", None)
+        finish_consent("code", f"{eve_nonce}.{alice_expiry}.{alice_signature}", None)
     # Then nothing is saved for either
     assert fake_dal.dal.accounts == {}
 
 
 def test_consent_denied_and_failed_exchange_return_with_an_error_code(provider: Provider, fake_dal: Fakes) -> None:
-    denied = oauth.finish_consent(None, start()["state"], "access_denied")
+    denied = finish_consent(None, start()["state"], "access_denied")
     assert result_of(denied) == {"tab": "1", "result": "error", "code": "consent_denied"}
     provider.refuse = oauth_protocol.OAuthError("invalid_grant")
-    failed = oauth.finish_consent("bad-code", start()["state"], None)
+    failed = finish_consent("bad-code", start()["state"], None)
     assert result_of(failed)["code"] == "token_exchange_failed"
     provider.refuse = oauth_protocol.TokenEndpointUnavailable("down")
-    down = oauth.finish_consent("code", start()["state"], None)
+    down = finish_consent("code", start()["state"], None)
     assert result_of(down)["code"] == "token_exchange_failed"
     assert fake_dal.dal.accounts == {}
 
@@ -222,7 +240,7 @@ def test_an_id_token_for_another_client_or_issuer_is_refused(
     provider: Provider, fake_dal: Fakes, claims: dict[str, str]
 ) -> None:
     provider.claims.update(claims)
-    location = oauth.finish_consent("code", start()["state"], None)
+    location = finish_consent("code", start()["state"], None)
     assert result_of(location)["code"] == "token_exchange_failed" and fake_dal.dal.accounts == {}
 
 
@@ -233,7 +251,7 @@ def test_a_microsoft_personal_account_is_the_wrong_account_type(provider: Provid
         "tid": oauth.MICROSOFT_PERSONAL_TENANT,
         "preferred_username": "someone@outlook.com",
     }
-    location = oauth.finish_consent("code", start(provider="microsoft")["state"], None)
+    location = finish_consent("code", start(provider="microsoft")["state"], None)
     assert result_of(location)["code"] == "wrong_account_type" and fake_dal.dal.accounts == {}
 
 
@@ -244,7 +262,7 @@ def test_microsoft_work_account_by_preferred_username(provider: Provider, fake_d
         "tid": "0b1c2d3e-0000-4000-8000-000000000000",
         "preferred_username": "alice@contoso.com",
     }
-    location = oauth.finish_consent("code", start(provider="microsoft")["state"], None)
+    location = finish_consent("code", start(provider="microsoft")["state"], None)
     assert result_of(location)["result"] == "connected"
     account = fake_dal.dal.get_account("acme", "alice")
     assert account is not None
@@ -303,12 +321,12 @@ def test_an_oversized_or_non_ascii_code_is_422_on_code(provider: Provider) -> No
     params = start()
     for code in ("c" * 4097, "cöde"):
         with pytest.raises(ValidationFailed) as refused:
-            oauth.finish_consent(code, params["state"], None)
+            finish_consent(code, params["state"], None)
         assert refused.value.field == "code"
 
 
 def test_delete_revokes_the_grant_then_destroys_it(provider: Provider, fake_dal: Fakes) -> None:
-    oauth.finish_consent("code", start()["state"], None)
+    finish_consent("code", start()["state"], None)
     accounts.delete_settings(ALICE, "me")
     assert provider.revoked == [REFRESH] and fake_dal.dal.accounts == {}
 
@@ -318,7 +336,7 @@ def test_a_password_replaces_the_grant_and_revokes_it(provider: Provider, fake_d
 
     from mailsync.schemas import MailSettingsIn
 
-    oauth.finish_consent("code", start()["state"], None)
+    finish_consent("code", start()["state"], None)
     body = MailSettingsIn(host="imap.gmail.com", username="alice@gmail.com", password=SecretStr("app-password"))
     out, created = accounts.put_settings(ALICE, "me", body)
     account = fake_dal.dal.get_account("acme", "alice")
@@ -328,9 +346,9 @@ def test_a_password_replaces_the_grant_and_revokes_it(provider: Provider, fake_d
 
 
 def test_reconnecting_bumps_the_settings_version(provider: Provider, fake_dal: Fakes) -> None:
-    oauth.finish_consent("code", start()["state"], None)
+    finish_consent("code", start()["state"], None)
     first = fake_dal.dal.get_account("acme", "alice")
-    oauth.finish_consent("code", start()["state"], None)
+    finish_consent("code", start()["state"], None)
     second = fake_dal.dal.get_account("acme", "alice")
     assert first is not None and second is not None
     assert second.settings_version == first.settings_version + 1
@@ -345,6 +363,109 @@ def test_a_mailbox_connected_by_oauth_is_marked_active(provider: Provider, fake_
             "acme", "alice", "imap.example.com", 993, "alice", "ssl", password_ciphertext=b"pw"
         )
     now = int(time.time())
-    assert result_of(oauth.finish_consent("the-code", start()["state"], None))["result"] == "connected"
+    assert result_of(finish_consent("the-code", start()["state"], None))["result"] == "connected"
     account = fake_dal.dal.get_account("acme", "alice")
     assert account is not None and account.last_activity_at is not None and account.last_activity_at >= now
+
+
+# --- which browser finishes a consent (docs/operations.md) --------------------------------------
+
+
+def test_the_callback_exchanges_nothing_and_hands_the_code_to_the_return_url_fragment_only(
+    provider: Provider, fake_dal: Fakes
+) -> None:
+    state = start()["state"]
+    location = oauth.callback_location("the-code", state, None)
+    # The query says what to do; the code and state are in the fragment (never sent to a server)
+    assert result_of(location) == {"tab": "1", "result": "confirm"}
+    assert fragment_of(location) == {"oauth_state": state, "oauth_code": "the-code"}
+    assert "the-code" not in urllib.parse.urlsplit(location).query
+    # Nothing exchanged, nothing saved, the consent still there for its user
+    assert provider.exchanges == [] and fake_dal.dal.accounts == {} and len(fake_dal.dal.consents) == 1
+
+
+def test_a_victim_completing_an_attackers_consent_connects_nothing(provider: Provider, fake_dal: Fakes) -> None:
+    # Given bob (the attacker) starts a consent and gets alice (the victim) to open its link:
+    # alice's browser approves with her Google account and comes back to the return URL
+    attacker_state = start(BOB)["state"]
+    location = oauth.callback_location("alices-code", attacker_state, None)
+    carried = fragment_of(location)
+    # When alice's CRM frontend finishes it with her JWT
+    with pytest.raises(Forbidden):
+        oauth.finish_consent(ALICE, carried["oauth_code"], carried["oauth_state"])
+    # Then her code was never exchanged and no settings were saved, for bob or for alice
+    assert provider.exchanges == [] and fake_dal.dal.accounts == {}
+    # and bob, who never sees the code (it went to alice's browser only), has nothing to finish with:
+    # his guess is exchanged for nothing and spends his consent
+    provider.refuse = oauth_protocol.OAuthError("invalid_grant")
+    assert oauth.finish_consent(BOB, "guessed-code", attacker_state) == {
+        "result": "error",
+        "code": "token_exchange_failed",
+    }
+    assert fake_dal.dal.accounts == {}
+
+
+@pytest.mark.parametrize("stranger", [BOB, EVE], ids=["colleague", "other-tenant"])
+def test_only_the_user_who_started_a_consent_can_finish_it(
+    provider: Provider, fake_dal: Fakes, stranger: Principal
+) -> None:
+    state = start(ALICE)["state"]
+    with pytest.raises(Forbidden):
+        oauth.finish_consent(stranger, "the-code", state)
+    # The stranger's attempt did not spend it: alice finishes
+    assert oauth.finish_consent(ALICE, "the-code", state) == {"result": "connected"}
+    assert fake_dal.dal.get_account("acme", "alice") is not None and fake_dal.dal.get_account("acme", "bob") is None
+
+
+def test_an_admin_finishes_the_consent_they_started_for_a_colleague(provider: Provider, fake_dal: Fakes) -> None:
+    admin = Principal(user_id="root", tenant_id="acme", is_admin=True)
+    url = oauth.start_consent(admin, "alice", "google", RETURN, "api.example.com")
+    state = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["state"]
+    with pytest.raises(Forbidden):
+        oauth.finish_consent(ALICE, "the-code", state)
+    assert oauth.finish_consent(admin, "the-code", state) == {"result": "connected"}
+    assert fake_dal.dal.get_account("acme", "alice") is not None
+
+
+def test_finish_refuses_a_missing_or_hostile_code_on_code(provider: Provider) -> None:
+    state = start()["state"]
+    for code in ("", "é", "x" * 5000):
+        with pytest.raises(ValidationFailed) as refused:
+            oauth.finish_consent(ALICE, code, state)
+        assert refused.value.field == "code"
+    assert provider.exchanges == []
+
+
+# --- a grant shared by two CRM users ------------------------------------------------------------
+
+
+def test_a_grant_another_user_of_the_tenant_holds_for_the_same_mailbox_is_not_revoked(
+    provider: Provider, fake_dal: Fakes
+) -> None:
+    # Given alice and bob both connected the shared mailbox with the same Google account
+    finish_consent("code-a", start(ALICE)["state"], None, principal=ALICE)
+    provider.claims["email"] = "Alice@Gmail.com"  # the provider may spell it otherwise
+    finish_consent("code-b", oauth_start_for(BOB), None, principal=BOB)
+    # When alice deletes her settings, Google's grant (which bob's token is part of) stays
+    accounts.delete_settings(ALICE, "me")
+    assert provider.revoked == [] and fake_dal.dal.get_account("acme", "alice") is None
+    # Then bob, the last one holding it, revokes it when he deletes his
+    accounts.delete_settings(BOB, "me")
+    assert provider.revoked == [REFRESH]
+
+
+def test_a_grant_is_revoked_when_the_others_hold_another_mailbox_or_are_in_another_tenant(
+    provider: Provider, fake_dal: Fakes
+) -> None:
+    finish_consent("code-a", start(ALICE)["state"], None, principal=ALICE)
+    provider.claims["email"] = "bob@gmail.com"
+    finish_consent("code-b", oauth_start_for(BOB), None, principal=BOB)
+    provider.claims["email"] = "alice@gmail.com"
+    finish_consent("code-e", oauth_start_for(EVE), None, principal=EVE)
+    accounts.delete_settings(ALICE, "me")
+    assert provider.revoked == [REFRESH]
+
+
+def oauth_start_for(principal: Principal) -> str:
+    url = oauth.start_consent(principal, "me", "google", RETURN, "api.example.com")
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["state"]

@@ -32,7 +32,7 @@ def test_shards_are_stable_in_range_and_spread() -> None:
         (False, "ok", "imap", False),
         (True, "auth_failed", "imap", False),
         (True, "disabled", "imap", False),
-        (True, "ok", "pop3", False),
+        (True, "ok", "pop3", True),
     ],
 )
 def test_which_accounts_are_in_the_due_index(

@@ -135,16 +135,37 @@ export function Settings({ t, lang, api, userId }: { t: T; lang: Lang; api: Api;
         }
       })
       .catch(() => setDeployment({ security: ["ssl", "starttls"], oauth_providers: [], relay_addresses: false }));
-    // Back from Google or Microsoft: the API's callback added ?result=...
+    // Back from Google or Microsoft: the API's callback added ?result=...; with "confirm" the
+    // code is in the fragment and only this user's JWT can finish the consent (a consent
+    // finished in someone else's browser connects nothing).
     const params = new URLSearchParams(location.search);
     const result = params.get("result");
     if (result) {
-      setOauthNotice(
-        result === "connected"
-          ? { kind: "ok", text: t("connectDone") }
-          : { kind: "error", text: t("connectFailed", { code: params.get("code") ?? "?" }) },
-      );
-      history.replaceState(null, "", location.pathname + location.hash);
+      const carried = new URLSearchParams(location.hash.slice(1));
+      // The code leaves the address bar before anything else happens.
+      history.replaceState(null, "", location.pathname + "#settings");
+      if (result === "confirm") {
+        api
+          .call<{ result: string; code: string | null }>("POST", "/v1/oauth/finish", {
+            state: carried.get("oauth_state") ?? "",
+            code: carried.get("oauth_code") ?? "",
+          })
+          .then((finished) => {
+            setOauthNotice(
+              finished.result === "connected"
+                ? { kind: "ok", text: t("connectDone") }
+                : { kind: "error", text: t("connectFailed", { code: finished.code ?? "?" }) },
+            );
+            load();
+          })
+          .catch((exc) => setOauthNotice({ kind: "error", text: errorWords(t, exc) }));
+      } else {
+        setOauthNotice(
+          result === "connected"
+            ? { kind: "ok", text: t("connectDone") }
+            : { kind: "error", text: t("connectFailed", { code: params.get("code") ?? "?" }) },
+        );
+      }
     }
   }, [base]);
 
@@ -160,7 +181,7 @@ export function Settings({ t, lang, api, userId }: { t: T; lang: Lang; api: Api;
       setForm(formOf(stored));
       // Saving stores the settings; the login is tried now so that a wrong password shows at once.
       await api.call("POST", `${base}/mail-settings/test`, {});
-      setNotice({ kind: "ok", text: stored.protocol === "pop3" ? t("popNotSynced") : t("saved") });
+      setNotice({ kind: "ok", text: stored.protocol === "pop3" ? t("popSaved") : t("saved") });
     } catch (exc) {
       setNotice({ kind: "error", text: errorWords(t, exc) });
     } finally {
@@ -399,7 +420,7 @@ export function Settings({ t, lang, api, userId }: { t: T; lang: Lang; api: Api;
         </div>
       </form>
 
-      <FolderEditor t={t} api={api} base={base} enabled={saved !== null} />
+      <FolderEditor t={t} api={api} base={base} enabled={saved !== null && saved.protocol !== "pop3"} pop={saved?.protocol === "pop3"} />
 
       <section class="card" aria-labelledby="connect-title">
         <h2 id="connect-title">{t("connectTitle")}</h2>
@@ -456,7 +477,7 @@ export function Settings({ t, lang, api, userId }: { t: T; lang: Lang; api: Api;
   );
 }
 
-function FolderEditor({ t, api, base, enabled }: { t: T; api: Api; base: string; enabled: boolean }) {
+function FolderEditor({ t, api, base, enabled, pop }: { t: T; api: Api; base: string; enabled: boolean; pop: boolean }) {
   const [open, setOpen] = useState(false);
   const [busy, setBusy] = useState(false);
   const [serverFolders, setServerFolders] = useState<ServerFolder[]>([]);
@@ -518,7 +539,7 @@ function FolderEditor({ t, api, base, enabled }: { t: T; api: Api; base: string;
       </div>
       {!open && !enabled && (
         <p id="folders-hint" class="hint">
-          {t("editFoldersHint")}
+          {pop ? t("editFoldersPopHint") : t("editFoldersHint")}
         </p>
       )}
       {open && (

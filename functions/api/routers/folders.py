@@ -9,9 +9,15 @@ from aws_lambda_powertools.event_handler.openapi.params import Body
 
 from mailsync.schemas import FolderMapOut, ServerFoldersOut
 from mailsync.services import folder_maps
-from routers.common import CurrentPrincipal, UserIdPath, responses
+from routers.common import CurrentPrincipal, UserIdPath, error_doc, responses
 
 router = Router()
+
+# A POP3 mailbox has one inbox and no folders to list or map.
+FOLDER_ROUTE_ERRORS = {
+    **responses(mailbox=True),
+    409: error_doc("`conflict` on `protocol`: the mailbox is POP3, which has no folders"),
+}
 
 FolderMapBody = Annotated[
     dict[str, Any],
@@ -26,7 +32,7 @@ FolderMapBody = Annotated[
     "/users/<user_id>/server-folders",
     tags=["Folders"],
     summary="The server's folders, live, with suggestions",
-    responses=responses(mailbox=True),
+    responses=FOLDER_ROUTE_ERRORS,
 )
 def get_server_folders(principal: CurrentPrincipal, user_id: UserIdPath) -> ServerFoldersOut:
     return ServerFoldersOut(folders=folder_maps.list_server_folders(principal, user_id))
@@ -36,7 +42,7 @@ def get_server_folders(principal: CurrentPrincipal, user_id: UserIdPath) -> Serv
     "/users/<user_id>/folder-map",
     tags=["Folders"],
     summary="The saved folder map, or a suggestion",
-    responses=responses(mailbox=True),
+    responses=FOLDER_ROUTE_ERRORS,
 )
 def get_folder_map(principal: CurrentPrincipal, user_id: UserIdPath) -> FolderMapOut:
     return folder_maps.get_folder_map(principal, user_id)
@@ -46,7 +52,7 @@ def get_folder_map(principal: CurrentPrincipal, user_id: UserIdPath) -> FolderMa
     "/users/<user_id>/folder-map",
     tags=["Folders"],
     summary="Save the folder map (checked live)",
-    responses=responses(mailbox=True),
+    responses=FOLDER_ROUTE_ERRORS,
 )
 def put_folder_map(principal: CurrentPrincipal, user_id: UserIdPath, body: FolderMapBody) -> FolderMapOut:
     if isinstance(body.get("folders"), dict):

@@ -1,5 +1,5 @@
-"""/v1/users/{user_id}/oauth/{provider}/start and /v1/oauth/callback: connecting a Google or
-Microsoft mailbox by consent instead of a password."""
+"""/v1/users/{user_id}/oauth/{provider}/start, /v1/oauth/callback and /v1/oauth/finish:
+connecting a Google or Microsoft mailbox by consent instead of a password."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
 
-from mailsync.schemas import OAuthStartIn, OAuthStartOut
+from mailsync.schemas import OAuthFinishIn, OAuthFinishOut, OAuthStartIn, OAuthStartOut
 from mailsync.services import oauth
 from routers.common import CurrentPrincipal, UserIdPath, error_doc, responses
 
@@ -37,7 +37,10 @@ def start_oauth(
     tags=["Mail settings"],
     summary="Where the provider sends the browser back (no JWT: the state is the proof)",
     responses={
-        302: {"description": "To the consent's `return_url` with `result=connected` or `result=error&code=...`"},
+        302: {
+            "description": "To the consent's `return_url` with `?result=confirm#oauth_state=...&oauth_code=...` "
+            "(finish with `POST /v1/oauth/finish`) or `?result=error&code=...`"
+        },
         422: error_doc("`validation_error` on `state` (invalid, expired or used) or `code`"),
     },
 )
@@ -47,7 +50,21 @@ def oauth_callback(
     error: Annotated[str | None, Query(max_length=256)] = None,
 ):
     # The return type stays unannotated: a bare Response has no body schema.
-    location = oauth.finish_consent(code, state, error)
+    location = oauth.callback_location(code, state, error)
     # The query of this request carries the code: the next page must not see it as a referrer.
     headers = {"Location": location, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
     return Response(status_code=302, headers=headers, body="")
+
+
+@router.post(
+    "/oauth/finish",
+    tags=["Mail settings"],
+    summary="Finish a consent: connect the mailbox (only the user who started the consent)",
+    responses={
+        **responses(),
+        403: error_doc("`forbidden`: the consent was started by another user (nothing is connected)"),
+        422: error_doc("`validation_error` on `state` (invalid, expired or used) or `code`"),
+    },
+)
+def finish_oauth(principal: CurrentPrincipal, body: Annotated[OAuthFinishIn, Body()]) -> OAuthFinishOut:
+    return OAuthFinishOut(**oauth.finish_consent(principal, body.code, body.state))

@@ -42,6 +42,9 @@ _UNREADABLE_CODES = frozenset({"InvalidCiphertextException", "IncorrectKeyExcept
 
 MAGIC = b"MSE1"  # never the start of a KMS ciphertext blob (KMS: 0x01 0x02..., moto: a hex key id)
 PURPOSE = "mail-password"
+# OAuth2 refresh tokens: the same envelope and data keys, another purpose in the associated data,
+# so a password's blob never decrypts as a token (it would be sent to the provider) nor back.
+REFRESH_TOKEN_PURPOSE = "oauth-refresh-token"  # noqa: S105 (a label, not a secret)
 DATA_KEY_CONTEXT = {"purpose": "mail-password-key"}
 NONCE_BYTES = 12
 # Random 96-bit nonces stay far from collision at this many messages per key (NIST SP 800-38D
@@ -85,9 +88,9 @@ def _legacy_context(tenant_id: str, user_id: str) -> dict[str, str]:
     return {"tenant_id": tenant_id, "user_id": user_id, "purpose": PURPOSE}
 
 
-def _associated_data(tenant_id: str, user_id: str) -> bytes:
+def _associated_data(tenant_id: str, user_id: str, purpose: str = PURPOSE) -> bytes:
     # JSON: unambiguous whatever the ids contain; the magic binds the format version too.
-    return MAGIC + json.dumps([PURPOSE, tenant_id, user_id]).encode("utf-8")
+    return MAGIC + json.dumps([purpose, tenant_id, user_id]).encode("utf-8")
 
 
 def _remember(wrapped: bytes, plaintext: bytes) -> None:
@@ -123,11 +126,20 @@ def _data_key(settings: Settings) -> _DataKey:
     return key
 
 
-def encrypt_password(password: str, tenant_id: str, user_id: str, settings: Settings) -> bytes:
+def _seal(secret: str, tenant_id: str, user_id: str, settings: Settings, purpose: str) -> bytes:
     key = _data_key(settings)
     nonce = os.urandom(NONCE_BYTES)
-    sealed = AESGCM(key.plaintext).encrypt(nonce, password.encode("utf-8"), _associated_data(tenant_id, user_id))
+    sealed = AESGCM(key.plaintext).encrypt(nonce, secret.encode("utf-8"), _associated_data(tenant_id, user_id, purpose))
     return MAGIC + struct.pack(">H", len(key.wrapped)) + key.wrapped + nonce + sealed
+
+
+def encrypt_password(password: str, tenant_id: str, user_id: str, settings: Settings) -> bytes:
+    return _seal(password, tenant_id, user_id, settings, PURPOSE)
+
+
+def encrypt_refresh_token(token: str, tenant_id: str, user_id: str, settings: Settings) -> bytes:
+    """An OAuth2 refresh token, sealed like a password but for its own purpose (see above)."""
+    return _seal(token, tenant_id, user_id, settings, REFRESH_TOKEN_PURPOSE)
 
 
 def _unwrap(wrapped: bytes, settings: Settings) -> bytes:
@@ -145,7 +157,7 @@ def _unwrap(wrapped: bytes, settings: Settings) -> bytes:
     return plaintext
 
 
-def _decrypt_envelope(blob: bytes, tenant_id: str, user_id: str, settings: Settings) -> str:
+def _decrypt_envelope(blob: bytes, tenant_id: str, user_id: str, settings: Settings, purpose: str = PURPOSE) -> str:
     start = len(MAGIC) + 2
     if len(blob) < start:
         raise PasswordUnreadable()
@@ -155,7 +167,9 @@ def _decrypt_envelope(blob: bytes, tenant_id: str, user_id: str, settings: Setti
         raise PasswordUnreadable()
     key = _unwrap(wrapped, settings)
     try:
-        plain = AESGCM(key).decrypt(rest[:NONCE_BYTES], rest[NONCE_BYTES:], _associated_data(tenant_id, user_id))
+        plain = AESGCM(key).decrypt(
+            rest[:NONCE_BYTES], rest[NONCE_BYTES:], _associated_data(tenant_id, user_id, purpose)
+        )
     except InvalidTag:
         raise PasswordUnreadable() from None
     return plain.decode("utf-8")
@@ -186,3 +200,18 @@ def decrypt_password(ciphertext: bytes, tenant_id: str, user_id: str, settings: 
 def decrypt_saved_password(ciphertext: bytes, tenant_id: str, user_id: str, settings: Settings) -> str:
     """``decrypt_password`` for a login (the name the services call)."""
     return decrypt_password(ciphertext, tenant_id, user_id, settings)
+
+
+def decrypt_refresh_token(ciphertext: bytes, tenant_id: str, user_id: str, settings: Settings) -> str:
+    """A refresh token sealed by ``encrypt_refresh_token`` for this tenant and user;
+    ``PasswordUnreadable`` for anything else, a password's blob of the same user included."""
+    if not ciphertext.startswith(MAGIC):
+        raise PasswordUnreadable()  # tokens were never sealed by KMS directly
+    try:
+        return _decrypt_envelope(ciphertext, tenant_id, user_id, settings, REFRESH_TOKEN_PURPOSE)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in _UNREADABLE_CODES:
+            raise PasswordUnreadable() from None
+        raise
+    except UnicodeDecodeError:
+        raise PasswordUnreadable() from None

@@ -42,6 +42,9 @@ class Account:
     protocol: str = "imap"
     fetch_enabled: bool = True
     keep_copy: bool = True
+    # POP3 with keep_copy: delete a fetched message from the server this many days after it was
+    # fetched (None: never).
+    remove_after_days: int | None = None
     incoming_confidential: bool = False
     outgoing_confidential: bool = False
     sync_window_days: int = 30
@@ -82,6 +85,18 @@ class RelayVerdicts:
     spf: str | None = None
     dkim: str | None = None
     dmarc: str | None = None
+
+
+@dataclass(frozen=True)
+class PopSeen:
+    """A POP3 message, by its UIDL, that a sync has dealt with: stored in the CRM (``id``), or
+    left on the server unstored because it was older than the sync window (``id`` None)."""
+
+    uidl: str
+    seen_at: datetime  # when a sync first saw it
+    size: int | None = None  # as LIST gave it then: another size under the same UIDL is another message
+    id: str | None = None  # the CRM message holding it
+    stored_at: datetime | None = None  # when it was fetched and stored (remove_after_days counts from here)
 
 
 @dataclass(frozen=True)

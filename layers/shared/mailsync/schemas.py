@@ -74,6 +74,13 @@ class MailSettingsIn(BaseModel):
     protocol: Protocol = "imap"
     fetch_enabled: bool = True
     keep_copy: bool = Field(default=True, description="POP3 only: leave fetched mail on the server")
+    remove_after_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=3650,
+        description="POP3 with keep_copy only: delete fetched mail from the server this many days after it was "
+        "fetched (null: never)",
+    )
     incoming_confidential: bool = False
     outgoing_confidential: bool = False
     sync_window_days: int = Field(default=30, ge=1, le=365)
@@ -133,6 +140,7 @@ class MailSettingsOut(BaseModel):
     protocol: Protocol
     fetch_enabled: bool
     keep_copy: bool
+    remove_after_days: int | None = None
     incoming_confidential: bool
     outgoing_confidential: bool
     sync_window_days: int
@@ -234,12 +242,15 @@ class MessageOut(BaseModel):
     attachments: list[AttachmentOut]
     participants: list[str]
     state: Literal["synced", "detached"]
-    detach_reason: Literal["removed", "moved_unmapped", "aged_out", "relayed"] | None = Field(
-        default=None, description="`relayed`: it came in through the relay address and is on no mail server (yet)"
+    detach_reason: Literal["removed", "moved_unmapped", "aged_out", "relayed", "pop3"] | None = Field(
+        default=None,
+        description="`relayed`: it came in through the relay address and is on no mail server (yet); "
+        "`pop3`: fetched over POP3 (or written in the CRM of a POP3 account): the CRM follows no server copy",
     )
-    sync_state: Literal["synced", "pending", "failed"] = Field(
+    sync_state: Literal["synced", "pending", "failed", "local"] = Field(
         description="`pending` while a change made in the CRM has not reached the mail server yet; "
-        "`failed` when the last one could not be applied (`last_op_error` says why)"
+        "`failed` when the last one could not be applied (`last_op_error` says why); `local`: mail of a "
+        "POP3 account, whose changes stay in the CRM (POP3 has no folders and no flags)"
     )
     last_op_error: str | None = Field(default=None, description="Why the last CRM change could not be applied")
     confidential: bool = Field(default=False, description="Only the owner can see this message")
@@ -308,17 +319,13 @@ class FolderSyncOut(BaseModel):
 
 
 class SyncStatusOut(BaseModel):
-    state: str = Field(
-        description="never | idle | syncing | failed. A POP3 account is always `never`: POP3 settings can be "
-        "saved and tested, but only IMAP mailboxes sync (`last_error` says so)"
-    )
+    state: str = Field(description="never | idle | syncing | failed (IMAP and POP3 accounts alike)")
     account_status: str
     last_started_at: datetime | None = None
     last_success_at: datetime | None = None
     last_error: str | None = Field(
         default=None,
-        description="Why the last sync failed; for a POP3 account, the login test's error or "
-        '"POP3 accounts can be saved and tested; syncing them is not available yet"',
+        description="Why the last sync failed",
     )
     folders: list[FolderSyncOut]
 
@@ -432,12 +439,33 @@ class OAuthStartIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     return_url: str = Field(
-        min_length=1, max_length=2048, description="Gets `?result=connected` or `?result=error&code=...`"
+        min_length=1,
+        max_length=2048,
+        description="Gets `?result=confirm` with `#oauth_state=...&oauth_code=...` (finish with "
+        "`POST /v1/oauth/finish`), or `?result=error&code=...`",
     )
 
 
 class OAuthStartOut(BaseModel):
     authorization_url: str = Field(description="Send the user's browser here (valid for a few minutes, once)")
+
+
+class OAuthFinishIn(BaseModel):
+    """What the return URL's fragment carried, sent by the CRM frontend with the JWT of the user
+    who started the consent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: str = Field(min_length=1, max_length=512, description="`oauth_state` from the return URL's fragment")
+    code: str = Field(min_length=1, max_length=4096, description="`oauth_code` from the return URL's fragment")
+
+
+class OAuthFinishOut(BaseModel):
+    result: Literal["connected", "error"]
+    code: str | None = Field(
+        default=None,
+        description="With `error`: `token_exchange_failed`, `wrong_account_type` or `settings_changed`",
+    )
 
 
 class DeploymentOut(BaseModel):

@@ -17,6 +17,7 @@ thread mark / member        ``A#{t}#{u}#T#{thread}``                 ``THREAD`` 
 dossier entry               ``C#{t}#{address}``                      ``{internal date}#{id}``
 relay address -> user       ``R#{local part}``                       ``RELAY``
 user -> relay address       ``A#{t}#{u}``                            ``RELAY``
+POP3 message seen (UIDL)    ``A#{t}#{u}#P#{server}``                 ``{uidl}``
 ==========================  =======================================  ============================
 
 Messages are listed newest first through ``gsi1`` (account) and ``gsi2`` (account + CRM folder),
@@ -29,9 +30,10 @@ Table names are read from the settings on use: nothing binds them.
 """
 
 from mailsync.dal._connections import open_connections
-from mailsync.dal._consents import save_consent, take_consent
+from mailsync.dal._consents import find_consent, save_consent, take_consent
 from mailsync.dal._keys import BadCursor
 from mailsync.dal._models import utcnow
+from mailsync.dal._pop import forget_pop_seen, pop_seen, record_pop_seen
 from mailsync.dal._relay import (
     create_relay_address,
     relay_address_of,
@@ -70,6 +72,7 @@ from mailsync.dal._store import (
     ids_for_match_key,
     list_messages,
     mark_threads,
+    oauth_grant_holders,
     ops_waiting,
     put_accounts,
     record_activity,
@@ -105,11 +108,13 @@ __all__ = [
     "drop",
     "due_accounts",
     "fail_pending_ops",
+    "find_consent",
     "find_locations",
     "find_message",
     "find_messages",
     "finish_op",
     "folder_locations",
+    "forget_pop_seen",
     "forget_sync_state",
     "get_account",
     "get_account_and_sync_state",
@@ -122,11 +127,14 @@ __all__ = [
     "ids_for_match_key",
     "list_messages",
     "mark_threads",
+    "oauth_grant_holders",
     "open_connections",
     "ops_waiting",
+    "pop_seen",
     "put_accounts",
     "record_activity",
     "record_changes",
+    "record_pop_seen",
     "relay_address_of",
     "relay_user",
     "relink",

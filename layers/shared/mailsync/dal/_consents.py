@@ -49,15 +49,8 @@ def save_consent(consent: OAuthConsent) -> None:
     ).save(condition=ConsentModel.id.does_not_exist())
 
 
-def take_consent(nonce: str, valid: Callable[[OAuthConsent], bool] | None = None) -> OAuthConsent | None:
-    """The consent of ``nonce``, removed so that it serves once: None when there is none (never
-    saved, expired and removed, or already taken by a concurrent callback) or when ``valid``
-    says the request does not prove it (then it stays, for the browser that holds the real state)."""
-    try:
-        item = ConsentModel.get(_PREFIX + nonce, consistent_read=True)
-    except DoesNotExist:
-        return None
-    consent = OAuthConsent(
+def _consent_from(nonce: str, item: ConsentModel) -> OAuthConsent:
+    return OAuthConsent(
         nonce=nonce,
         tenant_id=item.tenant_id,
         user_id=item.user_id,
@@ -68,6 +61,25 @@ def take_consent(nonce: str, valid: Callable[[OAuthConsent], bool] | None = None
         return_url=item.return_url,
         expires_at=int(item.expiration),
     )
+
+
+def find_consent(nonce: str) -> OAuthConsent | None:
+    """The consent of ``nonce`` if it is still under way, left in place."""
+    try:
+        return _consent_from(nonce, ConsentModel.get(_PREFIX + nonce, consistent_read=True))
+    except DoesNotExist:
+        return None
+
+
+def take_consent(nonce: str, valid: Callable[[OAuthConsent], bool] | None = None) -> OAuthConsent | None:
+    """The consent of ``nonce``, removed so that it serves once: None when there is none (never
+    saved, expired and removed, or already taken by a concurrent callback) or when ``valid``
+    says the request does not prove it (then it stays, for the browser that holds the real state)."""
+    try:
+        item = ConsentModel.get(_PREFIX + nonce, consistent_read=True)
+    except DoesNotExist:
+        return None
+    consent = _consent_from(nonce, item)
     if valid is not None and not valid(consent):
         return None
     try:

@@ -153,6 +153,7 @@ def account_from(item: AccountModel) -> Account:
         protocol=item.protocol or "imap",
         fetch_enabled=bool(item.fetch_enabled),
         keep_copy=bool(item.keep_copy),
+        remove_after_days=_plain(item.remove_after_days),
         incoming_confidential=bool(item.incoming_confidential),
         outgoing_confidential=bool(item.outgoing_confidential),
         sync_window_days=int(item.sync_window_days if item.sync_window_days is not None else 30),

@@ -89,6 +89,7 @@ class AccountModel(Model):
     protocol = UnicodeAttribute(default="imap")
     fetch_enabled = BooleanAttribute(default=True)
     keep_copy = BooleanAttribute(default=True)
+    remove_after_days = NumberAttribute(null=True)
     incoming_confidential = BooleanAttribute(default=False)
     outgoing_confidential = BooleanAttribute(default=False)
     sync_window_days = NumberAttribute(default=30)

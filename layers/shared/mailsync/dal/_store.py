@@ -81,6 +81,19 @@ def get_account(tenant_id: str, user_id: str) -> Account | None:
         return None
 
 
+def oauth_grant_holders(tenant_id: str, provider: str, username: str) -> list[str]:
+    """Users of ``tenant_id`` whose saved settings hold an OAuth2 grant of ``provider`` for the
+    mailbox ``username`` (compared case-insensitively). One Query of the tenant's partition."""
+    wanted = username.lower()
+    found = AccountModel.query(
+        tenant_id,
+        filter_condition=(AccountModel.auth == "oauth2")
+        & (AccountModel.provider == provider)
+        & AccountModel.refresh_token_ciphertext.exists(),
+    )
+    return [item.user_id for item in found if item.username.lower() == wanted]
+
+
 def account_exists(tenant_id: str, user_id: str) -> bool:
     return get_account(tenant_id, user_id) is not None
 

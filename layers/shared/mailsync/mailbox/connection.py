@@ -80,6 +80,7 @@ from mailsync.errors import (
     TlsFailed,
 )
 from mailsync.flags import cap_flags
+from mailsync.mailbox import gmail
 from mailsync.mailbox.base import (
     SPECIAL_USE_FLAGS,
     ServerFolder,
@@ -88,6 +89,7 @@ from mailsync.mailbox.base import (
     precheck,
     translate_errors,
 )
+from mailsync.mailbox.gmail import GmailAttributes
 from mailsync.mailbox.imap import BudgetedClient, BudgetedIMAP4, folder_name, sent_raw, wire_name
 from mailsync.mailbox.strategy import ChangeTracking, ExpungeMethod, MoveMethod, NewUidMethod, Strategy
 from mailsync.mailbox.transport import Budget, server_text
@@ -134,6 +136,7 @@ _THROTTLE_WORDS = re.compile(
 )
 _RESPONSE_CODE = re.compile(r"^\[([A-Za-z-]+)")
 _SUMMARY_ITEMS = "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
+_GMAIL_SUMMARY_ITEMS = f"{_SUMMARY_ITEMS[:-1]} {gmail.FETCH_ITEMS})"
 _BODY_ITEMS = "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])"
 _HEADER_ITEMS = "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
 _FOLDED = re.compile(rb"\r?\n[ \t]+")
@@ -158,6 +161,7 @@ class MessageSummary:
     internal_date: datetime  # aware, UTC
     size: int
     internet_message_id: str | None  # without <>, stripped; None if the header is absent or empty
+    gmail: GmailAttributes | None = None  # X-GM-MSGID/THRID/LABELS, only from a Gmail server
 
 
 @dataclass(frozen=True)
@@ -640,6 +644,11 @@ class ImapConnection:
         return self._strategy.move is MoveMethod.MOVE
 
     @property
+    def is_gmail(self) -> bool:
+        """Whether the server offers Gmail's extensions (``X-GM-EXT-1``: labels as folders)."""
+        return self.has_capability(gmail.CAPABILITY)
+
+    @property
     def has_uidplus(self) -> bool:
         return self._strategy.new_uid is NewUidMethod.REPORTED
 
@@ -813,7 +822,7 @@ class ImapConnection:
         out: list[MessageSummary] = []
         with self._guard("reading message summaries", write=False):
             for chunk in _chunks(sorted(set(uids)), FETCH_CHUNK):
-                fetched = self._uid_fetch(chunk, _SUMMARY_ITEMS)
+                fetched = self._uid_fetch(chunk, _GMAIL_SUMMARY_ITEMS if self.is_gmail else _SUMMARY_ITEMS)
                 for uid in sorted(fetched):
                     attrs = fetched[uid]
                     out.append(
@@ -823,6 +832,7 @@ class ImapConnection:
                             internal_date=_internal_date(attrs.get(b"INTERNALDATE")),
                             size=int(attrs.get(b"RFC822.SIZE") or 0),
                             internet_message_id=_header_msg_id(_section(attrs, b"BODY[HEADER.FIELDS")),
+                            gmail=gmail.parse_attributes(attrs) if self.is_gmail else None,
                         )
                     )
         return out
@@ -863,6 +873,48 @@ class ImapConnection:
                 hits.update(self._uid_search("OR " * (len(chunk) - 1) + criteria))
             found = {m for m in self._msg_ids(sorted(hits)).values() if m in wanted}
         return found
+
+    def gmail_locate(self, folder: str, msgids: Sequence[int]) -> dict[int, int]:
+        """Gmail only: the UID in ``folder`` of each of ``msgids`` (X-GM-MSGID) listed there.
+
+        Commands: EXAMINE, one UID SEARCH per SEARCH_CHUNK ids, one UID FETCH (X-GM-MSGID) of
+        the hits per FETCH_CHUNK; none for an empty input. Raises ``FolderMissing``.
+        """
+        asked = {int(m) for m in msgids}
+        wanted = sorted(asked)
+        if not wanted:
+            return {}
+        found: dict[int, int] = {}
+        with self._guard(f"looking for messages in {folder!r}", write=False):
+            self._examine(folder, None)
+            hits: set[int] = set()
+            for chunk in _chunks(wanted, SEARCH_CHUNK):
+                criteria = " ".join(f"X-GM-MSGID {m}" for m in chunk)
+                hits.update(self._uid_search("OR " * (len(chunk) - 1) + criteria))
+            for chunk in _chunks(sorted(hits), FETCH_CHUNK):
+                for uid, attrs in sorted(self._uid_fetch(chunk, "(UID X-GM-MSGID)").items()):
+                    parsed = gmail.parse_attributes(attrs)
+                    if parsed is not None and parsed.msgid in asked:
+                        found.setdefault(parsed.msgid, uid)
+        return found
+
+    def gmail_add_label(self, folder: str, uid: int, dest: str, special_use: str | None = None) -> int | None:
+        """Gmail only: list the message ``uid`` of ``folder`` in ``dest`` too, by adding the
+        label of ``dest`` (``UID STORE +X-GM-LABELS``); nothing is expunged. Its UID in
+        ``dest``, or None when ``uid`` is not in ``folder`` (any more).
+
+        Commands: SELECT (unless selected read-write already), UID FETCH (X-GM-MSGID), UID STORE,
+        then EXAMINE ``dest``, UID SEARCH X-GM-MSGID and UID FETCH (X-GM-MSGID).
+        """
+        with self._guard(f"labelling a message of {folder!r} for {dest!r}", write=True):
+            self._select(folder, writable=True)
+            parsed = gmail.parse_attributes(self._uid_fetch([uid], "(UID X-GM-MSGID)").get(uid, {}))
+            if parsed is None:
+                return None
+            label = gmail.label_arg(gmail.label_for(dest, special_use))
+            typ, data = self._imap._simple_command("UID", "STORE", str(uid), "+X-GM-LABELS.SILENT", f"({label})")
+            self._check_ok(typ, data, "STORE")
+        return self.gmail_locate(dest, [parsed.msgid]).get(parsed.msgid)
 
     # -- writes ------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""POP3 adapter: the budgeted transport and ``Pop3Connection`` (POP has no folders; its single
-mailbox is INBOX, and Mailsync only checks logins with it)."""
+"""POP3 adapter: the budgeted transport and ``Pop3Connection`` (POP has no folders and no flags:
+one mailbox, listed by UIDL, read with TOP and RETR, emptied with DELE, committed by QUIT)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,20 @@ import poplib
 import re
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from mailsync.config import Settings
-from mailsync.errors import AuthFailed, ConnectFailed, ServerBusy, ServerMisbehaving, TlsFailed, ValidationFailed
+from mailsync.errors import (
+    AuthFailed,
+    ConnectFailed,
+    ProtocolMismatch,
+    ServerBusy,
+    ServerMisbehaving,
+    TlsFailed,
+    ValidationFailed,
+)
 from mailsync.mailbox.base import ServerParams, client_ssl_context, precheck, translate_errors
 from mailsync.mailbox.transport import (
     LINE_OVERHEAD_BYTES,
@@ -25,6 +34,20 @@ from mailsync.observability import logger
 
 # RFC 2449/3206 response codes that mean "not now", not "wrong credentials".
 _BUSY_CODES = re.compile(r"\[(IN-USE|LOGIN-DELAY|SYS/TEMP)\]", re.IGNORECASE)
+# RFC 1939: a UIDL is 1 to 70 characters 0x21-0x7E. Some servers send longer ones; beyond this
+# a "UIDL" is not an id we could key state on.
+MAX_UIDL_CHARS = 255
+_UIDL_LINE = re.compile(rb"^(\d{1,10}) ([\x21-\x7e]{1,%d})$" % MAX_UIDL_CHARS)
+_LIST_LINE = re.compile(rb"^(\d{1,10}) (\d{1,15})(?: .*)?$")
+
+
+@dataclass(frozen=True)
+class PopListing:
+    """One message of the maildrop as UIDL and LIST show it in this session."""
+
+    number: int  # the message number, valid for this session only
+    uidl: str
+    size: int
 
 
 class BudgetedPOP3(CheckedConnection, poplib.POP3):
@@ -44,6 +67,9 @@ class BudgetedPOP3(CheckedConnection, poplib.POP3):
     ) -> None:
         self._init_checked(addresses, tls_context, budget)
         self._response_bytes = 0
+        self._response_lines = 0
+        # A message's lines are bounded by bytes alone (RETR, TOP); listings also by their count.
+        self._lines_unbounded = False
         super().__init__(host, port, timeout=budget.read_timeout)
 
     def _create_socket(self, timeout: float | None) -> socket.socket:
@@ -59,11 +85,15 @@ class BudgetedPOP3(CheckedConnection, poplib.POP3):
 
     def _putline(self, line: bytes) -> None:
         self._response_bytes = 0
+        self._response_lines = 0
         self._reader.send(self.sock, line + b"\r\n")
 
     def _getline(self) -> tuple[bytes, int]:
         line = self._reader.readline(self.budget.max_line_bytes)
         self._response_bytes += len(line) + LINE_OVERHEAD_BYTES
+        self._response_lines += 1
+        if self._response_lines > self.budget.max_untagged and not self._lines_unbounded:
+            self._reader.fail(f"The mail server listed more than {self.budget.max_untagged} lines in one POP3 response")
         if self._response_bytes > self.budget.max_pop3_response_bytes:
             self._reader.fail(
                 f"The mail server sent more than {self.budget.max_pop3_response_bytes} bytes in one POP3 response"
@@ -85,6 +115,7 @@ class Pop3Connection:
     def __init__(self, conn: poplib.POP3, params: ServerParams) -> None:
         self._conn = conn
         self._params = params
+        self._commands = 0
 
     @classmethod
     def connect(cls, params: ServerParams, addresses: list[str], ctx: ssl.SSLContext, budget: Budget) -> Pop3Connection:
@@ -136,6 +167,87 @@ class Pop3Connection:
             return []
         except (UnicodeDecodeError, IndexError):
             raise ServerMisbehaving("The mail server sent an unreadable capability list") from None
+
+    # -- the maildrop (sync) ---------------------------------------------------------------------
+
+    @property
+    def command_count(self) -> int:
+        """Commands sent since login (the job's ``ImapCommands`` metric counts POP3 ones too)."""
+        return self._commands
+
+    def _long(self, command: Callable[[], tuple[bytes, list[bytes], int]], *, bounded_lines: bool = True) -> list:
+        """A multi-line command's lines; ``poplib.error_proto`` for its -ERR."""
+        self._commands += 1
+        conn = self._conn
+        if isinstance(conn, BudgetedPOP3):
+            conn._lines_unbounded = not bounded_lines
+        try:
+            _, lines, _ = command()
+        finally:
+            if isinstance(conn, BudgetedPOP3):
+                conn._lines_unbounded = False
+        return list(lines)
+
+    def listing(self) -> list[PopListing]:
+        """Every message of the maildrop with its UIDL and size (UIDL, then LIST).
+
+        A server without UIDL cannot be synced (nothing tells its messages apart across sessions):
+        ``ProtocolMismatch``. Lines that are not "number uidl" / "number size" are a broken server.
+        """
+        try:
+            uidl_lines = self._long(self._conn.uidl)
+        except poplib.error_proto as exc:
+            raise ProtocolMismatch(
+                f"The POP3 server does not support UIDL, which syncing needs: {server_text(exc.args[0])}"
+            ) from None
+        try:
+            list_lines = self._long(self._conn.list)
+        except poplib.error_proto as exc:
+            raise ServerMisbehaving(f"The POP3 server refused LIST: {server_text(exc.args[0])}") from None
+        sizes: dict[int, int] = {}
+        for line in list_lines:
+            match = _LIST_LINE.match(line.strip())
+            if match is None:
+                raise ServerMisbehaving("The POP3 server sent an unreadable LIST line")
+            sizes[int(match.group(1))] = int(match.group(2))
+        out = []
+        for line in uidl_lines:
+            match = _UIDL_LINE.match(line.strip())
+            if match is None:
+                raise ServerMisbehaving("The POP3 server sent an unreadable UIDL line")
+            number = int(match.group(1))
+            if number not in sizes:
+                raise ServerMisbehaving("The POP3 server's UIDL and LIST name different messages")
+            out.append(PopListing(number=number, uidl=match.group(2).decode("ascii"), size=sizes[number]))
+        return out
+
+    def headers(self, number: int) -> bytes | None:
+        """``TOP number 0``: the message's header section; None when the server no longer has the
+        message, or has no TOP (the caller then reads the whole message)."""
+        try:
+            lines = self._long(lambda: self._conn.top(number, 0), bounded_lines=False)
+        except poplib.error_proto:
+            return None
+        return b"\r\n".join(lines) + b"\r\n"
+
+    def retrieve(self, number: int) -> bytes | None:
+        """``RETR number``: the whole message (bounded by ``max_pop3_response_bytes``); None when
+        the server no longer has it (deleted by another client, or by the server's own policy)."""
+        try:
+            lines = self._long(lambda: self._conn.retr(number), bounded_lines=False)
+        except poplib.error_proto:
+            return None
+        return b"\r\n".join(lines) + b"\r\n"
+
+    def delete(self, number: int) -> bool:
+        """``DELE number``: marked for deletion, done at QUIT (a session that ends otherwise
+        deletes nothing). False when the server no longer has the message."""
+        self._commands += 1
+        try:
+            self._conn.dele(number)
+        except poplib.error_proto:
+            return False
+        return True
 
     def quit(self) -> None:
         try:

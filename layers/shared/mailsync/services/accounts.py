@@ -90,6 +90,7 @@ def to_out(account: Account) -> MailSettingsOut:
         protocol=account.protocol,
         fetch_enabled=account.fetch_enabled,
         keep_copy=account.keep_copy,
+        remove_after_days=account.remove_after_days,
         incoming_confidential=account.incoming_confidential,
         outgoing_confidential=account.outgoing_confidential,
         sync_window_days=int(account.sync_window_days),
@@ -123,6 +124,11 @@ def put_settings(principal: Principal, user_id: str, body: MailSettingsIn) -> tu
     settings = get_settings()
     target = target_for(principal, user_id)
     _check_policy(body.security, body.host, settings)
+    if body.remove_after_days is not None and (body.protocol != "pop3" or not body.keep_copy):
+        # Only a kept POP3 copy is removed later (keep_copy false removes it once stored).
+        raise ValidationFailed(
+            "remove_after_days applies to POP3 accounts with keep_copy only", field="remove_after_days"
+        )
     account = dal.get_account(target.tenant_id, target.user_id)
     created = account is None
     if created and body.password is None:

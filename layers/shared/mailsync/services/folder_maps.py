@@ -5,7 +5,7 @@ from __future__ import annotations
 from mailsync import dal
 from mailsync.config import get_settings
 from mailsync.domain import Account
-from mailsync.errors import MailboxError
+from mailsync.errors import Conflict, MailboxError
 from mailsync.folders import check_folders_exist, suggest, suggested_map, validate_map_shape
 from mailsync.identity import Principal
 from mailsync.mailbox import ServerFolder, open_mailbox_check
@@ -15,6 +15,15 @@ from mailsync.schemas import FolderMapOut, ServerFolderOut
 from mailsync.services.accounts import record_login_outcome, require_account, server_params, target_for
 
 _POP3_INBOX = ServerFolder(name="INBOX", delimiter=None, flags=(), special_use=None)
+POP3_HAS_NO_FOLDERS = (
+    "POP3 has no folders: mail fetched over POP3 lands in the CRM folder inbox, so POP3 accounts "
+    "have no folder map (it is for IMAP accounts)"
+)
+
+
+def _imap_only(account: Account) -> None:
+    if account.protocol == "pop3":
+        raise Conflict(POP3_HAS_NO_FOLDERS, field="protocol")
 
 
 def live_folders(account: Account) -> list[ServerFolder]:
@@ -55,6 +64,7 @@ def list_server_folders(principal: Principal, user_id: str) -> list[ServerFolder
 def get_folder_map(principal: Principal, user_id: str) -> FolderMapOut:
     """The saved map, or before any save the live suggestion marked ``saved: false``."""
     account = require_account(target_for(principal, user_id))
+    _imap_only(account)
     if account.folder_map is not None:
         return FolderMapOut(folders=dict(account.folder_map), saved=True, updated_at=account.folder_map_updated_at)
     provider = account.provider or provider_for_host(account.host)
@@ -63,6 +73,7 @@ def get_folder_map(principal: Principal, user_id: str) -> FolderMapOut:
 
 def put_folder_map(principal: Principal, user_id: str, folder_map: dict[str, str]) -> FolderMapOut:
     account = require_account(target_for(principal, user_id))
+    _imap_only(account)
     clean = validate_map_shape(folder_map)
     check_folders_exist(clean, live_folders(account))
     now = dal.utcnow()

@@ -20,7 +20,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyValidationError,
 )
 
-from mailsync import blobstore, dal, mime
+from mailsync import blobstore, dal, events, mime
 from mailsync.domain import Account, Address, Change, Message, SyncState
 from mailsync.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from mailsync.identity import Principal
@@ -38,17 +38,21 @@ from mailsync.schemas import (
 )
 from mailsync.services import confidentiality, scheduling, sync_jobs
 from mailsync.services.accounts import Target, require_account, target_for
+from mailsync.sync import inbound
 from mailsync.sync.metadata import metadata_fields
 from mailsync.sync.planner.messages import match_key
 
 RAW_URL_SECONDS = 300
-POP3_NOT_SYNCED = "POP3 accounts can be saved and tested; syncing them is not available yet"
+# Mail of a POP3 account: the CRM follows no server copy, its changes stay in the CRM.
+POP3 = "pop3"
 
 
 def _sync_state(message: Message) -> str:
     """``pending`` while CRM changes wait; ``failed`` when one could not be applied to a message
     still on the server (``last_op_error`` says why; the next change clears it); else ``synced``.
     A change dropped because the message left the server shows through ``state: detached``."""
+    if message.detach_reason == POP3:
+        return "local"
     if message.pending_ops > 0:
         return "pending"
     return "failed" if message.last_op_error and message.state == "synced" else "synced"
@@ -162,8 +166,6 @@ def request_sync(principal: Principal, user_id: str) -> None:
     account = require_account(target)
     if not account.fetch_enabled:
         raise ValidationFailed("Fetching is disabled for this mailbox", field="fetch_enabled")
-    if account.protocol not in scheduling.SYNCED_PROTOCOLS:
-        raise ValidationFailed(POP3_NOT_SYNCED, field="protocol")
     scheduling.enqueue(target.tenant_id, target.user_id, "user")
 
 
@@ -198,7 +200,7 @@ def sync_status(principal: Principal, user_id: str) -> SyncStatusOut:
     target = target_for(principal, user_id)
     account = require_account(target)
     state = dal.get_sync_state(target.tenant_id, target.user_id)
-    folder_map = account.mapped_folders()
+    folder_map = {"inbox": "INBOX"} if account.protocol == POP3 else account.mapped_folders()
     stored = state.folders if state is not None else {}
     owner = target.user_id == principal.user_id
     folders = []
@@ -209,7 +211,7 @@ def sync_status(principal: Principal, user_id: str) -> SyncStatusOut:
             FolderSyncOut(
                 server_folder=server_folder,
                 crm_folder=crm_folder,
-                messages=dal.count_locations(target.tenant_id, target.user_id, server_folder) if owner else None,
+                messages=_in_sync(account, server_folder) if owner else None,
                 server_messages=int(meta["messages"]) if owner and meta.get("messages") is not None else None,
                 first_sync=FolderProgressOut(total=int(first.get("total", 0)), done=int(first.get("done", 0)))
                 if owner and first
@@ -218,9 +220,6 @@ def sync_status(principal: Principal, user_id: str) -> SyncStatusOut:
             )
         )
     shown, last_error = _shown_state(state)
-    if account.protocol not in scheduling.SYNCED_PROTOCOLS:
-        # Never due and never synced: say so instead of a "never" that looks like waiting.
-        shown, last_error = "never", account.last_error or POP3_NOT_SYNCED
     return SyncStatusOut(
         state=shown,
         account_status=account.status,
@@ -229,6 +228,14 @@ def sync_status(principal: Principal, user_id: str) -> SyncStatusOut:
         last_error=last_error or account.last_error,
         folders=folders,
     )
+
+
+def _in_sync(account: Account, server_folder: str) -> int:
+    """Messages of the folder the CRM holds: for POP3, those its syncs stored (by UIDL)."""
+    if account.protocol == POP3:
+        seen = dal.pop_seen(account.tenant_id, account.user_id, account.host, account.username)
+        return sum(1 for s in seen.values() if s.id is not None)
+    return dal.count_locations(account.tenant_id, account.user_id, server_folder)
 
 
 # --- changes made in the CRM -------------------------------------------------------------------
@@ -274,8 +281,11 @@ def patch_message(principal: Principal, id: str, body: MessagePatchIn) -> Messag
             fresh = dal.find_message(message.id)
             assert fresh is not None
             return to_out(fresh)
+    account = _account_of(message)
+    if _local_only(message, account):
+        return _change_locally(message, body)
     _require_synced(message)
-    account = require_account(Target(message.tenant_id, message.user_id))
+    account = account or require_account(Target(message.tenant_id, message.user_id))
     changes: list[Change] = []
     shown: dict[str, Any] = {"updated_at": dal.utcnow(), "last_op_error": None}
     if body.seen is not None:
@@ -293,10 +303,37 @@ def patch_message(principal: Principal, id: str, body: MessagePatchIn) -> Messag
     return to_out(fresh)
 
 
+def _account_of(message: Message) -> Account | None:
+    """The message's account, unless the message alone shows it is POP3 mail (one read fewer)."""
+    return None if message.detach_reason == POP3 else dal.get_account(message.tenant_id, message.user_id)
+
+
+def _local_only(message: Message, account: Account | None) -> bool:
+    """POP3 mail, and any mail of a POP3 account: POP3 has no flags and no folders to change."""
+    return message.detach_reason == POP3 or (account is not None and account.protocol == POP3)
+
+
+def _change_locally(message: Message, body: MessagePatchIn) -> MessageOut:
+    """Read/unread and CRM folder changed in the CRM only (no op, nothing for the server)."""
+    shown: dict[str, Any] = {"updated_at": dal.utcnow(), "last_op_error": None}
+    if body.seen is not None:
+        flags = set(message.flags) | {"\\Seen"} if body.seen else set(message.flags) - {"\\Seen"}
+        shown.update(seen=body.seen, flags=sorted(flags))
+    if body.folder is not None:
+        shown.update(folder=body.folder)
+    dal.record_changes(message, [], shown)
+    fresh = dal.find_message(message.id)
+    assert fresh is not None
+    return to_out(fresh)
+
+
 def delete_message(principal: Principal, id: str) -> MessageOut:
-    """Move to the mapped trash folder (a pending move)."""
+    """Move to the mapped trash folder (a pending move); POP3 mail to the CRM's trash."""
     message = _own_message(principal, id)
-    account = require_account(Target(message.tenant_id, message.user_id))
+    account = _account_of(message)
+    if _local_only(message, account):
+        return _change_locally(message, MessagePatchIn(folder="trash"))
+    account = account or require_account(Target(message.tenant_id, message.user_id))
     folder_map = account.folder_map or {}
     if "trash" not in folder_map:
         raise Conflict("No trash folder is mapped: map `trash` in the folder map to delete messages")
@@ -359,7 +396,8 @@ def send_message(
     if target.user_id != principal.user_id:
         raise Forbidden("Only the mailbox owner can place messages in a mailbox")
     account = require_account(target)
-    server_folder = _server_folder(account, body.folder, "folder")
+    # A POP3 account's message stays in the CRM: POP3 cannot place mail on the server.
+    server_folder = "" if account.protocol == POP3 else _server_folder(account, body.folder, "folder")
     try:
         raw = base64.b64decode(body.raw, validate=True)
     except (binascii.Error, ValueError):
@@ -425,6 +463,8 @@ def _store_outgoing(
 ) -> MessageOut:
     sender_domain = first.from_[0].email.rpartition("@")[2] if first.from_ else None
     raw, internet_message_id = _with_internet_message_id(raw, sender_domain or None)
+    if account.protocol == POP3:
+        return _store_local(account, folder, raw, internet_message_id)
     parsed = mime.parse_message(raw)
     s3_key, sha = blobstore.put_raw(target.tenant_id, target.user_id, raw)
     metadata = {k: tuple(v) if isinstance(v, list) else v for k, v in metadata_fields(parsed, sha).items()}
@@ -449,6 +489,27 @@ def _store_outgoing(
     stored = dal.create_outgoing(message)
     scheduling.enqueue(target.tenant_id, target.user_id, "push")
     return to_out(stored)
+
+
+def _store_local(account: Account, folder: str, raw: bytes, internet_message_id: str) -> MessageOut:
+    """A message written in the CRM of a POP3 account: stored in the CRM only (``sync_state:
+    local``), through the same path as fetched mail; nothing is queued."""
+    parsed = mime.parse_message(raw)
+    stored = inbound.store_detached(
+        account,
+        raw,
+        id=base64.b32encode(uuid.uuid4().bytes[:15]).decode().lower(),
+        match_key=match_key(internet_message_id, mime.match_hash(raw)),
+        received_at=parsed.date or dal.utcnow(),
+        detach_reason=POP3,
+        crm_folder=folder,
+        seen=True,
+    )
+    found = dal.find_message(stored.id)
+    assert found is not None
+    if stored.created is not None:
+        events.publish([events.message_event(events.MESSAGE_RECEIVED, stored.created)])
+    return to_out(found)
 
 
 def contact_messages(principal: Principal, address: str, limit: int, cursor: str | None) -> DossierPageOut:

@@ -1,8 +1,13 @@
 """Connecting a Google or Microsoft mailbox: the OAuth2 consent (authorization code + PKCE).
 
 ``start_consent`` (the CRM user, with their JWT) records the consent under a random nonce and
-answers the provider's authorization URL; the browser comes back to ``finish_consent`` without
-a JWT: the signed, expiring, single-use ``state`` is the proof of who started it.
+answers the provider's authorization URL. The provider sends the browser back to
+``callback_location`` (no JWT): the signed, expiring ``state`` says which consent it is, and the
+browser goes on to the consent's return URL with the code in the URL's fragment. The CRM
+frontend there finishes the consent with ``finish_consent``, with its JWT: only the CRM user who
+started a consent can finish it, so a consent completed in someone else's browser (a victim who
+clicked an attacker's authorization link) connects nothing. See docs/operations.md "Which
+browser finishes a consent".
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from datetime import UTC, datetime
 from mailsync import dal, oauth
 from mailsync.config import Settings, get_settings
 from mailsync.domain import Account, OAuthConsent
-from mailsync.errors import ValidationFailed
+from mailsync.errors import Forbidden, ValidationFailed
 from mailsync.identity import Principal
 from mailsync.observability import logger
 from mailsync.providers import PRESETS, PROVIDERS, ProviderName, endpoints
@@ -28,6 +33,10 @@ CODE_MAX = 4096
 # Microsoft's tenant of personal accounts (outlook.com, hotmail.com): not a Microsoft 365 mailbox.
 MICROSOFT_PERSONAL_TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"
 STATE_MESSAGE = "This connection link is not valid (expired, used already, or not issued here): start again"
+NOT_YOURS_MESSAGE = "This connection was started by another user: nothing was connected"
+# The return URL's fragment: never sent to a server, never in a Referer.
+FRAGMENT_STATE = "oauth_state"
+FRAGMENT_CODE = "oauth_code"
 
 
 class _Refused(Exception):
@@ -127,48 +136,96 @@ def start_consent(
     return oauth.authorization_url(PRESETS[name], endpoints(name, settings), consent.redirect_uri, state, challenge)
 
 
-def _checked_consent(state: str | None, settings: Settings) -> OAuthConsent:
+def _parsed_state(state: str | None) -> oauth.ParsedState:
     parsed = oauth.parse_state(state or "")
     if parsed is None or parsed.expires_at < time.time():
         raise ValidationFailed(STATE_MESSAGE, field="state")
-
-    def proven(consent: OAuthConsent) -> bool:
-        # Checked before the consent is removed: a forged state must not spend the user's consent.
-        return consent.expires_at == parsed.expires_at and oauth.state_signature_valid(
-            parsed, _binding(consent), settings
-        )
-
-    # Taken (removed) before anything else: a state serves once, even when what follows fails.
-    consent = dal.take_consent(parsed.nonce, proven)
-    if consent is None:
-        raise ValidationFailed(STATE_MESSAGE, field="state")
-    return consent
+    return parsed
 
 
-def finish_consent(code: str | None, state: str | None, error: str | None) -> str:
-    """Where the browser goes next: the consent's return URL with its result.
+def _signed(parsed: oauth.ParsedState, consent: OAuthConsent, settings: Settings) -> bool:
+    return consent.expires_at == parsed.expires_at and oauth.state_signature_valid(parsed, _binding(consent), settings)
 
-    A state that is not one of ours is a 422 (there is no trusted address to send anyone to);
-    from a valid state on, every outcome is a redirect to the return URL it was issued for.
-    """
-    settings = get_settings()
+
+def _checked_code(code: str | None) -> None:
     if code is not None and (len(code) > CODE_MAX or not code.isascii() or not code.isprintable()):
         raise ValidationFailed("code is not an authorization code", field="code")
-    consent = _checked_consent(state, settings)
+
+
+def callback_location(code: str | None, state: str | None, error: str | None) -> str:
+    """Where the browser goes from the provider: the consent's return URL.
+
+    With a code: ``?result=confirm`` and, in the fragment, ``oauth_state`` and ``oauth_code`` for
+    the CRM frontend to finish with (``finish_consent``); the consent stays until then. With an
+    error from the provider: ``?result=error&code=...``, the consent spent. A state that is not
+    one of ours is a 422 (there is no trusted address to send anyone to).
+    """
+    settings = get_settings()
+    _checked_code(code)
+    parsed = _parsed_state(state)
+    if error is None and code:
+        consent = dal.find_consent(parsed.nonce)
+        if consent is None or not _signed(parsed, consent, settings):
+            raise ValidationFailed(STATE_MESSAGE, field="state")
+        location = urllib.parse.urlsplit(_with_result(consent.return_url, {"result": "confirm"}))
+        fragment = urllib.parse.urlencode({FRAGMENT_STATE: state, FRAGMENT_CODE: code})
+        return urllib.parse.urlunsplit(location._replace(fragment=fragment))
+    # Taken (removed) before anything else: a state serves once, even when what follows fails.
+    consent = dal.take_consent(parsed.nonce, lambda c: _signed(parsed, c, settings))
+    if consent is None:
+        raise ValidationFailed(STATE_MESSAGE, field="state")
+    result = "consent_denied" if error == "access_denied" else "provider_error"
+    logger.info(
+        "oauth consent failed", extra={"user_id": consent.user_id, "provider": consent.provider, "result": result}
+    )
+    return _with_result(consent.return_url, {"result": "error", "code": result})
+
+
+def finish_consent(principal: Principal, code: str, state: str) -> dict[str, str]:
+    """Connect the mailbox of a consent the caller started: ``{"result": "connected"}`` or
+    ``{"result": "error", "code": ...}`` (``token_exchange_failed``, ``wrong_account_type``,
+    ``settings_changed``), the same results the return URL's query had before.
+
+    A state that is not valid is a 422 on ``state``; one that ``principal`` did not start is a 403
+    and leaves the consent alone (it can still be finished by its own user, with the code only
+    their browser was given).
+    """
+    settings = get_settings()
+    _checked_code(code)
+    if not code:
+        raise ValidationFailed("code is not an authorization code", field="code")
+    parsed = _parsed_state(state)
+    strangers: list[OAuthConsent] = []
+
+    def proven(consent: OAuthConsent) -> bool:
+        # Checked before the consent is removed: a forged state, or another user's browser,
+        # must not spend the user's consent.
+        if not _signed(parsed, consent, settings):
+            return False
+        if (consent.tenant_id, consent.caller_id) != (principal.tenant_id, principal.user_id):
+            strangers.append(consent)
+            return False
+        return True
+
+    consent = dal.take_consent(parsed.nonce, proven)
+    if strangers:
+        logger.warning(
+            "oauth consent finished by another user refused",
+            extra={"user_id": strangers[0].user_id, "provider": strangers[0].provider, "caller_id": principal.user_id},
+        )
+        raise Forbidden(NOT_YOURS_MESSAGE)
+    if consent is None:
+        raise ValidationFailed(STATE_MESSAGE, field="state")
     try:
-        if error is not None:
-            raise _Refused("consent_denied" if error == "access_denied" else "provider_error")
-        if not code:
-            raise _Refused("provider_error")
         _connect(consent, code, settings)
     except _Refused as refused:
         logger.info(
             "oauth consent failed",
             extra={"user_id": consent.user_id, "provider": consent.provider, "result": refused.code},
         )
-        return _with_result(consent.return_url, {"result": "error", "code": refused.code})
+        return {"result": "error", "code": refused.code}
     logger.info("oauth consent connected", extra={"user_id": consent.user_id, "provider": consent.provider})
-    return _with_result(consent.return_url, {"result": "connected"})
+    return {"result": "connected"}
 
 
 def _address(consent: OAuthConsent, tokens: oauth.Tokens, settings: Settings) -> str:

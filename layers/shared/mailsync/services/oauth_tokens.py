@@ -14,15 +14,37 @@ from mailsync.providers import PROVIDERS, endpoints
 
 
 def encrypt_refresh_token(token: str, tenant_id: str, user_id: str, settings: Settings) -> bytes:
-    """Through the password encryption's public API: same key, same tenant/user binding."""
-    return crypto.encrypt_password(token, tenant_id, user_id, settings)
+    """Same key and tenant/user binding as passwords, its own purpose (``crypto.REFRESH_TOKEN_PURPOSE``)."""
+    return crypto.encrypt_refresh_token(token, tenant_id, user_id, settings)
 
 
 def decrypt_refresh_token(account: Account, settings: Settings) -> str:
     """The refresh token in memory only, for one token request (``PasswordUnreadable`` when it
-    no longer decrypts for this user: like a lost password, the user must connect again)."""
-    assert account.refresh_token_ciphertext is not None
-    return crypto.decrypt_saved_password(account.refresh_token_ciphertext, account.tenant_id, account.user_id, settings)
+    no longer decrypts for this user: like a lost password, the user must connect again).
+
+    Lazy migration: a token saved before tokens had their own purpose (sealed as a password,
+    by builds before this one) is read once as such and sealed again for its purpose at once,
+    over that very ciphertext. Never the account's own password blob (a copy of it in the token
+    field would send the password to the provider).
+    """
+    ciphertext = account.refresh_token_ciphertext
+    assert ciphertext is not None
+    try:
+        return crypto.decrypt_refresh_token(ciphertext, account.tenant_id, account.user_id, settings)
+    except crypto.PasswordUnreadable:
+        if ciphertext == account.password_ciphertext:
+            raise
+        token = crypto.decrypt_saved_password(ciphertext, account.tenant_id, account.user_id, settings)
+    migrated = dal.update_account_if_version(
+        account,
+        {"refresh_token_ciphertext": encrypt_refresh_token(token, account.tenant_id, account.user_id, settings)},
+        account.settings_version,
+        refresh_token_ciphertext=ciphertext,
+    )
+    logger.info(
+        "refresh token sealed for its purpose", extra={"user_id": account.user_id, "done": migrated is not None}
+    )
+    return token
 
 
 def revoke_grant(account: Account, settings: Settings) -> None:
@@ -30,11 +52,26 @@ def revoke_grant(account: Account, settings: Settings) -> None:
 
     Best effort: the credentials are destroyed next whatever the provider answers, and a user
     who deletes their settings must not be kept waiting on an unreachable provider.
+
+    Not while another user of the tenant holds a grant for the same mailbox and provider (a
+    shared mailbox both connected): Google revokes a grant, not one token, so revoking this
+    user's token would cut the other user off too. Their token is dropped here all the same.
     """
     if account.auth != "oauth2" or account.refresh_token_ciphertext is None or account.provider not in PROVIDERS:
         return
     where = endpoints(account.provider, settings)  # type: ignore[arg-type]
     if not where.revoke_url:
+        return
+    sharing = [
+        u
+        for u in dal.oauth_grant_holders(account.tenant_id, account.provider, account.username)
+        if u != account.user_id
+    ]
+    if sharing:
+        logger.info(
+            "refresh token not revoked: another user holds a grant for this mailbox",
+            extra={"user_id": account.user_id, "provider": account.provider, "other_users": len(sharing)},
+        )
         return
     try:
         token = decrypt_refresh_token(account, settings)

@@ -17,22 +17,21 @@ import base64
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mailsync import blobstore, dal, events, mime
+from mailsync import dal, events, mime
 from mailsync.aws import client
 from mailsync.config import get_settings
-from mailsync.domain import Account, Message, RelayVerdicts
+from mailsync.domain import RelayVerdicts
 from mailsync.errors import Conflict
 from mailsync.identity import Principal
 from mailsync.observability import logger
 from mailsync.schemas import RelayAddressOut
-from mailsync.services import confidentiality
 from mailsync.services.accounts import target_for
-from mailsync.sync.metadata import metadata_fields, minimal_fields
+from mailsync.sync import inbound
 from mailsync.sync.planner.messages import match_key
 
 RAW_PREFIX = "relay/"
@@ -45,7 +44,7 @@ SLUG_CHARS = 24
 # How often a new address is drawn when the drawn one is taken, or a concurrent rotation won.
 ATTEMPTS = 3
 # Of a message over the size cap only this much of its header section is parsed (all is stored).
-TOO_LARGE_HEADER_BYTES = 1024 * 1024
+TOO_LARGE_HEADER_BYTES = inbound.TOO_LARGE_HEADER_BYTES
 _SES_MESSAGE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 # Header lines SES puts in front of the message it stores; left out of the content hash so a
 # message without Message-ID matches its copy in the user's mailbox.
@@ -246,51 +245,17 @@ def store_message(
     too_large = len(raw) > settings.max_message_bytes
     # Of an oversized message only the headers are parsed; the raw copy is always whole.
     parsed = mime.parse_message(raw[:TOO_LARGE_HEADER_BYTES] if too_large else raw)
-    key = relay_match_key(raw, parsed)
     id_ = message_id_for(tenant_id, user_id, ses_message_id)
-    if any(other != id_ for other in dal.ids_for_match_key(tenant_id, user_id, key)):
-        logger.info("relayed message is in the CRM already: not stored again", extra={"user_id": user_id})
-        return False
-    s3_key, sha = blobstore.put_raw(tenant_id, user_id, raw)
-    metadata = metadata_fields(parsed, sha)
-    if too_large:
-        note = f"Message of {len(raw)} bytes is over the cap of {settings.max_message_bytes}: headers only"
-        metadata["parse_errors"] = [note, *metadata["parse_errors"]][:20]
-    now = dal.utcnow()
-    message = Message(
+    stored = inbound.store_detached(
+        inbound.owner_of(tenant_id, user_id),
+        raw,
         id=id_,
-        tenant_id=tenant_id,
-        user_id=user_id,
-        folder=CRM_FOLDER,
-        server_folder="",
-        internal_date=received_at.astimezone(UTC) if received_at.tzinfo else received_at.replace(tzinfo=UTC),
-        size=len(raw),
-        match_key=key,
-        s3_key=s3_key,
-        content_hash=sha,
-        state="detached",
+        match_key=relay_match_key(raw, parsed),
+        received_at=received_at,
         detach_reason=RELAYED,
-        detached_at=now,
-        too_large=too_large,
-        relay_verdicts=verdicts,
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in metadata.items()},
+        crm_folder=CRM_FOLDER,
+        verdicts=verdicts,
     )
-    [message] = confidentiality.classify_new(_owner(tenant_id, user_id), [message])
-    try:
-        created = dal.store_relayed(message)
-    except dal.Unstorable:
-        logger.warning("message metadata cannot be stored: kept raw with minimal metadata", extra={"id": message.id})
-        note = "Metadata too large to store: only a minimal part is shown; the raw message is complete"
-        minimal = minimal_fields(message.subject, message.from_, message.internet_message_id, note, flags=())
-        message = replace(message, **{k: tuple(v) if isinstance(v, list) else v for k, v in minimal.items()})
-        created = dal.store_relayed(message)
-    if created:
-        events.publish([events.message_event(events.MESSAGE_RECEIVED, message, relayed=True)])
-    return True
-
-
-def _owner(tenant_id: str, user_id: str) -> Account:
-    """The user's account for the confidentiality defaults; a user with no mail settings (relay
-    only) has the defaults of a new account."""
-    account = dal.get_account(tenant_id, user_id)
-    return account or Account(tenant_id=tenant_id, user_id=user_id, host="", port=0, username="", security="ssl")
+    if stored.created is not None:
+        events.publish([events.message_event(events.MESSAGE_RECEIVED, stored.created, relayed=True)])
+    return stored.id == id_

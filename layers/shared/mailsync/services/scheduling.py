@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 NOT_DUE_STATUSES = frozenset({"auth_failed", "reauth_required", "disabled"})
 MAX_BACKOFF_SECONDS = 3600
-SYNCED_PROTOCOLS = frozenset({"imap"})
+SYNCED_PROTOCOLS = frozenset({"imap", "pop3"})
 # SQS's limit on the bodies of one SendMessageBatch (and on one message).
 BATCH_PAYLOAD_BYTES = 256 * 1024
 
@@ -54,8 +54,8 @@ def due_fields(
     """Index attributes for an account: due now, or absent from the due index. ``active``: a
     user just changed it, so it is polled at the next ticks at any hour (``last_activity_at``).
 
-    Only IMAP accounts sync (POP3 ones can be saved and tested): a POP3 account in the index
-    would get a job every tick that does nothing."""
+    Only accounts of a protocol that syncs (IMAP, POP3) are due: any other in the index would get
+    a job every tick that does nothing."""
     fields: dict[str, Any] = {"last_activity_at": int(time.time())} if active else {}
     if not fetch_enabled or status in NOT_DUE_STATUSES or protocol not in SYNCED_PROTOCOLS:
         return fields | {"due_shard": None, "next_sync_at": None}

@@ -39,6 +39,7 @@ from mailsync.errors import AuthFailed, MailboxError, NotFound
 from mailsync.mailbox.base import ServerParams
 from mailsync.mailbox.connection import ImapConnection, open_imap
 from mailsync.mailbox.limits import LIMITS, HostBusy, host_limit
+from mailsync.mailbox.pop import open_pop3
 from mailsync.observability import logger
 from mailsync.services import scheduling
 from mailsync.services.accounts import server_params
@@ -46,6 +47,7 @@ from mailsync.services.oauth_tokens import forget_access_token
 from mailsync.sync.account import sync_account
 from mailsync.sync.engine import SyncOutcome, pending_work
 from mailsync.sync.planner import jobs as policy
+from mailsync.sync.pop import sync_pop3
 
 LEASE_SECONDS = 300 + 60  # the worker's Lambda timeout plus a margin: a crashed worker's lease expires
 HOST_BUSY_DELAY_SECONDS = 30
@@ -136,8 +138,8 @@ def run_job(
         return JobResult("gone")
     if not policy.may_sync(fetch_enabled=account.fetch_enabled, status=account.status, protocol=account.protocol):
         if account.due_shard is not None:
-            # Still in the due index (saved before POP3 accounts were kept out of it): leave it,
-            # or the scheduler sends it a job that does nothing every tick.
+            # Still in the due index though it may not sync (fetch off, a login that needs the
+            # user): leave it, or the scheduler sends it a job that does nothing every tick.
             with contextlib.suppress(NotFound):
                 dal.update_account(account, {"due_shard": None, "next_sync_at": None})
         return JobResult("skipped")
@@ -251,8 +253,9 @@ def _sync(
         # Params (with an OAuth2 access token) are built once per try, outside the connect
         # retries: a transient network retry reuses them, a refused token never.
         params = server_params(account, settings, deadline=hard_deadline)
+        run = _run_pop3 if account.protocol == "pop3" else _run_engine
         return _with_connect_retries(
-            lambda: _run_engine(
+            lambda: run(
                 account,
                 read if known_work is None else None,
                 lease,
@@ -336,6 +339,36 @@ def _run_engine(
             if state is None:
                 raise _LeaseBusy()
             return sync_account(account, state, conn, owner=lease.owner, deadline=deadline)
+
+
+def _run_pop3(
+    account: Account,
+    unleased: SyncState | None,
+    lease: _Lease,
+    deadline: Callable[[], bool],
+    params: ServerParams,
+    settings: Settings,
+    connection_factory: Callable[[ImapConnection], ImapConnection],
+    hard_deadline: float,
+) -> SyncOutcome | int:
+    """A POP3 account's sync over one connection (``sync.pop``): the maildrop's listing decides
+    whether there is work before the lease, as STATUS does for IMAP."""
+
+    def take_lease() -> SyncState:
+        state = lease.take()
+        if state is None:
+            raise _LeaseBusy()
+        return state
+
+    with open_pop3(params, settings, deadline=hard_deadline) as conn:
+        return sync_pop3(
+            account,
+            conn,
+            owner=lease.owner,
+            take_lease=take_lease,
+            deadline=deadline,
+            unleased=unleased if lease.state is None else None,
+        )
 
 
 def _with_connect_retries(

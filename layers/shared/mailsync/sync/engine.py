@@ -38,6 +38,7 @@ from mailsync.events import (
 from mailsync.mailbox.connection import FetchedMessage, ImapConnection, MessageSummary
 from mailsync.observability import logger
 from mailsync.privacy import TenantRules
+from mailsync.sync.gmail import GmailLabels
 from mailsync.sync.metadata import metadata_fields, minimal_fields
 from mailsync.sync.planner import folders as plan
 from mailsync.sync.planner import messages as decide
@@ -167,6 +168,8 @@ class AccountSync:
         self.snapshots: dict[str, ServerStatus] = {}
         self._publisher: ThreadPoolExecutor | None = None
         self._published: list[Future[int]] = []
+        # Gmail's labels (X-GM-EXT-1): one CRM message per Gmail message, see sync/gmail.py.
+        self.gmail = GmailLabels(self) if conn.is_gmail else None
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -449,6 +452,9 @@ class AccountSync:
         fetched = self._fetch([s.uid for s in summaries if not s.internet_message_id], sizes)
         arrivals = [a for a in (self._arrival(work, s, fetched.get(s.uid)) for s in summaries) if a is not None]
         detached = self._detached_candidates({a.match_key for a in arrivals}) if self.checkpoint.has_detached else {}
+        if self.gmail is not None:
+            arrivals, revive = self.gmail.known_copies(arrivals)
+            detached = {**detached, **revive}
         step = decide.plan_batch(arrivals, self.vanished, detached, self.revivable, set(fetched))
         step = self._relayed_checked(step)
         self.revivable, self.vanished = step.revivable, step.vanished
@@ -508,7 +514,10 @@ class AccountSync:
         return out
 
     def _arrival(self, work: FolderWork, summary: MessageSummary, body: FetchedMessage | None) -> Arrival | None:
-        if summary.internet_message_id:
+        gmail_key = self.gmail.match_key(work.server_folder, summary) if self.gmail is not None else None
+        if gmail_key is not None:
+            key = gmail_key
+        elif summary.internet_message_id:
             key = decide.match_key(summary.internet_message_id, "")
         elif body is not None:
             # Without X-TUID lines: mbsync adds one when it re-uploads a moved message.
@@ -596,7 +605,11 @@ class AccountSync:
             new_id = decide.id_for_new_copy(
                 self.tenant, self.user, arrival.server_folder, arrival.uidvalidity, arrival.uid
             )
+            if self.gmail is not None:
+                new_id = self.gmail.new_id(arrival, new_id)
             message = self._new_message(new_id, crm_folder, arrival, body.raw, s3_key, sha)
+            if self.gmail is not None:
+                message = self.gmail.thread_of(message)
             rows.append((message, self._location(arrival, new_id)))
         rows = self._classify([m for m, _ in rows], rows)
         try:
@@ -680,6 +693,8 @@ class AccountSync:
             self.vanished = []
             return folders
         moved_away: set[str] = set()
+        if self.gmail is not None:
+            self.vanished, moved_away = self.gmail.rehome(self.vanished)
         searchable = sorted({k.match_key[4:] for k in self.vanished if k.match_key.startswith("mid:")})
         if searchable:
             mapped = set(self.crm_for)

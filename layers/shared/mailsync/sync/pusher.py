@@ -21,6 +21,7 @@ from mailsync.errors import ConnectFailed, FolderMissing, MailboxError, MailTime
 from mailsync.events import MESSAGE_SYNC_FAILED, MESSAGE_UPDATED, Event, message_event
 from mailsync.mailbox.connection import ImapConnection
 from mailsync.observability import logger
+from mailsync.sync import gmail
 from mailsync.sync.planner import ops as decide
 from mailsync.sync.planner.messages import normalise_flags
 from mailsync.sync.planner.ops import Action
@@ -185,7 +186,13 @@ class Pusher:
         target = self.folder_map[op.folder or ""]
         source = message.server_folder
         new_uid = None
-        if not self.conn.has_move:
+        # Gmail out of All Mail: the target's label is added, nothing expunged (planner.gmail rule 4).
+        method, special_use = gmail.move_method(self.conn, source, target) if self.conn.is_gmail else (None, None)
+        if method is gmail.rules.MoveMethod.ADD_LABEL:
+            new_uid = self.conn.gmail_add_label(source, message.uid, target, special_use)
+            if new_uid is None:
+                return False
+        elif not self.conn.has_move:
             # Without MOVE a crash between COPY and EXPUNGE leaves a copy in the target: finish
             # that move instead of copying a second time.
             new_uid = self._find_existing(target, message)
@@ -201,7 +208,9 @@ class Pusher:
             )
         if new_uid is None:
             return False
-        old = self._location(message, source, message.uidvalidity, message.uid)
+        old: Location | None = self._location(message, source, message.uidvalidity, message.uid)
+        if method is gmail.rules.MoveMethod.ADD_LABEL:
+            old = None  # the copy left in All Mail stays recorded: a further copy of the message
         message = self._relink(op, message, target, new_uid, old=old)
         dal.finish_op(op, message, {"updated_at": dal.utcnow()})
         self._event(message, {"folder": op.folder, "previous_server_folder": source})

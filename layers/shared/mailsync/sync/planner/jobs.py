@@ -33,7 +33,7 @@ DEADLINE_MARGIN_SECONDS = 15.0
 # writes its outcome, releases its lease and may re-enqueue (a few DynamoDB/SQS requests).
 LAMBDA_MARGIN_SECONDS = 10.0
 INTERNAL_ERROR = "Syncing this mailbox failed because of an internal error; it will be retried"
-SYNCED_PROTOCOLS = frozenset({"imap"})
+SYNCED_PROTOCOLS = frozenset({"imap", "pop3"})
 # Retrying these inside a job only spends the budget again or gets the account locked. A refused
 # access token is never sent again: see ``renew_token_and_retry``.
 NOT_RETRIED_IN_JOB = frozenset(

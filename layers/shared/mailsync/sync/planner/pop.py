@@ -1,0 +1,188 @@
+"""POP3 sync decisions, pure: from the maildrop's listing (UIDL, size) and the UIDLs earlier syncs
+dealt with (``domain.PopSeen``), what to fetch, what to delete from the server and what to forget.
+
+POP3 has no folders, no flags and no change notification: a message is new when its UIDL is
+not known; known UIDLs that are no longer listed are forgotten (the server dropped the message,
+or we deleted it), so a server that later reuses one is seen to bring a new message. Deleting
+is only ever planned for a message the CRM holds (``PopSeen.id``): with ``keep_copy`` false as
+soon as it is stored, with ``remove_after_days`` that many days after it was stored; a message
+left out for being older than the window is never deleted.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from mailsync.domain import PopSeen
+
+# Messages fetched per job; more go to the continuation job (the job's time budget still rules).
+MAX_FETCHES_PER_JOB = 200
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A message as this session's UIDL and LIST show it."""
+
+    number: int
+    uidl: str
+    size: int
+
+
+@dataclass(frozen=True)
+class PopPlan:
+    fetch: list[Listed]  # new: headers first (the window), then stored; oldest (lowest number) first
+    delete: list[Listed]  # held by the CRM and due to leave the server
+    forget: list[str]  # known UIDLs the server no longer lists (or now names another message)
+    more: bool  # new messages beyond this job's share: a continuation job takes them
+    ambiguous: list[str]  # UIDLs the server lists twice: neither fetched nor deleted
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.fetch or self.delete or self.forget)
+
+
+def plan(
+    listed: Sequence[Listed],
+    known: dict[str, PopSeen],
+    *,
+    now: datetime,
+    keep_copy: bool,
+    remove_after_days: int | None,
+    max_fetches: int = MAX_FETCHES_PER_JOB,
+) -> PopPlan:
+    """What one sync does with the maildrop."""
+    counts = Counter(m.uidl for m in listed)
+    ambiguous = sorted(uidl for uidl, n in counts.items() if n > 1)
+    on_server = {m.uidl: m for m in listed if counts[m.uidl] == 1}
+    forget = sorted(uidl for uidl in known if uidl not in counts)
+    new: list[Listed] = []
+    delete: list[Listed] = []
+    for message in sorted(on_server.values(), key=lambda m: m.number):
+        seen = known.get(message.uidl)
+        if seen is not None and reused(seen, message):
+            forget.append(message.uidl)
+            seen = None
+        if seen is None:
+            new.append(message)
+        elif due_for_deletion(seen, now=now, keep_copy=keep_copy, remove_after_days=remove_after_days):
+            delete.append(message)
+    return PopPlan(
+        fetch=new[:max_fetches],
+        delete=delete,
+        forget=sorted(forget),
+        more=len(new) > max_fetches,
+        ambiguous=ambiguous,
+    )
+
+
+def listing_digest(listed: Sequence[Listed], *, server: str, keep_copy: bool, remove_after_days: int | None) -> str:
+    """What a sync saw and what its settings made of it, in one value: a later listing with the
+    same digest holds nothing the earlier sync did not deal with."""
+    lines = sorted(f"{m.uidl} {m.size}" for m in listed)
+    text = "\n".join([server, str(keep_copy), str(remove_after_days), *lines])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def next_deletion(
+    known: dict[str, PopSeen], listed: Sequence[Listed], *, keep_copy: bool, remove_after_days: int | None
+) -> datetime | None:
+    """When the next kept copy is due to leave the server (None: none is)."""
+    if keep_copy and remove_after_days is None:
+        return None
+    on_server = {m.uidl for m in listed}
+    due = [
+        s.stored_at + timedelta(days=remove_after_days or 0)
+        for s in known.values()
+        if s.id is not None and s.stored_at is not None and s.uidl in on_server
+    ]
+    return min(due, default=None)
+
+
+def checkpoint(*, on_server: int, digest: str | None, next_deletion_at: datetime | None) -> dict[str, int | str | None]:
+    """The POP3 mailbox's entry in the sync state: its size (sync-status) and, after a complete
+    sync, the digest and next deletion time that let the next job skip the state read."""
+    out: dict[str, int | str | None] = {"messages": on_server}
+    if digest is not None:
+        out["listing"] = digest
+        out["next_deletion_at"] = None if next_deletion_at is None else int(next_deletion_at.timestamp())
+    return out
+
+
+def nothing_to_do(stored: dict[str, object], digest: str, now: datetime) -> bool:
+    """The listing is the one the last complete sync dealt with, and no kept copy is due yet."""
+    if stored.get("listing") != digest:
+        return False
+    due = stored.get("next_deletion_at")
+    return due is None or (isinstance(due, int | float) and now.timestamp() < float(due))
+
+
+def reused(seen: PopSeen, listed: Listed) -> bool:
+    """The server lists a known UIDL with another size: another message under a reused UIDL."""
+    return seen.size is not None and seen.size != listed.size
+
+
+def due_for_deletion(seen: PopSeen, *, now: datetime, keep_copy: bool, remove_after_days: int | None) -> bool:
+    """Only what the CRM holds leaves the server: at once without ``keep_copy``, else
+    ``remove_after_days`` after it was stored (never when that is None)."""
+    if seen.id is None or seen.stored_at is None:
+        return False
+    if not keep_copy:
+        return True
+    return remove_after_days is not None and now >= seen.stored_at + timedelta(days=remove_after_days)
+
+
+def window_start(now: datetime, sync_window_days: int) -> datetime:
+    return now - timedelta(days=sync_window_days)
+
+
+def message_time(date: datetime | None, received: datetime | None) -> datetime | None:
+    """When a message was sent, for the window: its Date header, else its newest Received line."""
+    when = date or received
+    if when is None:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def in_window(when: datetime | None, start: datetime) -> bool:
+    """A message without any date is fetched: leaving it out could lose it for good."""
+    return when is None or when >= start
+
+
+_RECEIVED = re.compile(rb"^received:", re.IGNORECASE)
+
+
+def received_time(header_lines: Iterable[bytes]) -> datetime | None:
+    """The date of the topmost Received header (the last hop: our server's delivery), or None.
+
+    ``header_lines`` are the header section's lines as the server sent them (folded lines start
+    with white space)."""
+    value: bytes | None = None
+    for line in header_lines:
+        if value is not None:
+            if line[:1] in (b" ", b"\t"):
+                value += b" " + line.strip()
+                continue
+            break
+        if not line.strip():
+            return None  # end of the header section
+        if _RECEIVED.match(line):
+            value = line.split(b":", 1)[1].strip()
+    if value is None or b";" not in value:
+        return None
+    stamp = value.rsplit(b";", 1)[1].strip().decode("ascii", "replace")
+    try:
+        parsed = email.utils.parsedate_to_datetime(stamp)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def remembered(listed: Listed, *, now: datetime, id: str | None) -> PopSeen:
+    """What is kept of a message a sync dealt with now: stored under ``id``, or left out (None)."""
+    return PopSeen(uidl=listed.uidl, seen_at=now, size=listed.size, id=id, stored_at=now if id is not None else None)
