@@ -355,12 +355,17 @@ def _run_pop3(
     whether there is work before the lease, as STATUS does for IMAP."""
 
     def take_lease() -> SyncState:
+        if not slot_held:
+            # As for IMAP: a sync with work holds one of the process's slots, taken before the lease.
+            slot.enter_context(_work_slot(min(HOST_WAIT_SECONDS, settings.job_budget_seconds / 4)))
+            slot_held.append(True)
         state = lease.take()
         if state is None:
             raise _LeaseBusy()
         return state
 
-    with open_pop3(params, settings, deadline=hard_deadline) as conn:
+    slot_held: list[bool] = []
+    with contextlib.ExitStack() as slot, open_pop3(params, settings, deadline=hard_deadline) as conn:
         return sync_pop3(
             account,
             conn,
