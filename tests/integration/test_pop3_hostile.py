@@ -74,9 +74,9 @@ def hostile_env(monkeypatch: pytest.MonkeyPatch, aws: dict[str, str]) -> None:
     get_settings.cache_clear()
 
 
-def account_on(api: ApiCall, server: HostileServer) -> Account:
+def account_on(api: ApiCall, server: HostileServer, **settings: Any) -> Account:
     caller = Caller("alice", "acme", "user")
-    body = {
+    body = settings | {
         "host": server.host,
         "port": server.port,
         "username": "victim",
@@ -154,6 +154,26 @@ def test_a_message_over_the_cap_is_stored_from_its_headers_and_its_body_never_as
     [stored] = account.messages()
     assert (stored["subject"], stored["too_large"], stored["size"]) == ("huge", True, four_gb)
     assert b"RETR" not in seen and b"DELE" not in seen, seen
+
+
+@pytest.mark.parametrize(
+    "settings", [{"keep_copy": False}, {"keep_copy": True, "remove_after_days": 1}], ids=["at-once", "after-days"]
+)
+def test_a_message_over_the_cap_stored_from_its_headers_is_never_deleted_from_the_server(
+    api: ApiCall, hostile_env: None, monkeypatch: pytest.MonkeyPatch, settings: dict[str, Any]
+) -> None:
+    from tests.integration.pop3_support import Clock
+
+    clock = Clock(monkeypatch, datetime.now(UTC))
+    seen: list[bytes] = []
+    with HostileServer(pop3_maildrop(one_message(4 * 1024 * MB), seen)) as server:
+        account = account_on(api, server, **settings)
+        assert account.sync().status == "synced"
+        clock.advance(days=2)
+        assert account.sync().status == "synced"
+    [stored] = account.messages()
+    assert stored["too_large"] is True
+    assert b"DELE" not in seen and b"RETR" not in seen, seen
 
 
 def test_a_message_bigger_than_listed_stops_at_the_response_budget(

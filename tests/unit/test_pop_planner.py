@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -58,6 +59,16 @@ def test_without_keep_copy_every_stored_message_is_deleted_but_never_one_left_ou
 
 def test_keep_copy_without_remove_after_days_deletes_nothing() -> None:
     assert plan(listed("a"), [stored("a", days_ago=400)]).delete == []
+
+
+@pytest.mark.parametrize("settings", [{"keep_copy": False}, {"remove_after_days": 1}], ids=["at-once", "after-days"])
+def test_a_message_stored_from_its_headers_alone_is_never_deleted_from_the_server(settings: dict) -> None:
+    partial = dataclasses.replace(stored("big", days_ago=30), headers_only=True)
+    step = plan(listed("big", "a"), [partial, stored("a", days_ago=30)], **settings)
+    assert uidls(step.delete) == ["a"], "the server holds the only whole copy of 'big'"
+    assert not pop.due_for_deletion(partial, now=NOW, **{"keep_copy": True, "remove_after_days": None} | settings)
+    assert pop.next_deletion({"big": partial}, listed("big"), keep_copy=True, remove_after_days=1) is None
+    assert pop.remembered(Listed(1, "big", 100), now=NOW, id="x", headers_only=True).headers_only
 
 
 @pytest.mark.parametrize(("age_days", "deleted"), [(6.99, False), (7, True), (30, True)])

@@ -97,6 +97,9 @@ class PopSeen:
     size: int | None = None  # as LIST gave it then: another size under the same UIDL is another message
     id: str | None = None  # the CRM message holding it
     stored_at: datetime | None = None  # when it was fetched and stored (remove_after_days counts from here)
+    # Stored from its headers alone (over the size cap): the server holds the only whole copy,
+    # so it is never deleted there.
+    headers_only: bool = False
 
 
 @dataclass(frozen=True)

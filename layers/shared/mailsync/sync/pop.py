@@ -163,20 +163,22 @@ class PopSync:
             if self.deadline():
                 self.outcome.complete = False
                 break
-            id_ = self._one(message, window_start)
-            if id_ is None:
+            result = self._one(message, window_start)
+            if result is None:
                 continue  # gone from the server meanwhile: nothing to remember
-            self._recorded.append(plan.remembered(message, now=at, id=id_ or None))
+            id_, headers_only = result
+            self._recorded.append(plan.remembered(message, now=at, id=id_ or None, headers_only=headers_only))
             self._remembered.append(self._recorded[-1])
-            if id_:
-                held.append(message)
+            if id_ and not headers_only:
+                held.append(message)  # a copy stored from its headers alone never leaves the server
             if len(self._recorded) >= RECORD_BATCH:
                 self._flush()
         return held
 
-    def _one(self, message: Listed, window_start: datetime) -> str | None:
-        """The CRM id holding ``message`` now; "" when it is not stored (older than the window,
-        or over the size cap on a server without TOP); None when the server no longer has it."""
+    def _one(self, message: Listed, window_start: datetime) -> tuple[str, bool] | None:
+        """The CRM id holding ``message`` now and whether it holds its headers alone (over the
+        size cap); id "" when it is not stored (older than the window, or over the size cap on
+        a server without TOP); None when the server no longer has it."""
         head = self.conn.headers(message.number) if self._top else None
         raw: bytes | None = None
         if head is None and message.size > self.max_message_bytes:
@@ -186,7 +188,7 @@ class PopSync:
                 "POP3 message over the size cap and no TOP: left on the server", extra={"size": message.size}
             )
             self.skipped_too_large += 1
-            return ""
+            return "", False
         if head is None:
             # No TOP (then no server answers it), or the message is gone: RETR tells which.
             raw = self.conn.retrieve(message.number)
@@ -202,7 +204,7 @@ class PopSync:
         when = plan.message_time(mime.parse_message(header).date, received)
         if not plan.in_window(when, window_start):
             self.skipped_old += 1
-            return ""
+            return "", False
         too_large = message.size > self.max_message_bytes
         if too_large:
             raw = header  # the body of a message over the cap never enters memory
@@ -231,7 +233,7 @@ class PopSync:
         if stored.created is not None:
             self.outcome.created += 1
             self._received.append(message_event(MESSAGE_RECEIVED, stored.created))
-        return stored.id
+        return stored.id, too_large
 
     def _flush(self) -> None:
         """Record what was dealt with, then announce what was stored."""

@@ -4,9 +4,10 @@ dealt with (``domain.PopSeen``), what to fetch, what to delete from the server a
 POP3 has no folders, no flags and no change notification: a message is new when its UIDL is
 not known; known UIDLs that are no longer listed are forgotten (the server dropped the message,
 or we deleted it), so a server that later reuses one is seen to bring a new message. Deleting
-is only ever planned for a message the CRM holds (``PopSeen.id``): with ``keep_copy`` false as
-soon as it is stored, with ``remove_after_days`` that many days after it was stored; a message
-left out for being older than the window is never deleted.
+is only ever planned for a message the CRM holds whole (``PopSeen.id``, not ``headers_only``):
+with ``keep_copy`` false as soon as it is stored, with ``remove_after_days`` that many days
+after it was stored; a message left out for being older than the window, or stored from its
+headers alone, is never deleted.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def next_deletion(
     due = [
         s.stored_at + timedelta(days=remove_after_days or 0)
         for s in known.values()
-        if s.id is not None and s.stored_at is not None and s.uidl in on_server
+        if s.id is not None and s.stored_at is not None and not s.headers_only and s.uidl in on_server
     ]
     return min(due, default=None)
 
@@ -128,9 +129,10 @@ def reused(seen: PopSeen, listed: Listed) -> bool:
 
 
 def due_for_deletion(seen: PopSeen, *, now: datetime, keep_copy: bool, remove_after_days: int | None) -> bool:
-    """Only what the CRM holds leaves the server: at once without ``keep_copy``, else
-    ``remove_after_days`` after it was stored (never when that is None)."""
-    if seen.id is None or seen.stored_at is None:
+    """Only what the CRM holds whole leaves the server: at once without ``keep_copy``, else
+    ``remove_after_days`` after it was stored (never when that is None). A message stored from
+    its headers alone (over the size cap) never does: the server has its only whole copy."""
+    if seen.id is None or seen.stored_at is None or seen.headers_only:
         return False
     if not keep_copy:
         return True
@@ -183,6 +185,14 @@ def received_time(header_lines: Iterable[bytes]) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def remembered(listed: Listed, *, now: datetime, id: str | None) -> PopSeen:
-    """What is kept of a message a sync dealt with now: stored under ``id``, or left out (None)."""
-    return PopSeen(uidl=listed.uidl, seen_at=now, size=listed.size, id=id, stored_at=now if id is not None else None)
+def remembered(listed: Listed, *, now: datetime, id: str | None, headers_only: bool = False) -> PopSeen:
+    """What is kept of a message a sync dealt with now: stored under ``id`` (from its headers
+    alone with ``headers_only``), or left out (None)."""
+    return PopSeen(
+        uidl=listed.uidl,
+        seen_at=now,
+        size=listed.size,
+        id=id,
+        stored_at=now if id is not None else None,
+        headers_only=headers_only and id is not None,
+    )
