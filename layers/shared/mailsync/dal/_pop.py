@@ -29,6 +29,8 @@ class PopUidlModel(_Item):
     id = UnicodeAttribute(null=True)
     stored_at = UTCDateTimeAttribute(null=True)
     headers_only = BooleanAttribute(null=True)
+    failures = NumberAttribute(null=True)
+    header_digest = UnicodeAttribute(null=True)
 
 
 def _pk(tenant_id: str, user_id: str, host: str, username: str) -> str:
@@ -47,6 +49,8 @@ def pop_seen(tenant_id: str, user_id: str, host: str, username: str) -> dict[str
             id=item.id,
             stored_at=item.stored_at,
             headers_only=bool(item.headers_only),
+            failures=int(item.failures or 0),
+            header_digest=item.header_digest,
         )
     return out
 
@@ -63,6 +67,8 @@ def record_pop_seen(tenant_id: str, user_id: str, host: str, username: str, seen
             id=s.id,
             stored_at=s.stored_at,
             headers_only=s.headers_only or None,
+            failures=s.failures or None,
+            header_digest=s.header_digest,
         )
         for s in seen
     ]
