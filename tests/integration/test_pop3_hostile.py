@@ -74,9 +74,9 @@ def hostile_env(monkeypatch: pytest.MonkeyPatch, aws: dict[str, str]) -> None:
     get_settings.cache_clear()
 
 
-def account_on(api: ApiCall, server: HostileServer) -> Account:
+def account_on(api: ApiCall, server: HostileServer, **settings: Any) -> Account:
     caller = Caller("alice", "acme", "user")
-    body = {
+    body = settings | {
         "host": server.host,
         "port": server.port,
         "username": "victim",
@@ -154,6 +154,92 @@ def test_a_message_over_the_cap_is_stored_from_its_headers_and_its_body_never_as
     [stored] = account.messages()
     assert (stored["subject"], stored["too_large"], stored["size"]) == ("huge", True, four_gb)
     assert b"RETR" not in seen and b"DELE" not in seen, seen
+
+
+@pytest.mark.parametrize(
+    "settings", [{"keep_copy": False}, {"keep_copy": True, "remove_after_days": 1}], ids=["at-once", "after-days"]
+)
+def test_a_message_over_the_cap_stored_from_its_headers_is_never_deleted_from_the_server(
+    api: ApiCall, hostile_env: None, monkeypatch: pytest.MonkeyPatch, settings: dict[str, Any]
+) -> None:
+    from tests.integration.pop3_support import Clock
+
+    clock = Clock(monkeypatch, datetime.now(UTC))
+    seen: list[bytes] = []
+    with HostileServer(pop3_maildrop(one_message(4 * 1024 * MB), seen)) as server:
+        account = account_on(api, server, **settings)
+        assert account.sync().status == "synced"
+        clock.advance(days=2)
+        assert account.sync().status == "synced"
+    [stored] = account.messages()
+    assert stored["too_large"] is True
+    assert b"DELE" not in seen and b"RETR" not in seen, seen
+
+
+def test_messages_the_server_never_gives_are_tried_a_bounded_number_of_times_then_reported(
+    api: ApiCall, hostile_env: None
+) -> None:
+    """201 listed messages whose TOP and RETR all fail: more than one job's share, so continuation
+    jobs follow, but each message is tried FETCH_ATTEMPTS times only and the account then says so."""
+    from mailsync.sync.planner.pop import FETCH_ATTEMPTS, MAX_FETCHES_PER_JOB
+
+    count = MAX_FETCHES_PER_JOB + 1
+    seen: list[bytes] = []
+    handlers: dict[bytes, Handler] = {
+        b"UIDL": lambda peer, args: peer.send(
+            b"+OK\r\n" + b"".join(b"%d uid-%d\r\n" % (n, n) for n in range(1, count + 1)) + b".\r\n"
+        ),
+        b"LIST": lambda peer, args: peer.send(
+            b"+OK\r\n" + b"".join(b"%d 300\r\n" % n for n in range(1, count + 1)) + b".\r\n"
+        ),
+        b"TOP": lambda peer, args: peer.send(b"-ERR no such message\r\n"),
+        b"RETR": lambda peer, args: peer.send(b"-ERR no such message\r\n"),
+    }
+    with HostileServer(pop3_maildrop(handlers, seen)) as server:
+        account = account_on(api, server, keep_copy=False)
+        results = [account.sync()]
+        while results[-1].status == "incomplete" and len(results) < 20:
+            results.append(account.sync("continue"))
+        again = account.sync()
+    jobs_needed = -(-count * FETCH_ATTEMPTS // MAX_FETCHES_PER_JOB)
+    assert len(results) <= jobs_needed, [r.status for r in results]
+    assert seen.count(b"RETR") == count * FETCH_ATTEMPTS, "each message tried a bounded number of times"
+    assert (results[-1].status, results[-1].error) == ("failed", "server_misbehaving"), results[-1]
+    settings = account.api("GET", "/v1/users/me/mail-settings", caller=account.caller).body
+    assert settings["status"] == "server_misbehaving", settings
+    assert f"lists {count} message(s) it refused to give" in settings["last_error"], settings
+    status = account.api("GET", "/v1/users/me/sync-status", caller=account.caller).body
+    assert status["state"] == "failed", "not stuck syncing"
+    assert (again.status, again.error) == ("failed", "server_misbehaving"), "still said while they are listed"
+    assert b"DELE" not in seen and account.messages() == []
+
+
+def test_another_message_of_the_same_size_under_a_stored_uidl_is_fetched_and_never_deleted(
+    api: ApiCall, hostile_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.integration.pop3_support import Clock
+
+    clock = Clock(monkeypatch, datetime.now(UTC))
+    first = HEADER.replace(b"Subject: huge", b"Subject: one")
+    second = first.replace(b"Subject: one", b"Subject: two").replace(b"<huge@", b"<swap@")
+    assert len(first) == len(second)
+    served = {"header": first}
+    seen: list[bytes] = []
+    handlers: dict[bytes, Handler] = {
+        **one_message(300),
+        b"TOP": lambda peer, args: peer.send(b"+OK\r\n" + served["header"] + b"\r\n.\r\n"),
+        b"RETR": lambda peer, args: peer.send(b"+OK\r\n" + served["header"] + b"\r\nbody\r\n.\r\n"),
+    }
+    with HostileServer(pop3_maildrop(handlers, seen)) as server:
+        account = account_on(api, server, keep_copy=True, remove_after_days=1)
+        assert account.sync().status == "synced"
+        served["header"] = second  # the server reuses "uid-1", same size, for another message
+        clock.advance(days=2)
+        result = account.sync()
+        assert result.status == "incomplete", result
+        assert account.sync("continue").status == "synced"
+    assert b"DELE" not in seen, seen
+    assert sorted(m["subject"] for m in account.messages()) == ["one", "two"]
 
 
 def test_a_message_bigger_than_listed_stops_at_the_response_budget(

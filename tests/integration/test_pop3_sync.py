@@ -269,6 +269,23 @@ def test_changes_and_sent_mail_stay_in_the_crm(
     assert crm(account)["fetched"]["folder"] == "trash", "a sync does not undo a CRM change"
 
 
+def test_pop3_mail_goes_only_into_the_crms_own_folders(api: ApiCall, local_mail_env, mail_user, clock) -> None:
+    deliver(mail_user, "fetched", days=1)
+    account = pop_account(api, mail_user)
+    assert account.sync().status == "synced"
+    fetched = crm(account)["fetched"]
+
+    moved = api("PATCH", f"/v1/messages/{fetched['id']}", {"folder": "whatever"}, caller=account.caller)
+    assert (moved.status, moved.body["error"]["field"]) == (422, "folder"), moved.body
+    raw = base64.b64encode(message("written in the crm", days=0)).decode()
+    posted = api("POST", "/v1/users/me/messages", {"raw": raw, "folder": "whatever"}, caller=account.caller)
+    assert (posted.status, posted.body["error"]["field"]) == (422, "folder"), posted.body
+
+    assert crm(account)["fetched"]["folder"] == "inbox" and "written in the crm" not in crm(account)
+    drafts = api("POST", "/v1/users/me/messages", {"raw": raw, "folder": "drafts"}, caller=account.caller)
+    assert (drafts.status, drafts.body["folder"]) == (201, "drafts"), drafts.body
+
+
 def test_another_users_pop3_mail_cannot_be_changed(api: ApiCall, local_mail_env, mail_user, dovecot, clock) -> None:
     deliver(mail_user, "alice's", days=1)
     alice = pop_account(api, mail_user)

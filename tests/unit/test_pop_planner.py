@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -60,6 +61,16 @@ def test_keep_copy_without_remove_after_days_deletes_nothing() -> None:
     assert plan(listed("a"), [stored("a", days_ago=400)]).delete == []
 
 
+@pytest.mark.parametrize("settings", [{"keep_copy": False}, {"remove_after_days": 1}], ids=["at-once", "after-days"])
+def test_a_message_stored_from_its_headers_alone_is_never_deleted_from_the_server(settings: dict) -> None:
+    partial = dataclasses.replace(stored("big", days_ago=30), headers_only=True)
+    step = plan(listed("big", "a"), [partial, stored("a", days_ago=30)], **settings)
+    assert uidls(step.delete) == ["a"], "the server holds the only whole copy of 'big'"
+    assert not pop.due_for_deletion(partial, now=NOW, **{"keep_copy": True, "remove_after_days": None} | settings)
+    assert pop.next_deletion({"big": partial}, listed("big"), keep_copy=True, remove_after_days=1) is None
+    assert pop.remembered(Listed(1, "big", 100), now=NOW, id="x", headers_only=True).headers_only
+
+
 @pytest.mark.parametrize(("age_days", "deleted"), [(6.99, False), (7, True), (30, True)])
 def test_remove_after_days_counts_from_when_the_message_was_stored(age_days: float, deleted: bool) -> None:
     step = plan(listed("a"), [stored("a", days_ago=age_days)], remove_after_days=7)
@@ -70,6 +81,18 @@ def test_a_known_uidl_with_another_size_is_another_message_under_a_reused_uidl()
     step = plan(listed("a", size=250), [stored("a", size=100)], keep_copy=False)
     assert uidls(step.fetch) == ["a"] and step.forget == ["a"]
     assert step.delete == [], "the new message under the old UIDL is not the stored one"
+
+
+def test_a_reused_uidl_with_the_same_size_is_told_apart_by_its_headers() -> None:
+    header = b"From: a@example.com\r\nSubject: first\r\nMessage-ID: <1@example.com>\r\n\r\n"
+    seen = dataclasses.replace(stored("a"), header_digest=pop.header_digest(header))
+    assert pop.same_message(seen, pop.header_digest(header))
+    served_again = b"Status: RO\r\n" + header.replace(b"Subject: first", b"Subject:\r\n first")
+    assert pop.same_message(seen, pop.header_digest(served_again)), "headers a server adds or folds do not count"
+    other = header.replace(b"<1@", b"<2@")
+    assert not pop.same_message(seen, pop.header_digest(other))
+    assert not pop.same_message(seen, None), "headers that cannot be read"
+    assert not pop.same_message(stored("a"), pop.header_digest(header)), "a record without a digest"
 
 
 def test_a_state_without_a_size_is_not_taken_for_reuse() -> None:
@@ -86,6 +109,31 @@ def test_a_uidl_listed_twice_is_neither_fetched_nor_deleted() -> None:
 def test_fetches_per_job_are_bounded_and_the_rest_waits_for_the_next_job() -> None:
     step = plan(listed(*[f"m{i}" for i in range(5)]), [], max_fetches=2)
     assert uidls(step.fetch) == ["m0", "m1"] and step.more
+
+
+def refused(uidl: str, failures: int) -> PopSeen:
+    return PopSeen(uidl=uidl, seen_at=NOW, size=100, failures=failures)
+
+
+def test_a_refused_fetch_is_tried_again_after_new_mail_until_it_is_unfetchable() -> None:
+    known = [refused("a", 1), refused("b", pop.FETCH_ATTEMPTS - 1), refused("c", pop.FETCH_ATTEMPTS)]
+    step = plan(listed("a", "b", "c", "d"), known, keep_copy=False)
+    assert uidls(step.fetch) == ["d", "a", "b"], "never-tried mail first"
+    assert step.unfetchable == ["c"] and step.delete == [], "an unfetchable message is never deleted"
+    assert not plan(listed("c"), [refused("c", pop.FETCH_ATTEMPTS)]).has_work
+
+
+def test_a_failed_fetch_counts_on_the_earlier_record_of_the_same_message() -> None:
+    message = Listed(1, "a", 100)
+    assert pop.failed(message, now=NOW, before=None).failures == 1
+    assert pop.failed(message, now=NOW, before=refused("a", 2)).failures == 3
+    other_size = PopSeen("a", NOW, size=999, failures=2)
+    assert pop.failed(message, now=NOW, before=other_size).failures == 1, "another message under a reused UIDL"
+
+
+def test_the_share_of_a_job_counts_retries_too() -> None:
+    step = plan(listed("a", "b", "c"), [refused("a", 1)], max_fetches=2)
+    assert uidls(step.fetch) == ["b", "c"] and step.more
 
 
 @pytest.mark.parametrize(

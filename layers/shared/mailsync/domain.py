@@ -97,6 +97,15 @@ class PopSeen:
     size: int | None = None  # as LIST gave it then: another size under the same UIDL is another message
     id: str | None = None  # the CRM message holding it
     stored_at: datetime | None = None  # when it was fetched and stored (remove_after_days counts from here)
+    # Stored from its headers alone (over the size cap): the server holds the only whole copy,
+    # so it is never deleted there.
+    headers_only: bool = False
+    # Fetches the server refused (TOP and RETR -ERR) while it kept listing it: retried up to
+    # ``planner.pop.FETCH_ATTEMPTS`` times, then left alone on the server (never deleted).
+    failures: int = 0
+    # ``planner.pop.header_digest`` of its headers when stored: a message is deleted from the
+    # server only when the one listed under its UIDL still has them (a reused UIDL, same size).
+    header_digest: str | None = None
 
 
 @dataclass(frozen=True)

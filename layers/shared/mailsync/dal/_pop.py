@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-from pynamodb.attributes import NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
+from pynamodb.attributes import BooleanAttribute, NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
 
 from mailsync.dal import _keys as keys
 from mailsync.dal._items import BATCH_WRITE_ITEMS
@@ -28,6 +28,9 @@ class PopUidlModel(_Item):
     size = NumberAttribute(null=True)
     id = UnicodeAttribute(null=True)
     stored_at = UTCDateTimeAttribute(null=True)
+    headers_only = BooleanAttribute(null=True)
+    failures = NumberAttribute(null=True)
+    header_digest = UnicodeAttribute(null=True)
 
 
 def _pk(tenant_id: str, user_id: str, host: str, username: str) -> str:
@@ -45,6 +48,9 @@ def pop_seen(tenant_id: str, user_id: str, host: str, username: str) -> dict[str
             size=None if item.size is None else int(item.size),
             id=item.id,
             stored_at=item.stored_at,
+            headers_only=bool(item.headers_only),
+            failures=int(item.failures or 0),
+            header_digest=item.header_digest,
         )
     return out
 
@@ -52,7 +58,20 @@ def pop_seen(tenant_id: str, user_id: str, host: str, username: str) -> dict[str
 def record_pop_seen(tenant_id: str, user_id: str, host: str, username: str, seen: Iterable[PopSeen]) -> None:
     """Remember ``seen`` (puts: recording the same UIDL again overwrites it)."""
     pk = _pk(tenant_id, user_id, host, username)
-    items = [PopUidlModel(pk, s.uidl, seen_at=s.seen_at, size=s.size, id=s.id, stored_at=s.stored_at) for s in seen]
+    items = [
+        PopUidlModel(
+            pk,
+            s.uidl,
+            seen_at=s.seen_at,
+            size=s.size,
+            id=s.id,
+            stored_at=s.stored_at,
+            headers_only=s.headers_only or None,
+            failures=s.failures or None,
+            header_digest=s.header_digest,
+        )
+        for s in seen
+    ]
     for start in range(0, len(items), BATCH_WRITE_ITEMS):
         with PopUidlModel.batch_write() as batch:
             for item in items[start : start + BATCH_WRITE_ITEMS]:

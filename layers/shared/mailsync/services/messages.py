@@ -45,6 +45,8 @@ from mailsync.sync.planner.messages import match_key
 RAW_URL_SECONDS = 300
 # Mail of a POP3 account: the CRM follows no server copy, its changes stay in the CRM.
 POP3 = "pop3"
+# The CRM's own folders: all a POP3 account's mail can be in (it has no server folders to map).
+POP3_CRM_FOLDERS = ("inbox", "sent", "drafts", "trash", "archive")
 
 
 def _sync_state(message: Message) -> str:
@@ -313,6 +315,15 @@ def _local_only(message: Message, account: Account | None) -> bool:
     return message.detach_reason == POP3 or (account is not None and account.protocol == POP3)
 
 
+def _pop3_folder(crm_folder: str, field: str) -> str:
+    """A POP3 account's CRM folder, as ``_server_folder`` checks an IMAP account's."""
+    if crm_folder not in POP3_CRM_FOLDERS:
+        raise ValidationFailed(
+            f"CRM folder '{crm_folder}' is not one a POP3 mailbox has ({', '.join(POP3_CRM_FOLDERS)})", field=field
+        )
+    return crm_folder
+
+
 def _change_locally(message: Message, body: MessagePatchIn) -> MessageOut:
     """Read/unread and CRM folder changed in the CRM only (no op, nothing for the server)."""
     shown: dict[str, Any] = {"updated_at": dal.utcnow(), "last_op_error": None}
@@ -320,7 +331,7 @@ def _change_locally(message: Message, body: MessagePatchIn) -> MessageOut:
         flags = set(message.flags) | {"\\Seen"} if body.seen else set(message.flags) - {"\\Seen"}
         shown.update(seen=body.seen, flags=sorted(flags))
     if body.folder is not None:
-        shown.update(folder=body.folder)
+        shown.update(folder=_pop3_folder(body.folder, "folder"))
     dal.record_changes(message, [], shown)
     fresh = dal.find_message(message.id)
     assert fresh is not None
@@ -397,7 +408,11 @@ def send_message(
         raise Forbidden("Only the mailbox owner can place messages in a mailbox")
     account = require_account(target)
     # A POP3 account's message stays in the CRM: POP3 cannot place mail on the server.
-    server_folder = "" if account.protocol == POP3 else _server_folder(account, body.folder, "folder")
+    if account.protocol == POP3:
+        server_folder = ""
+        _pop3_folder(body.folder, "folder")
+    else:
+        server_folder = _server_folder(account, body.folder, "folder")
     try:
         raw = base64.b64decode(body.raw, validate=True)
     except (binascii.Error, ValueError):

@@ -21,10 +21,12 @@ import base64
 import hashlib
 from collections.abc import Callable
 from datetime import datetime
+from typing import NamedTuple
 
 from mailsync import dal, events, mime, privacy
 from mailsync.config import get_settings
 from mailsync.domain import Account, PopSeen, SyncState
+from mailsync.errors import ServerMisbehaving
 from mailsync.events import MESSAGE_RECEIVED, message_event
 from mailsync.mailbox.pop import Pop3Connection
 from mailsync.observability import logger
@@ -47,6 +49,15 @@ MAILBOX = "INBOX"
 def now() -> datetime:
     """The sync's clock (the window, remove_after_days); tests move it."""
     return dal.utcnow()
+
+
+class _Dealt(NamedTuple):
+    """What became of a new message: the CRM id holding it ("" when not stored), whether it
+    holds its headers alone (over the size cap), and ``planner.pop.header_digest`` of them."""
+
+    id: str
+    headers_only: bool
+    header_digest: str | None
 
 
 def message_id_for(tenant_id: str, user_id: str, uidl: str, raw: bytes) -> str:
@@ -87,6 +98,7 @@ class PopSync:
         self.skipped_old = 0
         self.skipped_too_large = 0
         self.dropped = 0
+        self.unfetchable = 0  # refused FETCH_ATTEMPTS times, this run or earlier: left on the server
         self.deleted = 0
 
     def run(self, *, unleased: SyncState | None) -> SyncOutcome | int:
@@ -117,18 +129,40 @@ class PopSync:
         state = self.take_lease()
         if step.forget:
             dal.forget_pop_seen(self.tenant, self.user, *self.server, step.forget)
-        stored_now = self._fetch(step.fetch, plan.window_start(at, self.account.sync_window_days), at)
+        stored_now = self._fetch(step.fetch, known, plan.window_start(at, self.account.sync_window_days), at)
+        self.unfetchable += len(step.unfetchable)
         self._flush()
-        deletions = step.delete + (stored_now if not self.account.keep_copy else [])
-        for message in deletions:
+        # Stored earlier: deleted only when the server still lists that message under its UIDL
+        # (checked here, just before DELE); stored in this session: its headers were just read.
+        deletions = [(m, known[m.uidl]) for m in step.delete] + [
+            (m, None) for m in (stored_now if not self.account.keep_copy else [])
+        ]
+        swapped: list[str] = []
+        for message, seen in deletions:
             if self.deadline():
                 self.outcome.complete = False
                 break
+            if seen is not None and not plan.same_message(seen, self._digest_on_server(message)):
+                swapped.append(message.uidl)
+                continue
             if self.conn.delete(message.number):
                 self.deleted += 1
+        if swapped:
+            # Another message under a stored one's UIDL (same size): never deleted; forgotten,
+            # so the continuation job fetches it as new.
+            logger.warning(
+                "POP3 server reused a UIDL for another message of the same size", extra={"count": len(swapped)}
+            )
+            dal.forget_pop_seen(self.tenant, self.user, *self.server, swapped)
+            self.outcome.complete = False
         if step.more:
             self.outcome.complete = False
-        complete = self.outcome.complete
+        complete = self.outcome.complete and not self.unfetchable
+        if not self.outcome.complete and not self._remembered and not self.deleted and not swapped:
+            # A continuation that would make no progress either would follow this one forever:
+            # the schedule's next sync tries again instead (no digest is saved, so it reads all).
+            logger.warning("POP3 sync made no progress: no continuation job")
+            self.outcome.complete = True
         if complete:
             known = {uidl: s for uidl, s in known.items() if uidl not in step.forget}
             known.update({s.uidl: s for s in self._remembered})
@@ -150,33 +184,59 @@ class PopSync:
                 "dropped_by_server": self.dropped,
                 "marked_deleted": self.deleted,
                 "forgotten": len(step.forget),
+                "unfetchable": self.unfetchable,
             },
         )
+        if self.unfetchable and self.outcome.complete:
+            # Everything else is done; the account says why it is not all there, and stays so
+            # (each sync reads the state again) while the server keeps listing those messages.
+            raise ServerMisbehaving(
+                f"The POP3 server lists {self.unfetchable} message(s) it refused to give "
+                f"{plan.FETCH_ATTEMPTS} times (TOP and RETR failed): they stay on the server and are not in the CRM"
+            )
         return self.outcome
 
     # -- new messages ---------------------------------------------------------------------------
 
-    def _fetch(self, new: list[Listed], window_start: datetime, at: datetime) -> list[Listed]:
-        """Store the new messages in the window; returns those the CRM holds now."""
+    def _fetch(
+        self, new: list[Listed], known: dict[str, PopSeen], window_start: datetime, at: datetime
+    ) -> list[Listed]:
+        """Store the new messages in the window; returns those the CRM holds whole now."""
         held: list[Listed] = []
         for message in new:
             if self.deadline():
                 self.outcome.complete = False
                 break
-            id_ = self._one(message, window_start)
-            if id_ is None:
-                continue  # gone from the server meanwhile: nothing to remember
-            self._recorded.append(plan.remembered(message, now=at, id=id_ or None))
+            result = self._one(message, window_start)
+            if result is None:
+                # Gone meanwhile (the next listing forgets it) or refused: counted, so that a
+                # message the server never gives is tried a bounded number of times.
+                self._recorded.append(plan.failed(message, now=at, before=known.get(message.uidl)))
+                self.unfetchable += int(self._recorded[-1].failures >= plan.FETCH_ATTEMPTS)
+            else:
+                id_, headers_only, digest = result
+                self._recorded.append(
+                    plan.remembered(message, now=at, id=id_ or None, headers_only=headers_only, header_digest=digest)
+                )
+                if id_ and not headers_only:
+                    held.append(message)  # a copy stored from its headers alone never leaves the server
             self._remembered.append(self._recorded[-1])
-            if id_:
-                held.append(message)
             if len(self._recorded) >= RECORD_BATCH:
                 self._flush()
         return held
 
-    def _one(self, message: Listed, window_start: datetime) -> str | None:
-        """The CRM id holding ``message`` now; "" when it is not stored (older than the window,
-        or over the size cap on a server without TOP); None when the server no longer has it."""
+    def _digest_on_server(self, message: Listed) -> str | None:
+        """``planner.pop.header_digest`` of the message the server lists as ``message`` now; None
+        when it cannot tell (gone, or no TOP and over the size cap)."""
+        head = self.conn.headers(message.number) if self._top else None
+        if head is None and message.size <= self.max_message_bytes:
+            head = self.conn.retrieve(message.number)
+        return None if head is None else plan.header_digest(_header_section(head))
+
+    def _one(self, message: Listed, window_start: datetime) -> _Dealt | None:
+        """What became of ``message`` (see ``_Dealt``): id "" when it is not stored (older than
+        the window, or over the size cap on a server without TOP); None when the server no
+        longer has it (or refuses to give it)."""
         head = self.conn.headers(message.number) if self._top else None
         raw: bytes | None = None
         if head is None and message.size > self.max_message_bytes:
@@ -186,7 +246,7 @@ class PopSync:
                 "POP3 message over the size cap and no TOP: left on the server", extra={"size": message.size}
             )
             self.skipped_too_large += 1
-            return ""
+            return _Dealt("", False, None)
         if head is None:
             # No TOP (then no server answers it), or the message is gone: RETR tells which.
             raw = self.conn.retrieve(message.number)
@@ -202,7 +262,7 @@ class PopSync:
         when = plan.message_time(mime.parse_message(header).date, received)
         if not plan.in_window(when, window_start):
             self.skipped_old += 1
-            return ""
+            return _Dealt("", False, plan.header_digest(header))
         too_large = message.size > self.max_message_bytes
         if too_large:
             raw = header  # the body of a message over the cap never enters memory
@@ -231,7 +291,7 @@ class PopSync:
         if stored.created is not None:
             self.outcome.created += 1
             self._received.append(message_event(MESSAGE_RECEIVED, stored.created))
-        return stored.id
+        return _Dealt(stored.id, too_large, plan.header_digest(header))
 
     def _flush(self) -> None:
         """Record what was dealt with, then announce what was stored."""

@@ -4,9 +4,10 @@ dealt with (``domain.PopSeen``), what to fetch, what to delete from the server a
 POP3 has no folders, no flags and no change notification: a message is new when its UIDL is
 not known; known UIDLs that are no longer listed are forgotten (the server dropped the message,
 or we deleted it), so a server that later reuses one is seen to bring a new message. Deleting
-is only ever planned for a message the CRM holds (``PopSeen.id``): with ``keep_copy`` false as
-soon as it is stored, with ``remove_after_days`` that many days after it was stored; a message
-left out for being older than the window is never deleted.
+is only ever planned for a message the CRM holds whole (``PopSeen.id``, not ``headers_only``):
+with ``keep_copy`` false as soon as it is stored, with ``remove_after_days`` that many days
+after it was stored; a message left out for being older than the window, or stored from its
+headers alone, is never deleted.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from mailsync.domain import PopSeen
 
 # Messages fetched per job; more go to the continuation job (the job's time budget still rules).
 MAX_FETCHES_PER_JOB = 200
+# A message the server keeps listing but refuses to give (TOP and RETR -ERR) is tried this many
+# times, in as many jobs, then left alone: unfetchable, it neither blocks the rest nor keeps
+# continuation jobs coming.
+FETCH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -36,11 +41,12 @@ class Listed:
 
 @dataclass(frozen=True)
 class PopPlan:
-    fetch: list[Listed]  # new: headers first (the window), then stored; oldest (lowest number) first
+    fetch: list[Listed]  # new (oldest, lowest number, first), then earlier failed fetches to try again
     delete: list[Listed]  # held by the CRM and due to leave the server
     forget: list[str]  # known UIDLs the server no longer lists (or now names another message)
     more: bool  # new messages beyond this job's share: a continuation job takes them
     ambiguous: list[str]  # UIDLs the server lists twice: neither fetched nor deleted
+    unfetchable: list[str]  # listed, but refused FETCH_ATTEMPTS times: left on the server
 
     @property
     def has_work(self) -> bool:
@@ -62,6 +68,8 @@ def plan(
     on_server = {m.uidl: m for m in listed if counts[m.uidl] == 1}
     forget = sorted(uidl for uidl in known if uidl not in counts)
     new: list[Listed] = []
+    retry: list[Listed] = []
+    unfetchable: list[str] = []
     delete: list[Listed] = []
     for message in sorted(on_server.values(), key=lambda m: m.number):
         seen = known.get(message.uidl)
@@ -70,14 +78,21 @@ def plan(
             seen = None
         if seen is None:
             new.append(message)
+        elif seen.id is None and seen.failures >= FETCH_ATTEMPTS:
+            unfetchable.append(message.uidl)
+        elif seen.id is None and seen.failures > 0:
+            retry.append(message)
         elif due_for_deletion(seen, now=now, keep_copy=keep_copy, remove_after_days=remove_after_days):
             delete.append(message)
+    # Messages never tried go first: ones the server refused cannot hold back new mail.
+    wanted = new + retry
     return PopPlan(
-        fetch=new[:max_fetches],
+        fetch=wanted[:max_fetches],
         delete=delete,
         forget=sorted(forget),
-        more=len(new) > max_fetches,
+        more=len(wanted) > max_fetches,
         ambiguous=ambiguous,
+        unfetchable=unfetchable,
     )
 
 
@@ -99,7 +114,7 @@ def next_deletion(
     due = [
         s.stored_at + timedelta(days=remove_after_days or 0)
         for s in known.values()
-        if s.id is not None and s.stored_at is not None and s.uidl in on_server
+        if s.id is not None and s.stored_at is not None and not s.headers_only and s.uidl in on_server
     ]
     return min(due, default=None)
 
@@ -128,9 +143,10 @@ def reused(seen: PopSeen, listed: Listed) -> bool:
 
 
 def due_for_deletion(seen: PopSeen, *, now: datetime, keep_copy: bool, remove_after_days: int | None) -> bool:
-    """Only what the CRM holds leaves the server: at once without ``keep_copy``, else
-    ``remove_after_days`` after it was stored (never when that is None)."""
-    if seen.id is None or seen.stored_at is None:
+    """Only what the CRM holds whole leaves the server: at once without ``keep_copy``, else
+    ``remove_after_days`` after it was stored (never when that is None). A message stored from
+    its headers alone (over the size cap) never does: the server has its only whole copy."""
+    if seen.id is None or seen.stored_at is None or seen.headers_only:
         return False
     if not keep_copy:
         return True
@@ -183,6 +199,52 @@ def received_time(header_lines: Iterable[bytes]) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def remembered(listed: Listed, *, now: datetime, id: str | None) -> PopSeen:
-    """What is kept of a message a sync dealt with now: stored under ``id``, or left out (None)."""
-    return PopSeen(uidl=listed.uidl, seen_at=now, size=listed.size, id=id, stored_at=now if id is not None else None)
+def remembered(
+    listed: Listed, *, now: datetime, id: str | None, headers_only: bool = False, header_digest: str | None = None
+) -> PopSeen:
+    """What is kept of a message a sync dealt with now: stored under ``id`` (from its headers
+    alone with ``headers_only``), or left out (None); ``header_digest``: see ``header_digest``."""
+    return PopSeen(
+        uidl=listed.uidl,
+        seen_at=now,
+        size=listed.size,
+        id=id,
+        stored_at=now if id is not None else None,
+        headers_only=headers_only and id is not None,
+        header_digest=header_digest,
+    )
+
+
+# Headers a mail server has no reason to change once a message is delivered (unlike Status:,
+# X-UIDL: or Received: lines some servers add or rewrite as they serve it).
+_IDENTITY_HEADERS = (b"message-id", b"date", b"from", b"to", b"subject")
+
+
+def header_digest(header_section: bytes) -> str:
+    """What tells one message from another of the same size under a reused UIDL: a digest of
+    its identifying headers (all its header lines when it has none of them)."""
+    fields: list[tuple[bytes, bytes]] = []
+    for line in header_section.split(b"\r\n"):
+        if not line.strip():
+            break
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] = (fields[-1][0], (fields[-1][1] + b" " + line.strip()).strip())
+        elif b":" in line:
+            name, value = line.split(b":", 1)
+            fields.append((name.strip().lower(), value.strip()))
+    picked = [f for f in fields if f[0] in _IDENTITY_HEADERS] or fields
+    text = b"\n".join(name + b":" + value for name, value in sorted(picked))
+    return hashlib.sha256(text).hexdigest()[:32]
+
+
+def same_message(seen: PopSeen, digest: str | None) -> bool:
+    """Whether the message listed under a known UIDL is the one stored: only then may it be
+    deleted (a record without a digest, or headers that cannot be read, say no)."""
+    return digest is not None and seen.header_digest is not None and digest == seen.header_digest
+
+
+def failed(listed: Listed, *, now: datetime, before: PopSeen | None) -> PopSeen:
+    """What is kept of a message the server listed but refused to give this time: one more
+    failed fetch (counted from ``before``, the earlier record of the same message)."""
+    earlier = before.failures if before is not None and before.id is None and not reused(before, listed) else 0
+    return PopSeen(uidl=listed.uidl, seen_at=now, size=listed.size, failures=earlier + 1)
