@@ -182,12 +182,27 @@ def noop_inputs(inputs: Inputs, doc: dict[str, Any] | None) -> None:
 
 def throughput_inputs(inputs: Inputs, doc: dict[str, Any] | None) -> None:
     """CPU per polled account: the throughput bench's accounts per CPU-second when present (many
-    accounts per invocation, all overheads), else the single no-op sync's CPU."""
+    accounts per invocation, all overheads), else the single no-op sync's CPU; and the worker's
+    memory, threads and the throughput model's assumptions (see ``poll_gb_seconds``)."""
+    name = "bench_throughput.json"
     found = _numbers(_find(doc["results"], "accounts_per_cpu_second")) if doc else []
     if found and found[0] > 0:
-        inputs.set("poll_cpu_seconds", 1 / found[0], "bench_throughput.json: 1 / accounts_per_cpu_second")
+        inputs.set("poll_cpu_seconds", 1 / found[0], f"{name}: 1 / accounts_per_cpu_second")
     else:
         inputs.set("poll_cpu_seconds", inputs["noop_cpu_ms"] / 1000, "noop_cpu_ms, no bench_throughput.json")
+    model_doc = (_find(doc["results"], "model") or [{}])[0] if doc else {}
+    model_doc = model_doc if isinstance(model_doc, dict) else {}
+    for key, field, fallback, why in (
+        ("worker_memory_mb", "memory_mb", 1769.0, "template.yaml's worker MemorySize"),
+        ("worker_threads", "threads", 16.0, "config.py's worker_threads default"),
+        ("poll_wall_seconds", "wall_per_account_s_assumed", 0.5, "assumed: TLS, LOGIN, STATUS, LOGOUT remote"),
+        ("lambda_cpu_slowdown", "lambda_cpu_slowdown_assumed", 2.0, "assumed: a Lambda vCPU against this core"),
+    ):
+        value = _numbers([model_doc.get(field)])
+        if value:
+            inputs.set(key, value[0], f"{name}: model.{field}")
+        else:
+            inputs.set(key, fallback, f"fallback: {why}")
 
 
 def fanout_inputs(inputs: Inputs, doc: dict[str, Any] | None, template: dict[str, Any]) -> None:
@@ -279,14 +294,40 @@ def lambda_gb_seconds(cpu_seconds: float) -> float:
     return cpu_seconds * LAMBDA_GB_SECONDS_PER_CPU_SECOND / CPU_UTILISATION
 
 
+def poll_rate(inputs: Inputs, memory_mb: float, threads: float) -> tuple[float, str]:
+    """Polls a second one invocation makes, and what bounds it, by the throughput bench's model:
+    its vCPU share (CPU per poll x the Lambda slowdown) or its threads (each waits
+    ``poll_wall_seconds`` on a mail server), whichever allows fewer."""
+    cpu_bound = min(1.0, memory_mb / 1769) / (inputs["poll_cpu_seconds"] * inputs["lambda_cpu_slowdown"])
+    thread_bound = threads / inputs["poll_wall_seconds"]
+    return (cpu_bound, "CPU") if cpu_bound <= thread_bound else (thread_bound, "threads")
+
+
+def poll_gb_seconds(inputs: Inputs, memory_mb: float | None = None, threads: float | None = None) -> float:
+    """Billed GB-seconds per poll: the invocation is billed its memory for all of its wall time,
+    so threads waiting on mail servers cost as much as a busy CPU."""
+    memory_mb = inputs["worker_memory_mb"] if memory_mb is None else memory_mb
+    threads = inputs["worker_threads"] if threads is None else threads
+    return (memory_mb / 1024) / poll_rate(inputs, memory_mb, threads)[0]
+
+
+# Worker settings the cost model also prices (MemorySize, WorkerThreads), for choosing them.
+LAMBDA_OPTIONS = [(512, 16), (1024, 16), (1769, 16), (1024, 32), (1769, 32), (1769, 64)]
+
+
 def model(inputs: Inputs, polls_per_user: float, messages_per_user_day: float, message_kb: float, users: int) -> dict:
     polls = USERS * polls_per_user
+    rate, bound = poll_rate(inputs, inputs["worker_memory_mb"], inputs["worker_threads"])
     per_invocation = inputs["accounts_per_invocation"]
     invocations = polls / per_invocation
     log_gb = (invocations * LOG_BYTES_PER_INVOCATION) / GB
     polling = [
         item(
-            "Lambda duration, worker", lambda_gb_seconds(polls * inputs["poll_cpu_seconds"]), "lambda_arm64_gb_second"
+            "Lambda duration, worker",
+            polls * poll_gb_seconds(inputs),
+            "lambda_arm64_gb_second",
+            f"{inputs['worker_memory_mb']:,.0f} MB and {inputs['worker_threads']:g} threads an invocation: "
+            f"{rate:.0f} polls a second, {bound}-bound",
         ),
         item("Lambda requests, worker", invocations, "lambda_request", f"{per_invocation:g} accounts per invocation"),
         item("DynamoDB writes", polls * inputs["noop_dynamodb_wru"], "dynamodb_wru"),
@@ -416,6 +457,20 @@ def main() -> None:
     results = model(
         inputs, args.polls_per_user_day * DAYS, args.messages_per_user_day, args.message_kb, args.deployment_users
     )
+    results["lambda_options"] = [
+        {
+            "memory_mb": memory,
+            "threads": threads,
+            "polls_per_second_per_invocation": poll_rate(inputs, memory, threads)[0],
+            "bound_by": poll_rate(inputs, memory, threads)[1],
+            "polling_lambda_usd_per_1000_users_month": USERS
+            * args.polls_per_user_day
+            * DAYS
+            * poll_gb_seconds(inputs, memory, threads)
+            * PRICES["lambda_arm64_gb_second"]["usd"],
+        }
+        for memory, threads in LAMBDA_OPTIONS
+    ]
     results["inputs"] = inputs.values
     results["assumptions"] = {
         "days_per_month": DAYS,

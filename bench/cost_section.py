@@ -70,6 +70,25 @@ def _rows(items: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
+def _lambda_options(options: list[dict[str, Any]]) -> list[str]:
+    """The polling Lambda line for other worker settings (MemorySize, WorkerThreads)."""
+    if not options:
+        return []
+    return [
+        "Polling's Lambda duration with other worker settings (the same model: an invocation is billed "
+        "its memory while its threads wait on mail servers):",
+        "",
+        "| MemorySize | WorkerThreads | polls a second per invocation | polling Lambda $ |",
+        "| ---: | ---: | ---: | ---: |",
+        *(
+            f"| {o['memory_mb']:,} MB | {o['threads']} | {o['polls_per_second_per_invocation']:.0f} "
+            f"({o['bound_by']}-bound) | {usd(o['polling_lambda_usd_per_1000_users_month'])} |"
+            for o in options
+        ),
+        "",
+    ]
+
+
 def render(doc: dict[str, Any]) -> str:
     """The block's lines between the markers (markers excluded)."""
     r, p = doc["results"], doc["parameters"]
@@ -105,6 +124,7 @@ def render(doc: dict[str, Any]) -> str:
         f"their addresses, plus ${usd(sum(i['usd'] for i in r['fixed_egress_items'][2:]))} per 1,000 users for "
         "the traffic through them.",
         "",
+        *_lambda_options(r.get("lambda_options") or []),
         "Inputs:",
         "",
         *(f"- `{name}` {value['value']:.4g}: {value['source']}" for name, value in r["inputs"].items()),

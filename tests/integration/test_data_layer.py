@@ -153,3 +153,32 @@ def test_an_account_round_trips_and_updates_return_what_was_written(aws: dict[st
     assert changed.folder_map == {"inbox": "INBOX", "trash": "Trash"}
     assert dal.get_account(T, U) == changed
     assert dal.update_account_if_version(changed, {"status": "ok"}, version=2) is None
+
+
+def test_many_accounts_and_their_sync_states_are_read_in_requests_of_fifty(aws: dict[str, str]) -> None:
+    from devstack.aws_calls import count_aws_calls
+    from mailsync import dal
+    from mailsync.domain import Account
+
+    users = [f"user{i:03d}" for i in range(57)]  # 50 accounts to a request
+    for user in users:
+        dal.create_account(
+            Account(tenant_id=T, user_id=user, host="imap.example.com", port=993, username=user, security="ssl")
+        )
+    leased = users[::10]  # a sync state for some of them (the lease writes it)
+    for user in leased:
+        assert dal.take_lease(T, user, "worker-1", 60) is not None
+    wanted = [(T, u) for u in users] + [(T, "nobody"), ("other-tenant", users[0]), (T, users[0])]
+
+    with count_aws_calls("dynamodb") as calls:
+        read = dal.get_accounts_and_sync_states(wanted, consistent=False)
+
+    assert calls == {"BatchGetItem": 2}, calls  # 59 distinct accounts (2 keys each): 50, then 9
+    assert set(read) == set(wanted)
+    for user in users:
+        account, state = read[(T, user)]
+        assert account is not None and account.username == user
+        assert (state is not None and state.lease_owner == "worker-1") == (user in leased)
+    assert read[(T, "nobody")] == (None, None)
+    assert read[("other-tenant", users[0])] == (None, None), "another tenant's user of the same name is not read"
+    assert dal.get_account_and_sync_state(T, users[0]) == read[(T, users[0])]

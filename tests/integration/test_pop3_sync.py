@@ -407,3 +407,33 @@ def test_pop3_mail_follows_the_confidentiality_rules_and_fills_the_dossiers(
     assert crm(bob)["private"]["confidential"] is True
     dossier = api("GET", "/v1/contacts/alice@example.com/messages", caller=alice.caller).body["messages"]
     assert [(m["subject"], m["owner"]) for m in dossier] == [("for the dossier", "alice")], "bob's is confidential"
+
+
+def test_a_pop3_sync_with_work_waits_for_a_slot_like_imap_and_without_one_goes_back_on_the_queue(
+    api: ApiCall, aws: dict[str, str], local_mail_env, mail_user, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from mailsync import dal
+    from mailsync.services import sync_jobs
+
+    deliver(mail_user, "new", days=1)
+    account = pop_account(api, mail_user)
+    sqs = boto3.client("sqs")
+    sqs.purge_queue(QueueUrl=aws["SYNC_QUEUE_URL"])
+    taken = threading.BoundedSemaphore(1)
+    taken.acquire()  # the process's syncs with work fill every slot
+    monkeypatch.setattr(sync_jobs, "_WORK_SLOTS", taken)
+    monkeypatch.setattr(sync_jobs, "HOST_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(sync_jobs, "HOST_BUSY_DELAY_SECONDS", 0)
+
+    assert account.sync().status == "busy"
+    assert crm(account) == {}
+    state = dal.get_sync_state("acme", account.caller.user)
+    assert state is None or (state.state != "syncing" and state.lease_owner is None)
+    got = sqs.receive_message(QueueUrl=aws["SYNC_QUEUE_URL"], MaxNumberOfMessages=10, WaitTimeSeconds=0)
+    assert [json.loads(m["Body"])["user_id"] for m in got.get("Messages", [])] == [account.caller.user]
+
+    taken.release()
+    assert account.sync().status == "synced"
+    assert sorted(crm(account)) == ["new"]

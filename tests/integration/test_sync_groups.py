@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import boto3
 import pytest
 
+from devstack.aws_calls import count_aws_calls
 from devstack.dovecot import DovecotServer
 from devstack.lambda_runtime import LambdaContext, load_handler, scheduled_event, sqs_event
 from mailsync.sync.planner import jobs as policy
@@ -141,6 +143,15 @@ def test_an_account_raising_unexpectedly_affects_no_other(
             return real(tenant_id, user_id, *args, **kwargs)
 
         monkeypatch.setattr(dal, "get_account_and_sync_state", get_account_and_sync_state)
+        real_batch = dal.get_accounts_and_sync_states
+
+        def get_accounts_and_sync_states(accounts: Any, *args: Any, **kwargs: Any):
+            # The group's batch read fails too; then each job reads its own.
+            if any(user_id == victim for _, user_id in accounts):
+                raise RuntimeError("the accounts table went away")
+            return real_batch(accounts, *args, **kwargs)
+
+        monkeypatch.setattr(dal, "get_accounts_and_sync_states", get_accounts_and_sync_states)
     else:
         real_sync = sync_jobs.sync_account
 
@@ -230,6 +241,106 @@ def test_the_scheduler_sends_groups_and_the_worker_takes_them_with_single_jobs(
     for i, account in enumerate(accounts):
         assert_synced(account, i + 1)
     assert sorted(single.synced()) == ["single0 0"]
+
+
+def test_a_scheduled_groups_accounts_are_read_together_eventually_consistent(
+    api, group_env, aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailsync import dal
+    from mailsync.services import sync_groups
+
+    accounts = mail_accounts(api, group_env, 3)
+    users = [a.caller.user for a in accounts]
+    assert run_worker([group_record(users, reason="user")])[0] == {"batchItemFailures": []}
+    monkeypatch.setattr(policy, "MIN_SECONDS_BETWEEN_SCHEDULED_SYNCS", 0)
+    monkeypatch.setattr(sync_groups, "PREFETCH_ACCOUNTS", 2)
+    reads: list[tuple[list[str], bool]] = []
+    real = dal.get_accounts_and_sync_states
+
+    def get_accounts_and_sync_states(wanted: Any, *, consistent: bool = True) -> Any:
+        reads.append(([u for _, u in wanted], consistent))
+        return real(wanted, consistent=consistent)
+
+    monkeypatch.setattr(dal, "get_accounts_and_sync_states", get_accounts_and_sync_states)
+    with count_aws_calls("dynamodb") as calls:
+        result, _ = run_worker([group_record(users)])
+    assert result == {"batchItemFailures": []}
+    # Three no-op polls: two requests (two accounts each at most), eventually consistent, no other.
+    assert sorted(reads) == sorted([(users[:2], False), (users[2:], False)])
+    assert calls == {"BatchGetItem": 2}, calls
+    # A user's request reads its own account, consistently.
+    reads.clear()
+    real_one = dal.get_account_and_sync_state
+
+    def get_account_and_sync_state(tenant_id: str, user_id: str, *, consistent: bool = True) -> Any:
+        reads.append(([user_id], consistent))
+        return real_one(tenant_id, user_id, consistent=consistent)
+
+    monkeypatch.setattr(dal, "get_account_and_sync_state", get_account_and_sync_state)
+    assert run_worker([group_record(users[:1], reason="user")])[0] == {"batchItemFailures": []}
+    assert reads == [(users[:1], True)]
+
+
+def test_syncs_with_work_take_turns_in_the_process_slots(api, group_env, aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailsync.config import get_settings
+    from mailsync.services import sync_jobs
+
+    accounts = mail_accounts(api, group_env, THREADS)  # every one has new mail: work
+    monkeypatch.setattr(sync_jobs, "_WORK_SLOTS", threading.BoundedSemaphore(1))
+    # A job waits for a slot up to a quarter of its budget: room for the others' turns here.
+    monkeypatch.setenv("MAILSYNC_JOB_BUDGET_SECONDS", "60")
+    get_settings.cache_clear()
+    lock, another_entered = threading.Lock(), threading.Event()
+    running = peak = 0
+    real = sync_jobs.sync_account
+
+    def sync_account(*args: Any, **kwargs: Any):
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+            first = running == 1
+            if not first:
+                another_entered.set()
+        try:
+            if first:
+                # Without the slots the other threads' syncs start now; with them, none can.
+                another_entered.wait(timeout=1)
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(sync_jobs, "sync_account", sync_account)
+    result, _ = run_worker([group_record([a.caller.user for a in accounts])])
+    assert result == {"batchItemFailures": []}
+    assert peak == 1
+    for i, account in enumerate(accounts):
+        assert_synced(account, i + 1)
+
+
+def test_a_sync_with_work_that_gets_no_slot_goes_back_on_the_queue_without_the_lease(
+    api, group_env, aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailsync import dal
+    from mailsync.services import sync_jobs
+
+    (account,) = mail_accounts(api, group_env, 1)
+    queued(aws["SYNC_QUEUE_URL"])
+    taken = threading.BoundedSemaphore(1)
+    taken.acquire()  # every slot busy for the whole wait
+    monkeypatch.setattr(sync_jobs, "_WORK_SLOTS", taken)
+    monkeypatch.setattr(sync_jobs, "HOST_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(sync_jobs, "HOST_BUSY_DELAY_SECONDS", 0)
+
+    result, _ = run_worker([group_record([account.caller.user], reason="user")])
+    assert result == {"batchItemFailures": []}
+    assert per_account(queued(aws["SYNC_QUEUE_URL"])) == [
+        {"tenant_id": "acme", "user_id": account.caller.user, "reason": "user"}
+    ]
+    state = dal.get_sync_state("acme", account.caller.user)
+    assert state is None or (state.state != "syncing" and state.lease_owner is None)
+    assert account.synced() == {}
 
 
 @pytest.fixture

@@ -63,6 +63,7 @@ NOT_IMPLEMENTED = frozenset(
         "folder_locations",
         "forget_pop_seen",  # POP3 sync state: tests/integration/test_pop3_sync.py (moto + Dovecot)
         "get_account_and_sync_state",
+        "get_accounts_and_sync_states",
         "give_back_lease",
         "idempotency_store",  # Powertools Idempotency on its own table: the POST path is an integration test
         "ids_for_match_key",

@@ -111,3 +111,17 @@ def test_the_totals_are_the_sums_of_their_line_items() -> None:
     assert by_name["KMS"]["usd"] == 0 and by_name["DynamoDB writes"]["usd"] == 0
     assert by_name["Lambda requests, worker"]["quantity"] == pytest.approx(43_200 * 1000 / 100)
     assert r["messages_per_1000_users_month"] == 1_500_000
+
+
+def test_a_poll_is_billed_the_invocations_memory_for_as_long_as_its_threads_or_cpu_take() -> None:
+    inputs = bench_cost.Inputs()
+    model = {"memory_mb": 1769, "threads": 16, "wall_per_account_s_assumed": 0.5, "lambda_cpu_slowdown_assumed": 2}
+    doc = {"parameters": {}, "results": {"accounts_per_cpu_second": 200, "model": model}}
+    bench_cost.throughput_inputs(inputs, doc)
+    # 5 ms here, 10 ms on Lambda: one vCPU allows 100 polls a second; 16 threads of 0.5 s allow 32.
+    assert bench_cost.poll_rate(inputs, 1769, 16) == (pytest.approx(32), "threads")
+    assert bench_cost.poll_gb_seconds(inputs) == pytest.approx(1769 / 1024 / 32)
+    assert bench_cost.poll_rate(inputs, 1769, 64) == (pytest.approx(100), "CPU")
+    assert bench_cost.poll_gb_seconds(inputs, 1769, 64) == pytest.approx(1769 / 1024 / 100)
+    # Half the memory, half the vCPU: the same GB-seconds when the CPU bounds it.
+    assert bench_cost.poll_gb_seconds(inputs, 884.5, 64) == pytest.approx(1769 / 1024 / 100)

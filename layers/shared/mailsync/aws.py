@@ -13,9 +13,10 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-# A pool per client larger than the worker's threads plus a job's parallel S3 uploads: a full
-# pool opens throwaway connections (and urllib3 warns about each).
-MAX_POOL_CONNECTIONS = 64
+# A pool per client larger than the worker's threads (64 at most) and the parallel S3 uploads of
+# its syncs with work (sync_jobs.SYNCS_WITH_WORK x blobstore.UPLOAD_WORKERS): a full pool opens
+# throwaway connections (and urllib3 warns about each).
+MAX_POOL_CONNECTIONS = 160
 _CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 5},
     connect_timeout=5,

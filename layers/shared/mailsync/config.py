@@ -38,9 +38,10 @@ class Settings(BaseSettings):
     due_shards: int = Field(default=16, ge=1, le=1000)
     # Fan-out: one sync job (SQS message) carries up to this many accounts of one due shard.
     sync_group_size: int = Field(default=100, ge=1, le=500)
-    # Worker: accounts synced at once in one invocation. A poll mostly waits on the network, so
-    # 16 threads keep one vCPU busy; each thread may hold a batch of mail in memory.
-    worker_threads: int = Field(default=16, ge=1, le=64)
+    # Worker: accounts synced at once in one invocation. A poll mostly waits on the network (and
+    # the invocation is billed for that wait), so 64 threads; at most sync_jobs.SYNCS_WITH_WORK of
+    # them hold mail in memory at once.
+    worker_threads: int = Field(default=64, ge=1, le=64)
     # The scheduler's EventBridge expression (template ScheduleRate): outside office hours an
     # account is polled on its slot of these ticks (sync.planner.polling).
     schedule_rate: str = Field(default="rate(1 minute)", max_length=200)

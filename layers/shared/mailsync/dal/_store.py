@@ -235,50 +235,95 @@ def record_activity(tenant_id: str, user_id: str, at: int) -> None:
 
 
 def get_sync_state(tenant_id: str, user_id: str) -> SyncState | None:
+    return _get_sync_state_by_pk(keys.account_pk(tenant_id, user_id))
+
+
+def _get_sync_state_by_pk(pk: str) -> SyncState | None:
     try:
-        item = SyncStateModel.get(keys.account_pk(tenant_id, user_id), keys.STATE_SK, consistent_read=True)
+        item = SyncStateModel.get(pk, keys.STATE_SK, consistent_read=True)
     except DoesNotExist:
         return None
     return sync_state_from(item)
 
 
-def get_account_and_sync_state(tenant_id: str, user_id: str) -> tuple[Account | None, SyncState | None]:
+def get_account_and_sync_state(
+    tenant_id: str, user_id: str, *, consistent: bool = True
+) -> tuple[Account | None, SyncState | None]:
     """(sync core) ``get_account`` and ``get_sync_state`` in one request (a BatchGetItem over both
-    tables, strongly consistent): every job starts with these two reads, most end there."""
+    tables): every job starts with these two reads, most end there. ``consistent=False`` reads
+    them eventually consistent, for half the read units: only for a scheduled poll, whose read
+    is a hint (see ``get_accounts_and_sync_states``)."""
+    return get_accounts_and_sync_states([(tenant_id, user_id)], consistent=consistent)[(tenant_id, user_id)]
+
+
+def get_accounts_and_sync_states(
+    accounts: Iterable[tuple[str, str]], *, consistent: bool = True
+) -> dict[tuple[str, str], tuple[Account | None, SyncState | None]]:
+    """``get_account_and_sync_state`` for many accounts, ``BATCH_GET_ACCOUNTS`` per request.
+
+    Eventually consistent reads (``consistent=False``) may miss writes of the last second or so.
+    That is safe for a poll: nothing is written from this read alone. Work is done under the
+    lease, whose conditional write returns the current sync state; an account status is written
+    only if its ``settings_version`` is still the one read. A stale read can only delay a change
+    to the next poll (a checkpoint is read as it was; a pending op is not seen yet: a CRM change
+    also sends a job of its own, read consistently) or make a poll take the lease for nothing."""
     settings = get_settings()
-    account_key_ = {
-        AccountModel.tenant_id.attr_name: {"S": tenant_id},
-        AccountModel.user_id.attr_name: {"S": user_id},
-    }
-    state_key_ = {
-        SyncStateModel.pk.attr_name: {"S": keys.account_pk(tenant_id, user_id)},
-        SyncStateModel.sk.attr_name: {"S": keys.STATE_SK},
-    }
+    wanted_accounts = list(dict.fromkeys(accounts))
     if settings.accounts_table == settings.messages_table:
-        return get_account(tenant_id, user_id), get_sync_state(tenant_id, user_id)
+        return {(t, u): (get_account(t, u), get_sync_state(t, u)) for t, u in wanted_accounts}
+    found: dict[tuple[str, str], tuple[Account | None, SyncState | None]] = {}
+    for start in range(0, len(wanted_accounts), BATCH_GET_ACCOUNTS):
+        found.update(_batch_get_accounts(wanted_accounts[start : start + BATCH_GET_ACCOUNTS], consistent))
+    return found
+
+
+def _batch_get_accounts(
+    accounts: list[tuple[str, str]], consistent: bool
+) -> dict[tuple[str, str], tuple[Account | None, SyncState | None]]:
+    settings = get_settings()
+    tenant_attr, user_attr = AccountModel.tenant_id.attr_name, AccountModel.user_id.attr_name
+    pk_attr, sk_attr = SyncStateModel.pk.attr_name, SyncStateModel.sk.attr_name
     wanted: dict[str, Any] = {
-        settings.accounts_table: {"Keys": [account_key_], "ConsistentRead": True},
-        settings.messages_table: {"Keys": [state_key_], "ConsistentRead": True},
+        settings.accounts_table: {
+            "Keys": [{tenant_attr: {"S": t}, user_attr: {"S": u}} for t, u in accounts],
+            "ConsistentRead": consistent,
+        },
+        settings.messages_table: {
+            "Keys": [{pk_attr: {"S": keys.account_pk(t, u)}, sk_attr: {"S": keys.STATE_SK}} for t, u in accounts],
+            "ConsistentRead": consistent,
+        },
     }
-    found: dict[str, list[dict[str, Any]]] = {}
+    found_accounts: dict[tuple[str, str], Account] = {}
+    found_states: dict[str, SyncState] = {}
     for attempt in range(_BATCH_GET_ATTEMPTS):
         response = client("dynamodb").batch_get_item(RequestItems=wanted)
-        for table, items in response.get("Responses", {}).items():
-            found.setdefault(table, []).extend(items)
+        responses = response.get("Responses", {})
+        for item in responses.get(settings.accounts_table, []):
+            found_accounts[(item[tenant_attr]["S"], item[user_attr]["S"])] = account_from(
+                AccountModel.from_raw_data(item)
+            )
+        for item in responses.get(settings.messages_table, []):
+            found_states[item[pk_attr]["S"]] = sync_state_from(SyncStateModel.from_raw_data(item))
         wanted = response.get("UnprocessedKeys") or {}
         if not wanted:
             break
         time.sleep(0.05 * 2**attempt)  # throttled: DynamoDB asks for a backoff before the retry
     else:
-        return get_account(tenant_id, user_id), get_sync_state(tenant_id, user_id)
-    accounts = found.get(settings.accounts_table) or []
-    states = found.get(settings.messages_table) or []
-    return (
-        account_from(AccountModel.from_raw_data(accounts[0])) if accounts else None,
-        sync_state_from(SyncStateModel.from_raw_data(states[0])) if states else None,
-    )
+        # Still throttled: the keys left are read one at a time.
+        for key in wanted.get(settings.accounts_table, {}).get("Keys", []):
+            t, u = key[tenant_attr]["S"], key[user_attr]["S"]
+            account = get_account(t, u)
+            if account is not None:
+                found_accounts[(t, u)] = account
+        for key in wanted.get(settings.messages_table, {}).get("Keys", []):
+            state = _get_sync_state_by_pk(key[pk_attr]["S"])
+            if state is not None:
+                found_states[key[pk_attr]["S"]] = state
+    return {(t, u): (found_accounts.get((t, u)), found_states.get(keys.account_pk(t, u))) for t, u in accounts}
 
 
+# Two keys per account, BatchGetItem's limit is 100 keys a request.
+BATCH_GET_ACCOUNTS = 50
 _BATCH_GET_ATTEMPTS = 4
 
 

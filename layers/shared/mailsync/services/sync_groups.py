@@ -31,10 +31,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mailsync import dal
 from mailsync.config import get_settings
+from mailsync.domain import Account, SyncState
 from mailsync.observability import job_metrics, logger
 from mailsync.services import scheduling, sync_jobs
 from mailsync.services.sync_jobs import JobResult, SyncJob
 from mailsync.sync.planner import jobs as policy
+
+# Scheduled jobs' accounts read per request, as the pool threads reach them: one BatchGetItem
+# (two keys each, 100 at most) instead of one per account, and read at most a few seconds
+# before their job runs.
+PREFETCH_ACCOUNTS = 50
 
 # The largest group a job may carry (the scheduler's ``sync_group_size`` is at most this).
 MAX_GROUP_ACCOUNTS = 500
@@ -106,6 +112,9 @@ class _Work:
         self._budget = budget_seconds
         self._next = 0
         self._lock = threading.Lock()
+        self._reads: dict[int, tuple[Account | None, SyncState | None]] = {}
+        self._read_lock = threading.Lock()
+        self._read_failed = False
 
     def take(self) -> tuple[int | None, list[int]]:
         """The next job to run, or None and the jobs to defer (empty when all are handed out)."""
@@ -120,6 +129,30 @@ class _Work:
                 return None, list(range(index, len(self.jobs)))
             self._next += 1
             return index, []
+
+    def read_for(self, index: int) -> tuple[Account | None, SyncState | None] | None:
+        """A scheduled job's account and sync state, read with the next ``PREFETCH_ACCOUNTS``
+        scheduled jobs' in one request (eventually consistent, as ``run_job`` reads a scheduled
+        job alone); None: the job reads its own (not scheduled, or a batch read of this
+        invocation failed)."""
+        if self.jobs[index].reason != "schedule" or self._read_failed:
+            return None
+        with self._read_lock:
+            if index not in self._reads:
+                later = range(index, len(self.jobs))
+                chunk = [i for i in later if self.jobs[i].reason == "schedule" and i not in self._reads]
+                chunk = chunk[:PREFETCH_ACCOUNTS]
+                try:
+                    read = dal.get_accounts_and_sync_states(
+                        [(self.jobs[i].tenant_id, self.jobs[i].user_id) for i in chunk], consistent=False
+                    )
+                except Exception:  # noqa: BLE001 - each job then reads its own, and meets its own failure
+                    logger.exception("reading a group's accounts failed")
+                    self._read_failed = True  # once: the invocation's other jobs read their own
+                    return None
+                for i in chunk:
+                    self._reads[i] = read[(self.jobs[i].tenant_id, self.jobs[i].user_id)]
+            return self._reads.pop(index)
 
     def done(self, index: int, result: JobResult) -> None:
         self._results[index] = result
@@ -141,17 +174,24 @@ def _drain(work: _Work, lambda_deadline: float | None, log_keys: dict[str, Any])
                 _defer([work.jobs[i] for i in deferred])
             if index is None:
                 return
-            work.done(index, _run_one(work.jobs[index], lambda_deadline))
+            work.done(index, _run_one(work, index, lambda_deadline))
     finally:
         logger.thread_safe_clear_keys()
 
 
-def _run_one(job: SyncJob, lambda_deadline: float | None) -> JobResult:
+def _run_one(work: _Work, index: int, lambda_deadline: float | None) -> JobResult:
     """One account, on a pool thread; whatever happens stays this account's result."""
+    job = work.jobs[index]
     logger.thread_safe_append_keys(tenant_id=job.tenant_id, user_id=job.user_id)
     try:
         # Deferring was decided by _Work.take, so that deferred accounts go back in groups.
-        result = sync_jobs.run_job(job, lambda_deadline=lambda_deadline, may_defer=False, queued_at=job.queued_at)
+        result = sync_jobs.run_job(
+            job,
+            lambda_deadline=lambda_deadline,
+            may_defer=False,
+            queued_at=job.queued_at,
+            read=work.read_for(index),
+        )
     except Exception:  # noqa: BLE001 - one account's failure must not reach the others
         # run_job keeps its own failures; this is what escaped it (storage down while it
         # recorded its outcome): the lease expires, the account stays due and is retried.

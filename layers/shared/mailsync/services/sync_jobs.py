@@ -24,8 +24,9 @@ timeout with an account left ``syncing``.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,13 @@ LEASE_SECONDS = 300 + 60  # the worker's Lambda timeout plus a margin: a crashed
 HOST_BUSY_DELAY_SECONDS = 30
 # How long a job waits for room on its mail host (mailbox.limits) before it goes back on the queue.
 HOST_WAIT_SECONDS = 30.0
+# Syncs with work (mail to download and store, changes to push) one worker process runs at once,
+# whatever its thread count: such a sync holds mail in memory (two batches of engine.BATCH_BYTES,
+# or a message up to max_message_bytes), a poll that finds nothing a few KB. So the worker can run
+# many more threads than its memory holds syncs with work, for polls that mostly wait on mail
+# servers (they are what an invocation is billed for). 16: the threads 1,769 MB held before.
+SYNCS_WITH_WORK = 16
+_WORK_SLOTS = threading.BoundedSemaphore(SYNCS_WITH_WORK)
 # A job deferred for lack of Lambda time waits this long on the queue: enough for the current
 # invocation to finish its batch, short enough that the sync is barely late.
 DEFERRED_DELAY_SECONDS = 5
@@ -98,13 +106,16 @@ def run_job(
     lambda_deadline: float | None = None,
     may_defer: bool = True,
     queued_at: float | None = None,
+    read: tuple[Account | None, SyncState | None] | None = None,
 ) -> JobResult:
     """Sync one account if it should be synced now; never raises for mailbox problems.
 
     ``lambda_deadline`` is the ``time.monotonic()`` instant the invoking Lambda is cut off (None
     outside Lambda); ``may_defer`` is false for the invocation's first job (see
     ``planner.jobs.defer_job``); ``queued_at`` (epoch seconds) is when the job was sent, for
-    ``lag_seconds``. Thread-safe: the worker may run many accounts' jobs at once.
+    ``lag_seconds``; ``read`` is the account and its sync state as already read for this job
+    (a group's scheduled jobs are read together, see ``sync_groups``). Thread-safe: the worker
+    may run many accounts' jobs at once.
     """
     settings = get_settings()
     lambda_left = None if lambda_deadline is None else lambda_deadline - time.monotonic()
@@ -118,7 +129,11 @@ def run_job(
     owner = owner or scheduling.worker_id()
     # One request for both; read without the lease: most jobs find nothing to do and then
     # write nothing at all.
-    account, stored = dal.get_account_and_sync_state(job.tenant_id, job.user_id)
+    # A scheduled poll reads eventually consistent (half the read units): see
+    # dal.get_accounts_and_sync_states for why a stale read is safe there.
+    if read is None:
+        read = dal.get_account_and_sync_state(job.tenant_id, job.user_id, consistent=job.reason != "schedule")
+    account, stored = read
     if account is None:
         return JobResult("gone")
     if not policy.may_sync(fetch_enabled=account.fetch_enabled, status=account.status, protocol=account.protocol):
@@ -150,8 +165,9 @@ def run_job(
                 result, final = _sync(
                     account, state, lease, job.reason, deadline, connection_factory, started, lambda_deadline
                 )
-        except HostBusy:
-            # Waiting for room on the host (or for this process's other job of the same mailbox).
+        except (HostBusy, _NoWorkSlot):
+            # Waiting for room on the host (or for this process's other job of the same mailbox),
+            # or for one of the process's slots for syncs with work.
             scheduling.enqueue(job.tenant_id, job.user_id, job.reason, delay_seconds=HOST_BUSY_DELAY_SECONDS)
             return JobResult("busy")
         result.duration_ms = int((time.monotonic() - started) * 1000)
@@ -171,6 +187,20 @@ def run_job(
 
 class _LeaseBusy(Exception):
     """Another worker holds the account's lease."""
+
+
+class _NoWorkSlot(Exception):
+    """The process runs ``SYNCS_WITH_WORK`` syncs with work already (and did for the whole wait)."""
+
+
+@contextlib.contextmanager
+def _work_slot(wait_seconds: float) -> Iterator[None]:
+    if not _WORK_SLOTS.acquire(timeout=max(0.0, wait_seconds)):
+        raise _NoWorkSlot()
+    try:
+        yield
+    finally:
+        _WORK_SLOTS.release()
 
 
 class _Lease:
@@ -303,10 +333,12 @@ def _run_engine(
             if why is None:
                 return conn.command_count
             logger.debug("sync has work", extra={"reason": why})
-        state = lease.take()
-        if state is None:
-            raise _LeaseBusy()
-        return sync_account(account, state, conn, owner=lease.owner, deadline=deadline)
+        # The slot before the lease: a job waiting for one holds no lease.
+        with _work_slot(min(HOST_WAIT_SECONDS, settings.job_budget_seconds / 4)):
+            state = lease.take()
+            if state is None:
+                raise _LeaseBusy()
+            return sync_account(account, state, conn, owner=lease.owner, deadline=deadline)
 
 
 def _run_pop3(
@@ -323,12 +355,17 @@ def _run_pop3(
     whether there is work before the lease, as STATUS does for IMAP."""
 
     def take_lease() -> SyncState:
+        if not slot_held:
+            # As for IMAP: a sync with work holds one of the process's slots, taken before the lease.
+            slot.enter_context(_work_slot(min(HOST_WAIT_SECONDS, settings.job_budget_seconds / 4)))
+            slot_held.append(True)
         state = lease.take()
         if state is None:
             raise _LeaseBusy()
         return state
 
-    with open_pop3(params, settings, deadline=hard_deadline) as conn:
+    slot_held: list[bool] = []
+    with contextlib.ExitStack() as slot, open_pop3(params, settings, deadline=hard_deadline) as conn:
         return sync_pop3(
             account,
             conn,
