@@ -30,7 +30,7 @@ from mailsync.errors import (
     ValidationFailed,
 )
 from mailsync.observability import logger, metrics, tracer
-from routers import deployment, dossiers, folders, messages, oauth, relay, settings
+from routers import deployment, dossiers, folders, messages, oauth, relay, settings, users
 
 app = APIGatewayHttpResolver(enable_validation=True)
 app.enable_swagger(
@@ -51,6 +51,7 @@ app.include_router(dossiers.router, prefix="/v1")
 app.include_router(oauth.router, prefix="/v1")
 app.include_router(relay.router, prefix="/v1")
 app.include_router(deployment.router, prefix="/v1")
+app.include_router(users.router, prefix="/v1")
 
 
 @app.exception_handler(RequestValidationError)

@@ -359,11 +359,29 @@ def test_an_admin_opens_a_colleagues_settings(stack: Running, page: Page, doveco
     body = {"host": "127.0.0.1", "port": mail_user.imaps_port, "username": mail_user.username, "password": "x1"}
     assert stack.request("PUT", "/v1/users/me/mail-settings", make_token(colleague, "acme"), body)[0] == 201
 
+    outsider = {**body, "username": "outsider"}
+    assert stack.request("PUT", "/v1/users/me/mail-settings", make_token("olga", "globex"), outsider)[0] == 201
+
     sign_in(page, stack, "boss", role="admin")
-    page.get_by_label("User of your tenant").fill(colleague)
-    page.get_by_role("button", name="Open").click()
+    picker = page.get_by_label("User of your tenant")
+    # The select lists the tenant's users with settings (GET /v1/users), never another tenant's.
+    expect(picker.locator(f'option[value="{colleague}"]')).to_have_text(f"{colleague} ({mail_user.username})")
+    assert "olga" not in picker.locator("option").evaluate_all("options => options.map(o => o.value)")
+    assert unlabelled(page) == []
+    # By keyboard: pick, Tab to Open, Enter.
+    picker.focus()
+    picker.select_option(colleague)
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")
     expect(page.get_by_text(f"Settings of {colleague}")).to_be_visible()
     expect(page.get_by_label("User name")).to_have_value(mail_user.username)
+
+    # A colleague without settings yet is in no list: their id is typed.
+    page.get_by_label("Or a user id (a colleague without settings yet)").fill("newbie")
+    page.get_by_label("Or a user id (a colleague without settings yet)").press("Enter")
+    expect(page.get_by_text("Settings of newbie")).to_be_visible()
+    expect(page.get_by_label("User name")).to_have_value("")
+    expect(picker).to_have_value("newbie")
 
 
 def test_screens_are_in_the_readme() -> None:

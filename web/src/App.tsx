@@ -4,6 +4,7 @@ import { initialLang, type Lang, saveLang, translator } from "./i18n";
 import { Mailbox } from "./Mailbox";
 import { Settings } from "./Settings";
 import { SignIn } from "./SignIn";
+import { UserPicker } from "./UserPicker";
 
 const TOKEN_STORE = "mailsync.token";
 type View = "settings" | "mailbox";
@@ -16,7 +17,6 @@ export function App({ config }: { config: AppConfig }) {
   const [lang, setLang] = useState<Lang>(initialLang);
   const [token, setToken] = useState<string | null>(() => sessionStorage.getItem(TOKEN_STORE));
   const [view, setView] = useState<View>(viewFromHash);
-  const [whoInput, setWhoInput] = useState("me");
   const [who, setWho] = useState("me");
   const t = useMemo(() => translator(lang), [lang]);
 
@@ -43,7 +43,6 @@ export function App({ config }: { config: AppConfig }) {
     sessionStorage.removeItem(TOKEN_STORE);
     setToken(null);
     setWho("me");
-    setWhoInput("me");
   };
   const api = useMemo(
     () =>
@@ -99,29 +98,7 @@ export function App({ config }: { config: AppConfig }) {
         )}
         {!api && <SignIn t={t} config={config} onToken={signIn} />}
         {api && isAdmin && (
-          <form
-            class="card picker"
-            onSubmit={(e) => {
-              e.preventDefault();
-              setWho(whoInput.trim() || "me");
-            }}
-          >
-            <label for="who">{t("whoseSettings")}</label>
-            <div class="row">
-              <input
-                id="who"
-                name="who"
-                value={whoInput}
-                autocomplete="off"
-                aria-describedby="who-hint"
-                onInput={(e) => setWhoInput(e.currentTarget.value)}
-              />
-              <button type="submit">{t("open")}</button>
-            </div>
-            <p id="who-hint" class="hint">
-              {t("whoseHint")}
-            </p>
-          </form>
+          <UserPicker t={t} api={api} self={String(claims?.sub ?? "")} who={who} onOpen={setWho} />
         )}
         {api && view === "settings" && <Settings key={who} t={t} lang={lang} api={api} userId={who} />}
         {api && view === "mailbox" && <Mailbox key={who} t={t} lang={lang} api={api} userId={who} />}

@@ -209,3 +209,33 @@ export function tokenClaims(token: string): Record<string, unknown> | null {
     return null;
   }
 }
+
+/** A user of the caller's tenant with mail settings (GET /v1/users, admins only). */
+export interface TenantUser {
+  user_id: string;
+  username: string;
+  protocol: Protocol;
+  status: string;
+}
+
+export interface TenantUserPage {
+  users: TenantUser[];
+  next_cursor: string | null;
+}
+
+// A budget, not a rule: beyond this many users an admin types the id (the typed-id field stays).
+const MAX_USER_PAGES = 10;
+
+/** The tenant's users with mail settings, by user id, page after page up to a budget. */
+export async function tenantUsers(api: Api): Promise<TenantUser[]> {
+  const users: TenantUser[] = [];
+  let cursor: string | null = null;
+  for (let page = 0; page < MAX_USER_PAGES; page++) {
+    const query: string = cursor ? `&cursor=${encodeURIComponent(cursor)}` : "";
+    const result: TenantUserPage = await api.call<TenantUserPage>("GET", `/v1/users?limit=200${query}`);
+    users.push(...result.users);
+    cursor = result.next_cursor;
+    if (!cursor) break;
+  }
+  return users;
+}

@@ -478,3 +478,17 @@ class DeploymentOut(BaseModel):
         description="Providers whose Connect button works here (an OAuth2 app is registered)"
     )
     relay_addresses: bool = Field(description="Whether users have a relay address (the deployment has a relay domain)")
+
+
+class UserOut(BaseModel):
+    """A user of the caller's tenant who has mail settings (never a credential)."""
+
+    user_id: str
+    username: str = Field(description="The mailbox login (`username` of the mail settings)")
+    protocol: Protocol
+    status: str = Field(description="As `status` of the mail settings")
+
+
+class UserPageOut(BaseModel):
+    users: list[UserOut] = Field(description="Sorted by `user_id`")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page")

@@ -96,6 +96,7 @@ _CURSOR_KEYS = {
     "gsi1pk": frozenset({"pk", "sk", "gsi1pk", "gsi1sk"}),
     "gsi2pk": frozenset({"pk", "sk", "gsi2pk", "gsi2sk"}),
     "pk": frozenset({"pk", "sk"}),
+    "tenant_id": frozenset({"tenant_id", "user_id"}),  # the accounts table
 }
 MAX_CURSOR_CHARS = 2048
 

@@ -94,6 +94,32 @@ def oauth_grant_holders(tenant_id: str, provider: str, username: str) -> list[st
     return [item.user_id for item in found if item.username.lower() == wanted]
 
 
+# Every user id sorts at or after this ("+" is the lowest character a user id may hold); the
+# tenant's own items ("#tenant", "#office_hours") sort before it, so a key range leaves them out.
+_FIRST_USER_ID = "+"
+
+
+def list_accounts(tenant_id: str, limit: int, cursor: str | None) -> tuple[list[Account], str | None]:
+    """The tenant's accounts by user id, a page and the cursor to continue from (None at the end).
+    One Query of the tenant's partition: another tenant's accounts are out of reach, and a cursor
+    this listing did not hand out (another tenant's included) raises ``BadCursor``."""
+    start = keys.decode_cursor(cursor, ("tenant_id", tenant_id))
+    if start is not None and start["user_id"]["S"] < _FIRST_USER_ID:
+        # Outside the key range: DynamoDB would refuse it.
+        raise keys.BadCursor()
+    items, last_key = _full_page(
+        lambda limit_left, after: AccountModel.query(
+            tenant_id,
+            range_key_condition=AccountModel.user_id >= _FIRST_USER_ID,
+            limit=limit_left,
+            last_evaluated_key=after,
+        ),
+        limit,
+        start,
+    )
+    return [account_from(item) for item in items], keys.encode_cursor(last_key)
+
+
 def account_exists(tenant_id: str, user_id: str) -> bool:
     return get_account(tenant_id, user_id) is not None
 

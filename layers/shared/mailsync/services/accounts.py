@@ -8,12 +8,19 @@ from typing import Any
 from mailsync import crypto, dal
 from mailsync.config import Settings, get_settings
 from mailsync.domain import Account
-from mailsync.errors import Conflict, MailboxError, NotFound, ValidationFailed
+from mailsync.errors import Conflict, Forbidden, MailboxError, NotFound, ValidationFailed
 from mailsync.identity import Principal, resolve_target_user
 from mailsync.mailbox import ConnectionCheck, ServerParams, open_mailbox_check
 from mailsync.netguard import check_host_literal
 from mailsync.observability import logger
-from mailsync.schemas import MailSettingsIn, MailSettingsOut, MailSettingsTestIn, default_port
+from mailsync.schemas import (
+    MailSettingsIn,
+    MailSettingsOut,
+    MailSettingsTestIn,
+    UserOut,
+    UserPageOut,
+    default_port,
+)
 from mailsync.services import scheduling
 from mailsync.services.oauth_tokens import access_token, revoke_grant
 
@@ -108,6 +115,16 @@ def to_out(account: Account) -> MailSettingsOut:
 
 def get_settings_for(principal: Principal, user_id: str) -> MailSettingsOut:
     return to_out(require_account(target_for(principal, user_id)))
+
+
+def list_users(principal: Principal, limit: int, cursor: str | None) -> UserPageOut:
+    """The users of the admin's own tenant that have mail settings, by user id (an admin picks
+    whose settings to edit)."""
+    if not principal.is_admin:
+        raise Forbidden("Only an admin can list the tenant's users")
+    accounts, next_cursor = dal.list_accounts(principal.tenant_id, limit, cursor)
+    users = [UserOut(user_id=a.user_id, username=a.username, protocol=a.protocol, status=a.status) for a in accounts]
+    return UserPageOut(users=users, next_cursor=next_cursor)
 
 
 def _check_policy(security: str, host: str, settings: Settings) -> None:
