@@ -26,6 +26,8 @@ import struct
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
@@ -182,19 +184,27 @@ def _decrypt_legacy(blob: bytes, tenant_id: str, user_id: str, settings: Setting
     return response["Plaintext"].decode("utf-8")
 
 
-def decrypt_password(ciphertext: bytes, tenant_id: str, user_id: str, settings: Settings) -> str:
-    """The password saved for this tenant and user; ``PasswordUnreadable`` when the blob is not
-    theirs (copied from another user's item), damaged, or of another key."""
+@contextmanager
+def _unreadable_blobs() -> Iterator[None]:
+    """KMS refusing the blob, or plaintext that is not text: ``PasswordUnreadable`` (the blob is
+    not this user's, damaged, or of another key); other AWS errors pass."""
     try:
-        if ciphertext.startswith(MAGIC):
-            return _decrypt_envelope(ciphertext, tenant_id, user_id, settings)
-        return _decrypt_legacy(ciphertext, tenant_id, user_id, settings)
+        yield
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in _UNREADABLE_CODES:
             raise PasswordUnreadable() from None
         raise
     except UnicodeDecodeError:
         raise PasswordUnreadable() from None
+
+
+def decrypt_password(ciphertext: bytes, tenant_id: str, user_id: str, settings: Settings) -> str:
+    """The password saved for this tenant and user; ``PasswordUnreadable`` when the blob is not
+    theirs (copied from another user's item), damaged, or of another key."""
+    with _unreadable_blobs():
+        if ciphertext.startswith(MAGIC):
+            return _decrypt_envelope(ciphertext, tenant_id, user_id, settings)
+        return _decrypt_legacy(ciphertext, tenant_id, user_id, settings)
 
 
 def decrypt_saved_password(ciphertext: bytes, tenant_id: str, user_id: str, settings: Settings) -> str:
@@ -216,11 +226,5 @@ def decrypt_refresh_token(ciphertext: bytes, tenant_id: str, user_id: str, setti
     ``PasswordUnreadable`` for anything else, a password's blob of the same user included."""
     if not ciphertext.startswith(MAGIC):
         raise PasswordUnreadable()  # tokens were never sealed by KMS directly
-    try:
+    with _unreadable_blobs():
         return _decrypt_envelope(ciphertext, tenant_id, user_id, settings, REFRESH_TOKEN_PURPOSE)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in _UNREADABLE_CODES:
-            raise PasswordUnreadable() from None
-        raise
-    except UnicodeDecodeError:
-        raise PasswordUnreadable() from None
