@@ -45,8 +45,9 @@ class _Timeouts:
     # Every DynamoDB call of ours is bounded: a slow request must not eat a Lambda's time.
     connect_timeout_seconds = 5
     read_timeout_seconds = 20
-    # The sync worker's threads share each model's client (see ``_connections``).
-    max_pool_connections = 64
+    # The sync worker's threads share each model's client (see ``_connections``): its polls, and
+    # each sync with work's batch-write and store threads; as many as botocore's (aws.py).
+    max_pool_connections = 160
 
 
 class _AccountsTable(_Timeouts, metaclass=_SettingsTable):

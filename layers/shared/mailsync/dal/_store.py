@@ -262,11 +262,12 @@ def get_accounts_and_sync_states(
     """``get_account_and_sync_state`` for many accounts, ``BATCH_GET_ACCOUNTS`` per request.
 
     Eventually consistent reads (``consistent=False``) may miss writes of the last second or so.
-    That is safe for a poll: nothing is written from this read alone. Work is done under the
-    lease, whose conditional write returns the current sync state; an account status is written
-    only if its ``settings_version`` is still the one read. A stale read can only delay a change
-    to the next poll (a checkpoint is read as it was; a pending op is not seen yet: a CRM change
-    also sends a job of its own, read consistently) or make a poll take the lease for nothing."""
+    A poll acts on no such read alone: work is done under the lease, whose conditional write
+    returns the current sync state, and the job then reads the account consistently and stops
+    if anything a sync acts on changed (``planner.jobs.settings_changed``); the due index is
+    left only on a consistent read. A stale read can only delay a change to the next poll (a
+    pending op is not seen yet: a CRM change also sends a job of its own, read consistently)
+    or make a poll take the lease for nothing."""
     settings = get_settings()
     wanted_accounts = list(dict.fromkeys(accounts))
     if settings.accounts_table == settings.messages_table:

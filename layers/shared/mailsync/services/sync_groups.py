@@ -41,6 +41,9 @@ from mailsync.sync.planner import jobs as policy
 # (two keys each, 100 at most) instead of one per account, and read at most a few seconds
 # before their job runs.
 PREFETCH_ACCOUNTS = 50
+# A prefetched read older than this is not used (the job reads its own): with threads busy on
+# slow mail servers, the 50th job of a read may start long after it.
+PREFETCH_MAX_AGE_SECONDS = 2.0
 
 # The largest group a job may carry (the scheduler's ``sync_group_size`` is at most this).
 MAX_GROUP_ACCOUNTS = 500
@@ -112,7 +115,7 @@ class _Work:
         self._budget = budget_seconds
         self._next = 0
         self._lock = threading.Lock()
-        self._reads: dict[int, tuple[Account | None, SyncState | None]] = {}
+        self._reads: dict[int, tuple[float, tuple[Account | None, SyncState | None]]] = {}
         self._read_lock = threading.Lock()
         self._read_failed = False
 
@@ -150,9 +153,11 @@ class _Work:
                     logger.exception("reading a group's accounts failed")
                     self._read_failed = True  # once: the invocation's other jobs read their own
                     return None
+                read_at = time.monotonic()
                 for i in chunk:
-                    self._reads[i] = read[(self.jobs[i].tenant_id, self.jobs[i].user_id)]
-            return self._reads.pop(index)
+                    self._reads[i] = (read_at, read[(self.jobs[i].tenant_id, self.jobs[i].user_id)])
+            read_at, read_then = self._reads.pop(index)
+        return read_then if time.monotonic() - read_at <= PREFETCH_MAX_AGE_SECONDS else None
 
     def done(self, index: int, result: JobResult) -> None:
         self._results[index] = result

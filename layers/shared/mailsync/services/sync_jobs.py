@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,12 +131,22 @@ def run_job(
     # write nothing at all.
     # A scheduled poll reads eventually consistent (half the read units): see
     # dal.get_accounts_and_sync_states for why a stale read is safe there.
+    # A scheduled job's account is read eventually consistent, or with its group ahead of time:
+    # once there is work, the lease checks it against a consistent read before anything happens.
+    read_may_be_stale = read is not None or job.reason == "schedule"
     if read is None:
         read = dal.get_account_and_sync_state(job.tenant_id, job.user_id, consistent=job.reason != "schedule")
     account, stored = read
     if account is None:
         return JobResult("gone")
     if not policy.may_sync(fetch_enabled=account.fetch_enabled, status=account.status, protocol=account.protocol):
+        if account.due_shard is not None and read_may_be_stale:
+            # Out of the due index only on what is stored now: a stale read of a mailbox the
+            # user has just repaired would take it out of the schedule for good.
+            account = dal.get_account(job.tenant_id, job.user_id) or account
+            if policy.may_sync(fetch_enabled=account.fetch_enabled, status=account.status, protocol=account.protocol):
+                scheduling.enqueue(job.tenant_id, job.user_id, job.reason, delay_seconds=HOST_BUSY_DELAY_SECONDS)
+                return JobResult("busy")
         if account.due_shard is not None:
             # Still in the due index though it may not sync (fetch off, a login that needs the
             # user): leave it, or the scheduler sends it a job that does nothing every tick.
@@ -151,7 +161,8 @@ def run_job(
         lease_owner=state.lease_owner, lease_expires=state.lease_expires, owner=owner, now=time.time()
     ):
         return JobResult("busy")  # another worker syncs it now
-    lease = _Lease(job.tenant_id, job.user_id, owner)
+    lease = _Lease(job.tenant_id, job.user_id, owner, read_account=account if read_may_be_stale else None)
+    slot = _JobSlot()
     final: dict[str, Any] = {}
     started = time.monotonic()
     try:
@@ -163,8 +174,14 @@ def run_job(
                 wait_seconds=min(HOST_WAIT_SECONDS, settings.job_budget_seconds / 4),
             ):
                 result, final = _sync(
-                    account, state, lease, job.reason, deadline, connection_factory, started, lambda_deadline
+                    account, state, lease, slot, job.reason, deadline, connection_factory, started, lambda_deadline
                 )
+        except _StaleRead:
+            # The settings changed after this job's read: nothing was done with them; the state
+            # goes back to what it was, and the job runs again on a fresh read.
+            final = {"state": state.state}
+            scheduling.enqueue(job.tenant_id, job.user_id, job.reason, delay_seconds=HOST_BUSY_DELAY_SECONDS)
+            return JobResult("busy")
         except (HostBusy, _NoWorkSlot):
             # Waiting for room on the host (or for this process's other job of the same mailbox),
             # or for one of the process's slots for syncs with work.
@@ -176,13 +193,17 @@ def run_job(
     except Exception:  # noqa: BLE001 - the job's last line of defence, see the module docstring
         # Whatever it was, the account must not look "syncing" forever nor be retried at once.
         logger.exception("sync job failed unexpectedly", extra={"user_id": job.user_id})
-        leased = lease.take()
+        leased = lease.take(check_account=False)
         if leased is not None:  # else another worker syncs it now and records its own outcome
             final = _record_internal_failure(account, leased)
         return JobResult("failed", error="internal_error", duration_ms=int((time.monotonic() - started) * 1000))
     finally:
-        # The final state is written with the lease release, in one request.
-        lease.give_back(final)
+        # The final state is written with the lease release, in one request; the slot is the
+        # process's, so it goes back whatever that write does.
+        try:
+            lease.give_back(final)
+        finally:
+            slot.release()
 
 
 class _LeaseBusy(Exception):
@@ -193,30 +214,55 @@ class _NoWorkSlot(Exception):
     """The process runs ``SYNCS_WITH_WORK`` syncs with work already (and did for the whole wait)."""
 
 
-@contextlib.contextmanager
-def _work_slot(wait_seconds: float) -> Iterator[None]:
-    if not _WORK_SLOTS.acquire(timeout=max(0.0, wait_seconds)):
-        raise _NoWorkSlot()
-    try:
-        yield
-    finally:
-        _WORK_SLOTS.release()
+class _StaleRead(Exception):
+    """The account's settings changed after the job read them (seen once the lease is held)."""
+
+
+class _JobSlot:
+    """One of the process's ``SYNCS_WITH_WORK`` slots, taken at most once by a job, before its
+    lease, and held until the job ends: a connect retry after the lease never waits again."""
+
+    def __init__(self) -> None:
+        self.held = False
+
+    def take(self, settings: Settings, hard_deadline: float) -> None:
+        if self.held:
+            return
+        # Never past the job's hard deadline: a slot found then would start a sync with no time.
+        wait = min(HOST_WAIT_SECONDS, settings.job_budget_seconds / 4, hard_deadline - time.monotonic())
+        if not _WORK_SLOTS.acquire(timeout=max(0.0, wait)):
+            raise _NoWorkSlot()
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            _WORK_SLOTS.release()
 
 
 class _Lease:
-    """The account's lease, taken only once the job knows it has work (or an outcome to record)."""
+    """The account's lease, taken only once the job knows it has work (or an outcome to record).
+    With ``read_account`` (read eventually consistent or ahead of time), taking it also reads the
+    account consistently: settings changed since are ``_StaleRead``, so no sync, deletion or
+    failure record ever acts on settings the user already changed or deleted."""
 
-    def __init__(self, tenant_id: str, user_id: str, owner: str) -> None:
+    def __init__(self, tenant_id: str, user_id: str, owner: str, read_account: Account | None = None) -> None:
         self.tenant_id, self.user_id, self.owner = tenant_id, user_id, owner
+        self.read_account = read_account
         self.state: SyncState | None = None  # as read by the lease write; None: not held
 
-    def take(self) -> SyncState | None:
+    def take(self, *, check_account: bool = True) -> SyncState | None:
         """The sync state read by taking the lease (already held: as read then); None if busy."""
         if self.state is None:
             # Marking the account "syncing" rides on the lease write: one request, not two.
             self.state = dal.take_lease(
                 self.tenant_id, self.user_id, self.owner, LEASE_SECONDS, state="syncing", last_started_at=dal.utcnow()
             )
+            if self.state is not None and check_account and self.read_account is not None:
+                current = dal.get_account(self.tenant_id, self.user_id)
+                if policy.settings_changed(self.read_account, current):
+                    raise _StaleRead()
+                self.read_account = None  # checked: later takes return the held state
         return self.state
 
     def give_back(self, final: dict[str, Any]) -> None:
@@ -228,6 +274,7 @@ def _sync(
     account: Account,
     read: SyncState,
     lease: _Lease,
+    slot: _JobSlot,
     reason: str,
     deadline: Callable[[], bool],
     connection_factory: Callable[[ImapConnection], ImapConnection],
@@ -259,6 +306,7 @@ def _sync(
                 account,
                 read if known_work is None else None,
                 lease,
+                slot,
                 soft_deadline,
                 params,
                 settings,
@@ -316,6 +364,7 @@ def _run_engine(
     account: Account,
     unleased: SyncState | None,
     lease: _Lease,
+    slot: _JobSlot,
     deadline: Callable[[], bool],
     params: ServerParams,
     settings: Settings,
@@ -334,17 +383,18 @@ def _run_engine(
                 return conn.command_count
             logger.debug("sync has work", extra={"reason": why})
         # The slot before the lease: a job waiting for one holds no lease.
-        with _work_slot(min(HOST_WAIT_SECONDS, settings.job_budget_seconds / 4)):
-            state = lease.take()
-            if state is None:
-                raise _LeaseBusy()
-            return sync_account(account, state, conn, owner=lease.owner, deadline=deadline)
+        slot.take(settings, hard_deadline)
+        state = lease.take()
+        if state is None:
+            raise _LeaseBusy()
+        return sync_account(account, state, conn, owner=lease.owner, deadline=deadline)
 
 
 def _run_pop3(
     account: Account,
     unleased: SyncState | None,
     lease: _Lease,
+    slot: _JobSlot,
     deadline: Callable[[], bool],
     params: ServerParams,
     settings: Settings,
@@ -355,17 +405,14 @@ def _run_pop3(
     whether there is work before the lease, as STATUS does for IMAP."""
 
     def take_lease() -> SyncState:
-        if not slot_held:
-            # As for IMAP: a sync with work holds one of the process's slots, taken before the lease.
-            slot.enter_context(_work_slot(min(HOST_WAIT_SECONDS, settings.job_budget_seconds / 4)))
-            slot_held.append(True)
+        # As for IMAP: a sync with work holds one of the process's slots, taken before the lease.
+        slot.take(settings, hard_deadline)
         state = lease.take()
         if state is None:
             raise _LeaseBusy()
         return state
 
-    slot_held: list[bool] = []
-    with contextlib.ExitStack() as slot, open_pop3(params, settings, deadline=hard_deadline) as conn:
+    with open_pop3(params, settings, deadline=hard_deadline) as conn:
         return sync_pop3(
             account,
             conn,

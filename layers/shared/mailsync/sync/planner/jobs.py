@@ -202,3 +202,31 @@ def stored_work(
     if status_to_record(account_status=account_status, next_sync_at=next_sync_at):
         return "status_to_record"
     return None
+
+
+# What a sync acts on: a change to any of these after a job's read makes the read stale.
+SYNC_SETTINGS = (
+    "host",
+    "port",
+    "username",
+    "security",
+    "protocol",
+    "auth",
+    "provider",
+    "password_ciphertext",
+    "refresh_token_ciphertext",
+    "settings_version",
+    "fetch_enabled",
+    "keep_copy",
+    "remove_after_days",
+    "incoming_confidential",
+    "outgoing_confidential",
+    "sync_window_days",
+    "folder_map",
+)
+
+
+def settings_changed(read: Any, current: Any | None) -> bool:
+    """Whether the account as a job read it (eventually consistent, or ahead of time) is no longer
+    the stored one for anything a sync acts on; a deleted account (``current`` None) has changed."""
+    return current is None or any(getattr(read, name) != getattr(current, name) for name in SYNC_SETTINGS)
