@@ -3,9 +3,11 @@ the mail events captured from the bus, and DynamoDB reads counted."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -166,3 +168,23 @@ def per_account(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for tenant, user in body.get("accounts") or [(body["tenant_id"], body["user_id"])]:
             jobs.append({"tenant_id": tenant, "user_id": user, "reason": body["reason"]})
     return jobs
+
+
+LogLines = Callable[[], list[dict[str, Any]]]
+
+
+@contextmanager
+def captured_log_lines(handler: str) -> Iterator[LogLines]:
+    """Every JSON line the shared Logger writes while it is open, parsed; ``handler`` is the
+    function whose module sets the Logger up as the local runtime does."""
+    from devstack.lambda_runtime import load_handler
+
+    load_handler(handler)
+    from mailsync.observability import logger
+
+    stream = io.StringIO()
+    previous = logger.registered_handler.setStream(stream)
+    try:
+        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+    finally:
+        logger.registered_handler.setStream(previous)

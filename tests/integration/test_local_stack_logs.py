@@ -6,36 +6,26 @@ Logger; in AWS each is its own process. These tests capture the JSON lines of re
 
 from __future__ import annotations
 
-import io
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from devstack.lambda_runtime import LambdaContext, http_event, load_handler, sqs_event
 from tests.conftest import Caller
+from tests.integration.sync_support import LogLines, captured_log_lines
 
 QUEUE_ARN = "arn:aws:sqs:eu-west-1:000000000000:mailsync-local-SyncQueue"
 WAIT_SECONDS = 30  # budget for each hand-over between the two threads
 
 
-LogLines = Callable[[], list[dict[str, Any]]]
-
-
 @pytest.fixture
 def log_lines(aws: dict[str, str]) -> Iterator[LogLines]:
     """Every JSON line the shared Logger has written so far in the test, parsed."""
-    load_handler("api")  # the Logger as the local runtime sets it up
-    from mailsync.observability import logger
-
-    stream = io.StringIO()
-    previous = logger.registered_handler.setStream(stream)
-    try:
-        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
-    finally:
-        logger.registered_handler.setStream(previous)
+    with captured_log_lines("api") as lines:
+        yield lines
 
 
 def settings_event(user: str) -> dict[str, Any]:

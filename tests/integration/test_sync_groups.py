@@ -6,11 +6,10 @@ scripted server trickling its answer to LOGIN, so each costs its whole job budge
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -22,7 +21,15 @@ from devstack.lambda_runtime import LambdaContext, load_handler, scheduled_event
 from mailsync.sync.planner import jobs as policy
 from tests.conftest import Caller
 from tests.fixtures.hostile_server import HostileServer, Peer, imap_server
-from tests.integration.sync_support import Account, connect_account, days_ago, message, per_account
+from tests.integration.sync_support import (
+    Account,
+    LogLines,
+    captured_log_lines,
+    connect_account,
+    days_ago,
+    message,
+    per_account,
+)
 
 BUDGET = 8  # seconds: each job's budget here, so a hostile account costs seconds, not minutes
 THREADS = 3
@@ -344,16 +351,9 @@ def test_a_sync_with_work_that_gets_no_slot_goes_back_on_the_queue_without_the_l
 
 
 @pytest.fixture
-def log_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
-    load_handler("sync_worker")  # the Logger as the local runtime sets it up
-    from mailsync.observability import logger
-
-    stream = io.StringIO()
-    previous = logger.registered_handler.setStream(stream)
-    try:
-        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
-    finally:
-        logger.registered_handler.setStream(previous)
+def log_lines() -> Iterator[LogLines]:
+    with captured_log_lines("sync_worker") as lines:
+        yield lines
 
 
 def test_each_accounts_log_lines_name_that_account(api, group_env, aws, log_lines) -> None:

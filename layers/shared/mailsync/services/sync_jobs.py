@@ -360,6 +360,16 @@ def _sync(
     return JobResult("synced", outcome), final
 
 
+def _take_work(lease: _Lease, slot: _JobSlot, settings: Settings, hard_deadline: float) -> SyncState:
+    """What a sync with work takes, IMAP or POP3: one of the process's slots, then the lease (a
+    job waiting for a slot holds no lease); ``_LeaseBusy`` when another worker holds it."""
+    slot.take(settings, hard_deadline)
+    state = lease.take()
+    if state is None:
+        raise _LeaseBusy()
+    return state
+
+
 def _run_engine(
     account: Account,
     unleased: SyncState | None,
@@ -382,11 +392,7 @@ def _run_engine(
             if why is None:
                 return conn.command_count
             logger.debug("sync has work", extra={"reason": why})
-        # The slot before the lease: a job waiting for one holds no lease.
-        slot.take(settings, hard_deadline)
-        state = lease.take()
-        if state is None:
-            raise _LeaseBusy()
+        state = _take_work(lease, slot, settings, hard_deadline)
         return sync_account(account, state, conn, owner=lease.owner, deadline=deadline)
 
 
@@ -405,12 +411,7 @@ def _run_pop3(
     whether there is work before the lease, as STATUS does for IMAP."""
 
     def take_lease() -> SyncState:
-        # As for IMAP: a sync with work holds one of the process's slots, taken before the lease.
-        slot.take(settings, hard_deadline)
-        state = lease.take()
-        if state is None:
-            raise _LeaseBusy()
-        return state
+        return _take_work(lease, slot, settings, hard_deadline)
 
     with open_pop3(params, settings, deadline=hard_deadline) as conn:
         return sync_pop3(
