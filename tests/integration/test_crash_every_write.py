@@ -11,7 +11,7 @@ records the end state. Then, for every k, the scenario is built from scratch, th
 after its k-th write (no lease release, no outcome), a rerun by the same worker finishes it, and
 the end state must equal the dry run's: the same CRM messages (which pre-existing id, folder,
 \\Seen, flags, state), the same server mailbox (no duplicate, no loss, no flag flipped back), no
-CRM change left pending, one raw copy in S3 per message.
+CRM change left pending, every raw copy in S3 read back verified and none left over.
 
 The crashed run's lease is still held for ``LEASE_SECONDS``; the rerun uses the crashed worker's
 owner id, which ``acquire_lease`` lets through (a different worker would wait for the expiry).
@@ -33,6 +33,7 @@ import pytest
 from devstack.dovecot import DovecotServer, MailUser
 from tests.conftest import ApiCall
 from tests.fixtures.crash import CrashInjector, WorkerCrashed
+from tests.integration.raw_copies import checked_raw_copies
 from tests.integration.sync_support import Account, connect_account, days_ago, message
 
 FOLDER_MAP = {"inbox": "INBOX", "sent": "Sent", "archive": "Archive"}
@@ -155,13 +156,10 @@ def server_mailbox(user: MailUser) -> list[ServerCopy]:
     return out
 
 
-def raw_objects(aws: dict[str, str], account: Account) -> int:
-    """The account's raw copies in S3 (content-addressed: a rerun overwrites, never adds)."""
-    from mailsync.aws import client
-
-    # The worker's own cached client: a new one costs a tenth of a second, per test.
-    listed = client("s3").list_objects_v2(Bucket=aws["RAW_MAIL_BUCKET"], Prefix="raw/")
-    return sum(1 for o in listed.get("Contents", []) if f"/{account.tenant}/{account.caller.user}/" in o["Key"])
+def raw_objects(account: Account, messages: list[dict[str, Any]]) -> int:
+    """The account's raw objects in S3, standalone or packs (content-addressed: a rerun
+    overwrites, never adds); every message's copy read back and verified on the way."""
+    return len(checked_raw_copies(account.tenant, account.caller.user, [m["id"] for m in messages]))
 
 
 def end_state(scenario: Scenario, aws: dict[str, str]) -> dict[str, Any]:
@@ -204,7 +202,7 @@ def end_state(scenario: Scenario, aws: dict[str, str]) -> dict[str, Any]:
     return {
         "crm": crm,
         "server": sorted((c.folder, c.subject, bool(c.message_id), c.flags) for c in server),
-        "raw_objects": raw_objects(aws, account),
+        "raw_objects": raw_objects(account, messages),
         "sync": (status["state"], status["account_status"], status["last_error"]),
     }
 

@@ -16,6 +16,7 @@ import pytest
 from devstack.dovecot import MailboxClient, MailUser
 from mailsync.sync.planner import jobs as policy
 from tests.fixtures.crash import CrashInjector, WorkerCrashed
+from tests.integration.raw_copies import checked_raw_copies
 from tests.integration.sync_support import (
     Account,
     capture_events,
@@ -134,8 +135,9 @@ def test_crash_then_rerun_leaves_no_duplicate_and_no_gap(account: Account, aws, 
     messages = account.messages()
     assert sorted(m["subject"] for m in messages) == sorted([f"c{i}" for i in range(6)] + ["c-noid"])
     assert all(m["state"] == "synced" for m in messages)
-    objects = boto3.client("s3").list_objects_v2(Bucket=aws["RAW_MAIL_BUCKET"]).get("KeyCount", 0)
-    assert objects == 7, "content-addressed: a rerun overwrites, never piles up"
+    # Content-addressed (the batch's pack too): a rerun overwrites, never piles up.
+    objects = checked_raw_copies(account.tenant, account.caller.user, [m["id"] for m in messages])
+    assert len(objects) == 1, "the seven messages of the batch in one pack"
     # A move after the crash still keeps the id (the location records are consistent).
     ids = {m["subject"]: m["id"] for m in messages}
     with account.user.client() as imap:

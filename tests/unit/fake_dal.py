@@ -505,10 +505,12 @@ class FakeBlobs:
         self.objects[key] = raw
         return key, sha
 
-    def get_raw(self, key: str) -> bytes:
+    def get_raw(self, key: str, sha256: str | None = None) -> bytes:
         return self.objects[key]
 
-    def presigned_url(self, key: str, expires_seconds: int = 300, filename: str = "message.eml") -> str:
+    def presigned_url(
+        self, key: str, expires_seconds: int = 300, filename: str = "message.eml", sha256: str | None = None
+    ) -> str:
         return f"https://blobs.invalid/{key}?expires={expires_seconds}&filename={filename}"
 
 

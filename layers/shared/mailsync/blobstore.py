@@ -1,16 +1,40 @@
-"""Raw RFC 822 messages in S3, content-addressed under tenant and user."""
+"""Raw RFC 822 messages in S3, content-addressed under tenant and user.
+
+A message's raw copy is found by its *locator* (what a message stores as ``s3_key``):
+- ``raw/{tenant}/{user}/{sha[:2]}/{sha}.eml``: a standalone object holding that message only
+  (single messages: the steady state, the relay, the API's compose, POP3; and messages over
+  ``PACK_MEMBER_MAX_BYTES``);
+- ``pack/{tenant}/{user}/{sha[:2]}/{sha}.pack#{offset}+{length}``: ``length`` bytes at ``offset`` of
+  a pack object, the concatenated raws of several small messages of one batch (a first sync's
+  batches), named by the pack's own SHA-256: a PutObject per message was most of the worker's
+  CPU per message. Tenant and user ids cannot contain ``#`` (``identity.TENANT_ID_PATTERN``),
+  so the first ``#`` ends the key.
+Raw copies are never deleted. A download link never exposes a pack (the other messages in it
+may be confidential): ``presigned_url`` first copies a packed message to its standalone key.
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+
+from botocore.exceptions import ClientError
 
 from mailsync.aws import client
 from mailsync.config import get_settings
 
 UPLOAD_WORKERS = 8
+# Packed: messages of at most this size (larger ones are standalone, never copied into a pack),
+# into packs of at most PACK_MAX_BYTES (the memory a pack adds: one join of small raws).
+PACK_MEMBER_MAX_BYTES = 256 * 1024
+PACK_MAX_BYTES = 8 * 1024 * 1024
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+
+
+class RawMismatch(Exception):
+    """The bytes read for a message are not the ones stored for it (SHA-256 or length differ)."""
 
 
 def raw_key(tenant_id: str, user_id: str, sha256: str) -> str:
@@ -18,39 +42,162 @@ def raw_key(tenant_id: str, user_id: str, sha256: str) -> str:
     return f"raw/{tenant_id}/{user_id}/{sha256[:2]}/{sha256}.eml"
 
 
-def put_raw(tenant_id: str, user_id: str, raw: bytes) -> tuple[str, str]:
-    """Store one raw message; returns (key, sha256)."""
-    digest = hashlib.sha256(raw).digest()
-    sha = digest.hex()
-    key = raw_key(tenant_id, user_id, sha)
-    # The SHA-256 the key is made of goes along as the upload's checksum (S3 verifies it):
+def pack_key(tenant_id: str, user_id: str, sha256: str) -> str:
+    # Named by the pack's content: a rerun of a batch after a crash overwrites the same pack.
+    return f"pack/{tenant_id}/{user_id}/{sha256[:2]}/{sha256}.pack"
+
+
+def _upload(key: str, body: bytes, digest: bytes, content_type: str) -> None:
+    # The SHA-256 already computed goes along as the upload's checksum (S3 verifies it):
     # given the header, botocore neither hashes the body again nor wraps it in a checksum stream.
     client("s3").put_object(
         Bucket=get_settings().raw_mail_bucket,
         Key=key,
-        Body=raw,
-        ContentType="message/rfc822",
+        Body=body,
+        ContentType=content_type,
         ChecksumSHA256=base64.b64encode(digest).decode("ascii"),
     )
+
+
+def put_raw(tenant_id: str, user_id: str, raw: bytes) -> tuple[str, str]:
+    """Store one raw message as a standalone object; returns (locator, sha256)."""
+    digest = hashlib.sha256(raw).digest()
+    sha = digest.hex()
+    key = raw_key(tenant_id, user_id, sha)
+    _upload(key, raw, digest, "message/rfc822")
     return key, sha
 
 
 def put_many(tenant_id: str, user_id: str, raws: Iterable[bytes]) -> list[tuple[str, str]]:
-    """Upload in parallel with a bounded pool; results in input order."""
+    """Store a batch of raw messages; returns (locator, sha256) per message, in input order.
+
+    Messages up to ``PACK_MEMBER_MAX_BYTES`` go into packs of up to ``PACK_MAX_BYTES``, larger ones
+    stand alone; the uploads run in parallel in a bounded pool. A pack is uploaded before any
+    locator into it is returned: the caller stores the locators only once the bytes are durable.
+    """
     items = list(raws)
     if len(items) <= 1:
         return [put_raw(tenant_id, user_id, raw) for raw in items]
+    results: list[tuple[str, str]] = [("", "")] * len(items)
+    uploads: list[Callable[[], None]] = []
+
+    def standalone(index: int) -> Callable[[], None]:
+        def run() -> None:
+            results[index] = put_raw(tenant_id, user_id, items[index])
+
+        return run
+
+    def pack(members: list[int]) -> Callable[[], None]:
+        def run() -> None:
+            offsets: dict[str, tuple[int, int]] = {}  # sha -> (offset, length): one copy per content
+            parts: list[bytes] = []
+            at = 0
+            shas: list[str] = []
+            for index in members:
+                raw = items[index]
+                sha = hashlib.sha256(raw).hexdigest()
+                shas.append(sha)
+                if sha not in offsets:
+                    offsets[sha] = (at, len(raw))
+                    parts.append(raw)
+                    at += len(raw)
+            body = b"".join(parts)
+            digest = hashlib.sha256(body).digest()
+            key = pack_key(tenant_id, user_id, digest.hex())
+            _upload(key, body, digest, "application/octet-stream")
+            for index, sha in zip(members, shas, strict=True):
+                offset, length = offsets[sha]
+                results[index] = (f"{key}#{offset}+{length}", sha)
+
+        return run
+
+    members: list[int] = []
+    size = 0
+    for index, raw in enumerate(items):
+        if not 0 < len(raw) <= PACK_MEMBER_MAX_BYTES:
+            uploads.append(standalone(index))
+            continue
+        if members and size + len(raw) > PACK_MAX_BYTES:
+            uploads.append(pack(members) if len(members) > 1 else standalone(members[0]))
+            members, size = [], 0
+        members.append(index)
+        size += len(raw)
+    if members:
+        uploads.append(pack(members) if len(members) > 1 else standalone(members[0]))
+    if len(uploads) == 1:
+        uploads[0]()
+        return results
     client("s3")  # made once here: threads that all miss the cache at once would each build one
-    with ThreadPoolExecutor(max_workers=min(UPLOAD_WORKERS, len(items))) as pool:
-        return list(pool.map(lambda raw: put_raw(tenant_id, user_id, raw), items))
+    with ThreadPoolExecutor(max_workers=min(UPLOAD_WORKERS, len(uploads))) as pool:
+        for future in [pool.submit(upload) for upload in uploads]:
+            future.result()
+    return results
 
 
-def get_raw(key: str) -> bytes:
-    return client("s3").get_object(Bucket=get_settings().raw_mail_bucket, Key=key)["Body"].read()
+def _parse(locator: str) -> tuple[str, tuple[int, int] | None]:
+    """(object key, (offset, length) of a packed message or None for a standalone object)."""
+    key, sep, span = locator.partition("#")
+    if not sep:
+        return key, None
+    offset, plus, length = span.partition("+")
+    if not (plus and offset.isdigit() and length.isdigit() and int(length) > 0):
+        raise ValueError(f"not a raw message locator: {locator!r}")
+    return key, (int(offset), int(length))
 
 
-def presigned_url(key: str, expires_seconds: int = 300, filename: str = "message.eml") -> str:
-    """A short-lived download URL (with AWS_ENDPOINT_URL set, it points at the local moto server)."""
+def object_key(locator: str) -> str:
+    """The S3 object a locator points into (the message's own object, or its pack)."""
+    return _parse(locator)[0]
+
+
+def _read(key: str, span: tuple[int, int] | None, sha256: str | None) -> bytes:
+    params = {"Bucket": get_settings().raw_mail_bucket, "Key": key}
+    if span is not None:
+        offset, length = span
+        params["Range"] = f"bytes={offset}-{offset + length - 1}"
+    raw: bytes = client("s3").get_object(**params)["Body"].read()
+    if span is not None and len(raw) != span[1]:
+        raise RawMismatch(f"{key}: {len(raw)} bytes at {span[0]}, {span[1]} expected")
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+        where = key if span is None else f"{key} at {span[0]}+{span[1]}"
+        raise RawMismatch(f"{where}: the bytes read do not have SHA-256 {sha256}")
+    return raw
+
+
+def get_raw(locator: str, sha256: str | None = None) -> bytes:
+    """A message's raw bytes; with ``sha256`` (its ``content_hash``), verified: raises
+    ``RawMismatch`` rather than return other bytes."""
+    key, span = _parse(locator)
+    return _read(key, span, sha256)
+
+
+def _standalone(key: str, span: tuple[int, int], sha256: str) -> str:
+    """The standalone copy of a packed message (made once, verified); returns its key."""
+    _, tenant_id, user_id, *_ = key.split("/")
+    target = raw_key(tenant_id, user_id, sha256)
+    s3, bucket = client("s3"), get_settings().raw_mail_bucket
+    try:
+        s3.head_object(Bucket=bucket, Key=target)
+        return target
+    except ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code")) not in _NOT_FOUND:
+            raise
+    raw = _read(key, span, sha256)
+    _upload(target, raw, bytes.fromhex(sha256), "message/rfc822")
+    return target
+
+
+def presigned_url(
+    locator: str, expires_seconds: int = 300, filename: str = "message.eml", sha256: str | None = None
+) -> str:
+    """A short-lived download URL of one message's raw copy (with AWS_ENDPOINT_URL set, it points
+    at the local moto server). A packed message needs its ``sha256`` (``content_hash``): the link
+    is to a verified standalone copy, never to the pack."""
+    key, span = _parse(locator)
+    if span is not None:
+        if sha256 is None:
+            raise ValueError("a packed message's link needs its SHA-256")
+        key = _standalone(key, span, sha256)
     return client("s3").generate_presigned_url(
         "get_object",
         Params={

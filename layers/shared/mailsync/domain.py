@@ -130,7 +130,7 @@ class Message:
     internal_date: datetime
     size: int
     match_key: str
-    s3_key: str
+    s3_key: str  # the raw copy's locator (a key, or a byte range of a pack: see mailsync.blobstore)
     content_hash: str
     thread_id: str
     uidvalidity: int | None = None

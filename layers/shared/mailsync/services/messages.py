@@ -159,7 +159,9 @@ def get_message(principal: Principal, id: str) -> MessageOut:
 
 def raw_link(principal: Principal, id: str) -> RawLinkOut:
     message = _visible_message(principal, id)
-    url = blobstore.presigned_url(message.s3_key, RAW_URL_SECONDS, filename=f"{message.id}.eml")
+    url = blobstore.presigned_url(
+        message.s3_key, RAW_URL_SECONDS, filename=f"{message.id}.eml", sha256=message.content_hash
+    )
     return RawLinkOut(url=url, expires_in=RAW_URL_SECONDS)
 
 

@@ -221,7 +221,7 @@ class Pusher:
         if message.uid is None:
             uid = self._find_existing(target, message)
             if uid is None:
-                raw = blobstore.get_raw(message.s3_key)
+                raw = blobstore.get_raw(message.s3_key, sha256=message.content_hash)
                 uid = self.conn.append(
                     target,
                     raw,
