@@ -173,3 +173,34 @@ def test_crash_after_the_pack_upload_then_rerun_converges(account: Account) -> N
     assert sorted(messages) == sorted(raws)
     objects = checked_raw_copies(account.tenant, account.caller.user, [m.id for m in messages.values()])
     assert objects == {pack}, "the rerun overwrote the same pack"
+
+
+def test_put_many_bounds_packs_and_stores_each_content_once(aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packs stop at ``PACK_MAX_BYTES``; a message packed twice in one batch is stored once; an
+    empty or large message and one left alone at the end stand alone; order is kept."""
+    from mailsync import blobstore
+
+    monkeypatch.setattr(blobstore, "PACK_MAX_BYTES", 1000)
+    monkeypatch.setattr(blobstore, "PACK_MEMBER_MAX_BYTES", 400)
+    a, b, c, d, e, f = (bytes([65 + i]) * 300 for i in range(6))
+    raws = [a, b, a, c, d, e, f, b"", b"x" * 401]
+    with count_aws_calls("s3") as calls:
+        stored = blobstore.put_many("acme", "alice", raws)
+
+    assert [blobstore.get_raw(locator, sha256=sha) for locator, sha in stored] == raws
+    keys = [blobstore.object_key(locator) for locator, _ in stored]
+    # Packs of three (900 bytes, the next one would pass 1000); the repeat is a copy of the first.
+    assert keys[0] == keys[1] == keys[2] != keys[3] == keys[4] == keys[5]
+    assert stored[2] == stored[0]
+    assert head_size(keys[0]) == 600
+    # Left alone at the end, empty, over the member size: standalone.
+    assert keys[6:] == [blobstore.raw_key("acme", "alice", sha) for _, sha in stored[6:]]
+    assert calls["PutObject"] == 2 + 3
+    assert account_objects("acme", "alice") == set(keys)
+
+
+def head_size(key: str) -> int:
+    from mailsync.aws import client
+    from mailsync.config import get_settings
+
+    return client("s3").head_object(Bucket=get_settings().raw_mail_bucket, Key=key)["ContentLength"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from botocore.exceptions import ClientError
@@ -68,69 +68,71 @@ def put_raw(tenant_id: str, user_id: str, raw: bytes) -> tuple[str, str]:
     return key, sha
 
 
-def put_many(tenant_id: str, user_id: str, raws: Iterable[bytes]) -> list[tuple[str, str]]:
-    """Store a batch of raw messages; returns (locator, sha256) per message, in input order.
+def _pack(tenant_id: str, user_id: str, raws: list[bytes]) -> list[tuple[str, str]]:
+    """Upload ``raws`` as one pack; returns (locator, sha256) of each, in order."""
+    spans: dict[str, tuple[int, int]] = {}  # sha -> (offset, length): one copy per content
+    parts: list[bytes] = []
+    shas: list[str] = []
+    at = 0
+    for raw in raws:
+        sha = hashlib.sha256(raw).hexdigest()
+        shas.append(sha)
+        if sha not in spans:
+            spans[sha] = (at, len(raw))
+            parts.append(raw)
+            at += len(raw)
+    body = b"".join(parts)
+    digest = hashlib.sha256(body).digest()
+    key = pack_key(tenant_id, user_id, digest.hex())
+    _upload(key, body, digest, "application/octet-stream")
+    return [(f"{key}#{spans[sha][0]}+{spans[sha][1]}", sha) for sha in shas]
 
-    Messages up to ``PACK_MEMBER_MAX_BYTES`` go into packs of up to ``PACK_MAX_BYTES``, larger ones
-    stand alone; the uploads run in parallel in a bounded pool. A pack is uploaded before any
-    locator into it is returned: the caller stores the locators only once the bytes are durable.
-    """
-    items = list(raws)
-    if len(items) <= 1:
-        return [put_raw(tenant_id, user_id, raw) for raw in items]
-    results: list[tuple[str, str]] = [("", "")] * len(items)
-    uploads: list[Callable[[], None]] = []
 
-    def standalone(index: int) -> Callable[[], None]:
-        def run() -> None:
-            results[index] = put_raw(tenant_id, user_id, items[index])
-
-        return run
-
-    def pack(members: list[int]) -> Callable[[], None]:
-        def run() -> None:
-            offsets: dict[str, tuple[int, int]] = {}  # sha -> (offset, length): one copy per content
-            parts: list[bytes] = []
-            at = 0
-            shas: list[str] = []
-            for index in members:
-                raw = items[index]
-                sha = hashlib.sha256(raw).hexdigest()
-                shas.append(sha)
-                if sha not in offsets:
-                    offsets[sha] = (at, len(raw))
-                    parts.append(raw)
-                    at += len(raw)
-            body = b"".join(parts)
-            digest = hashlib.sha256(body).digest()
-            key = pack_key(tenant_id, user_id, digest.hex())
-            _upload(key, body, digest, "application/octet-stream")
-            for index, sha in zip(members, shas, strict=True):
-                offset, length = offsets[sha]
-                results[index] = (f"{key}#{offset}+{length}", sha)
-
-        return run
-
+def _objects(raws: list[bytes]) -> list[list[int]]:
+    """Indexes of ``raws`` grouped by the object they go to: a pack's members, or one message
+    standing alone (too large, empty, or left alone at the end)."""
+    groups: list[list[int]] = []
     members: list[int] = []
     size = 0
-    for index, raw in enumerate(items):
+    for index, raw in enumerate(raws):
         if not 0 < len(raw) <= PACK_MEMBER_MAX_BYTES:
-            uploads.append(standalone(index))
+            groups.append([index])
             continue
         if members and size + len(raw) > PACK_MAX_BYTES:
-            uploads.append(pack(members) if len(members) > 1 else standalone(members[0]))
+            groups.append(members)
             members, size = [], 0
         members.append(index)
         size += len(raw)
     if members:
-        uploads.append(pack(members) if len(members) > 1 else standalone(members[0]))
-    if len(uploads) == 1:
-        uploads[0]()
-        return results
-    client("s3")  # made once here: threads that all miss the cache at once would each build one
-    with ThreadPoolExecutor(max_workers=min(UPLOAD_WORKERS, len(uploads))) as pool:
-        for future in [pool.submit(upload) for upload in uploads]:
-            future.result()
+        groups.append(members)
+    return groups
+
+
+def put_many(tenant_id: str, user_id: str, raws: Iterable[bytes]) -> list[tuple[str, str]]:
+    """Store a batch of raw messages; returns (locator, sha256) per message, in input order.
+
+    Messages up to ``PACK_MEMBER_MAX_BYTES`` go into packs of up to ``PACK_MAX_BYTES``, larger ones
+    (and a single message) stand alone; the uploads run in parallel in a bounded pool. Locators
+    are returned only once their objects are uploaded.
+    """
+    items = list(raws)
+    groups = _objects(items)
+
+    def store(group: list[int]) -> list[tuple[str, str]]:
+        if len(group) == 1:
+            return [put_raw(tenant_id, user_id, items[group[0]])]
+        return _pack(tenant_id, user_id, [items[i] for i in group])
+
+    if len(groups) <= 1:
+        stored = [store(group) for group in groups]
+    else:
+        client("s3")  # made once here: threads that all miss the cache at once would each build one
+        with ThreadPoolExecutor(max_workers=min(UPLOAD_WORKERS, len(groups))) as pool:
+            stored = list(pool.map(store, groups))
+    results: list[tuple[str, str]] = [("", "")] * len(items)
+    for group, out in zip(groups, stored, strict=True):
+        for index, value in zip(group, out, strict=True):
+            results[index] = value
     return results
 
 
