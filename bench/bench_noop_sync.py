@@ -20,7 +20,8 @@ no-op syncs are run and measured, per size:
   mailbox over TLS straight to Dovecot, as in production. Dovecot runs in its high-performance
   login mode (long-lived login processes), as the big providers run their servers: a TLS session
   is resumed on the next connection; ``tls_session_reused`` says whether every measured no-op's
-  connection resumed one. AWS is a moto server in its own
+  connection resumed one; ``cpu_ms_full_handshake``: the same no-op with a full TLS handshake
+  (no cached session), interleaved with the others. AWS is a moto server in its own
   process and the proxy's threads are not on the worker's thread, so this is
   ``time.thread_time()`` of the thread running ``run_job`` (the no-op starts no threads).
 """
@@ -255,7 +256,7 @@ def after_login(sequence: list[str]) -> int:
 
 
 def measure(server: DovecotServer, per_folder: int, in_window: int, noops: int, warmup: int) -> dict:
-    from mailsync.mailbox.transport import tls_session_cache_stats
+    from mailsync.mailbox.transport import clear_tls_sessions, tls_session_cache_stats
     from mailsync.services import sync_jobs
     from mailsync.sync.planner import jobs as policy
 
@@ -324,14 +325,22 @@ def measure(server: DovecotServer, per_folder: int, in_window: int, noops: int, 
             )
         cpu_ms = []
         process_ms = []
-        tls_before = tls_session_cache_stats()
+        full_handshake_ms = []
+        resumed = 0
         for _ in range(noops):
             gc.collect()
+            before = tls_session_cache_stats().resumed
             t0, p0 = time.thread_time(), time.process_time()
             run(who_tls)
             cpu_ms.append((time.thread_time() - t0) * 1000)
             process_ms.append((time.process_time() - p0) * 1000)
-        tls_after = tls_session_cache_stats()
+            resumed += tls_session_cache_stats().resumed - before
+            # The same no-op with a full handshake, interleaved so that both see the same load.
+            clear_tls_sessions()
+            gc.collect()
+            t0 = time.thread_time()
+            run(who_tls)
+            full_handshake_ms.append((time.thread_time() - t0) * 1000)
     finally:
         proxy.close()
     last = samples[-1]
@@ -347,8 +356,10 @@ def measure(server: DovecotServer, per_folder: int, in_window: int, noops: int, 
         "kms_calls": last["kms_calls"],
         "cpu_ms": statistics.median(cpu_ms),
         "cpu_ms_samples": cpu_ms,
-        "tls_session_reused": tls_after.resumed - tls_before.resumed == noops,
-        "tls_handshakes_resumed": tls_after.resumed - tls_before.resumed,
+        "tls_session_reused": resumed == noops,
+        "tls_handshakes_resumed": resumed,
+        "cpu_ms_full_handshake": statistics.median(full_handshake_ms),
+        "cpu_ms_full_handshake_samples": full_handshake_ms,
         "process_cpu_ms_samples": process_ms,
         "synced_by_first_sync": first["created"],
         "fill_seconds": fill_seconds,
@@ -421,6 +432,7 @@ def main() -> None:
                 r["kms_calls"],
                 sum(n["aws_by_service"].values()),
                 r["cpu_ms"],
+                r["cpu_ms_full_handshake"],
                 r["tls_session_reused"],
             ]
         )
@@ -437,6 +449,7 @@ def main() -> None:
             "KMS",
             "all AWS",
             "worker CPU ms",
+            "CPU ms, full handshake",
             "TLS resumed",
         ],
         rows,
