@@ -290,7 +290,8 @@ class MessageModel(_Item):
     thread_id = UnicodeAttribute()
     snippet = UnicodeAttribute(default="")
     attachments = AttachmentList(default=list)
-    participants = ListAttribute(of=UnicodeAttribute, default=list)
+    # Absent: the addresses' (``_items._derived``), so no default fills it in on a read.
+    participants = ListAttribute(of=UnicodeAttribute, null=True)
     parse_errors = ListAttribute(of=UnicodeAttribute, default=list)
     metadata_truncated = BooleanAttribute(default=False)
     too_large = BooleanAttribute(default=False)
@@ -305,7 +306,8 @@ class MessageModel(_Item):
     confidential = BooleanAttribute(default=False)
     confidential_reasons = ListAttribute(of=UnicodeAttribute, default=list)
     created_at = UTCDateTimeAttribute(default_for_new=utcnow)
-    updated_at = UTCDateTimeAttribute(default=utcnow)
+    # Absent: ``created_at`` (``_items._derived``), so no default fills it in on a read.
+    updated_at = UTCDateTimeAttribute(default_for_new=utcnow)
     relay_verdicts = VerdictsAttribute(null=True)
 
     def dossier_addresses(self) -> list[str]:

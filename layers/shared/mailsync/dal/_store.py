@@ -389,7 +389,8 @@ def find_message(id: str) -> Message | None:
 
 def find_messages(ids: Iterable[str]) -> dict[str, Message]:
     wanted = [(keys.message_pk(i), keys.MESSAGE_SK) for i in set(ids)]
-    return {m.id: message_from(m) for m in MessageModel.batch_get(wanted)} if wanted else {}
+    found = [message_from(m) for m in MessageModel.batch_get(wanted)] if wanted else []
+    return {message.id: message for message in found}
 
 
 def list_messages(
@@ -421,9 +422,10 @@ def list_messages(
     if start is not None and since is not None and start[sort_attribute]["S"] < keys.iso(since):
         # Outside the query's key range: DynamoDB refuses such a start key ("outside query boundaries").
         raise keys.BadCursor("cursor is older than since: start again without the cursor")
-    filter_condition = (MessageModel.seen == seen) if seen is not None else None
+    # New items leave both out when false (``_items._OMITTED_DEFAULTS``).
+    filter_condition = None if seen is None else _is(MessageModel.seen, seen)
     if not include_confidential:
-        public = MessageModel.confidential == False  # noqa: E712
+        public = _is(MessageModel.confidential, False)
         filter_condition = public if filter_condition is None else (filter_condition & public)
     range_condition = (range_attr >= keys.iso(since)) if since else None
     try:
@@ -445,6 +447,11 @@ def list_messages(
             raise keys.BadCursor() from None
         raise
     return _messages_by_key(items), keys.encode_cursor(last_key)
+
+
+def _is(flag: Any, value: bool) -> Any:
+    """A filter on a boolean attribute that a missing attribute matches as false."""
+    return (flag == True) if value else ((flag == False) | flag.does_not_exist())  # noqa: E712
 
 
 def _messages_by_key(entries: list[MessageModel]) -> list[Message]:

@@ -62,7 +62,7 @@ class BudgetedIMAP4(CheckedConnection, imaplib.IMAP4):
 
     def open(self, host: str = "", port: int = imaplib.IMAP4_PORT, timeout: float | None = None) -> None:
         super().open(host, port, timeout)
-        self._reader = BudgetedReader(lambda: self.sock, self.budget)
+        self._reader = BudgetedReader(lambda: self.sock, self.budget, after_first_read=self.save_tls_session)
         try:
             expect_greeting(self._reader, self.send, port, "IMAP")
         except BaseException:
@@ -70,6 +70,15 @@ class BudgetedIMAP4(CheckedConnection, imaplib.IMAP4):
             self.file.close()
             self.sock.close()
             raise
+
+    def starttls(self, ssl_context: ssl.SSLContext | None = None) -> tuple[str, list]:
+        if ssl_context is None:
+            raise ValueError("STARTTLS needs the verifying context")
+        return super().starttls(ssl_context=self.tls_upgrade(ssl_context))
+
+    def shutdown(self) -> None:
+        self.save_tls_session()
+        super().shutdown()
 
     def limit_next_command(self, untagged: int, message: str) -> None:
         """A tighter cap on untagged responses for the next command only (e.g. folders per LIST)."""

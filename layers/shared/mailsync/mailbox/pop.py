@@ -75,13 +75,24 @@ class BudgetedPOP3(CheckedConnection, poplib.POP3):
     def _create_socket(self, timeout: float | None) -> socket.socket:
         sock = self._checked_socket()
         # poplib sets self.sock only after this returns, and replaces it after STLS.
-        self._reader = BudgetedReader(lambda: self.__dict__.get("sock", sock), self.budget)
+        self._reader = BudgetedReader(
+            lambda: self.__dict__.get("sock", sock), self.budget, after_first_read=self.save_tls_session
+        )
         try:
             expect_greeting(self._reader, lambda data: self._reader.send(sock, data), self.port, "POP3")
         except BaseException:
             sock.close()
             raise
         return sock
+
+    def stls(self, context: ssl.SSLContext | None = None) -> bytes:
+        if context is None:
+            raise ValueError("STLS needs the verifying context")
+        return super().stls(context=self.tls_upgrade(context))
+
+    def close(self) -> None:
+        self.save_tls_session()
+        super().close()
 
     def _putline(self, line: bytes) -> None:
         self._response_bytes = 0
@@ -128,6 +139,11 @@ class Pop3Connection:
             budget=budget,
         )
         return cls(conn, params)
+
+    @property
+    def tls_resumed(self) -> bool:
+        """Whether this connection's TLS handshake resumed an earlier connection's session."""
+        return isinstance(self._conn, BudgetedPOP3) and self._conn.tls_resumed
 
     def starttls(self, ctx: ssl.SSLContext) -> None:
         try:

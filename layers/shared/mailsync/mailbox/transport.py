@@ -12,8 +12,10 @@ from __future__ import annotations
 import re
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -95,7 +97,7 @@ def connect_checked(addresses: list[str], port: int, budget: Budget) -> socket.s
 
 class CheckedConnection:
     """What the budgeted imaplib and poplib connections share: the addresses the SSRF guard
-    checked (never resolved again), the TLS context and the budget."""
+    checked (never resolved again), the TLS context, the budget and TLS session resumption."""
 
     host: str
     port: int
@@ -104,29 +106,230 @@ class CheckedConnection:
         self._addresses = addresses
         self._tls_context = tls_context
         self.budget = budget
+        # Whether this connection's TLS handshake resumed a cached session (no certificate sent).
+        self.tls_resumed = False
+        self._tls_unsaved: tuple[TlsSessionKey, ssl.SSLSocket, float] | None = None
 
     def _checked_socket(self) -> socket.socket:
         """Connected to a checked address, with TLS verifying the host name."""
         sock = connect_checked(self._addresses, self.port, self.budget)
-        return wrap_tls(sock, self._tls_context, self.host, self.budget) if self._tls_context is not None else sock
+        return self._start_tls(sock, self._tls_context) if self._tls_context is not None else sock
+
+    def _start_tls(self, sock: socket.socket, context: ssl.SSLContext) -> ssl.SSLSocket:
+        """TLS on ``sock``, offering the session of an earlier connection to the same server."""
+        key = tls_session_key(self.host, self.port, context)
+        cached = _SESSIONS.offer(key) if key is not None else None
+        tls = wrap_tls(sock, context, self.host, self.budget, session=cached.session if cached else None)
+        self.tls_resumed = tls.session_reused
+        if cached is not None:
+            _SESSIONS.count_handshake(resumed=tls.session_reused)
+        if key is not None:
+            # A resumed session is only as fresh as the full handshake it descends from.
+            verified_at = cached.verified_at if cached is not None and tls.session_reused else time.time()
+            self._tls_unsaved = (key, tls, verified_at)
+            if tls.version() != "TLSv1.3":
+                # TLS 1.2's session is complete with the handshake; TLS 1.3's ticket (a fresh
+                # one after a resumption too) comes after it, with the first read.
+                self.save_tls_session()
+        return tls
+
+    def tls_upgrade(self, context: ssl.SSLContext) -> StartTlsContext:
+        """What to hand imaplib's ``starttls`` / poplib's ``stls`` as their context: their
+        upgrade then goes through ``_start_tls`` (budget, session offer) like implicit TLS."""
+        return StartTlsContext(self, context)
+
+    def save_tls_session(self) -> None:
+        """Keep this connection's TLS session for the next connection to the same server, once
+        it can be resumed (TLS 1.3 sends its ticket after the handshake: the first read after
+        the handshake, or at the latest the end of the connection, has it)."""
+        if self._tls_unsaved is None:
+            return
+        key, tls, verified_at = self._tls_unsaved
+        session = tls.session  # None once the socket is closed
+        if session is not None and _resumable(tls, session):
+            _SESSIONS.keep(key, session, verified_at)
+            self._tls_unsaved = None
 
 
-def wrap_tls(sock: socket.socket, context: ssl.SSLContext, host: str, budget: Budget) -> ssl.SSLSocket:
-    """TLS on a socket connected by address: the certificate is still checked against ``host``."""
+class StartTlsContext:
+    """The one method imaplib's ``starttls`` and poplib's ``stls`` call on their context."""
+
+    def __init__(self, connection: CheckedConnection, context: ssl.SSLContext) -> None:
+        self._connection = connection
+        self._context = context
+
+    def wrap_socket(self, sock: socket.socket, server_hostname: str | None = None) -> ssl.SSLSocket:
+        if server_hostname != self._connection.host:
+            raise ValueError("STARTTLS must verify the host name the connection was made for")
+        return self._connection._start_tls(sock, self._context)
+
+
+def wrap_tls(
+    sock: socket.socket,
+    context: ssl.SSLContext,
+    host: str,
+    budget: Budget,
+    *,
+    session: ssl.SSLSession | None = None,
+) -> ssl.SSLSocket:
+    """TLS on a socket connected by address: the certificate is still checked against ``host``
+    (on every full handshake; a resumed ``session`` was verified by the one that created it)."""
     try:
         sock.settimeout(budget.timeout())
-        return context.wrap_socket(sock, server_hostname=host)
+        return context.wrap_socket(sock, server_hostname=host, session=session)
     except BaseException:
         sock.close()
         raise
 
 
+# -- TLS session resumption ------------------------------------------------------------------
+#
+# A poll is connect + TLS + LOGIN + one command + LOGOUT; the full handshake (certificate chain
+# verification, key exchange) was about a quarter of its CPU. Servers that resume sessions (the
+# big providers do) skip most of it when offered the session of the previous connection.
+
+# A cached session (with the server's certificate) took ~13 KB of memory, measured: 13 MB at most.
+# The big providers, where most accounts are, are a handful of entries.
+TLS_SESSION_CACHE_ENTRIES = 1_000
+# A full handshake, and with it certificate verification, at least this often per server: a
+# chain of resumptions (each handing out a fresh ticket) would otherwise stretch one
+# verification for as long as the process lives.
+TLS_SESSION_MAX_AGE_SECONDS = 3600.0
+
+# (host, port, context). The host is the account's host name: the name connected to (through the
+# addresses the SSRF guard resolved it to) and the one its certificate was checked against. The
+# context is part of the key because it decides what verification means (an extra CA file makes
+# another one); ssl itself refuses a session of another context.
+TlsSessionKey = tuple[str, int, ssl.SSLContext]
+
+
+def tls_session_key(host: str, port: int, context: ssl.SSLContext) -> TlsSessionKey | None:
+    """None for a context that does not verify certificate and host name: nothing to vouch for."""
+    if context.verify_mode != ssl.CERT_REQUIRED or not context.check_hostname:
+        return None
+    return (host, port, context)
+
+
+def _resumable(tls: ssl.SSLSocket, session: ssl.SSLSession) -> bool:
+    """Whether offering ``session`` can resume: TLS 1.3 only with a ticket (which arrives after
+    the handshake), TLS 1.2 with a ticket or a session id the server may have kept."""
+    return session.has_ticket or (tls.version() != "TLSv1.3" and bool(session.id))
+
+
+@dataclass(frozen=True)
+class CachedSession:
+    session: ssl.SSLSession
+    verified_at: float  # time.time() of the full, verified handshake this session descends from
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class TlsSessionStats:
+    """The process's TLS session cache: ``offered`` full handshakes were offered a cached
+    session, ``resumed`` of them resumed it; ``kept`` sessions were stored."""
+
+    entries: int
+    offered: int
+    resumed: int
+    kept: int
+    expired: int
+    evicted: int
+
+
+class TlsSessionCache:
+    """The last resumable TLS session per server, least recently used dropped first; thread-safe."""
+
+    def __init__(
+        self,
+        max_entries: int = TLS_SESSION_CACHE_ENTRIES,
+        max_age: float = TLS_SESSION_MAX_AGE_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._max_entries = max_entries
+        self._max_age = max_age
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[Hashable, CachedSession] = OrderedDict()
+        self._offered = self._resumed = self._kept = self._expired = self._evicted = 0
+
+    def offer(self, key: Hashable) -> CachedSession | None:
+        """The session to offer a new connection to ``key``'s server, if one is still fresh."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if self._clock() >= entry.expires_at:
+                del self._entries[key]
+                self._expired += 1
+                return None
+            self._entries.move_to_end(key)
+            return entry
+
+    def count_handshake(self, *, resumed: bool) -> None:
+        with self._lock:
+            self._offered += 1
+            self._resumed += resumed
+
+    def keep(self, key: Hashable, session: ssl.SSLSession, verified_at: float) -> None:
+        """Store ``session`` for ``key``; it lives until the server's lifetime for it ends or
+        ``max_age`` after its verified handshake, whichever comes first."""
+        expires_at = min(session.time + session.timeout, verified_at + self._max_age)
+        if expires_at <= self._clock():
+            return
+        with self._lock:
+            self._entries[key] = CachedSession(session, verified_at, expires_at)
+            self._entries.move_to_end(key)
+            self._kept += 1
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+                self._evicted += 1
+
+    def stats(self) -> TlsSessionStats:
+        with self._lock:
+            return TlsSessionStats(
+                entries=len(self._entries),
+                offered=self._offered,
+                resumed=self._resumed,
+                kept=self._kept,
+                expired=self._expired,
+                evicted=self._evicted,
+            )
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+# Per process: a Lambda container's threads share it; nothing is written anywhere else.
+_SESSIONS = TlsSessionCache()
+
+
+def tls_session_cache_stats() -> TlsSessionStats:
+    """Counters of this process's TLS session cache (benches and tests read them)."""
+    return _SESSIONS.stats()
+
+
+def clear_tls_sessions() -> None:
+    """Forget every cached TLS session: the next connection to each server is a full handshake."""
+    _SESSIONS.clear()
+
+
 class BudgetedReader:
     """Buffered reads from whatever socket ``sock_source`` returns now (it changes after STARTTLS)."""
 
-    def __init__(self, sock_source: Callable[[], socket.socket], budget: Budget) -> None:
+    def __init__(
+        self,
+        sock_source: Callable[[], socket.socket],
+        budget: Budget,
+        *,
+        after_first_read: Callable[[], None] | None = None,
+    ) -> None:
+        """``after_first_read`` runs once after the first bytes arrive on each new socket (a
+        TLS 1.3 server's session ticket has been read by then)."""
         self._sock_source = sock_source
         self._sock: socket.socket | None = None
+        self._after_first_read = after_first_read
+        self._first_read = True
         self._buf = bytearray()
         self._scanned = 0
         self.budget = budget
@@ -148,6 +351,7 @@ class BudgetedReader:
                 # if they came over TLS (STARTTLS response injection).
                 self.fail("The mail server sent data it was not asked for before TLS started")
             self._sock = sock
+            self._first_read = True
         return sock
 
     def _fill(self) -> bool:
@@ -166,6 +370,10 @@ class BudgetedReader:
         if not chunk:
             return False
         self._buf += chunk
+        if self._first_read:
+            self._first_read = False
+            if self._after_first_read is not None:
+                self._after_first_read()
         return True
 
     def send(self, sock: socket.socket, data: bytes) -> None:
