@@ -34,6 +34,7 @@ DERIVED_OR_DEFAULT = {
     "match_key",
     "participants",
     "thread_id",
+    "s3_key",
     "state",
     "seen",
     "confidential",
@@ -134,8 +135,10 @@ def test_attributes_that_do_not_follow_from_the_rest_are_written() -> None:
         updated_at=STAMP,
         created_at=WHEN,
     )
+    message = dataclasses.replace(message, s3_key=f"pack/{T}/{U}/ab/{'ab' * 32}.pack#1024+2048")
     item = written(message)
     assert {"match_key", "thread_id", "participants", "seen", "confidential", "state", "pending_ops"} <= item.keys()
+    assert item["s3_key"] == {"S": message.s3_key}  # a packed message's place is not derivable
     assert item["updated_at"]["S"].startswith("2026-05-02")
 
 
@@ -195,6 +198,26 @@ def test_a_trimmed_item_and_a_full_one_read_as_the_same_message(aws: dict[str, s
     assert dal.find_messages(["n1", "o1"]) == {"n1": new, "o1": old}
     listed, _ = dal.list_messages(T, U, folder="inbox", since=None, seen=None, limit=5, cursor=None)
     assert listed == [new, old]
+
+
+def test_a_message_stored_on_its_own_reads_back_its_raw_key_and_a_packed_one_its_locator(
+    aws: dict[str, str],
+) -> None:
+    from mailsync import blobstore, dal
+
+    alone = synced(make_message(subject="alone", date=WHEN), T, U, 1, WHEN)
+    assert alone.s3_key == blobstore.raw_key(T, U, alone.content_hash)
+    assert "s3_key" not in written(alone)
+    packed = dataclasses.replace(
+        synced(make_message(subject="packed", date=WHEN), T, U, 2, WHEN),
+        s3_key=f"pack/{T}/{U}/cd/{'cd' * 32}.pack#0+99",
+    )
+    dal.store_new_messages([(alone, _location(alone)), (packed, _location(packed))])
+    for message in (alone, packed):
+        read = dal.find_message(message.id)
+        assert read is not None
+        assert read.s3_key == message.s3_key
+        assert dataclasses.replace(read, created_at=None, updated_at=None) == message
 
 
 def test_the_listing_filters_take_a_missing_seen_or_confidential_as_false(aws: dict[str, str]) -> None:

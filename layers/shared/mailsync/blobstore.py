@@ -38,6 +38,8 @@ class RawMismatch(Exception):
 
 
 def raw_key(tenant_id: str, user_id: str, sha256: str) -> str:
+    # Message items written since 2026-12 leave out an ``s3_key`` equal to this (dal._items._derived
+    # gives it back from tenant, user and content hash): the format must never change.
     # Same bytes, same key: a rerun after a crash overwrites instead of piling up copies.
     return f"raw/{tenant_id}/{user_id}/{sha256[:2]}/{sha256}.eml"
 

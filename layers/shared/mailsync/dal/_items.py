@@ -16,6 +16,7 @@ from pynamodb.exceptions import UpdateError
 from pynamodb.models import Model
 from pynamodb.transactions import TransactWrite
 
+from mailsync import blobstore
 from mailsync.dal import _keys as keys
 from mailsync.dal._models import (
     AccountModel,
@@ -105,7 +106,18 @@ def message_from(item: MessageModel) -> Message:
 # write unit instead of two. Stored items rely on these rules as they are: a change to
 # ``_derived`` must still read every item written before it.
 _DERIVABLE = frozenset(
-    {"id", "tenant_id", "user_id", "folder", "internal_date", "updated_at", "match_key", "participants", "thread_id"}
+    {
+        "id",
+        "tenant_id",
+        "user_id",
+        "folder",
+        "internal_date",
+        "updated_at",
+        "match_key",
+        "participants",
+        "thread_id",
+        "s3_key",
+    }
 )
 # Never changed by an update: what ``_derived`` reads (a stored item may lack what it gives from
 # them) and what the keys hold. The CRM folder changes with its index key (``message_fields``).
@@ -148,6 +160,9 @@ def _derived(item: MessageModel) -> dict[str, Any]:
             out["internal_date"] = datetime.fromisoformat(when)
     out["updated_at"] = values.get("created_at")
     mid, content_hash = values.get("internet_message_id"), values.get("content_hash")
+    if content_hash and "user_id" in out:
+        # A message stored on its own (every message but a first sync's packed ones).
+        out["s3_key"] = blobstore.raw_key(out["tenant_id"], out["user_id"], content_hash)
     out["match_key"] = f"mid:{mid}" if mid else f"sha:{content_hash}"
     groups = (values.get(name) or () for name in ("from_", "reply_to", "to", "cc", "bcc"))
     out["participants"] = list(dict.fromkeys(a.email.lower() for group in groups for a in group))
