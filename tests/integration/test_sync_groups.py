@@ -350,6 +350,41 @@ def test_a_sync_with_work_that_gets_no_slot_goes_back_on_the_queue_without_the_l
     assert account.synced() == {}
 
 
+@pytest.mark.parametrize(("reason", "limit"), [("user", 10), ("schedule", 2)])
+def test_a_job_that_never_gets_room_bounces_a_bounded_number_of_times_then_is_left_to_the_schedule(
+    api, group_env, aws, monkeypatch: pytest.MonkeyPatch, reason: str, limit: int
+) -> None:
+    from mailsync import dal
+    from mailsync.services import sync_jobs
+
+    (account,) = mail_accounts(api, group_env, 1)
+    queued(aws["SYNC_QUEUE_URL"])
+    taken = threading.BoundedSemaphore(1)
+    taken.acquire()  # no slot for syncs with work, however often it comes back
+    monkeypatch.setattr(sync_jobs, "_WORK_SLOTS", taken)
+    monkeypatch.setattr(sync_jobs, "HOST_WAIT_SECONDS", 0.05)
+    monkeypatch.setattr(sync_jobs, "HOST_BUSY_DELAY_SECONDS", 0)
+
+    # Each bounced job is fed back to the worker, as SQS would: the chain ends by itself.
+    record = group_record([account.caller.user], reason=reason)
+    rounds = 0
+    while record is not None:
+        assert rounds <= limit, "the job keeps bouncing"
+        result, _ = run_worker([record])
+        assert result == {"batchItemFailures": []}
+        rounds += 1
+        bodies = queued(aws["SYNC_QUEUE_URL"])
+        assert len(bodies) <= 1
+        again = {"MessageId": f"again-{rounds}", "ReceiptHandle": "r", "Body": json.dumps(bodies[0]) if bodies else ""}
+        record = again if bodies else None
+    assert rounds == limit + 1  # the first try and ``limit`` bounces
+    state = dal.get_sync_state("acme", account.caller.user)
+    assert state is None or (state.state != "syncing" and state.lease_owner is None)
+    assert account.synced() == {}
+    # The account is still due: the scheduler's next tick brings it back.
+    assert dal.get_account("acme", account.caller.user).due_shard is not None
+
+
 @pytest.fixture
 def log_lines() -> Iterator[LogLines]:
     with captured_log_lines("sync_worker") as lines:

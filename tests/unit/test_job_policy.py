@@ -154,3 +154,8 @@ def test_only_jobs_that_found_nothing_to_do_are_quiet_in_the_logs() -> None:
     assert not JobResult("incomplete", SyncOutcome()).no_op
     assert not JobResult("failed", error="auth_failed").no_op
     assert not JobResult("gone").no_op
+
+
+@pytest.mark.parametrize(("reason", "limit"), [("user", 10), ("continue", 10), ("retry", 10), ("schedule", 2)])
+def test_a_job_without_room_goes_back_on_the_queue_a_bounded_number_of_times(reason: str, limit: int) -> None:
+    assert [policy.requeue_busy(reason, bounces) for bounces in range(limit + 3)] == [True] * limit + [False] * 3

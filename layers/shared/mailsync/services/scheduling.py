@@ -68,9 +68,13 @@ def backoff_seconds(failures: int, base: int = 60) -> int:
     return int(delay * random.uniform(0.8, 1.2))
 
 
-def job_body(tenant_id: str, user_id: str, reason: str) -> str:
-    """A job for one account (user requests, continuations, retries): a group of one."""
-    return json.dumps({"tenant_id": tenant_id, "user_id": user_id, "reason": reason})
+def job_body(tenant_id: str, user_id: str, reason: str, bounces: int = 0) -> str:
+    """A job for one account (user requests, continuations, retries): a group of one.
+    ``bounces``: how often it went back on the queue for lack of room (``planner.jobs.requeue_busy``)."""
+    body: dict[str, object] = {"tenant_id": tenant_id, "user_id": user_id, "reason": reason}
+    if bounces:
+        body["bounces"] = bounces
+    return json.dumps(body)
 
 
 def group_body(accounts: Sequence[tuple[str, str]], reason: str) -> str:
@@ -78,8 +82,8 @@ def group_body(accounts: Sequence[tuple[str, str]], reason: str) -> str:
     return json.dumps({"accounts": [list(a) for a in accounts], "reason": reason})
 
 
-def enqueue(tenant_id: str, user_id: str, reason: str, delay_seconds: int = 0) -> None:
-    queue.send(job_body(tenant_id, user_id, reason), delay_seconds)
+def enqueue(tenant_id: str, user_id: str, reason: str, delay_seconds: int = 0, bounces: int = 0) -> None:
+    queue.send(job_body(tenant_id, user_id, reason, bounces), delay_seconds)
 
 
 def enqueue_accounts(accounts: Sequence[tuple[str, str]], reason: str, delay_seconds: int = 0) -> None:

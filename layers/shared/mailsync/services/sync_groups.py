@@ -57,17 +57,19 @@ class SyncGroup(BaseModel):
 
     accounts: list[tuple[str, str]] = Field(min_length=1, max_length=MAX_GROUP_ACCOUNTS)
     reason: str = "schedule"
+    bounces: int = Field(default=0, ge=0)
 
     @model_validator(mode="before")
     @classmethod
     def _one_account(cls, data: Any) -> Any:
         if isinstance(data, dict) and "accounts" not in data:
             one = (data.get("tenant_id"), data.get("user_id"))
-            return {"accounts": [one], **({"reason": data["reason"]} if "reason" in data else {})}
+            rest = {key: data[key] for key in ("reason", "bounces") if key in data}
+            return {"accounts": [one], **rest}
         return data
 
     def jobs(self) -> list[SyncJob]:
-        return [SyncJob(tenant_id=t, user_id=u, reason=self.reason) for t, u in self.accounts]
+        return [SyncJob(tenant_id=t, user_id=u, reason=self.reason, bounces=self.bounces) for t, u in self.accounts]
 
 
 def parse_group(body: str) -> list[SyncJob]:

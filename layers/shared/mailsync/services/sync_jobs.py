@@ -71,13 +71,14 @@ class SyncJob(BaseModel):
     tenant_id: str
     user_id: str
     reason: str = "schedule"  # schedule | user | continue | retry
+    bounces: int = Field(default=0, ge=0)  # times it went back on the queue (planner.jobs.requeue_busy)
     # Not from the body: the worker sets it from SQS's SentTimestamp (SyncLagSeconds).
     queued_at: float | None = Field(default=None, exclude=True)
 
 
 @dataclass
 class JobResult:
-    status: str  # synced | incomplete | skipped | busy | failed | gone | deferred
+    status: str  # synced | incomplete | skipped | busy | dropped | failed | gone | deferred
     outcome: SyncOutcome | None = None
     error: str | None = None
     duration_ms: int = 0
@@ -145,8 +146,7 @@ def run_job(
             # user has just repaired would take it out of the schedule for good.
             account = dal.get_account(job.tenant_id, job.user_id) or account
             if policy.may_sync(fetch_enabled=account.fetch_enabled, status=account.status, protocol=account.protocol):
-                scheduling.enqueue(job.tenant_id, job.user_id, job.reason, delay_seconds=HOST_BUSY_DELAY_SECONDS)
-                return JobResult("busy")
+                return _requeue_busy(job)
         if account.due_shard is not None:
             # Still in the due index though it may not sync (fetch off, a login that needs the
             # user): leave it, or the scheduler sends it a job that does nothing every tick.
@@ -180,13 +180,11 @@ def run_job(
             # The settings changed after this job's read: nothing was done with them; the state
             # goes back to what it was, and the job runs again on a fresh read.
             final = {"state": state.state}
-            scheduling.enqueue(job.tenant_id, job.user_id, job.reason, delay_seconds=HOST_BUSY_DELAY_SECONDS)
-            return JobResult("busy")
+            return _requeue_busy(job)
         except (HostBusy, _NoWorkSlot):
             # Waiting for room on the host (or for this process's other job of the same mailbox),
             # or for one of the process's slots for syncs with work.
-            scheduling.enqueue(job.tenant_id, job.user_id, job.reason, delay_seconds=HOST_BUSY_DELAY_SECONDS)
-            return JobResult("busy")
+            return _requeue_busy(job)
         result.duration_ms = int((time.monotonic() - started) * 1000)
         result.lag_seconds = lag
         return result
@@ -358,6 +356,21 @@ def _sync(
         scheduling.enqueue(account.tenant_id, account.user_id, "continue")
         return JobResult("incomplete", outcome), final
     return JobResult("synced", outcome), final
+
+
+def _requeue_busy(job: SyncJob) -> JobResult:
+    """A job that cannot run now goes back on the queue, or is dropped once it bounced often
+    enough (``planner.jobs.requeue_busy``: the scheduler sends the account a job again)."""
+    if policy.requeue_busy(job.reason, job.bounces):
+        scheduling.enqueue(
+            job.tenant_id, job.user_id, job.reason, delay_seconds=HOST_BUSY_DELAY_SECONDS, bounces=job.bounces + 1
+        )
+        return JobResult("busy")
+    logger.warning(
+        "sync job dropped: no room for it after several tries, the schedule brings it back",
+        extra={"user_id": job.user_id, "reason": job.reason, "bounces": job.bounces},
+    )
+    return JobResult("dropped")
 
 
 def _take_work(lease: _Lease, slot: _JobSlot, settings: Settings, hard_deadline: float) -> SyncState:

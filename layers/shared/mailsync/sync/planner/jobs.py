@@ -56,6 +56,22 @@ def may_sync(*, fetch_enabled: bool, status: str, protocol: str) -> bool:
     return bool(fetch_enabled) and status not in NEEDS_THE_USER and protocol in SYNCED_PROTOCOLS
 
 
+# A job that finds no room (its mail host, the worker's slots for syncs with work) or read settings
+# that have changed since goes back on the queue, a bounded number of times: under lasting
+# contention each tick would otherwise add a job per account that bounces for ever, and the queue
+# grows without end. Dropping it loses nothing: the account stays in the due index, so the
+# scheduler sends it a job again, and that sync finds whatever work was waiting (mail, CRM
+# changes, an unfinished first sync). A scheduled job is dropped sooner: the next tick is near.
+MAX_BOUNCES = 10  # 30 s apart (HOST_BUSY_DELAY_SECONDS): about five minutes
+MAX_SCHEDULED_BOUNCES = 2
+
+
+def requeue_busy(reason: str, bounces: int) -> bool:
+    """Whether a job that could not run now goes back on the queue (``bounces``: how often it
+    already did), or is dropped and left to the scheduler."""
+    return bounces < (MAX_SCHEDULED_BOUNCES if reason == "schedule" else MAX_BOUNCES)
+
+
 def duplicate_scheduled_job(reason: str, seconds_since_success: float | None) -> bool:
     return (
         reason == "schedule"
