@@ -98,7 +98,7 @@ SyncState *
     return measured, got
 
 
-def run_mailsync(user, ca_file: Path, window_days: int) -> dict:
+def run_mailsync(user, ca_file: Path, window_days: int, keepalive: bool) -> dict:
     settings = {
         "host": "127.0.0.1",
         "port": user.imaps_port,
@@ -107,7 +107,7 @@ def run_mailsync(user, ca_file: Path, window_days: int) -> dict:
         "security": "ssl",
         "sync_window_days": window_days,
     }
-    with MotoServer() as moto:
+    with MotoServer(keepalive=keepalive) as moto:
         worker, result = benchlib.setup_and_sync(moto.endpoint, "initial", settings, {"inbox": "INBOX"}, str(ca_file))
     if result["status"] != "synced":
         raise RuntimeError(
@@ -138,6 +138,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--attachment-share", type=float, default=0.04)
     parser.add_argument("--seed", type=int, default=20260)
+    benchlib.add_connections_option(parser)
     args = parser.parse_args()
     count = args.messages or (300 if args.small else 5000)
     rounds = args.rounds or (1 if args.small else 3)
@@ -169,7 +170,7 @@ def main() -> None:
 
             runs: list[dict] = []
             for r in range(rounds):
-                a = run_mailsync(user, server.ca_file, window)
+                a = run_mailsync(user, server.ca_file, window, keepalive=not args.close_connections)
                 runs.append({"tool": "mailsync", "round": r + 1, **a})
                 print(f"  round {r + 1} Mailsync {a['seconds']:.1f} s, {a['messages']} messages", flush=True)
                 work = tmp / f"mbsync-{r}"
@@ -247,6 +248,7 @@ def main() -> None:
             "window_days": window,
             "small": args.small,
             "aws": "moto server in its own process, fresh per Mailsync run",
+            "aws_keepalive": not args.close_connections,
         },
         {
             "messages": created,

@@ -381,6 +381,7 @@ def main() -> None:
     parser.add_argument("--in-window", type=int, help="messages per folder inside the window (default 200)")
     parser.add_argument("--noops", type=int, default=7, help="measured no-ops per size (median of these)")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured no-ops first (a warm container)")
+    benchlib.add_connections_option(parser)
     args = parser.parse_args()
     sizes = [int(s) for s in (args.sizes or ("200,2000" if args.small else "200,20000")).split(",")]
     in_window = args.in_window or (20 if args.small else 200)
@@ -389,7 +390,10 @@ def main() -> None:
     results = []
     try:
         # High-performance login mode: TLS sessions resume, as with the big providers.
-        with DovecotServer(tmp / "dovecot", login_reuse=True) as server, MotoServer() as moto:
+        with (
+            DovecotServer(tmp / "dovecot", login_reuse=True) as server,
+            MotoServer(keepalive=not args.close_connections) as moto,
+        ):
             os.environ.update(benchlib.aws_env(moto.endpoint))
             from devstack.provision import load_template, provision
             from devstack.run import TEMPLATE
@@ -470,6 +474,7 @@ def main() -> None:
             "warmup": args.warmup,
             "small": args.small,
             "aws": "moto server in its own process",
+            "aws_keepalive": not args.close_connections,
             "transport": "counts: plain IMAP through a counting loopback proxy (security: none); "
             "cpu_ms: IMAPS straight to Dovecot",
             "cpu_ms": "time.thread_time() of the thread running run_job, median of the no-ops",

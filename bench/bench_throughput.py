@@ -202,9 +202,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="worker threads (default: config.py's worker_threads)")
     parser.add_argument("--group-size", type=int, help="accounts per job (default: config.py's sync_group_size)")
     parser.add_argument("--small", action="store_true", help="20 accounts: finishes in under a minute")
+    benchlib.add_connections_option(parser)
     args = parser.parse_args()
     if args.small:
         args.accounts = 20
+    keepalive = not args.close_connections
 
     from mailsync.config import Settings
 
@@ -217,7 +219,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         users_file = Path(tmp) / "users.json"
         users_file.write_text(json.dumps(users))
-        with DovecotServer(Path(tmp) / "dovecot", users=users) as dovecot, MotoServer() as moto:
+        with DovecotServer(Path(tmp) / "dovecot", users=users) as dovecot, MotoServer(keepalive) as moto:
             env = aws_env(moto.endpoint)
             env["MAILSYNC_EXTRA_CA_FILE"] = str(dovecot.ca_file)
             started = time.perf_counter()
@@ -300,6 +302,7 @@ def main() -> None:
         "host_concurrency": max(threads, 5),
         "security": "ssl",
         "folders": "INBOX (empty)",
+        "aws_keepalive": keepalive,
     }
     write_results("bench_throughput", parameters, results)
 

@@ -234,10 +234,18 @@ def aws_env(endpoint: str | None = None) -> dict[str, str]:
 
 
 class MotoServer:
-    """moto in server mode in its own process on 127.0.0.1 (fresh state per instance)."""
+    """moto in server mode in its own process on 127.0.0.1 (fresh state per instance).
 
-    def __init__(self) -> None:
+    ``keepalive`` (the default) serves moto's WSGI app with waitress, which keeps HTTP/1.1
+    connections open as AWS's endpoints do, so botocore reuses its pooled connections as it does
+    on AWS. ``keepalive=False`` is the werkzeug development server moto's own ``moto_server``
+    runs, which answers every request with ``Connection: close``: every AWS call then pays a TCP
+    connect and close in the worker (about a quarter of a first sync's CPU; bench/README.md).
+    """
+
+    def __init__(self, keepalive: bool = True) -> None:
         self.port = free_port()
+        self.keepalive = keepalive
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
 
@@ -246,15 +254,8 @@ class MotoServer:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> MotoServer:
-        code = (
-            "import logging,sys;logging.getLogger('werkzeug').setLevel(logging.WARNING);"
-            "from moto.server import run_simple, DomainDispatcherApplication, create_backend_app;"
-            f"run_simple('127.0.0.1', {self.port}, DomainDispatcherApplication(create_backend_app),"
-            " threaded=True, use_reloader=False)"
-        )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code], stdout=self._log, stderr=self._log, env=aws_env(), start_new_session=True
-        )
+        cmd = child_cmd("moto", str(self.port), *([] if self.keepalive else ["--close-connections"]))
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=self._log, env=aws_env(), start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -262,14 +263,60 @@ class MotoServer:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
                 return self
             time.sleep(0.05)
+        self._log.seek(0)
+        output = self._log.read().decode(errors="replace")[-3000:]
         self.__exit__(None, None, None)
-        raise RuntimeError("moto server did not start")
+        raise RuntimeError(f"moto server did not start:\n{output}")
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
             _kill_session(self.proc.pid)
             self.proc.wait(timeout=30)
         self._log.close()
+
+
+def add_connections_option(parser: argparse.ArgumentParser) -> None:
+    """``--close-connections``: the scripts that measure the worker's CPU can run against the
+    old moto server that closes every connection, to show what that costs."""
+    parser.add_argument(
+        "--close-connections",
+        action="store_true",
+        help="serve moto with werkzeug's server, which closes the connection after every AWS call "
+        "(default: keep-alive, as AWS's endpoints)",
+    )
+
+
+def serve_moto(port: int, keepalive: bool) -> None:
+    """Serve moto's own WSGI app (what ``moto_server`` and ``ThreadedMotoServer`` serve) on
+    127.0.0.1 until killed."""
+    import logging
+
+    from moto.server import DomainDispatcherApplication, create_backend_app
+
+    app = DomainDispatcherApplication(create_backend_app)
+    if not keepalive:
+        from werkzeug.serving import run_simple
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        run_simple("127.0.0.1", port, app, threaded=True, use_reloader=False)
+        return
+    import waitress
+
+    # An idle keep-alive connection holds no thread (waitress multiplexes the sockets and hands
+    # whole requests to its threads), so a few threads serve the worker's many pooled
+    # connections; the connection limit is above what the worker's botocore and PynamoDB pools
+    # can open (up to 160 each), since past it waitress stops accepting. poll(), not select():
+    # no limit of 1,024 file descriptors.
+    waitress.serve(
+        app,
+        host="127.0.0.1",
+        port=port,
+        threads=16,
+        connection_limit=4000,
+        asyncore_use_poll=True,
+        ident="moto",
+        _quiet=True,
+    )
 
 
 # --------------------------------------------------------------------------- mail
@@ -728,7 +775,13 @@ def main() -> None:
     w = sub.add_parser("worker")
     w.add_argument("user_id")
     w.add_argument("--budget", type=float, default=240.0)
+    m = sub.add_parser("moto")
+    m.add_argument("port", type=int)
+    add_connections_option(m)
     args = parser.parse_args()
+    if args.mode == "moto":
+        serve_moto(args.port, keepalive=not args.close_connections)
+        return
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
     {"setup": _child_setup, "worker": _child_worker}[args.mode](args)
 
