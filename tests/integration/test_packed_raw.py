@@ -124,6 +124,11 @@ def test_a_wrong_byte_range_is_detected_never_returned(account: Account) -> None
         blobstore.get_raw(f"{key}#{offset}+{10**6}")
     with pytest.raises(ValueError):
         blobstore.get_raw(f"{key}#x+1")
+    # A pack's key without a range is no message's place: never read whole, never linked.
+    with pytest.raises(ValueError):
+        blobstore.get_raw(key)
+    with pytest.raises(ValueError):
+        blobstore.presigned_url(key, sha256=packed.content_hash)
     # No download copy was made of bytes that failed the check.
     assert account_objects(account.tenant, account.caller.user) == {key}
 

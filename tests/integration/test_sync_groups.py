@@ -405,3 +405,22 @@ def test_each_accounts_log_lines_name_that_account(api, group_env, aws, log_line
     # The invocation's keys reach the pool threads too.
     assert all(line["function_name"] == "SyncWorkerFunction" for line in done)
     assert len({line["function_request_id"] for line in done}) == 1
+
+
+def test_a_deferred_job_keeps_the_times_it_bounced(group_env, aws) -> None:
+    """Deferring (no Lambda time left) is no bounce, but must not reset the count either: else
+    a job under lasting contention, deferred now and then, would bounce for ever."""
+    from mailsync.services import sync_groups, sync_jobs
+
+    queued(aws["SYNC_QUEUE_URL"])
+    jobs = [sync_jobs.SyncJob(tenant_id="acme", user_id=f"nobody{i}", reason="user", bounces=4) for i in range(3)]
+    # Too little time for any job but the invocation's first (which runs: its account is gone).
+    results = sync_groups.run_jobs(jobs, lambda_deadline=time.monotonic() + 1, threads=1)
+    assert [r.status for r in results] == ["gone", "deferred", "deferred"]
+    assert [(b["accounts"], b.get("bounces")) for b in queued(aws["SYNC_QUEUE_URL"])] == [
+        ([["acme", "nobody1"], ["acme", "nobody2"]], 4)
+    ]
+
+    alone = sync_jobs.SyncJob(tenant_id="acme", user_id="nobody9", reason="user", bounces=7)
+    assert sync_jobs.run_job(alone, lambda_deadline=time.monotonic() + 1).status == "deferred"
+    assert [b.get("bounces") for b in queued(aws["SYNC_QUEUE_URL"])] == [7]

@@ -214,3 +214,30 @@ def test_a_pop3_sync_through_the_worker_runs_on_a_resumed_session(
     changes = since(before)
     assert changes.offered >= 1 and changes.resumed == changes.offered
     assert sorted(m["subject"] for m in account.messages()) == ["after", "before"]
+
+
+def test_a_server_that_pads_its_certificate_chain_gets_no_session_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached session holds the chain the server sent: a server padding it (any host a user may
+    enter) must not make the per-process cache grow by hundreds of KB a session."""
+    from devstack import dovecot as harness
+
+    real = harness._write_tls_material
+
+    def padded(directory: Path) -> tuple[Path, Path, Path]:
+        ca_file, cert_file, key_file = real(directory)
+        # The leaf, then its CA 40 times (~40 KB): still a chain that verifies.
+        cert_file.write_bytes(cert_file.read_bytes() + ca_file.read_bytes() * 40)
+        return ca_file, cert_file, key_file
+
+    monkeypatch.setattr(harness, "_write_tls_material", padded)
+    with DovecotServer(tmp_path / "padded", login_reuse=True) as server:
+        user = server.add_user()
+        before = tls_session_cache_stats()
+        for _ in range(2):
+            with open_imap(params(user), config(user)) as session:
+                assert not imap_resumed(session)
+                assert "INBOX" in session.list_folder_names()
+        assert since(before).kept == 0
+        assert tls_session_cache_stats().entries == 0

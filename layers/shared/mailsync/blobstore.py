@@ -142,6 +142,8 @@ def _parse(locator: str) -> tuple[str, tuple[int, int] | None]:
     """(object key, (offset, length) of a packed message or None for a standalone object)."""
     key, sep, span = locator.partition("#")
     if not sep:
+        if key.startswith("pack/"):  # a pack holds other messages: never one message's object
+            raise ValueError(f"a pack without a byte range is not a message's locator: {locator!r}")
         return key, None
     offset, plus, length = span.partition("+")
     if not (plus and offset.isdigit() and length.isdigit() and int(length) > 0):
@@ -202,6 +204,8 @@ def presigned_url(
         if sha256 is None:
             raise ValueError("a packed message's link needs its SHA-256")
         key = _standalone(key, span, sha256)
+    if not key.startswith("raw/"):  # only a standalone copy holds one message and nothing else
+        raise ValueError(f"no download link for {key!r}: not a standalone raw copy")
     return client("s3").generate_presigned_url(
         "get_object",
         Params={

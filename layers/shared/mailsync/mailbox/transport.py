@@ -9,6 +9,7 @@ Connections go to the addresses the SSRF guard checked, never to a fresh DNS ans
 
 from __future__ import annotations
 
+import _ssl
 import re
 import socket
 import ssl
@@ -108,7 +109,7 @@ class CheckedConnection:
         self.budget = budget
         # Whether this connection's TLS handshake resumed a cached session (no certificate sent).
         self.tls_resumed = False
-        self._tls_unsaved: tuple[TlsSessionKey, ssl.SSLSocket, float] | None = None
+        self._tls_unsaved: tuple[TlsSessionKey, ssl.SSLSocket, float, int] | None = None
 
     def _checked_socket(self) -> socket.socket:
         """Connected to a checked address, with TLS verifying the host name."""
@@ -123,10 +124,14 @@ class CheckedConnection:
         self.tls_resumed = tls.session_reused
         if cached is not None:
             _SESSIONS.count_handshake(resumed=tls.session_reused)
-        if key is not None:
+        resumed = cached is not None and tls.session_reused
+        # A session keeps the chain the server sent, which the server chooses: only a chain of
+        # ordinary size is cached (a resumed one sends none; it is the size it descends from).
+        chain_bytes = cached.chain_bytes if cached is not None and resumed else _chain_bytes(tls)
+        if key is not None and chain_bytes is not None and chain_bytes <= TLS_SESSION_MAX_CHAIN_BYTES:
             # A resumed session is only as fresh as the full handshake it descends from.
-            verified_at = cached.verified_at if cached is not None and tls.session_reused else time.time()
-            self._tls_unsaved = (key, tls, verified_at)
+            verified_at = cached.verified_at if cached is not None and resumed else time.time()
+            self._tls_unsaved = (key, tls, verified_at, chain_bytes)
             if tls.version() != "TLSv1.3":
                 # TLS 1.2's session is complete with the handshake; TLS 1.3's ticket (a fresh
                 # one after a resumption too) comes after it, with the first read.
@@ -144,10 +149,10 @@ class CheckedConnection:
         the handshake, or at the latest the end of the connection, has it)."""
         if self._tls_unsaved is None:
             return
-        key, tls, verified_at = self._tls_unsaved
+        key, tls, verified_at, chain_bytes = self._tls_unsaved
         session = tls.session  # None once the socket is closed
         if session is not None and _resumable(tls, session):
-            _SESSIONS.keep(key, session, verified_at)
+            _SESSIONS.keep(key, session, verified_at, chain_bytes)
             self._tls_unsaved = None
 
 
@@ -195,6 +200,10 @@ TLS_SESSION_CACHE_ENTRIES = 1_000
 # chain of resumptions (each handing out a fresh ticket) would otherwise stretch one
 # verification for as long as the process lives.
 TLS_SESSION_MAX_AGE_SECONDS = 3600.0
+# A cached session holds the certificate chain the server sent: a hostile server (any host a
+# user may enter, e.g. through the API's connection test) could pad it to ~100 KB, and 1,000 of
+# those would be ~260 MB. Real chains are 2-7 KB; a session with a longer one is not kept.
+TLS_SESSION_MAX_CHAIN_BYTES = 16 * 1024
 
 # (host, port, context). The host is the account's host name: the name connected to (through the
 # addresses the SSRF guard resolved it to) and the one its certificate was checked against. The
@@ -221,6 +230,18 @@ class CachedSession:
     session: ssl.SSLSession
     verified_at: float  # time.time() of the full, verified handshake this session descends from
     expires_at: float
+    chain_bytes: int = 0  # DER bytes of the certificate chain of that handshake
+
+
+def _chain_bytes(tls: ssl.SSLSocket) -> int | None:
+    """DER bytes of the certificate chain the server sent in this handshake; None when unknown
+    (then nothing is cached)."""
+    try:
+        # ``SSLSocket.get_unverified_chain`` is public from Python 3.13; 3.12 has it one level down.
+        chain = tls._sslobj.get_unverified_chain()  # type: ignore[union-attr]
+        return sum(len(certificate.public_bytes(_ssl.ENCODING_DER)) for certificate in chain or ())
+    except (AttributeError, ValueError, ssl.SSLError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -270,14 +291,14 @@ class TlsSessionCache:
             self._offered += 1
             self._resumed += resumed
 
-    def keep(self, key: Hashable, session: ssl.SSLSession, verified_at: float) -> None:
+    def keep(self, key: Hashable, session: ssl.SSLSession, verified_at: float, chain_bytes: int = 0) -> None:
         """Store ``session`` for ``key``; it lives until the server's lifetime for it ends or
         ``max_age`` after its verified handshake, whichever comes first."""
         expires_at = min(session.time + session.timeout, verified_at + self._max_age)
         if expires_at <= self._clock():
             return
         with self._lock:
-            self._entries[key] = CachedSession(session, verified_at, expires_at)
+            self._entries[key] = CachedSession(session, verified_at, expires_at, chain_bytes)
             self._entries.move_to_end(key)
             self._kept += 1
             while len(self._entries) > self._max_entries:

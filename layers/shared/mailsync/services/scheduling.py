@@ -77,22 +77,27 @@ def job_body(tenant_id: str, user_id: str, reason: str, bounces: int = 0) -> str
     return json.dumps(body)
 
 
-def group_body(accounts: Sequence[tuple[str, str]], reason: str) -> str:
+def group_body(accounts: Sequence[tuple[str, str]], reason: str, bounces: int = 0) -> str:
     """A job for several accounts, synced concurrently by one worker (``services.sync_groups``)."""
-    return json.dumps({"accounts": [list(a) for a in accounts], "reason": reason})
+    body: dict[str, object] = {"accounts": [list(a) for a in accounts], "reason": reason}
+    if bounces:
+        body["bounces"] = bounces
+    return json.dumps(body)
 
 
 def enqueue(tenant_id: str, user_id: str, reason: str, delay_seconds: int = 0, bounces: int = 0) -> None:
     queue.send(job_body(tenant_id, user_id, reason, bounces), delay_seconds)
 
 
-def enqueue_accounts(accounts: Sequence[tuple[str, str]], reason: str, delay_seconds: int = 0) -> None:
+def enqueue_accounts(
+    accounts: Sequence[tuple[str, str]], reason: str, delay_seconds: int = 0, bounces: int = 0
+) -> None:
     """Jobs for ``accounts`` with one reason: one job alone, more in groups of ``sync_group_size``."""
     if len(accounts) == 1:
-        enqueue(*accounts[0], reason, delay_seconds)
+        enqueue(*accounts[0], reason, delay_seconds, bounces)
         return
     for group in split_groups(accounts, get_settings().sync_group_size):
-        queue.send(group_body(group, reason), delay_seconds)
+        queue.send(group_body(group, reason, bounces), delay_seconds)
 
 
 def split_groups(accounts: Sequence[tuple[str, str]], size: int) -> list[Sequence[tuple[str, str]]]:

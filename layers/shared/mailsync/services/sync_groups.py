@@ -224,12 +224,13 @@ def _run_one(work: _Work, index: int, lambda_deadline: float | None) -> JobResul
 
 
 def _defer(jobs: Sequence[SyncJob]) -> None:
-    """Back on the queue for a fresh invocation, in groups by reason."""
-    by_reason: dict[str, list[tuple[str, str]]] = {}
+    """Back on the queue for a fresh invocation, in groups by reason (and by how often they
+    bounced: deferring is no bounce, but must not reset the count either)."""
+    by_kind: dict[tuple[str, int], list[tuple[str, str]]] = {}
     for job in jobs:
-        by_reason.setdefault(job.reason, []).append((job.tenant_id, job.user_id))
-    for reason, accounts in by_reason.items():
-        scheduling.enqueue_accounts(accounts, reason, delay_seconds=sync_jobs.DEFERRED_DELAY_SECONDS)
+        by_kind.setdefault((job.reason, job.bounces), []).append((job.tenant_id, job.user_id))
+    for (reason, bounces), accounts in by_kind.items():
+        scheduling.enqueue_accounts(accounts, reason, delay_seconds=sync_jobs.DEFERRED_DELAY_SECONDS, bounces=bounces)
     logger.info("sync jobs deferred", extra={"deferred": len(jobs)})
 
 

@@ -124,7 +124,9 @@ def run_job(
         # Re-enqueued rather than reported as a batch item failure: SQS would hide a failed record
         # for the whole visibility timeout and count it towards the dead-letter queue, though
         # nothing is wrong with it. Nothing was written for the account: it never shows "syncing".
-        scheduling.enqueue(job.tenant_id, job.user_id, job.reason, delay_seconds=DEFERRED_DELAY_SECONDS)
+        scheduling.enqueue(
+            job.tenant_id, job.user_id, job.reason, delay_seconds=DEFERRED_DELAY_SECONDS, bounces=job.bounces
+        )
         return JobResult("deferred")
     lag = None if queued_at is None else max(0, int(time.time() - queued_at))
     owner = owner or scheduling.worker_id()

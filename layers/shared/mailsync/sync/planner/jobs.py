@@ -61,7 +61,9 @@ def may_sync(*, fetch_enabled: bool, status: str, protocol: str) -> bool:
 # contention each tick would otherwise add a job per account that bounces for ever, and the queue
 # grows without end. Dropping it loses nothing: the account stays in the due index, so the
 # scheduler sends it a job again, and that sync finds whatever work was waiting (mail, CRM
-# changes, an unfinished first sync). A scheduled job is dropped sooner: the next tick is near.
+# changes, an unfinished first sync) — at the account's next poll: within its interval (up to
+# 15 minutes outside office hours), or after its failure backoff. A deferral (no Lambda time
+# left) carries the count on. A scheduled job is dropped sooner: the next tick is near.
 MAX_BOUNCES = 10  # 30 s apart (HOST_BUSY_DELAY_SECONDS): about five minutes
 MAX_SCHEDULED_BOUNCES = 2
 
