@@ -124,6 +124,10 @@ class CheckedConnection:
         self.tls_resumed = tls.session_reused
         if cached is not None:
             _SESSIONS.count_handshake(resumed=tls.session_reused)
+            if key is not None and not tls.session_reused:
+                # Measured: a turned-down offer costs more CPU than a plain full handshake (Dovecot's
+                # default login mode issues tickets it never accepts): no more offers to it a while.
+                _SESSIONS.decline(key)
         resumed = cached is not None and tls.session_reused
         # A session keeps the chain the server sent, which the server chooses: only a chain of
         # ordinary size is cached (a resumed one sends none; it is the size it descends from).
@@ -271,6 +275,8 @@ class TlsSessionCache:
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: OrderedDict[Hashable, CachedSession] = OrderedDict()
+        # Servers that turned an offered session down, until when none is kept or offered to them.
+        self._declined: OrderedDict[Hashable, float] = OrderedDict()
         self._offered = self._resumed = self._kept = self._expired = self._evicted = 0
 
     def offer(self, key: Hashable) -> CachedSession | None:
@@ -291,6 +297,16 @@ class TlsSessionCache:
             self._offered += 1
             self._resumed += resumed
 
+    def decline(self, key: Hashable) -> None:
+        """``key``'s server did not resume the session offered to it: for ``max_age`` it is offered
+        none, and none of its sessions is kept."""
+        with self._lock:
+            self._entries.pop(key, None)
+            self._declined[key] = self._clock() + self._max_age
+            self._declined.move_to_end(key)
+            while len(self._declined) > self._max_entries:
+                self._declined.popitem(last=False)
+
     def keep(self, key: Hashable, session: ssl.SSLSession, verified_at: float, chain_bytes: int = 0) -> None:
         """Store ``session`` for ``key``; it lives until the server's lifetime for it ends or
         ``max_age`` after its verified handshake, whichever comes first."""
@@ -298,6 +314,11 @@ class TlsSessionCache:
         if expires_at <= self._clock():
             return
         with self._lock:
+            declined_until = self._declined.get(key)
+            if declined_until is not None:
+                if self._clock() < declined_until:
+                    return
+                del self._declined[key]
             self._entries[key] = CachedSession(session, verified_at, expires_at, chain_bytes)
             self._entries.move_to_end(key)
             self._kept += 1
@@ -319,6 +340,7 @@ class TlsSessionCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._declined.clear()
 
 
 # Per process: a Lambda container's threads share it; nothing is written anywhere else.
