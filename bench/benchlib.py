@@ -433,29 +433,15 @@ def count_aws_calls() -> contextlib.AbstractContextManager[Counter[str]]:
 
 
 def _attr_size(value: dict[str, Any]) -> int:
-    """Bytes of one DynamoDB attribute value, by DynamoDB's item-size rules (close enough)."""
-    ((kind, data),) = value.items()
-    if kind == "S":
-        return len(data.encode("utf-8", "surrogatepass"))
-    if kind == "B":
-        return len(data)
-    if kind == "N":
-        digits = len(str(data).lstrip("-").replace(".", "").lstrip("0")) or 1
-        return (digits + 1) // 2 + 1
-    if kind in ("BOOL", "NULL"):
-        return 1
-    if kind == "L":
-        return 3 + sum(_attr_size(v) + 1 for v in data)
-    if kind == "M":
-        return 3 + sum(len(k.encode()) + _attr_size(v) + 1 for k, v in data.items())
-    if kind in ("SS", "NS", "BS"):
-        return sum(_attr_size({kind[0]: v}) for v in data)
-    return 0
+    from devstack.item_size import attribute_size  # DynamoDB's rules, shared with the tests
+
+    return attribute_size(value)
 
 
 def item_size(item: dict[str, Any], names: Iterable[str] | None = None) -> int:
-    keep = item.keys() if names is None else [n for n in names if n in item]
-    return sum(len(name.encode()) + _attr_size(item[name]) for name in keep)
+    from devstack.item_size import item_size as size
+
+    return size(item, names)
 
 
 def _units(size: int) -> int:

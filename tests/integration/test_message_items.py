@@ -16,6 +16,7 @@ import boto3
 import pytest
 
 from devstack.dovecot import make_message
+from devstack.item_size import item_size
 from mailsync import mime
 from mailsync.domain import Address, Change, Location, Message
 from mailsync.sync.metadata import metadata_fields
@@ -41,26 +42,6 @@ DERIVED_OR_DEFAULT = {
     "flags",
     "pending_ops",
 }
-
-
-def _size(value: dict[str, Any]) -> int:
-    """Bytes of one attribute value by DynamoDB's item-size rules."""
-    ((kind, data),) = value.items()
-    if kind == "S":
-        return len(data.encode("utf-8", "surrogatepass"))
-    if kind == "N":
-        return (len(data.lstrip("-").replace(".", "").lstrip("0") or "0") + 1) // 2 + 1
-    if kind in ("BOOL", "NULL"):
-        return 1
-    if kind == "L":
-        return 3 + sum(_size(v) + 1 for v in data)
-    if kind == "M":
-        return 3 + sum(len(k.encode()) + _size(v) + 1 for k, v in data.items())
-    raise AssertionError(kind)
-
-
-def item_bytes(item: dict[str, Any]) -> int:
-    return sum(len(name.encode()) + _size(value) for name, value in item.items())
 
 
 def synced(raw: bytes, tenant: str, user: str, uid: int, when: datetime, flags: tuple[str, ...] = ()) -> Message:
@@ -116,7 +97,7 @@ def bench_shaped(index: int) -> bytes:
 )
 def test_a_typical_message_item_is_at_most_1_kb(name: str, raw: bytes) -> None:
     item = written(synced(raw, "bench", "initial", 1999, WHEN))
-    assert item_bytes(item) <= 1024, name
+    assert item_size(item) <= 1024, name
     assert not DERIVED_OR_DEFAULT & item.keys()
 
 
