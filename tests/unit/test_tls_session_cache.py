@@ -129,3 +129,16 @@ def test_many_threads_keep_and_offer_within_the_bound() -> None:
     assert stats.kept == 8 * 500
     assert stats.entries == 100
     assert stats.evicted == 8 * 500 - 100
+
+
+def test_a_server_that_declined_is_kept_and_offered_nothing_until_max_age_has_passed() -> None:
+    sessions, clock = cache(max_age=3600)
+    sessions.keep("a", FakeSession(), NOW)  # type: ignore[arg-type]
+    sessions.decline("a")
+    assert sessions.declined("a") and sessions.offer("a") is None
+    sessions.keep("a", FakeSession(), NOW)  # type: ignore[arg-type]
+    assert sessions.offer("a") is None
+    clock.now += 3600
+    assert not sessions.declined("a")
+    sessions.keep("a", FakeSession(time=int(clock.now)), clock.now)  # type: ignore[arg-type]
+    assert sessions.offer("a") is not None

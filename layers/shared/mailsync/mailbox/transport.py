@@ -132,7 +132,9 @@ class CheckedConnection:
         # A session keeps the chain the server sent, which the server chooses: only a chain of
         # ordinary size is cached (a resumed one sends none; it is the size it descends from).
         chain_bytes = cached.chain_bytes if cached is not None and resumed else _chain_bytes(tls)
-        if key is not None and chain_bytes is not None and chain_bytes <= TLS_SESSION_MAX_CHAIN_BYTES:
+        # A server that declined is kept no session: reading one (``tls.session``) costs ~0.1 ms.
+        keepable = key is not None and not _SESSIONS.declined(key)
+        if keepable and chain_bytes is not None and chain_bytes <= TLS_SESSION_MAX_CHAIN_BYTES:
             # A resumed session is only as fresh as the full handshake it descends from.
             verified_at = cached.verified_at if cached is not None and resumed else time.time()
             self._tls_unsaved = (key, tls, verified_at, chain_bytes)
@@ -306,6 +308,12 @@ class TlsSessionCache:
             self._declined.move_to_end(key)
             while len(self._declined) > self._max_entries:
                 self._declined.popitem(last=False)
+
+    def declined(self, key: Hashable) -> bool:
+        """Whether ``key``'s server turned an offered session down less than ``max_age`` ago."""
+        with self._lock:
+            until = self._declined.get(key)
+            return until is not None and self._clock() < until
 
     def keep(self, key: Hashable, session: ssl.SSLSession, verified_at: float, chain_bytes: int = 0) -> None:
         """Store ``session`` for ``key``; it lives until the server's lifetime for it ends or
