@@ -47,6 +47,7 @@ class Convergence:
         self.counter = 0
         self.ids: dict[str, str] = {}  # Message-ID -> the CRM id it first had
         self.log: list[str] = []
+        self.listing: list[dict] | None = None  # the CRM's messages, listed since the last change
 
     def fail(self, why: str) -> None:
         tail = "\n  ".join(self.log[-25:])
@@ -58,13 +59,21 @@ class Convergence:
 
     # -- the two sides ----------------------------------------------------------------------------
 
+    def crm_listing(self) -> list[dict]:
+        """The CRM's messages as the API lists them. Only a sync or a CRM change alters them (the
+        other mail program's changes reach the CRM through a sync), so a listing serves until then."""
+        if self.listing is None:
+            self.listing = self.account.messages()
+        return self.listing
+
     def crm_messages(self) -> list[dict]:
-        return [m for m in self.account.messages() if m["state"] == "synced"]
+        return [m for m in self.crm_listing() if m["state"] == "synced"]
 
     def crm_op(self) -> None:
         kind, subject, body, response = crm_change(
             self.account, self.rng, self.crm_messages(), MAPPED, self.new_subject
         )
+        self.listing = None
         if kind == "send":
             self.log.append(f"crm send {subject} -> {response.status}")
             return
@@ -102,6 +111,7 @@ class Convergence:
             self.log.append(f"server {kind} {folder}/{uid}")
 
     def sync(self) -> None:
+        self.listing = None
         result = self.account.sync(reason="push")
         if result.status not in ("synced", "incomplete"):
             self.fail(f"sync ended {result.status} {result.error}")
@@ -109,7 +119,7 @@ class Convergence:
         self.check_ids()
 
     def check_ids(self) -> None:
-        for m in self.account.messages():
+        for m in self.crm_listing():
             if m["internet_message_id"] is None:
                 continue
             first = self.ids.setdefault(m["internet_message_id"], m["id"])
@@ -122,7 +132,7 @@ class Convergence:
     def quiesce(self) -> None:
         for _ in range(6):
             self.sync()
-            if not any(m["sync_state"] == "pending" for m in self.account.messages()):
+            if not any(m["sync_state"] == "pending" for m in self.crm_listing()):
                 break
         self.sync()
         self.sync()

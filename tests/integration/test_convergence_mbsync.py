@@ -133,6 +133,7 @@ class MbsyncConvergence:
         self.transient: set[str] = set()  # identities such a move showed twice to a sync
         self.overlapping_syncs = 0
         self.names: dict[str, str] = {}  # identity -> subject, for the failure report
+        self.listing: list[dict] | None = None  # the CRM's messages, listed since the last change
 
     def fail(self, why: str) -> None:
         for identity, subject in self.names.items():
@@ -157,8 +158,16 @@ class MbsyncConvergence:
 
     # -- the three views ----------------------------------------------------------------------
 
+    def crm_listing(self) -> list[dict]:
+        """The CRM's messages as the API lists them. Only a sync or a CRM change alters them (what
+        mbsync, the Maildir and the IMAP client change reaches the CRM through a sync), so a listing
+        serves until then."""
+        if self.listing is None:
+            self.listing = self.account.messages()
+        return self.listing
+
     def crm_live(self) -> list[dict]:
-        return [m for m in self.account.messages() if m["state"] == "synced"]
+        return [m for m in self.crm_listing() if m["state"] == "synced"]
 
     def crm_copies(self, messages: list[dict]) -> list[Copy]:
         return [
@@ -186,6 +195,7 @@ class MbsyncConvergence:
 
     def crm_op(self) -> None:
         kind, subject, body, response = crm_change(self.account, self.rng, self.crm_live(), MAPPED, self.new_subject)
+        self.listing = None
         if kind == "send":
             self.log.append(f"crm send {subject} -> {response.status}")
             if response.status != 201:
@@ -283,6 +293,7 @@ class MbsyncConvergence:
         if overlapping:
             self.overlapping_syncs += 1
             self.transient |= self.upload_first_running
+        self.listing = None
         result = self.account.sync(reason="push")
         self.log.append(f"sync{' (mbsync running)' if overlapping else ''}: {result.status}")
         if result.status not in ("synced", "incomplete"):
@@ -322,7 +333,7 @@ class MbsyncConvergence:
 
     def views(self) -> tuple[dict, dict, dict, bool]:
         crm = self.crm_live()
-        pending = any(m["sync_state"] == "pending" for m in self.account.messages())
+        pending = any(m["sync_state"] == "pending" for m in self.crm_listing())
         return (
             placement(self.server_copies()),
             placement(self.maildir_copies()),
@@ -361,7 +372,7 @@ class MbsyncConvergence:
         server_mapped = placement([c for c in server_copies if c.folder in mapped])
         crm_messages = self.crm_live()
         self.compare("CRM", placement(self.crm_copies(crm_messages)), server_mapped)
-        if any(m["sync_state"] == "pending" for m in self.account.messages()):
+        if any(m["sync_state"] == "pending" for m in self.crm_listing()):
             self.fail("CRM changes still pending after quiescence")
         self.check_identities()
 
