@@ -743,3 +743,72 @@ def test_match_hash_ignores_x_tuid_lines_that_mbsync_adds() -> None:
     assert match_hash(original.replace(b"X-TUID: in", b"X-TUID: on")) != match_hash(original)
     assert match_hash(original.replace(b"no id", b"no iD")) != match_hash(original)
     assert content_hash(at_end) != content_hash(original)
+
+
+# --- shortcuts must give what the general paths give ---------------------------------------------
+
+
+def test_given_random_address_lists_then_the_plain_list_shortcut_gives_what_the_full_scan_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mailsync import mime
+
+    names = ["", "Bob ", "J. Doe", "é ", " \t", "a@b ", "=x ", "\x00", "\u00a0", "\u2028"]
+    addrs = ["<a@b.c>", "<A@B.COM>", "x@y", " x@Y.z ", "<x@y", "a b@c", "<a@b@c>", "<@r,@s:a@b>", "", "<>"]
+    after = ["", " ", "Bob", "\r\n", " x@y", ">"]
+    specials = ['"', "(", ")", "\\", "[", "]", ":", ";", "=?utf-8?q?x?=", "=?", "<", ",", "@"]
+    rng = random.Random(20261202)
+    values = []
+    for _ in range(3000):
+        entries = [rng.choice(names) + rng.choice(addrs) + rng.choice(after) for _ in range(rng.randint(0, 3))]
+        value = rng.choice([",", ", ", " ,\t"]).join(entries)
+        if rng.random() < 0.3:
+            at = rng.randint(0, len(value))
+            value = value[:at] + rng.choice(specials) + value[at:]
+        values.append(value)
+    shortcut = [mime._plain_address_list(value, mime._Errors(), "To") for value in values]
+    assert sum(result is not None for result in shortcut) > 500  # the shortcut is really exercised
+
+    def scanned(value: str) -> tuple[list[Address], list[str]]:
+        errors = mime._Errors()
+        return mime._parse_address_list(value, errors, "To"), errors.items
+
+    fast = [scanned(value) for value in values]
+    monkeypatch.setattr(mime, "_plain_address_list", lambda *_args: None)
+    assert fast == [scanned(value) for value in values]
+
+
+def test_given_odd_header_sections_then_the_single_part_shortcut_gives_what_the_full_parse_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mailsync import mime
+
+    line_ends = [b"\r\n", b"\n", b"\r", b"\r\r\n", b"\n\r"]
+    lines = [b"Subject: hi", b"From: A <a@b.c>", b"To: x@y", b" folded", b"\tfolded", b"From sender date",
+             b"no colon line", b":no name", b"Content-Type: text/plain; charset=utf-8", b"Content-Type: text/html",
+             b"Content-Type: multipart/mixed; boundary=X", b"Content-Type: message/rfc822",
+             b"Content-Type: MULTIPART\r\n /mixed", b"Content-Transfer-Encoding: base64",
+             b"Content-Transfer-Encoding: quoted-printable", b"Content-Disposition: attachment; filename=x.pdf",
+             b"X-8bit: caf\xe9", b"Date: Tue, 5 Mar 2024 10:15:00 +0100", b"", b"", b"--X", b"SGVsbG8gd29ybGQ=",
+             b"body =C3=A9 text", b"\x00\x01", b"\xff\xfe"]  # fmt: skip
+    rng = random.Random(20261202)
+    inputs = []
+    for _ in range(1500):
+        raw = b"".join(rng.choice(lines) + rng.choice(line_ends) for _ in range(rng.randint(0, 14)))
+        inputs.append(raw[: rng.randint(0, len(raw))] if rng.random() < 0.3 else raw)
+    assert sum(mime._parse_single_part(raw) is not None for raw in inputs) > 300
+
+    fast = [parse_message(raw) for raw in inputs]
+    monkeypatch.setattr(mime, "_parse_single_part", lambda _raw: None)
+    assert fast == [parse_message(raw) for raw in inputs]
+
+
+def test_given_a_limit_then_the_cleaned_prefix_is_the_start_of_the_cleaned_text() -> None:
+    from mailsync.mime import _clean_text
+
+    pieces = ["word", " ", "\n", "\r\n", "\t", "\u00ad", "\u200b", "\x00", "\u00a0", "\u2028", "é", "  \u200b  "]
+    rng = random.Random(20261202)
+    for _ in range(2000):
+        text = "".join(rng.choices(pieces, k=rng.randint(0, 600)))
+        limit = rng.randint(1, 60)
+        assert _clean_text(text, limit) == _clean_text(text)[:limit]

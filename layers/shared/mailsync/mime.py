@@ -565,6 +565,11 @@ def _decode_word(encoding: str, text: str) -> bytes | None:
 # character, not per character. Encoded words are one run: mailers put "(" or "," in them.
 _ADDRESS_TOKEN = re.compile(r'=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=|(?:[^"\\()<>\[\],;:=]|=(?!\?))+|.', re.DOTALL)
 _ADDR_SPEC = re.compile(r'(?:"[^"]*"|[^\s@<>()\[\],;:"]+)@(?:[^\s@<>()\[\],;:"]+|\[[^\[\]\s]*\])')
+# What makes an address list need the scan: quotes, comments, escapes, domain literals, groups
+# (and ";"), encoded words. Without them only "<", ">" and "," are special.
+_NOT_PLAIN = re.compile(r'["\\()\[\]:;]|=\?')
+# One entry of such a list: "phrase <addr> text" or a bare addr; an addr-spec without whitespace.
+_PLAIN_MAILBOX = re.compile(r"([^<>]*)<([^\s<>@]+@[^\s<>@]+)>([^<>]*)|\s*([^\s<>@]+@[^\s<>@]+)\s*")
 
 
 @dataclass
@@ -585,6 +590,9 @@ def _parse_address_list(value: str, errors: _Errors, where: str) -> list[Address
     lists (40 s for 20,000 recipients) and raises on some malformed input. ``;`` is accepted as
     a separator too, because people type Outlook-style lists into other clients.
     """
+    plain = _plain_address_list(value, errors, where)
+    if plain is not None:
+        return plain
     result: list[Address] = []
     box = _Mailbox(start=0)
     quote: list[str] | None = None
@@ -673,6 +681,31 @@ def _parse_address_list(value: str, errors: _Errors, where: str) -> list[Address
         errors.add(f"unterminated <...> in {where}")
         box.addr = "".join(box.angle)
     finish(len(value))
+    return result
+
+
+def _plain_address_list(value: str, errors: _Errors, where: str) -> list[Address] | None:
+    """The common case of ``_parse_address_list`` without its token loop; None if the value needs it.
+
+    Gives what the scan gives: an entry is split off at ",", an angle addr is taken as it is
+    (it has no whitespace to remove), the display name is the text around it (decoded as
+    ``_finish_mailbox`` decodes it), a bare addr has no name, and empty entries are skipped.
+    """
+    if _NOT_PLAIN.search(value):
+        return None
+    result: list[Address] = []
+    for entry in value.split(","):
+        if not entry.strip():
+            continue
+        match = _PLAIN_MAILBOX.fullmatch(entry)
+        if match is None:
+            return None  # "," inside <...> (a source route), a second "<", a stray ">", no "@" ...
+        phrase, addr, after, bare = match.groups()
+        if bare is not None:
+            result.append(Address(name=None, email=bare.lower()))
+        else:
+            display = _decode_header(phrase + after, errors, where)
+            result.append(Address(name=display or None, email=addr.lower()))
     return result
 
 
