@@ -213,9 +213,17 @@ def _safe[T](errors: _Errors, what: str, compute: Callable[[], T], default: T) -
         return default
 
 
-# Whole lines of the base64 alphabet, at least 1,024 of them in a row (possessive and anchored at
-# line starts: linear even on hostile input, such as 40 MB without a line break).
-_BASE64_RUN = re.compile(rb"(?m)^(?:[A-Za-z0-9+/=]{40,998}+\r?\n){128,}+")
+# A run: whole lines of the base64 alphabet, at least 128 of them in a row (possessive and anchored
+# at line starts: linear even on hostile input, such as 40 MB without a line break). Found by its
+# first 128 lines; where it ends, by ``_base64_run_end``.
+_BASE64_RUN_START = re.compile(rb"(?m)^(?:[A-Za-z0-9+/=]{40,998}+\r?\n){128}")
+_BASE64_LINES = re.compile(rb"(?:[A-Za-z0-9+/=]{40,998}+\r?\n)*+")
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+# Lines of one width checked at once: at least this many (fewer go line by line) ...
+_MIN_BLOCK_LINES = 64
+# ... and the line ends looked for in at most this many lines ahead, so that checking stays
+# linear however the widths vary.
+_MAX_BLOCK_LINES = 4096
 _TEXT_PART = re.compile(rb"content-type:[ \t]*(?:\r?\n[ \t]+)?text/", re.IGNORECASE)
 # What stands for the lines cut out of a run: their bytes on the wire and their base64
 # characters. NUL cannot occur in base64 and a run never contains a boundary line ("-").
@@ -238,13 +246,18 @@ def _elide_base64_runs(raw: bytes) -> bytes:
         return raw
     pieces: list[bytes] = []
     position = 0
-    for run in _BASE64_RUN.finditer(raw):
-        start, end = run.span()
+    search_from = 0
+    while (run := _BASE64_RUN_START.search(raw, search_from)) is not None:
+        start, head_end = run.span()
+        end, run_breaks = _base64_run_end(raw, head_end)
+        search_from = end
         keep_end = raw.find(b"\n", start + _run_keep(raw, start)) + 1
         last_line = raw.rfind(b"\n", start, end - 1) + 1  # the padding ("=") is on the last line
         if keep_end <= 0 or keep_end >= last_line:
             continue
-        breaks = raw.count(b"\n", keep_end, last_line) + raw.count(b"\r", keep_end, last_line)
+        # The elided lines' breaks: the run's, less those of the lines kept before and after them.
+        run_breaks += _line_breaks(raw, start, head_end)
+        breaks = run_breaks - _line_breaks(raw, start, keep_end) - _line_breaks(raw, last_line, end)
         pieces.append(raw[position:keep_end])
         pieces.append(_elided_marker(last_line - keep_end, last_line - keep_end - breaks))
         position = last_line
@@ -252,6 +265,42 @@ def _elide_base64_runs(raw: bytes) -> bytes:
         return raw
     pieces.append(raw[position:])
     return b"".join(pieces)
+
+
+def _line_breaks(raw: bytes, start: int, end: int) -> int:
+    return raw.count(b"\n", start, end) + raw.count(b"\r", start, end)
+
+
+def _base64_run_end(raw: bytes, position: int) -> tuple[int, int]:
+    """The end of the base64 lines that go on at ``position`` (a line start), as the run's regex
+    would match them line by line, and the bytes of their line breaks.
+
+    An encoder writes lines of one width, so blocks of them are checked at C speed instead: a
+    line end at every width ("\\n", with "\\r" right before it if the first line has one), and
+    nothing but the alphabet and those line ends in between (so their breaks need no counting).
+    The rest (the last, shorter line; lines of mixed widths; a bad line) is matched line by line.
+    """
+    breaks = 0
+    while True:
+        first_end = raw.find(b"\n", position) + 1
+        line_end = b"\r\n" if raw[first_end - 2 : first_end] == b"\r\n" else b"\n"
+        width = first_end - position
+        if first_end == 0 or not 40 <= width - len(line_end) <= 998:
+            break
+        newlines = raw[first_end - 1 : first_end - 1 + width * _MAX_BLOCK_LINES : width]
+        lines = len(newlines) - len(newlines.lstrip(b"\n"))
+        block_end = position + lines * width
+        if (
+            lines < _MIN_BLOCK_LINES
+            or raw[position:block_end].translate(None, _BASE64_ALPHABET) != line_end * lines
+            or (line_end == b"\r\n" and raw[first_end - 2 : block_end : width].strip(b"\r"))
+        ):
+            break
+        breaks += lines * len(line_end)
+        position = block_end
+    match = _BASE64_LINES.match(raw, position)
+    end = match.end() if match else position
+    return end, breaks + _line_breaks(raw, position, end)
 
 
 def _run_keep(raw: bytes, start: int) -> int:
