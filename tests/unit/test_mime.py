@@ -6,6 +6,7 @@ import base64
 import email.message
 import json
 import random
+import re
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta, timezone
@@ -812,3 +813,18 @@ def test_given_a_limit_then_the_cleaned_prefix_is_the_start_of_the_cleaned_text(
         text = "".join(rng.choices(pieces, k=rng.randint(0, 600)))
         limit = rng.randint(1, 60)
         assert _clean_text(text, limit) == _clean_text(text)[:limit]
+
+
+def test_given_any_line_ends_then_the_first_empty_line_is_where_the_stdlib_parser_sees_it() -> None:
+    from mailsync.mime import _first_empty_line_end
+
+    # Lines end at CRLF, a lone CR or LF; an empty line is a line end alone.
+    empty_line = re.compile(rb"(?:\A|\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+    rng = random.Random(20261202)
+    headers = b"X-Filler: value\r\n" * 2000  # pushes the empty line past the first search windows
+    for _ in range(5000):
+        raw = bytes(rng.choice(b"ab:\r\n\r\n") for _ in range(rng.randint(0, 40)))
+        if rng.random() < 0.1:
+            raw = headers + raw
+        found = empty_line.search(raw)
+        assert _first_empty_line_end(raw) == (found.end() if found else -1), raw[-60:]

@@ -326,9 +326,32 @@ def _without_elided(payload: str) -> tuple[str, int, int]:
     return _ELIDED.sub("", payload), wire, chars
 
 
-# The end of the header section: the first empty line, lines ended by CRLF, CR or LF as the
-# stdlib parser splits them (a CR directly before LF is not a line of its own).
-_FIRST_EMPTY_LINE = re.compile(rb"(?:\A|\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+def _first_empty_line_end(raw: bytes) -> int:
+    """Where the first empty line ends, lines ended by CRLF, CR or LF as the stdlib parser splits
+    them; -1 if there is none.
+
+    An empty line starts right after a line end, so after "\\n" or after a lone "\\r" (one not
+    followed by "\\n"): at "\\n\\r", "\\n\\n" or "\\r\\r". Searched with bytes.find in a growing window
+    (a regex takes ~15 ns a byte here; a find of a pair the message lacks would read all of it).
+    """
+    if raw.startswith((b"\r", b"\n")):
+        start = 0
+    else:
+        window = 4096
+        while True:
+            start, bound = -1, min(window, len(raw))
+            for pair in (b"\n\r", b"\n\n", b"\r\r"):
+                found = raw.find(pair, 0, bound)
+                if found != -1:
+                    start = bound = found + 1  # the next pairs only count before it
+            if start != -1:
+                break
+            if bound == len(raw):
+                return -1
+            window *= 4
+    return start + 2 if raw.startswith(b"\r\n", start) else start + 1
+
+
 # Only these content types make the parser look into a body (a maintype is the text before "/").
 _CONTAINER_TYPE = re.compile(rb"multipart/|message/", re.IGNORECASE)
 
@@ -342,17 +365,17 @@ def _parse_single_part(raw: bytes) -> Message | None:
     again: most of the parse's CPU for plain-text mail. Here the parser sees only the header
     section, up to and including its first empty line, and the body is set as one string.
     """
-    blank = _FIRST_EMPTY_LINE.search(raw)
-    if blank is None or _CONTAINER_TYPE.search(raw, 0, blank.end()):
+    header_end = _first_empty_line_end(raw)
+    if header_end == -1 or _CONTAINER_TYPE.search(raw, 0, header_end):
         return None
     parser = FeedParser(policy=_POLICY)
-    parser.feed(raw[: blank.end()].decode("ascii", "surrogateescape"))  # as BytesParser decodes
+    parser.feed(raw[:header_end].decode("ascii", "surrogateescape"))  # as BytesParser decodes
     msg = parser.close()
     # A non-header line before the empty line (a defect) has already started the body: the
     # full parse keeps that case as it always was.
     if msg.get_content_maintype() in ("multipart", "message") or msg.get_payload() != "":
         return None
-    msg.set_payload(str(memoryview(raw)[blank.end() :], "ascii", "surrogateescape"))
+    msg.set_payload(str(memoryview(raw)[header_end:], "ascii", "surrogateescape"))
     return msg
 
 
