@@ -572,7 +572,10 @@ def _subject(msg: Message, headers: dict[str, tuple[str, str]], errors: _Errors)
 
 
 def _decode_header(value: str, errors: _Errors, where: str) -> str:
-    return _CONTROL_RUNS.sub(" ", _decode_encoded_words(value, errors, where)).strip()
+    text = _decode_encoded_words(value, errors, where)
+    if text.isprintable() and "  " not in text:
+        return text.strip()  # no control characters, no run of spaces: nothing to collapse
+    return _CONTROL_RUNS.sub(" ", text).strip()
 
 
 def _decode_encoded_words(value: str, errors: _Errors, where: str) -> str:
@@ -1040,7 +1043,7 @@ def _clean_text(text: str, limit: int | None = None) -> str:
     result is the same as cleaning all of it, for a snippet's 200 characters of a 4 KB body.
     """
     if limit is not None:
-        size = 4 * limit
+        size = 2 * limit
         while size < len(text):
             cleaned = _clean_text(text[:size])
             if len(cleaned) >= limit:
@@ -1058,9 +1061,10 @@ def _snippet(parts: list[Message], errors: _Errors, *, is_html: bool) -> str:
         if length >= SNIPPET_LENGTH:
             break
         text = ""
+        where = "text/html body" if is_html else "text/plain body"  # the part's _content_type
         for cap in (SNIPPET_FIRST_TRY, HTML_CAP if is_html else PLAIN_TEXT_CAP):
             data, truncated = _decoded_prefix(part, cap)
-            text = _decode_bytes(data, part.get_content_charset(), errors, f"{_content_type(part)} body", truncated)
+            text = _decode_bytes(data, part.get_content_charset(), errors, where, truncated)
             # Only what fits counts: the cut piece fills the snippet, as the whole piece would.
             text = _clean_text(_html_to_text(text, SNIPPET_LENGTH) if is_html else text, SNIPPET_LENGTH - length)
             if not truncated or len(text) >= SNIPPET_LENGTH - length:
