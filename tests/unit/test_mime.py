@@ -828,3 +828,70 @@ def test_given_any_line_ends_then_the_first_empty_line_is_where_the_stdlib_parse
             raw = headers + raw
         found = empty_line.search(raw)
         assert _first_empty_line_end(raw) == (found.end() if found else -1), raw[-60:]
+
+
+def _random_multipart(rng: random.Random, depth: int, eol: bytes) -> bytes:
+    words = [
+        b"hello",
+        b"--",
+        b"-- ",
+        b"--b1",
+        b"--b1--",
+        b"caf\xe9",
+        b"=C3=A9",
+        b"Subject: x",
+        b"",
+        b"\x00",
+        b"From me",
+    ]
+
+    def text(lines: int) -> bytes:
+        return eol.join(b" ".join(rng.choices(words, k=rng.randint(0, 8))) for _ in range(lines)) + eol
+
+    kind = rng.random()
+    if depth < 2 and kind < 0.4:
+        subtype = rng.choice([b"mixed", b"alternative", b"digest"]) if kind < 0.1 else b"mixed"
+        boundary = rng.choice([b"b1", b"b2", b"=_%d" % depth])
+        body = text(rng.randint(0, 5)) if rng.random() < 0.3 else b""
+        for _ in range(rng.randint(0, 3)):
+            # A digest's parts are messages without saying so: their bodies start with headers.
+            inner = text(rng.randint(1, 20)) if subtype == b"digest" else _random_multipart(rng, depth + 1, eol)
+            body += b"--" + boundary + rng.choice([b"", b" "]) + eol + inner + eol
+        body += (b"--" + boundary + b"--" + eol if rng.random() < 0.8 else b"") + text(rng.randint(0, 3))
+        return b"Content-Type: multipart/" + subtype + b'; boundary="' + boundary + b'"' + eol + eol + body
+    if depth < 2 and kind < 0.5:  # an attached message: headers after the part's empty line
+        return b"Content-Type: message/rfc822" + eol + eol + b"Subject: inner" + eol + text(rng.randint(0, 40))
+    content_type = rng.choice([b"text/plain; charset=utf-8", b"text/html", b"application/pdf; name=a.pdf"])
+    return b"Content-Type: " + content_type + eol + rng.choice([eol, b""]) + text(rng.randint(0, 40))
+
+
+def test_given_multipart_messages_then_setting_bodies_aside_gives_the_full_parse_s_tree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from email.parser import BytesParser
+
+    from mailsync import mime
+
+    def tree(msg: email.message.Message) -> list[object]:
+        out, stack = [], [msg]
+        while stack:
+            part = stack.pop()
+            payload = part._payload if isinstance(part._payload, str) else None
+            out.append((list(part.raw_items()), part.preamble, part.epilogue, [repr(d) for d in part.defects], payload))
+            stack.extend(reversed(part.get_payload()) if part.is_multipart() else [])
+        return out
+
+    monkeypatch.setattr(mime, "_ASIDE_MIN", 1)  # set aside every run, however short
+    rng = random.Random(20261202)
+    checked = 0
+    for _ in range(600):
+        eol = rng.choice([b"\r\n", b"\r\n", b"\n", b"\r"])
+        raw = b"From: a@b.c" + eol + b"MIME-Version: 1.0" + eol + _random_multipart(rng, 0, eol)
+        if rng.random() < 0.3:
+            at = rng.randint(0, len(raw))
+            raw = raw[:at] + rng.choice([b"\r", b"\n", b"--", b"\r\n--b1\r\n", b"\r--b2\r", b"message/x"]) + raw[at:]
+        aside = mime._parse_bodies_aside(raw)
+        if aside is not None:
+            checked += 1
+            assert tree(aside) == tree(BytesParser(policy=mime._POLICY).parsebytes(raw)), raw
+    assert checked > 300

@@ -326,30 +326,31 @@ def _without_elided(payload: str) -> tuple[str, int, int]:
     return _ELIDED.sub("", payload), wire, chars
 
 
-def _first_empty_line_end(raw: bytes) -> int:
-    """Where the first empty line ends, lines ended by CRLF, CR or LF as the stdlib parser splits
-    them; -1 if there is none.
+def _first_empty_line_end(raw: bytes, start: int = 0, end: int | None = None) -> int:
+    """Where the first empty line in ``raw[start:end]`` ends (``start`` a line start), lines ended
+    by CRLF, CR or LF as the stdlib parser splits them; -1 if there is none.
 
     An empty line starts right after a line end, so after "\\n" or after a lone "\\r" (one not
     followed by "\\n"): at "\\n\\r", "\\n\\n" or "\\r\\r". Searched with bytes.find in a growing window
     (a regex takes ~15 ns a byte here; a find of a pair the message lacks would read all of it).
     """
-    if raw.startswith((b"\r", b"\n")):
-        start = 0
+    end = len(raw) if end is None else end
+    if raw.startswith((b"\r", b"\n"), start, end):
+        empty = start
     else:
         window = 4096
         while True:
-            start, bound = -1, min(window, len(raw))
+            empty, bound = -1, min(start + window, end)
             for pair in (b"\n\r", b"\n\n", b"\r\r"):
-                found = raw.find(pair, 0, bound)
+                found = raw.find(pair, start, bound)
                 if found != -1:
-                    start = bound = found + 1  # the next pairs only count before it
-            if start != -1:
+                    empty = bound = found + 1  # the next pairs only count before it
+            if empty != -1:
                 break
-            if bound == len(raw):
+            if bound == end:
                 return -1
             window *= 4
-    return start + 2 if raw.startswith(b"\r\n", start) else start + 1
+    return empty + 2 if raw.startswith(b"\r\n", empty) else empty + 1
 
 
 # Only these content types make the parser look into a body (a maintype is the text before "/").
@@ -379,15 +380,89 @@ def _parse_single_part(raw: bytes) -> Message | None:
     return msg
 
 
+# Stands for body lines set aside before a multipart parse (``_parse_bodies_aside``): their
+# number in the list of what was set aside. NUL cannot come from a parsed message's text here:
+# a message that has this already is parsed in full.
+_ASIDE = re.compile("\x00aside:(\\d+)\x00")
+# Bodies are set aside only in messages up to this size (the lower-cased copy looked through),
+# and only runs of at least this many bytes (each stays a line for the parser).
+ASIDE_UP_TO = 4 * 1024 * 1024
+_ASIDE_MIN = 256
+# Content types whose body holds header sections: a message/* part, and any part of a digest
+# (which is message/rfc822 without saying so).
+_NESTED_HEADERS = re.compile(rb"message/|multipart/digest")
+
+
+def _next_dash_line(raw: bytes, start: int) -> int:
+    """The start of the first line after ``start`` that begins with "--" (where any boundary
+    is); len(raw) if there is none."""
+    after_lf = raw.find(b"\n--", start)
+    after_cr = raw.find(b"\r--", start, after_lf + 1 if after_lf != -1 else len(raw))  # a lone CR ends a line too
+    found = [at for at in (after_lf, after_cr) if at != -1]
+    return min(found) + 1 if found else len(raw)
+
+
+def _parse_bodies_aside(raw: bytes) -> Message | None:
+    """A multipart message parsed with the lines of its parts' bodies set aside and put back
+    into the payloads afterwards; None when that cannot be done (then the full parse).
+
+    The stdlib parser passes each line of a multipart message through Python-level loops (and
+    checks it against every open boundary), but the lines of a body only matter to it if they
+    start with "--", the only lines a boundary can be. What lies between the first empty line
+    after such a line (or after the message start) and the next such line is body text,
+    preamble or epilogue, never a header section, as long as no body holds header sections
+    (message/* and digests are parsed in full); each such run is one marker line for the
+    parser. A marker takes the place of the run's last line end too, so that the parser's
+    taking the line end before a boundary off a payload cuts the same bytes.
+    """
+    if len(raw) > ASIDE_UP_TO or b"\x00aside:" in raw or _NESTED_HEADERS.search(raw.lower()):
+        return None
+    pieces: list[bytes] = []
+    aside: list[str] = []
+    copied = 0
+    dash_line = 0  # the message start, then each line that starts with "--"
+    while dash_line < len(raw):
+        following = _next_dash_line(raw, dash_line)
+        body = _first_empty_line_end(raw, dash_line, following)
+        if body != -1 and following - body >= _ASIDE_MIN:
+            last = raw[following - 2 : following]
+            line_end = b"\r\n" if last == b"\r\n" else last[-1:] if last[-1:] in (b"\r", b"\n") else b""
+            aside.append(raw[body : following - len(line_end)].decode("ascii", "surrogateescape"))
+            pieces += [raw[copied:body], b"\x00aside:%d\x00" % (len(aside) - 1), line_end]
+            copied = following
+        dash_line = following
+    if not aside:
+        return None
+    msg = BytesParser(policy=_POLICY).parsebytes(b"".join([*pieces, raw[copied:]]))
+
+    def put_back(text: str | None) -> str | None:
+        if text is None or "\x00aside:" not in text:
+            return text
+        return _ASIDE.sub(lambda found: aside[int(found.group(1))], text)
+
+    stack = [msg]
+    while stack:
+        part = stack.pop()
+        part.preamble, part.epilogue = put_back(part.preamble), put_back(part.epilogue)
+        if part.is_multipart():
+            stack.extend(child for child in part.get_payload() if isinstance(child, Message))
+        elif isinstance(part._payload, str):
+            # The payload as parsed: get_payload() would decode 8-bit text, set_payload() is fine
+            # but there is no public reader of it.
+            part.set_payload(put_back(part._payload))
+    return msg
+
+
 def _parse_bytes(raw: bytes, errors: _Errors) -> Message | None:
-    try:
-        single_part = _parse_single_part(raw)
-    except MemoryError:
-        raise
-    except Exception:  # noqa: BLE001 - the full parse below reads it (and reports what fails there)
-        single_part = None
-    if single_part is not None:
-        return single_part
+    for shortcut in (_parse_single_part, _parse_bodies_aside):
+        try:
+            msg = shortcut(raw)
+        except MemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - the full parse below reads it (and reports what fails there)
+            msg = None
+        if msg is not None:
+            return msg
     try:
         return BytesParser(policy=_POLICY).parsebytes(raw)
     except MemoryError:
