@@ -388,6 +388,9 @@ _ASIDE = re.compile("\x00aside:(\\d+)\x00")
 # and only runs of at least this many bytes (each stays a line for the parser).
 ASIDE_UP_TO = 4 * 1024 * 1024
 _ASIDE_MIN = 256
+# Mail has a few lines that start with "--"; past this many the search for runs (some µs a line)
+# costs more than it saves, and the message is parsed in full.
+_ASIDE_MAX_DASH_LINES = 1000
 # Content types whose body holds header sections: a message/* part, and any part of a digest
 # (which is message/rfc822 without saying so).
 _NESTED_HEADERS = re.compile(rb"message/|multipart/digest")
@@ -421,7 +424,9 @@ def _parse_bodies_aside(raw: bytes) -> Message | None:
     aside: list[str] = []
     copied = 0
     dash_line = 0  # the message start, then each line that starts with "--"
-    while dash_line < len(raw):
+    for _ in range(_ASIDE_MAX_DASH_LINES):
+        if dash_line >= len(raw):
+            break
         following = _next_dash_line(raw, dash_line)
         body = _first_empty_line_end(raw, dash_line, following)
         if body != -1 and following - body >= _ASIDE_MIN:
@@ -431,6 +436,8 @@ def _parse_bodies_aside(raw: bytes) -> Message | None:
             pieces += [raw[copied:body], b"\x00aside:%d\x00" % (len(aside) - 1), line_end]
             copied = following
         dash_line = following
+    else:
+        return None  # too many lines that start with "--"
     if not aside:
         return None
     msg = BytesParser(policy=_POLICY).parsebytes(b"".join([*pieces, raw[copied:]]))
