@@ -895,3 +895,18 @@ def test_given_multipart_messages_then_setting_bodies_aside_gives_the_full_parse
             checked += 1
             assert tree(aside) == tree(BytesParser(policy=mime._POLICY).parsebytes(raw)), raw
     assert checked > 300
+
+
+def test_given_thousands_of_lines_that_start_with_dashes_then_the_message_is_parsed_in_full(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mailsync import mime
+
+    text = b"word " * 100 + b"\r\n"
+    few = multipart([part("Content-Type: text/plain", body=text + b"--x\r\n\r\n" + text) for _ in range(3)])
+    many = multipart([part("Content-Type: text/plain", body=(text + b"--x\r\n\r\n") * 600 + text) for _ in range(3)])
+    assert mime._parse_bodies_aside(few) is not None
+    assert mime._parse_bodies_aside(many) is None  # the search for runs would cost more than it saves
+    parsed = parse_message(many)
+    monkeypatch.setattr(mime, "_parse_bodies_aside", lambda _raw: None)
+    assert parsed == parse_message(many)
