@@ -332,20 +332,21 @@ class AccountSync:
         if live.uidvalidity != stored.uidvalidity:
             return self._prepare_full(server_folder, FolderCheckpoint(), listed)
         snapshot = plan.snapshot_bound(listed, live)
-        self._apply_flag_changes(server_folder, stored.uidvalidity, changes.changed_flags)
         new_uids = self.conn.search_from_uid(stored.uidnext or 1, below=snapshot.uidnext or None)
+        # One lookup for both: a new message's UID is among the changed flags too (its MODSEQ is new).
+        wanted = set(changes.changed_flags) | set(new_uids)
+        found = dal.find_locations(self.tenant, self.user, server_folder, ((stored.uidvalidity, u) for u in wanted))
+        known = {uid: _known(loc) for (_, uid), loc in found.items()}
+        self._apply_flag_changes(server_folder, stored.uidvalidity, changes.changed_flags, known)
         if changes.vanished is not None:
             gone = dal.find_locations(
                 self.tenant, self.user, server_folder, ((stored.uidvalidity, u) for u in changes.vanished)
             )
             self.vanished.extend(_known(loc) for loc in gone.values())
         elif plan.expunges_unreported(snapshot.messages, stored.messages, len(new_uids)):
-            known = {k.uid: k for k in self._known_copies(server_folder)}
-            self.vanished.extend(decide.vanished_by_uids(known, set(self.conn.search_from_uid(1))))
-        known_new = dal.find_locations(
-            self.tenant, self.user, server_folder, ((stored.uidvalidity, u) for u in new_uids)
-        )
-        todo = decide.arrivals_todo(new_uids, {uid for _, uid in known_new})
+            copies = {k.uid: k for k in self._known_copies(server_folder)}
+            self.vanished.extend(decide.vanished_by_uids(copies, set(self.conn.search_from_uid(1))))
+        todo = decide.arrivals_todo(new_uids, {uid for uid in new_uids if uid in known})
         return FolderWork(server_folder, mode, snapshot, todo)
 
     def _prepare_scan(self, server_folder: str, stored: FolderCheckpoint, listed: ServerStatus) -> FolderWork | None:
