@@ -351,3 +351,28 @@ def test_mail_past_the_window_is_detached_by_the_daily_sweep(
     assert messages["staying"]["state"] == "synced"
     assert [loc.id for loc in dal.folder_locations(account.tenant, account.caller.user, "INBOX")] == [ids["staying"]]
     assert [(e["id"], e["detach_reason"]) for e in events.of_type("message.detached")] == [(ids["aging"], "aged_out")]
+
+
+def test_a_sweep_that_reaches_its_limit_goes_on_next_sync(account: Account, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep detaches at most ``SWEEP_LIMIT`` copies a folder; with more aged out it is not
+    recorded as done, so the next sync sweeps again instead of a day later."""
+    from mailsync.sync import engine
+
+    with account.user.client() as imap:
+        for subject in ("old 1", "old 2"):
+            imap.append("INBOX", message(subject, days=5), internal_date=days_ago(5))
+    assert account.sync().status == "synced"
+    saved = account.api(
+        "PUT", "/v1/users/me/mail-settings", account.settings_body() | {"sync_window_days": 3}, caller=account.caller
+    )
+    assert saved.status == 200, saved.body
+    monkeypatch.setattr(engine, "SWEEP_LIMIT", 1)
+    monkeypatch.setattr(engine, "SWEEP_INTERVAL_SECONDS", 0)
+    assert account.sync().status == "synced"
+    assert len(account.synced()) == 1, "one copy detached by the first sweep"
+
+    monkeypatch.setattr(engine, "SWEEP_INTERVAL_SECONDS", 86_400)
+    assert account.sync().status == "synced"
+    assert account.synced() == {}, "the sweep went on with the next sync, not a day later"
+    states = {m["subject"]: (m["state"], m["detach_reason"]) for m in account.messages()}
+    assert states == {"old 1": ("detached", "aged_out"), "old 2": ("detached", "aged_out")}

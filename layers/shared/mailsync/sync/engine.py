@@ -736,8 +736,9 @@ class AccountSync:
             for location in found:
                 self._detach(_known(location), "aged_out")
             more = more or len(found) >= SWEEP_LIMIT
-        if not more:
-            self.checkpoint = replace(self.checkpoint, last_sweep_at=int(now))
+        # More to detach: recorded as never swept, so the next sync sweeps again (and
+        # ``pending_work`` sees work) however recent the last complete sweep was.
+        self.checkpoint = replace(self.checkpoint, last_sweep_at=0 if more else int(now))
 
     def _detach(self, known: Known, reason: str) -> None:
         location = self._location(known)
