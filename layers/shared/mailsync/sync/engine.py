@@ -49,7 +49,7 @@ BATCH_COUNT = 50
 BATCH_BYTES = 8 * 1024 * 1024
 # Aging out reads every location of each mapped folder (``dal.aged_out``: ~47 RRU for 1,500
 # copies in the window), so it runs once a day, besides after a full resync: a message stops
-# syncing up to a day after it left the window (docs/architecture.md, "Identity").
+# syncing up to a day after it left the window (docs/architecture.md, "Aging out").
 SWEEP_INTERVAL_SECONDS = 86_400
 # At most this many aged-out copies are detached per folder and sweep (each one a read and a
 # transaction); a folder with more is swept again next sync (a window shortened by months).
