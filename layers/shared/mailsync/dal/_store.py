@@ -364,16 +364,24 @@ def save_checkpoint(tenant_id: str, user_id: str, owner: str, **fields: Any) -> 
     """(sync core) Checkpoint while holding the lease (``fields``: ``SyncState`` attributes,
     ``folders`` whole); fails if the lease was lost. ``has_detached`` only ever turns on: mail
     relayed while the sync ran sets it, and the sync's older copy must not turn it off."""
-    if not fields.get("has_detached", True):
-        fields = {name: value for name, value in fields.items() if name != "has_detached"}
     state_key(tenant_id, user_id).update(
-        actions=set_actions(SyncStateModel, fields), condition=SyncStateModel.lease_owner == owner
+        actions=set_actions(SyncStateModel, _checkpoint_fields(fields)), condition=SyncStateModel.lease_owner == owner
     )
 
 
-def give_back_lease(tenant_id: str, user_id: str, owner: str, **fields: Any) -> None:
-    """(sync core) Release the lease, writing the final state in the same request."""
-    release_lease(state_key(tenant_id, user_id), owner, fields)
+def _checkpoint_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    if not fields.get("has_detached", True):
+        return {name: value for name, value in fields.items() if name != "has_detached"}
+    return fields
+
+
+def give_back_lease(
+    tenant_id: str, user_id: str, owner: str, checkpoint: dict[str, Any] | None = None, **fields: Any
+) -> None:
+    """(sync core) Release the lease, writing the final state and the sync's last checkpoint
+    (as ``save_checkpoint`` would) in the same request. A lease lost meanwhile writes neither:
+    the next sync starts from the checkpoint before, as after a crash."""
+    release_lease(state_key(tenant_id, user_id), owner, {**_checkpoint_fields(checkpoint or {}), **fields})
 
 
 # --- messages --------------------------------------------------------------------------------------

@@ -81,6 +81,9 @@ class SyncOutcome:
     pushed: int = 0
     imap_commands: int = 0
     folder_errors: dict[str, str] = field(default_factory=dict)
+    # The sync's last checkpoint (``Checkpoint.to_dict``), not yet written: with
+    # ``hand_over_checkpoint`` the lease release writes it, one request instead of two.
+    checkpoint: dict[str, Any] | None = None
 
 
 def _status(status: Any) -> ServerStatus:
@@ -147,8 +150,10 @@ class AccountSync:
         now: datetime | None = None,
         revivable: dict[str, list[str]] | None = None,
         pending_moves: frozenset[str] = frozenset(),
+        hand_over_checkpoint: bool = False,
     ) -> None:
         self.account = account
+        self.hand_over_checkpoint = hand_over_checkpoint
         self.state = state
         self.conn = conn
         self.owner = owner
@@ -209,7 +214,7 @@ class AccountSync:
             try:
                 if not self._process_arrivals(item):
                     self.outcome.complete = False
-                    self._save_checkpoint()
+                    self._save_checkpoint(last=True)
                     return self._finish()
             except FolderMissing:
                 self._folder_missing(item.server_folder)
@@ -223,7 +228,7 @@ class AccountSync:
             self.checkpoint = self.checkpoint.with_folder(item.server_folder, deferred=deferred)
             if not deferred:
                 self._advance(item)
-        self._save_checkpoint()
+        self._save_checkpoint(last=True)
         return self._finish()
 
     def publish_events(self) -> None:
@@ -771,11 +776,17 @@ class AccountSync:
             scanned_at=scanned if scanned is not None else self.checkpoint.folder(work.server_folder).scanned_at,
         )
 
-    def _save_checkpoint(self) -> None:
-        """After every batch and at the end; a sync that found nothing writes nothing."""
+    def _save_checkpoint(self, *, last: bool = False) -> None:
+        """After every batch and at the end; a sync that found nothing writes nothing. The last
+        one is handed over in the outcome when the caller writes it with the lease release: a
+        worker that dies before then redoes the sync's tail from the batch before, as it would
+        had it died just before this write."""
         mapped = {name: replace(self.checkpoint.folder(name), crm_folder=crm) for name, crm in self.crm_for.items()}
         self.checkpoint = replace(self.checkpoint, folders=mapped)
         if self.checkpoint == self._saved:
             return
-        dal.save_checkpoint(self.tenant, self.user, self.owner, **self.checkpoint.to_dict())
+        if last and self.hand_over_checkpoint:
+            self.outcome.checkpoint = self.checkpoint.to_dict()
+        else:
+            dal.save_checkpoint(self.tenant, self.user, self.owner, **self.checkpoint.to_dict())
         self._saved = self.checkpoint
