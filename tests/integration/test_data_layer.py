@@ -258,3 +258,32 @@ def test_many_accounts_and_their_sync_states_are_read_in_requests_of_fifty(aws: 
     assert read[(T, "nobody")] == (None, None)
     assert read[("other-tenant", users[0])] == (None, None), "another tenant's user of the same name is not read"
     assert dal.get_account_and_sync_state(T, users[0]) == read[(T, users[0])]
+
+
+def test_tenant_settings_read_for_syncs_are_at_most_max_age_old(
+    aws: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailsync import dal
+    from mailsync.dal import _store
+    from mailsync.dal._models import TENANT_SETTINGS_USER, TenantSettingsModel
+
+    clock = [1_000.0]
+    monkeypatch.setattr(_store.time, "monotonic", lambda: clock[0])
+    max_age = dal.TENANT_SETTINGS_MAX_AGE_SECONDS
+    assert dal.get_tenant_settings("acme", max_age=max_age) is None  # never saved: that is kept too
+
+    # Another process (the API) saves new keywords.
+    TenantSettingsModel("acme", TENANT_SETTINGS_USER, confidential_keywords=["geheim"], confidential_contacts=[]).save()
+    clock[0] += max_age
+    assert dal.get_tenant_settings("acme", max_age=max_age) is None  # this process's copy, max_age old
+    assert dal.get_tenant_settings("acme").confidential_keywords == ("geheim",)  # no max_age: read now
+    TenantSettingsModel("acme", TENANT_SETTINGS_USER, confidential_keywords=["intern"], confidential_contacts=[]).save()
+    clock[0] += max_age + 0.001
+    assert dal.get_tenant_settings("acme", max_age=max_age).confidential_keywords == ("intern",)
+
+    # A save in this process is what the next sync here applies, at once.
+    dal.save_tenant_settings("acme", ["vertrouwelijk"], ["ceo@example.com"])
+    kept = dal.get_tenant_settings("acme", max_age=max_age)
+    assert kept.confidential_keywords == ("vertrouwelijk",) and kept.confidential_contacts == ("ceo@example.com",)
+    # Tenants are kept apart.
+    assert dal.get_tenant_settings("globex", max_age=max_age) is None

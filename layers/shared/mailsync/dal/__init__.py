@@ -43,6 +43,7 @@ from mailsync.dal._relay import (
     store_relayed,
 )
 from mailsync.dal._store import (
+    TENANT_SETTINGS_MAX_AGE_SECONDS,
     Unstorable,
     account_exists,
     aged_out,
@@ -62,6 +63,7 @@ from mailsync.dal._store import (
     finish_op,
     folder_locations,
     forget_sync_state,
+    forget_tenant_settings,
     get_account,
     get_account_and_sync_state,
     get_accounts_and_sync_states,
@@ -95,6 +97,7 @@ from mailsync.dal._store import (
 )
 
 __all__ = [
+    "TENANT_SETTINGS_MAX_AGE_SECONDS",
     "BadCursor",
     "Unstorable",
     "account_exists",
@@ -118,6 +121,7 @@ __all__ = [
     "folder_locations",
     "forget_pop_seen",
     "forget_sync_state",
+    "forget_tenant_settings",
     "get_account",
     "get_account_and_sync_state",
     "get_accounts_and_sync_states",

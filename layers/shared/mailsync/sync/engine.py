@@ -638,7 +638,9 @@ class AccountSync:
         """Confidentiality of new messages (``privacy.classify_new``, fed by the tenant's rules and
         the marks of their threads); the threads they make confidential are marked first."""
         if self._rules is None:
-            self._rules = privacy.rules_from(dal.get_tenant_settings(self.tenant))
+            self._rules = privacy.rules_from(
+                dal.get_tenant_settings(self.tenant, max_age=dal.TENANT_SETTINGS_MAX_AGE_SECONDS)
+            )
         threads = dal.thread_marks(self.tenant, self.user, {m.thread_id for m in messages})
         result = privacy.classify_new(self.account, messages, self._rules, threads)
         dal.mark_threads(self.tenant, self.user, result.threads_to_mark, confidential=True, by_owner=False)
