@@ -35,6 +35,7 @@ import datetime as dt
 import gc
 import math
 import os
+import random
 import re
 import shutil
 import socket
@@ -341,6 +342,7 @@ def measure(server: DovecotServer, per_folder: int, in_window: int, noops: int, 
             t0 = time.thread_time()
             run(who_tls)
             full_handshake_ms.append((time.thread_time() - t0) * 1000)
+        one_message = one_message_syncs(user, who_tls, noops)
     finally:
         proxy.close()
     last = samples[-1]
@@ -361,6 +363,7 @@ def measure(server: DovecotServer, per_folder: int, in_window: int, noops: int, 
         "cpu_ms_full_handshake": statistics.median(full_handshake_ms),
         "cpu_ms_full_handshake_samples": full_handshake_ms,
         "process_cpu_ms_samples": process_ms,
+        "one_message_sync": one_message,
         "synced_by_first_sync": first["created"],
         "fill_seconds": fill_seconds,
         "first_sync_seconds": first_seconds,
@@ -371,6 +374,67 @@ def measure(server: DovecotServer, per_folder: int, in_window: int, noops: int, 
         ),
         "noop": last,
         "noop_samples": samples,
+    }
+
+
+def one_message_syncs(user: Any, user_id: str, count: int) -> dict[str, Any]:
+    """Scheduled polls that each find one new message in INBOX: the steady state of a mailbox
+    (50 messages a day polled every minute come one to a sync), so these are the figures a
+    message costs then, all writes of the sync included (lease, checkpoint, S3, events).
+    ``cpu_ms`` is process CPU time (such a sync stores on pool threads; the counting proxy is
+    idle: this account goes straight to Dovecot), less the write counting's own."""
+    from mailsync.aws import client
+    from mailsync.config import get_settings
+    from mailsync.services import sync_jobs
+    from mailsync.sync.planner import jobs as policy
+
+    settings = get_settings()
+    units = benchlib.WriteUnits.for_tables(client("dynamodb"), [settings.messages_table, settings.accounts_table])
+    rng = random.Random(11)
+    samples = []
+    # Polls come a minute apart in production; the duplicate rule would skip these.
+    spacing, policy.MIN_SECONDS_BETWEEN_SCHEDULED_SYNCS = policy.MIN_SECONDS_BETWEEN_SCHEDULED_SYNCS, 0
+    try:
+        for i in range(count):
+            now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+            size, attachment = benchlib.realistic_size(rng, 0.04)
+            raw = benchlib.make_mail(rng, 100_000 + i, now, size, attachment)
+            benchlib.append_all(user, "INBOX", [(raw, now, [])])
+            gc.collect()
+            before_wru, before_cpu = units.total, units.cpu_seconds
+            # Write units outermost: their own item reads bypass the usage count inside.
+            with benchlib.count_write_units(units), count_aws_usage() as usage:
+                p0 = time.process_time()
+                result = sync_jobs.run_job(
+                    sync_jobs.SyncJob(tenant_id=benchlib.TENANT, user_id=user_id, reason="schedule")
+                )
+                cpu = time.process_time() - p0 - (units.cpu_seconds - before_cpu)
+            if result.status != "synced" or result.outcome is None or result.outcome.created != 1:
+                raise RuntimeError(f"one-message sync ended {result.status} {result.outcome}")
+            calls = dict(sorted(usage.calls.items()))
+            samples.append(
+                {
+                    "bytes": len(raw),
+                    "cpu_ms": cpu * 1000,
+                    "dynamodb_wru": units.total - before_wru,
+                    "dynamodb_rru": usage.rru,
+                    "dynamodb_write_calls": sum(
+                        n
+                        for op, n in calls.items()
+                        if op.startswith("dynamodb:") and op.split(":")[1] in DYNAMODB_WRITES
+                    ),
+                    "aws_calls": calls,
+                }
+            )
+    finally:
+        policy.MIN_SECONDS_BETWEEN_SCHEDULED_SYNCS = spacing
+    return {
+        "syncs": count,
+        "cpu_ms": statistics.median(s["cpu_ms"] for s in samples),
+        "dynamodb_wru": statistics.median(s["dynamodb_wru"] for s in samples),
+        "dynamodb_rru": statistics.median(s["dynamodb_rru"] for s in samples),
+        "dynamodb_write_calls": statistics.median(s["dynamodb_write_calls"] for s in samples),
+        "samples": samples,
     }
 
 
@@ -464,6 +528,11 @@ def main() -> None:
         print(f"  {r['messages_on_server']:>7,}: wire: {' '.join(n['wire_commands'])}")
         print(f"           AWS: {aws}")
         print(f"           worker CPU ms: {', '.join(f'{c:.1f}' for c in r['cpu_ms_samples'])}")
+        one = r["one_message_sync"]
+        print(
+            f"           a poll finding one new message (median of {one['syncs']}): {one['cpu_ms']:.1f} ms of CPU, "
+            f"{one['dynamodb_wru']:g} WRU in {one['dynamodb_write_calls']:g} write calls, {one['dynamodb_rru']:g} RRU"
+        )
     write_results(
         "bench_noop_sync",
         {

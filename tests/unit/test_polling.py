@@ -232,3 +232,13 @@ def test_a_recently_active_account_is_polled_every_tick_at_any_hour() -> None:
 def test_an_account_whose_backoff_ended_is_retried_at_once() -> None:
     account = due(next_sync_at=NIGHT - 5)
     assert polling.decide(account, now=NIGHT, tick_seconds=60, office_hours_now=False) is Poll.RETRY
+
+
+def test_activity_is_recorded_when_none_is_on_record_or_what_is_is_a_few_minutes_old() -> None:
+    now = 1_700_000_000
+    assert polling.record_activity(None, now)
+    assert not polling.record_activity(now - 1, now)
+    assert not polling.record_activity(now - polling.ACTIVITY_REFRESH_SECONDS + 1, now)
+    assert polling.record_activity(now - polling.ACTIVITY_REFRESH_SECONDS, now)
+    # The refresh is well inside the active window: a busy account never drops out of it.
+    assert polling.ACTIVITY_REFRESH_SECONDS < polling.ACTIVE_WINDOW_SECONDS / 2

@@ -10,12 +10,14 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from mailsync.domain import WEEKDAYS, Account, OfficeHours
+from mailsync.domain import WEEKDAYS, Account, DueAccount, OfficeHours
 from mailsync.errors import Forbidden
 from mailsync.identity import Principal
 from mailsync.schemas import TenantSettingsIn
 from mailsync.services import confidentiality, scheduling
 from mailsync.sync.engine import SyncOutcome
+from mailsync.sync.planner import polling
+from mailsync.sync.planner.polling import Poll
 from tests.unit.fake_dal import Fakes
 
 SHARDS = 4  # what the fake_dal fixture configures
@@ -133,6 +135,27 @@ def test_only_a_sync_that_changed_something_records_activity(fake_dal: Fakes, mo
         fake_dal.dal.put_accounts([alice])
         scheduling.record_activity(alice, busy)
         assert fake_dal.dal.get_account("acme", "alice").last_activity_at == 1_700_000_000
+
+
+def test_activity_on_record_is_refreshed_only_once_it_is_a_few_minutes_old(
+    fake_dal: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = 1_700_000_000
+    monkeypatch.setattr(scheduling.time, "time", lambda: now + 0.5)
+    recent = now - polling.ACTIVITY_REFRESH_SECONDS + 1
+    alice = account("acme", "alice", last_activity_at=recent)
+    fake_dal.dal.put_accounts([alice])
+    scheduling.record_activity(alice, SyncOutcome(created=1))
+    assert fake_dal.dal.get_account("acme", "alice").last_activity_at == recent
+    # Still active at the next ticks: the skipped write shortened the window by under the refresh.
+    due = DueAccount("acme", "alice", 0, recent)
+    assert polling.decide(due, now=now + 60, tick_seconds=60, office_hours_now=False) is Poll.ACTIVE
+
+    stale = now - polling.ACTIVITY_REFRESH_SECONDS
+    alice = account("acme", "alice", last_activity_at=stale)
+    fake_dal.dal.put_accounts([alice])
+    scheduling.record_activity(alice, SyncOutcome(flag_updates=1))
+    assert fake_dal.dal.get_account("acme", "alice").last_activity_at == now
 
 
 def test_a_failed_activity_write_does_not_fail_the_sync(fake_dal: Fakes, monkeypatch: pytest.MonkeyPatch) -> None:

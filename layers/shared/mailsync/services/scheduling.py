@@ -149,11 +149,14 @@ def record_activity(account: Account, outcome: SyncOutcome) -> None:
     """After a sync: one that created, moved, flagged or pushed something keeps the account on
     every tick for a while (``planner.polling.ACTIVE_WINDOW_SECONDS``). Detachments do not
     count: messages aging out of the window are the passage of time, not activity. A no-op
-    writes nothing. Best effort: a failed write only leaves the account on its quiet slots, and
-    must not turn the sync that just succeeded into a failure."""
-    if outcome.created or outcome.relinked or outcome.flag_updates or outcome.pushed:
+    writes nothing, nor does a change while the activity on record is recent
+    (``planner.polling.record_activity``). Best effort: a failed write only leaves the account
+    on its quiet slots, and must not turn the sync that just succeeded into a failure."""
+    now = int(time.time())
+    changed = outcome.created or outcome.relinked or outcome.flag_updates or outcome.pushed
+    if changed and polling.record_activity(account.last_activity_at, now):
         try:
-            dal.record_activity(account.tenant_id, account.user_id, int(time.time()))
+            dal.record_activity(account.tenant_id, account.user_id, now)
         except Exception:  # noqa: BLE001 - see above
             logger.exception("activity not recorded", extra={"user_id": account.user_id})
 

@@ -347,7 +347,9 @@ def _sync(
     if isinstance(outcome, int):
         # Nothing to do: nothing written, no lease taken (see README "No-op syncs").
         return JobResult("synced", SyncOutcome(imap_commands=outcome)), {}
-    final = policy.finished_state(complete=outcome.complete)
+    # The sync's last checkpoint rides on the lease release (``_Lease.give_back``).
+    final = {"checkpoint": outcome.checkpoint, **policy.finished_state(complete=outcome.complete)}
+    outcome.checkpoint = None
     scheduling.record_activity(account, outcome)  # adaptive polling: only a sync that changed something writes
     if outcome.complete:
         final["last_success_at"] = dal.utcnow()
@@ -408,7 +410,7 @@ def _run_engine(
                 return conn.command_count
             logger.debug("sync has work", extra={"reason": why})
         state = _take_work(lease, slot, settings, hard_deadline)
-        return sync_account(account, state, conn, owner=lease.owner, deadline=deadline)
+        return sync_account(account, state, conn, owner=lease.owner, deadline=deadline, hand_over_checkpoint=True)
 
 
 def _run_pop3(

@@ -26,6 +26,12 @@ from mailsync.domain import WEEKDAYS, DueAccount, OfficeHours
 
 QUIET_INTERVAL_SECONDS = 15 * 60
 ACTIVE_WINDOW_SECONDS = 30 * 60
+# How stale the recorded activity may be before a sync that changed something records it again.
+# Each record is a write of the whole account item and of its due-index entry (about 3 WRU); a
+# mailbox receiving mail would otherwise pay it for every message. The cost: an account stays
+# "active" between ACTIVE_WINDOW_SECONDS - ACTIVITY_REFRESH_SECONDS and ACTIVE_WINDOW_SECONDS
+# after its last change.
+ACTIVITY_REFRESH_SECONDS = 5 * 60
 DAY_MINUTES = 24 * 60
 TIME_OF_DAY = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 _RATE = re.compile(r"^rate\(\s*(\d{1,6})\s+(second|minute|hour|day)s?\s*\)$")
@@ -54,6 +60,12 @@ def decide(account: DueAccount, *, now: int, tick_seconds: int, office_hours_now
     if quiet_slot(quiet_offset(account.tenant_id, account.user_id), now, tick_seconds):
         return Poll.QUIET_SLOT
     return Poll.WAIT
+
+
+def record_activity(last_activity_at: int | None, now: int) -> bool:
+    """Whether a sync that changed something at ``now`` writes it down, given the activity the
+    account already has on record (read with the account, before the sync)."""
+    return last_activity_at is None or now - last_activity_at >= ACTIVITY_REFRESH_SECONDS
 
 
 def quiet_offset(tenant_id: str, user_id: str) -> int:
