@@ -374,6 +374,11 @@ def _requeue_busy(job: SyncJob) -> JobResult:
         "sync job dropped: no room for it after several tries, the schedule brings it back",
         extra={"user_id": job.user_id, "reason": job.reason, "bounces": job.bounces},
     )
+    if policy.left_to_the_schedule(job.reason):
+        try:
+            dal.record_activity(job.tenant_id, job.user_id, int(time.time()))
+        except Exception:  # noqa: BLE001 - best effort: without it the account waits for its slot
+            logger.exception("activity not recorded", extra={"user_id": job.user_id})
     return JobResult("dropped")
 
 
