@@ -287,3 +287,28 @@ def test_tenant_settings_read_for_syncs_are_at_most_max_age_old(
     assert kept.confidential_keywords == ("vertrouwelijk",) and kept.confidential_contacts == ("ceo@example.com",)
     # Tenants are kept apart.
     assert dal.get_tenant_settings("globex", max_age=max_age) is None
+
+
+def test_tenant_settings_kept_for_syncs_are_bounded_in_number_and_age(
+    aws: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailsync import dal
+    from mailsync.dal import _store
+
+    clock = [1_000.0]
+    monkeypatch.setattr(_store.time, "monotonic", lambda: clock[0])
+    max_age = dal.TENANT_SETTINGS_MAX_AGE_SECONDS
+    for i in range(_store._tenant_settings.size + 5):
+        dal.get_tenant_settings(f"t{i}", max_age=max_age)
+    assert len(_store._tenant_settings.copies) == _store._tenant_settings.size
+    assert "t0" not in _store._tenant_settings.copies  # the least recently used went first
+    clock[0] += max_age + 1
+    dal.get_tenant_settings("late", max_age=max_age)
+    assert list(_store._tenant_settings.copies) == ["late"]  # copies no sync may use any more are dropped
+
+    # A read that began before a save in this process does not put the older copy back.
+    started = clock[0]
+    clock[0] += 1
+    dal.save_tenant_settings("late", ["geheim"], [])
+    _store._tenant_settings.keep("late", None, started)
+    assert dal.get_tenant_settings("late", max_age=max_age).confidential_keywords == ("geheim",)

@@ -376,3 +376,34 @@ def test_a_sweep_that_reaches_its_limit_goes_on_next_sync(account: Account, monk
     assert account.synced() == {}, "the sweep went on with the next sync, not a day later"
     states = {m["subject"]: (m["state"], m["detach_reason"]) for m in account.messages()}
     assert states == {"old 1": ("detached", "aged_out"), "old 2": ("detached", "aged_out")}
+
+
+def test_a_message_moved_away_and_back_is_revived_though_the_sync_that_detached_it_failed_after(
+    account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The account's first detachment is recorded with the detachment itself: a sync that fails
+    after its engine ran (its last checkpoint, written with the lease release, then lost) must
+    not leave the account looking as if nothing was ever detached, or the message that comes
+    back is stored a second time instead of revived (from a review)."""
+    from mailsync import dal
+    from mailsync.services import scheduling
+
+    with account.user.client() as imap:
+        uid = imap.append("INBOX", message("round trip", days=1), internal_date=days_ago(1))
+    assert account.sync().status == "synced"
+    original = account.synced()["round trip"]["id"]
+    with account.user.client() as imap:
+        imap.move("INBOX", uid, "Junk")  # unmapped: the message is detached
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a write after the engine returned failed")
+
+    with monkeypatch.context() as failing:
+        failing.setattr(scheduling, "record_activity", fails)
+        assert account.sync().status == "failed"
+    assert dal.get_sync_state(account.tenant, account.caller.user).has_detached
+    with account.user.client() as imap:
+        imap.move("Junk", imap.uids("Junk")[-1], "INBOX")
+    assert account.sync().status == "synced"
+    copies = [m for m in account.messages() if m["subject"] == "round trip"]
+    assert [(m["id"], m["state"]) for m in copies] == [(original, "synced")]

@@ -375,13 +375,16 @@ class FakeDal:
             self.messages[message.id] = message
             self.locations[self._location_key(location)] = location
 
-    def detach(self, message: Message, location: Location, reason: str) -> None:
+    def detach(self, message: Message, location: Location, reason: str, *, first: bool = False) -> None:
         now = _now()
         self.messages[message.id] = _with(
             self.messages.get(message.id, message),
             {"state": "detached", "detach_reason": reason, "detached_at": now, "updated_at": now},
         )
         self.locations.pop(self._location_key(location), None)
+        if first:
+            account = (message.tenant_id, message.user_id)
+            self.states[account] = dataclasses.replace(self.states.get(account) or SyncState(), has_detached=True)
 
     @staticmethod
     def _location_key(location: Location) -> tuple[str, str, str, int, int]:
@@ -400,7 +403,7 @@ class FakeDal:
         self.tenants[tenant_id] = saved
         return saved
 
-    def get_office_hours(self, tenant_id: str) -> OfficeHours | None:
+    def get_office_hours(self, tenant_id: str, *, max_age: float = 0.0) -> OfficeHours | None:
         return self.office_hours.get(tenant_id)
 
     def save_office_hours(self, tenant_id: str, hours: OfficeHours) -> OfficeHours:

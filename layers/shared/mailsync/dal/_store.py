@@ -568,26 +568,61 @@ def ops_waiting(tenant_id: str, user_id: str) -> list[Op]:
 # --- confidentiality ----------------------------------------------------------------------------
 
 
-# Syncs that store mail classify it by the tenant's settings. Read for each such sync, that is
-# a request (~1 ms of CPU) per sync with new mail and, for a tenant with 300 KB of confidential
-# contacts, ~37 RRU. Syncs take a copy this process read at most this long ago instead; a save
-# in this process replaces it at once, other processes see a change within this time.
+# Syncs read two tenant items: the settings, to classify new mail, and the office hours, to
+# decide whether a change needs recording for the scheduler. Read for each sync with work, that
+# is a request (~1 ms of CPU) each and, for a tenant with 300 KB of confidential contacts, ~37 RRU.
+# Syncs take a copy this process read at most this long ago instead; a save in this process
+# replaces it at once, other processes see a change within this time.
 TENANT_SETTINGS_MAX_AGE_SECONDS = 60.0
-_TENANT_SETTINGS_KEPT = 1_000  # tenants per process, least recently used dropped first
-_tenant_settings: OrderedDict[str, tuple[float, TenantSettings | None]] = OrderedDict()
-_tenant_settings_lock = threading.Lock()
+
+
+class _Kept[T]:
+    """Copies of one kind of tenant item for ``TENANT_SETTINGS_MAX_AGE_SECONDS``: at most
+    ``size`` tenants, least recently used dropped first, and copies no reader may use any more
+    dropped as others are kept (a tenant at the settings' size limits takes ~0.75 MB)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.copies: OrderedDict[str, tuple[float, T | None]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, tenant_id: str, max_age: float, now: float) -> tuple[bool, T | None]:
+        with self.lock:
+            kept = self.copies.get(tenant_id)
+            if max_age <= 0 or kept is None or now - kept[0] > max_age:
+                return False, None
+            self.copies.move_to_end(tenant_id)
+            return True, kept[1]
+
+    def keep(self, tenant_id: str, value: T | None, at: float) -> None:
+        with self.lock:
+            kept = self.copies.get(tenant_id)
+            if kept is not None and kept[0] > at:
+                return  # saved since this read began: the newer copy stays
+            self.copies[tenant_id] = (at, value)
+            self.copies.move_to_end(tenant_id)
+            expired = [t for t, (read_at, _) in self.copies.items() if at - read_at > TENANT_SETTINGS_MAX_AGE_SECONDS]
+            for stale in expired:
+                del self.copies[stale]
+            while len(self.copies) > self.size:
+                self.copies.popitem(last=False)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.copies.clear()
+
+
+_tenant_settings: _Kept[TenantSettings] = _Kept(64)
+_office_hours: _Kept[OfficeHours] = _Kept(1_000)
 
 
 def get_tenant_settings(tenant_id: str, *, max_age: float = 0.0) -> TenantSettings | None:
     """The tenant's saved settings (None: never saved); with ``max_age`` (seconds), a copy this
     process read or saved at most that long ago will do."""
     now = time.monotonic()
-    if max_age > 0:
-        with _tenant_settings_lock:
-            kept = _tenant_settings.get(tenant_id)
-            if kept is not None and now - kept[0] <= max_age:
-                _tenant_settings.move_to_end(tenant_id)
-                return kept[1]
+    found, settings = _tenant_settings.get(tenant_id, max_age, now)
+    if found:
+        return settings
     try:
         item = TenantSettingsModel.get(tenant_id, TENANT_SETTINGS_USER)
     except DoesNotExist:
@@ -598,22 +633,14 @@ def get_tenant_settings(tenant_id: str, *, max_age: float = 0.0) -> TenantSettin
             confidential_keywords=tuple(keywords) if keywords is not None else None,
             confidential_contacts=tuple(item.confidential_contacts or ()),
         )
-    _keep_tenant_settings(tenant_id, settings, now)
+    _tenant_settings.keep(tenant_id, settings, now)
     return settings
 
 
-def _keep_tenant_settings(tenant_id: str, settings: TenantSettings | None, at: float) -> None:
-    with _tenant_settings_lock:
-        _tenant_settings[tenant_id] = (at, settings)
-        _tenant_settings.move_to_end(tenant_id)
-        while len(_tenant_settings) > _TENANT_SETTINGS_KEPT:
-            _tenant_settings.popitem(last=False)
-
-
 def forget_tenant_settings() -> None:
-    """Drop every kept copy (tests: the next test's tables are new)."""
-    with _tenant_settings_lock:
-        _tenant_settings.clear()
+    """Drop every kept copy of tenant items (tests: the next test's tables are new)."""
+    _tenant_settings.clear()
+    _office_hours.clear()
 
 
 def save_tenant_settings(tenant_id: str, keywords: list[str], contacts: list[str]) -> TenantSettings:
@@ -621,23 +648,32 @@ def save_tenant_settings(tenant_id: str, keywords: list[str], contacts: list[str
         tenant_id, TENANT_SETTINGS_USER, confidential_keywords=keywords, confidential_contacts=contacts
     ).save()
     settings = TenantSettings(confidential_keywords=tuple(keywords), confidential_contacts=tuple(contacts))
-    _keep_tenant_settings(tenant_id, settings, time.monotonic())
+    _tenant_settings.keep(tenant_id, settings, time.monotonic())
     return settings
 
 
-def get_office_hours(tenant_id: str) -> OfficeHours | None:
-    """The tenant's saved office hours; None: never saved (the defaults apply)."""
+def get_office_hours(tenant_id: str, *, max_age: float = 0.0) -> OfficeHours | None:
+    """The tenant's saved office hours; None: never saved (the defaults apply). ``max_age``: as
+    for ``get_tenant_settings``."""
+    now = time.monotonic()
+    found, hours = _office_hours.get(tenant_id, max_age, now)
+    if found:
+        return hours
     try:
         item = OfficeHoursModel.get(tenant_id, OFFICE_HOURS_USER)
     except DoesNotExist:
-        return None
-    return OfficeHours(time_zone=item.time_zone, days=tuple(item.days), start=item.start, end=item.end)
+        hours = None
+    else:
+        hours = OfficeHours(time_zone=item.time_zone, days=tuple(item.days), start=item.start, end=item.end)
+    _office_hours.keep(tenant_id, hours, now)
+    return hours
 
 
 def save_office_hours(tenant_id: str, hours: OfficeHours) -> OfficeHours:
     OfficeHoursModel(
         tenant_id, OFFICE_HOURS_USER, time_zone=hours.time_zone, days=list(hours.days), start=hours.start, end=hours.end
     ).save()
+    _office_hours.keep(tenant_id, hours, time.monotonic())
     return hours
 
 
@@ -742,6 +778,9 @@ def find_locations(
     }
 
 
+_SWEEP_PAGE_ITEMS = 10_000  # above the ~4,000 locations of 1 MB, DynamoDB's page size
+
+
 def aged_out(tenant_id: str, user_id: str, server_folder: str, cutoff: datetime, *, limit: int) -> list[Location]:
     """(sync core) Up to ``limit`` synced copies in a server folder with an INTERNALDATE before
     ``cutoff``; ``limit`` bounds what one sweep detaches (the rest: the next sweep).
@@ -755,7 +794,9 @@ def aged_out(tenant_id: str, user_id: str, server_folder: str, cutoff: datetime,
     before = LocationModel.internal_date < cutoff
     found = [
         location_from(tenant_id, user_id, server_folder, item)
-        for item in LocationModel.query(pk, filter_condition=before, limit=limit)
+        # DynamoDB's Limit counts the items a page reads before the filter; PynamoDB would set it
+        # to ``limit``, paging a large folder in requests of that many. Pages of up to 1 MB instead.
+        for item in LocationModel.query(pk, filter_condition=before, limit=limit, page_size=_SWEEP_PAGE_ITEMS)
     ]
     _delete_legacy_windows(tenant_id, user_id, server_folder, cutoff, limit)
     return found
@@ -807,12 +848,17 @@ def relink(message: Message, to: Location, shown: Mapping[str, Any], old: Locati
             tx.delete(location_record(old))
 
 
-def detach(message: Message, location: Location, reason: str) -> None:
-    """(sync core) Stop syncing a message but keep it, atomically with removing its location."""
+def detach(message: Message, location: Location, reason: str, *, first: bool = False) -> None:
+    """(sync core) Stop syncing a message but keep it, atomically with removing its location.
+    ``first``: the account has no detached message on record yet, and the same request records
+    one (``has_detached``). Left to the sync's next checkpoint, a failure before that would
+    leave it off, and the message would be stored anew rather than revived if it came back."""
     fields = {"state": "detached", "detach_reason": reason, "detached_at": utcnow(), "updated_at": utcnow()}
     with transaction() as tx:
         tx.update(message_key(message), actions=set_actions(MessageModel, fields))
         tx.delete(location_record(location))
+        if first:
+            tx.update(state_key(message.tenant_id, message.user_id), actions=[SyncStateModel.has_detached.set(True)])
 
 
 def drop(location: Location) -> None:

@@ -740,12 +740,19 @@ class AccountSync:
             return
         more = False
         for server_folder in self.crm_for:
+            if self.deadline():
+                more = True
+                break
             found = dal.aged_out(self.tenant, self.user, server_folder, self.cutoff, limit=SWEEP_LIMIT)
             for location in found:
+                if self.deadline():
+                    more = True
+                    break
                 self._detach(_known(location), "aged_out")
             more = more or len(found) >= SWEEP_LIMIT
-        # More to detach: recorded as never swept, so the next sync sweeps again (and
-        # ``pending_work`` sees work) however recent the last complete sweep was.
+        # More to detach (the limit reached, or the job's time up): recorded as never swept, so
+        # the next sync sweeps again (and ``pending_work`` sees work) however recent the last
+        # complete sweep was.
         self.checkpoint = replace(self.checkpoint, last_sweep_at=0 if more else int(now))
 
     def _detach(self, known: Known, reason: str) -> None:
@@ -757,7 +764,7 @@ class AccountSync:
             dal.drop(location)
             return
         assert message is not None
-        dal.detach(message, location, reason)
+        dal.detach(message, location, reason, first=not self.checkpoint.has_detached)
         message = replace(message, state="detached", detach_reason=reason)
         self.events.append(message_event(MESSAGE_DETACHED, message, detach_reason=reason))
         self.outcome.detached += 1
