@@ -396,13 +396,19 @@ _ASIDE_MAX_DASH_LINES = 1000
 _NESTED_HEADERS = re.compile(rb"message/|multipart/digest")
 
 
-def _next_dash_line(raw: bytes, start: int) -> int:
-    """The start of the first line after ``start`` that begins with "--" (where any boundary
-    is); len(raw) if there is none."""
-    after_lf = raw.find(b"\n--", start)
-    after_cr = raw.find(b"\r--", start, after_lf + 1 if after_lf != -1 else len(raw))  # a lone CR ends a line too
-    found = [at for at in (after_lf, after_cr) if at != -1]
-    return min(found) + 1 if found else len(raw)
+def _dash_lines(raw: bytes) -> Iterator[int]:
+    """The start of each line after the first that begins with "--" (where any boundary is), in
+    order. Each search goes on from its own last find, so every byte is looked at at most twice
+    however the lines end (searching both from each line again was quadratic when one of the two
+    line ends never occurs, e.g. mail with lone CRs)."""
+    after_lf, after_cr = raw.find(b"\n--"), raw.find(b"\r--")  # a lone CR ends a line too
+    while after_lf != -1 or after_cr != -1:
+        if after_cr == -1 or (after_lf != -1 and after_lf < after_cr):
+            yield after_lf + 1
+            after_lf = raw.find(b"\n--", after_lf + 1)
+        else:
+            yield after_cr + 1
+            after_cr = raw.find(b"\r--", after_cr + 1)
 
 
 def _parse_bodies_aside(raw: bytes) -> Message | None:
@@ -424,10 +430,11 @@ def _parse_bodies_aside(raw: bytes) -> Message | None:
     aside: list[str] = []
     copied = 0
     dash_line = 0  # the message start, then each line that starts with "--"
-    for _ in range(_ASIDE_MAX_DASH_LINES):
+    dash_lines = _dash_lines(raw)
+    for _ in range(_ASIDE_MAX_DASH_LINES + 1):  # the message start and that many dash lines
         if dash_line >= len(raw):
             break
-        following = _next_dash_line(raw, dash_line)
+        following = next(dash_lines, len(raw))
         body = _first_empty_line_end(raw, dash_line, following)
         if body != -1 and following - body >= _ASIDE_MIN:
             last = raw[following - 2 : following]
