@@ -209,3 +209,29 @@ def head_size(key: str) -> int:
     from mailsync.config import get_settings
 
     return client("s3").head_object(Bucket=get_settings().raw_mail_bucket, Key=key)["ContentLength"]
+
+
+def test_a_raw_copy_gone_or_damaged_is_said_so_and_never_linked(account: Account) -> None:
+    """Storage lost or changed a pack (an operator's mistake, a bad restore): the raw link says
+    what is wrong, with its own code, and links no other bytes; the message itself still reads."""
+    import boto3
+
+    from mailsync.config import get_settings
+
+    seed(account, 3)
+    assert account.sync().status == "synced"
+    messages = stored(account)
+    key = messages["small 0"].s3_key.partition("#")[0]
+    s3, bucket = boto3.client("s3"), get_settings().raw_mail_bucket
+    packed = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=key, Body=packed[::-1])  # other bytes at every range
+    damaged = account.api("GET", f"/v1/messages/{messages['small 0'].id}/raw", caller=account.caller)
+    s3.delete_object(Bucket=bucket, Key=key)
+    gone = account.api("GET", f"/v1/messages/{messages['small 1'].id}/raw", caller=account.caller)
+    for response in (damaged, gone):
+        assert response.status == 500, response.body
+        assert response.body["error"]["code"] == "raw_unavailable", response.body
+        assert "cannot be read" in response.body["error"]["message"]
+    assert account_objects(account.tenant, account.caller.user) == set()  # no copy of other bytes
+    shown = account.api("GET", f"/v1/messages/{messages['small 0'].id}", caller=account.caller)
+    assert shown.status == 200 and shown.body["subject"] == "small 0"
