@@ -22,7 +22,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 
 from mailsync import blobstore, dal, events, mime
 from mailsync.domain import Account, Address, Change, Message, SyncState
-from mailsync.errors import Conflict, Forbidden, NotFound, RawUnavailable, ValidationFailed
+from mailsync.errors import RAW_UNAVAILABLE, Conflict, Forbidden, NotFound, RawUnavailable, ValidationFailed
 from mailsync.identity import Principal
 from mailsync.observability import logger
 from mailsync.schemas import (
@@ -167,10 +167,7 @@ def raw_link(principal: Principal, id: str) -> RawLinkOut:
     except blobstore.RawUnreadable as exc:
         # Never a link to other bytes than the message's; the operators get the object's name.
         logger.error("raw copy unreadable", extra={"id": message.id, "error": str(exc)})
-        raise RawUnavailable(
-            "The original of this message cannot be read: its stored copy is missing or damaged. "
-            "The message itself is unaffected."
-        ) from None
+        raise RawUnavailable(RAW_UNAVAILABLE) from None
     return RawLinkOut(url=url, expires_in=RAW_URL_SECONDS)
 
 
