@@ -382,11 +382,21 @@ def one_message_syncs(user: Any, user_id: str, count: int) -> dict[str, Any]:
     (50 messages a day polled every minute come one to a sync), so these are the figures a
     message costs then, all writes of the sync included (lease, checkpoint, S3, events).
     ``cpu_ms`` is process CPU time (such a sync stores on pool threads; the counting proxy is
-    idle: this account goes straight to Dovecot), less the write counting's own."""
+    idle: this account goes straight to Dovecot), less the write counting's own.
+
+    Messages come ~15 minutes apart (50 in 12 office hours), so each sample starts with the
+    account's last activity 15 minutes back. Whether the sync records activity depends on the
+    tenant's office hours (``planner.polling.record_activity``): samples alternate between
+    office hours all day (the top-level figures) and none (``outside_office_hours``)."""
+    from mailsync import dal
     from mailsync.aws import client
     from mailsync.config import get_settings
+    from mailsync.domain import WEEKDAYS, OfficeHours
     from mailsync.services import sync_jobs
     from mailsync.sync.planner import jobs as policy
+
+    always = OfficeHours(time_zone="UTC", days=WEEKDAYS, start="00:00", end="00:00")
+    never = OfficeHours(time_zone="UTC", days=(), start="00:00", end="00:00")
 
     settings = get_settings()
     units = benchlib.WriteUnits.for_tables(client("dynamodb"), [settings.messages_table, settings.accounts_table])
@@ -395,7 +405,10 @@ def one_message_syncs(user: Any, user_id: str, count: int) -> dict[str, Any]:
     # Polls come a minute apart in production; the duplicate rule would skip these.
     spacing, policy.MIN_SECONDS_BETWEEN_SCHEDULED_SYNCS = policy.MIN_SECONDS_BETWEEN_SCHEDULED_SYNCS, 0
     try:
-        for i in range(count):
+        for i in range(2 * count):
+            outside = i % 2 == 1
+            dal.save_office_hours(benchlib.TENANT, never if outside else always)
+            dal.record_activity(benchlib.TENANT, user_id, int(time.time()) - 15 * 60)
             now = dt.datetime.now(dt.UTC).replace(microsecond=0)
             size, attachment = benchlib.realistic_size(rng, 0.04)
             raw = benchlib.make_mail(rng, 100_000 + i, now, size, attachment)
@@ -414,6 +427,7 @@ def one_message_syncs(user: Any, user_id: str, count: int) -> dict[str, Any]:
             calls = dict(sorted(usage.calls.items()))
             samples.append(
                 {
+                    "outside_office_hours": outside,
                     "bytes": len(raw),
                     "cpu_ms": cpu * 1000,
                     "dynamodb_wru": units.total - before_wru,
@@ -428,12 +442,20 @@ def one_message_syncs(user: Any, user_id: str, count: int) -> dict[str, Any]:
             )
     finally:
         policy.MIN_SECONDS_BETWEEN_SCHEDULED_SYNCS = spacing
+        dal.save_office_hours(benchlib.TENANT, OfficeHours())
+
+    def medians(of: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "syncs": len(of),
+            "cpu_ms": statistics.median(s["cpu_ms"] for s in of),
+            "dynamodb_wru": statistics.median(s["dynamodb_wru"] for s in of),
+            "dynamodb_rru": statistics.median(s["dynamodb_rru"] for s in of),
+            "dynamodb_write_calls": statistics.median(s["dynamodb_write_calls"] for s in of),
+        }
+
     return {
-        "syncs": count,
-        "cpu_ms": statistics.median(s["cpu_ms"] for s in samples),
-        "dynamodb_wru": statistics.median(s["dynamodb_wru"] for s in samples),
-        "dynamodb_rru": statistics.median(s["dynamodb_rru"] for s in samples),
-        "dynamodb_write_calls": statistics.median(s["dynamodb_write_calls"] for s in samples),
+        **medians([s for s in samples if not s["outside_office_hours"]]),
+        "outside_office_hours": medians([s for s in samples if s["outside_office_hours"]]),
         "samples": samples,
     }
 
@@ -529,10 +551,12 @@ def main() -> None:
         print(f"           AWS: {aws}")
         print(f"           worker CPU ms: {', '.join(f'{c:.1f}' for c in r['cpu_ms_samples'])}")
         one = r["one_message_sync"]
-        print(
-            f"           a poll finding one new message (median of {one['syncs']}): {one['cpu_ms']:.1f} ms of CPU, "
-            f"{one['dynamodb_wru']:g} WRU in {one['dynamodb_write_calls']:g} write calls, {one['dynamodb_rru']:g} RRU"
-        )
+        for label, figures in (("in office hours", one), ("outside them", one["outside_office_hours"])):
+            print(
+                f"           a poll finding one new message, {label} (median of {figures['syncs']}): "
+                f"{figures['cpu_ms']:.1f} ms of CPU, {figures['dynamodb_wru']:g} WRU in "
+                f"{figures['dynamodb_write_calls']:g} write calls, {figures['dynamodb_rru']:g} RRU"
+            )
     write_results(
         "bench_noop_sync",
         {

@@ -27,13 +27,14 @@ FAKE_AWS = {k: v for k, v in local_defaults().items() if not k.startswith("MAILS
 
 
 def _reset_caches() -> None:
-    from mailsync import crypto
+    from mailsync import crypto, dal
     from mailsync.aws import reset_clients
     from mailsync.config import get_settings
 
     get_settings.cache_clear()
     reset_clients()
     crypto.reset_caches()  # data keys of the previous test's KMS mock
+    dal.forget_tenant_settings()  # tenants of the previous test's tables
 
 
 @pytest.fixture

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
+import boto3
 import pytest
 
 from mailsync.domain import Address, Attachment, Change, Location, Message
@@ -97,7 +98,8 @@ def test_relink_moves_the_location_and_the_folder_index_together(aws: dict[str, 
     assert [loc.uid for loc in dal.folder_locations(T, U, "Archive")] == [40]
     in_archive, _ = dal.list_messages(T, U, folder="archive", since=None, seen=None, limit=5, cursor=None)
     assert [(m.id, m.folder, m.uid) for m in in_archive] == [("r1", "archive", 40)]
-    assert [(loc.uidvalidity, loc.uid) for loc in dal.aged_out(T, U, "Archive", WHEN + timedelta(days=1))] == [(7, 40)]
+    aged = dal.aged_out(T, U, "Archive", WHEN + timedelta(days=1), limit=10)
+    assert [(loc.uidvalidity, loc.uid) for loc in aged] == [(7, 40)]
 
 
 def test_detach_keeps_the_message_and_drops_its_location(aws: dict[str, str]) -> None:
@@ -111,7 +113,81 @@ def test_detach_keeps_the_message_and_drops_its_location(aws: dict[str, str]) ->
     detached = dal.find_message("d1")
     assert detached is not None and (detached.state, detached.detach_reason) == ("detached", "removed")
     assert dal.find_locations(T, U, "INBOX", [(7, 1)]) == {}
-    assert dal.aged_out(T, U, "INBOX", WHEN + timedelta(days=1)) == []
+    assert dal.aged_out(T, U, "INBOX", WHEN + timedelta(days=1), limit=10) == []
+
+
+def window_items(aws: dict[str, str]) -> list[str]:
+    """The sort keys of every window item (``#W#`` partition) in the messages table."""
+    items = boto3.client("dynamodb").scan(TableName=aws["MESSAGES_TABLE"])["Items"]
+    return sorted(item["sk"]["S"] for item in items if "#W#" in item["pk"]["S"])
+
+
+def test_messages_are_stored_moved_and_detached_without_window_items(aws: dict[str, str]) -> None:
+    from mailsync import dal
+
+    kept, moved, detached, dropped = (_message(f"n{i}", i) for i in range(4))
+    dal.store_new_messages([(m, _location(m)) for m in (kept, moved, detached, dropped)])
+    assert window_items(aws) == []
+
+    dal.relink(moved, _location(moved, "Archive", uid=40), {"server_folder": "Archive", "uid": 40}, _location(moved))
+    dal.detach(detached, _location(detached), "removed")
+    dal.drop(_location(dropped))
+    assert window_items(aws) == []
+    assert [loc.id for loc in dal.folder_locations(T, U, "INBOX")] == ["n0"]
+    assert [loc.id for loc in dal.folder_locations(T, U, "Archive")] == ["n1"]
+    dal.drop(_location(dropped))  # already gone: nothing to do, no error
+
+
+def test_copies_age_out_by_their_locations_internal_date(aws: dict[str, str]) -> None:
+    from mailsync import dal
+
+    older, newer = _message("a1", 0), _message("a2", 5)
+    dal.store_new_messages([(older, _location(older)), (newer, _location(newer))])
+
+    def aged(cutoff: datetime, limit: int = 10) -> list[str]:
+        return [loc.id for loc in dal.aged_out(T, U, "INBOX", cutoff, limit=limit)]
+
+    assert aged(WHEN) == [], "a copy dated at the cutoff is still in the window"
+    assert aged(WHEN + timedelta(microseconds=1)) == ["a1"]
+    # The cutoff in another zone is the same instant: 14:01 at UTC+2 is 12:01 UTC, before a2 (12:05).
+    assert aged((WHEN + timedelta(minutes=1)).astimezone(timezone(timedelta(hours=2)))) == ["a1"]
+    assert aged(WHEN + timedelta(days=1)) == ["a1", "a2"]
+    assert aged(WHEN + timedelta(days=1), limit=1) == ["a1"]
+    assert aged(WHEN - timedelta(days=1)) == []
+
+
+def test_window_items_of_earlier_builds_still_age_out_and_are_deleted(aws: dict[str, str]) -> None:
+    from mailsync import dal
+    from mailsync.dal import _keys as keys
+    from mailsync.dal._models import WindowModel
+
+    def legacy_window(message: Message) -> None:
+        """The window item an earlier build wrote along with the message's location."""
+        WindowModel(
+            keys.window_pk(T, U, "INBOX"),
+            keys.window_sk(message.internal_date, 7, int(message.uid or 0)),
+            id=message.id,
+            loc_sk=keys.location_sk(7, int(message.uid or 0)),
+        ).save()
+
+    live, orphaned, recent = _message("w1", 0), _message("w2", 1), _message("w3", 60 * 24 * 2)
+    dal.store_new_messages([(m, _location(m)) for m in (live, orphaned, recent)])
+    for message in (live, orphaned, recent):
+        legacy_window(message)
+    dal.drop(_location(orphaned))  # its window stays behind, as this build leaves it
+    assert len(window_items(aws)) == 3
+
+    aged = dal.aged_out(T, U, "INBOX", WHEN + timedelta(days=1), limit=10)
+    assert [loc.id for loc in aged] == ["w1"]
+    assert window_items(aws) == [keys.window_sk(recent.internal_date, 7, int(recent.uid or 0))]
+
+    dal.detach(live, aged[0], "aged_out")
+    detached = dal.find_message("w1")
+    assert detached is not None and (detached.state, detached.detach_reason) == ("detached", "aged_out")
+    assert dal.aged_out(T, U, "INBOX", WHEN + timedelta(days=1), limit=10) == []
+    aged_later = dal.aged_out(T, U, "INBOX", WHEN + timedelta(days=3), limit=10)
+    assert [loc.id for loc in aged_later] == ["w3"]
+    assert window_items(aws) == []
 
 
 def test_changes_become_ops_in_order_and_finishing_one_updates_the_message(aws: dict[str, str]) -> None:
@@ -182,3 +258,57 @@ def test_many_accounts_and_their_sync_states_are_read_in_requests_of_fifty(aws: 
     assert read[(T, "nobody")] == (None, None)
     assert read[("other-tenant", users[0])] == (None, None), "another tenant's user of the same name is not read"
     assert dal.get_account_and_sync_state(T, users[0]) == read[(T, users[0])]
+
+
+def test_tenant_settings_read_for_syncs_are_at_most_max_age_old(
+    aws: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailsync import dal
+    from mailsync.dal import _store
+    from mailsync.dal._models import TENANT_SETTINGS_USER, TenantSettingsModel
+
+    clock = [1_000.0]
+    monkeypatch.setattr(_store.time, "monotonic", lambda: clock[0])
+    max_age = dal.TENANT_SETTINGS_MAX_AGE_SECONDS
+    assert dal.get_tenant_settings("acme", max_age=max_age) is None  # never saved: that is kept too
+
+    # Another process (the API) saves new keywords.
+    TenantSettingsModel("acme", TENANT_SETTINGS_USER, confidential_keywords=["geheim"], confidential_contacts=[]).save()
+    clock[0] += max_age
+    assert dal.get_tenant_settings("acme", max_age=max_age) is None  # this process's copy, max_age old
+    assert dal.get_tenant_settings("acme").confidential_keywords == ("geheim",)  # no max_age: read now
+    TenantSettingsModel("acme", TENANT_SETTINGS_USER, confidential_keywords=["intern"], confidential_contacts=[]).save()
+    clock[0] += max_age + 0.001
+    assert dal.get_tenant_settings("acme", max_age=max_age).confidential_keywords == ("intern",)
+
+    # A save in this process is what the next sync here applies, at once.
+    dal.save_tenant_settings("acme", ["vertrouwelijk"], ["ceo@example.com"])
+    kept = dal.get_tenant_settings("acme", max_age=max_age)
+    assert kept.confidential_keywords == ("vertrouwelijk",) and kept.confidential_contacts == ("ceo@example.com",)
+    # Tenants are kept apart.
+    assert dal.get_tenant_settings("globex", max_age=max_age) is None
+
+
+def test_tenant_settings_kept_for_syncs_are_bounded_in_number_and_age(
+    aws: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailsync import dal
+    from mailsync.dal import _store
+
+    clock = [1_000.0]
+    monkeypatch.setattr(_store.time, "monotonic", lambda: clock[0])
+    max_age = dal.TENANT_SETTINGS_MAX_AGE_SECONDS
+    for i in range(_store._tenant_settings.size + 5):
+        dal.get_tenant_settings(f"t{i}", max_age=max_age)
+    assert len(_store._tenant_settings.copies) == _store._tenant_settings.size
+    assert "t0" not in _store._tenant_settings.copies  # the least recently used went first
+    clock[0] += max_age + 1
+    dal.get_tenant_settings("late", max_age=max_age)
+    assert list(_store._tenant_settings.copies) == ["late"]  # copies no sync may use any more are dropped
+
+    # A read that began before a save in this process does not put the older copy back.
+    started = clock[0]
+    clock[0] += 1
+    dal.save_tenant_settings("late", ["geheim"], [])
+    _store._tenant_settings.keep("late", None, started)
+    assert dal.get_tenant_settings("late", max_age=max_age).confidential_keywords == ("geheim",)

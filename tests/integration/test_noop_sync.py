@@ -121,6 +121,25 @@ def test_a_change_on_the_server_still_syncs_under_the_lease(account: Account) ->
     assert after["state"] == "idle" and after["last_success_at"] > before
 
 
+def test_a_poll_that_stores_one_message_writes_the_sync_state_twice(account: Account) -> None:
+    """The steady state of a mailbox: a poll finds one new message. Its sync state is written
+    when the lease is taken and once more when it is given back, with the sync's checkpoint;
+    the activity recorded by the first sync moments ago is recent enough to stand."""
+    with account.user.client() as imap:
+        imap.append("INBOX", message("one new", days=1), internal_date=days_ago(1))
+    with count_aws_calls() as calls:
+        result = poll(account)
+    assert result.status == "synced" and result.outcome.created == 1, result
+    # The message's items, then its location (last: it marks the copy done), and the two writes.
+    assert writes(calls) == {"dynamodb:BatchWriteItem": 2, "dynamodb:UpdateItem": 2}, calls
+    assert result.outcome.checkpoint is None  # written, not left over
+    # The checkpoint was written with the release: the next poll finds nothing to do.
+    with count_aws_calls() as calls:
+        assert poll(account).no_op
+    assert writes(calls) == {}, calls
+    assert sync_status(account)["state"] == "idle"
+
+
 def test_a_pending_crm_change_still_syncs_under_the_lease(account: Account) -> None:
     target = account.synced()["old 0"]
     assert account.api("PATCH", f"/v1/messages/{target['id']}", {"seen": True}, caller=account.caller).status == 200

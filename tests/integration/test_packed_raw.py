@@ -209,3 +209,51 @@ def head_size(key: str) -> int:
     from mailsync.config import get_settings
 
     return client("s3").head_object(Bucket=get_settings().raw_mail_bucket, Key=key)["ContentLength"]
+
+
+def test_a_raw_copy_gone_or_damaged_is_said_so_and_never_linked(account: Account) -> None:
+    """Storage lost or changed a pack (an operator's mistake, a bad restore): the raw link says
+    what is wrong, with its own code, and links no other bytes; the message itself still reads."""
+    import boto3
+
+    from mailsync.config import get_settings
+
+    seed(account, 3)
+    assert account.sync().status == "synced"
+    messages = stored(account)
+    key = messages["small 0"].s3_key.partition("#")[0]
+    s3, bucket = boto3.client("s3"), get_settings().raw_mail_bucket
+    packed = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=key, Body=packed[::-1])  # other bytes at every range
+    damaged = account.api("GET", f"/v1/messages/{messages['small 0'].id}/raw", caller=account.caller)
+    s3.delete_object(Bucket=bucket, Key=key)
+    gone = account.api("GET", f"/v1/messages/{messages['small 1'].id}/raw", caller=account.caller)
+    for response in (damaged, gone):
+        assert response.status == 500, response.body
+        assert response.body["error"]["code"] == "raw_unavailable", response.body
+        assert "cannot be read" in response.body["error"]["message"]
+    assert account_objects(account.tenant, account.caller.user) == set()  # no copy of other bytes
+    shown = account.api("GET", f"/v1/messages/{messages['small 0'].id}", caller=account.caller)
+    assert shown.status == 200 and shown.body["subject"] == "small 0"
+
+
+def test_a_crm_message_whose_raw_copy_is_gone_fails_its_append_and_the_account_goes_on(account: Account) -> None:
+    """The pusher cannot append what it cannot read: that one op fails at once with a plain
+    reason (no retries: nothing brings the bytes back), and the sync of everything else goes on."""
+    import boto3
+
+    from mailsync import dal
+    from mailsync.config import get_settings
+
+    sent = base64.b64encode(message("sent from the crm", days=0)).decode()
+    done = account.api("POST", "/v1/users/me/messages", {"raw": sent}, caller=account.caller)
+    assert done.status == 201, done.body
+    crm = dal.find_message(done.body["id"])
+    boto3.client("s3").delete_object(Bucket=get_settings().raw_mail_bucket, Key=crm.s3_key.partition("#")[0])
+    seed(account, 1)
+    result = account.sync()
+    assert result.status == "synced", result
+    failed = dal.find_message(crm.id)
+    assert failed.uid is None and failed.pending_ops == 0
+    assert failed.last_op_error is not None and "cannot be read" in failed.last_op_error
+    assert "small 0" in account.synced()

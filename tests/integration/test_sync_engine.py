@@ -310,3 +310,100 @@ def test_without_condstore_flags_are_scanned_every_interval_and_at_once_on_new_m
     assert account.sync().status == "synced"
     synced = account.synced()
     assert synced["first"]["seen"] is True and "second" in synced
+
+
+def test_mail_past_the_window_is_detached_by_the_daily_sweep(
+    account: Account, aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copies are aged out by their locations' INTERNALDATE, once a day (no window item is kept):
+    with the window shrunk from 30 to 3 days, a 5-day-old message stays synced for the rest of
+    the day, then the sweep detaches it (``aged_out``) and forgets its location."""
+    import time
+    import types
+
+    from mailsync import dal
+    from mailsync.sync import engine
+
+    with account.user.client() as imap:
+        imap.append("INBOX", message("aging", days=5), internal_date=days_ago(5))
+        imap.append("INBOX", message("staying", days=1), internal_date=days_ago(1))
+    assert account.sync().status == "synced"
+    ids = {subject: m["id"] for subject, m in account.synced().items()}
+    assert set(ids) == {"aging", "staying"}
+    items = boto3.client("dynamodb").scan(TableName=aws["MESSAGES_TABLE"])["Items"]
+    assert [i["pk"]["S"] for i in items if "#W#" in i["pk"]["S"]] == [], "a window item was written"
+
+    saved = account.api(
+        "PUT", "/v1/users/me/mail-settings", account.settings_body() | {"sync_window_days": 3}, caller=account.caller
+    )
+    assert saved.status == 200, saved.body
+    events = capture_events(aws["EVENT_BUS_NAME"])
+    for hours in (0, 1.01):  # the sweep ran with the first sync: not again within the day
+        monkeypatch.setattr(engine, "time", types.SimpleNamespace(time=lambda h=hours: time.time() + h * 3600))
+        assert account.sync().status == "synced"
+        assert set(account.synced()) == {"aging", "staying"}
+
+    monkeypatch.setattr(engine, "time", types.SimpleNamespace(time=lambda: time.time() + 86_400 + 1))
+    assert account.sync().status == "synced"
+    messages = account.by_subject()
+    assert (messages["aging"]["id"], messages["aging"]["state"]) == (ids["aging"], "detached")
+    assert messages["aging"]["detach_reason"] == "aged_out"
+    assert messages["staying"]["state"] == "synced"
+    assert [loc.id for loc in dal.folder_locations(account.tenant, account.caller.user, "INBOX")] == [ids["staying"]]
+    assert [(e["id"], e["detach_reason"]) for e in events.of_type("message.detached")] == [(ids["aging"], "aged_out")]
+
+
+def test_a_sweep_that_reaches_its_limit_goes_on_next_sync(account: Account, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep detaches at most ``SWEEP_LIMIT`` copies a folder; with more aged out it is not
+    recorded as done, so the next sync sweeps again instead of a day later."""
+    from mailsync.sync import engine
+
+    with account.user.client() as imap:
+        for subject in ("old 1", "old 2"):
+            imap.append("INBOX", message(subject, days=5), internal_date=days_ago(5))
+    assert account.sync().status == "synced"
+    saved = account.api(
+        "PUT", "/v1/users/me/mail-settings", account.settings_body() | {"sync_window_days": 3}, caller=account.caller
+    )
+    assert saved.status == 200, saved.body
+    monkeypatch.setattr(engine, "SWEEP_LIMIT", 1)
+    monkeypatch.setattr(engine, "SWEEP_INTERVAL_SECONDS", 0)
+    assert account.sync().status == "synced"
+    assert len(account.synced()) == 1, "one copy detached by the first sweep"
+
+    monkeypatch.setattr(engine, "SWEEP_INTERVAL_SECONDS", 86_400)
+    assert account.sync().status == "synced"
+    assert account.synced() == {}, "the sweep went on with the next sync, not a day later"
+    states = {m["subject"]: (m["state"], m["detach_reason"]) for m in account.messages()}
+    assert states == {"old 1": ("detached", "aged_out"), "old 2": ("detached", "aged_out")}
+
+
+def test_a_message_moved_away_and_back_is_revived_though_the_sync_that_detached_it_failed_after(
+    account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The account's first detachment is recorded with the detachment itself: a sync that fails
+    after its engine ran (its last checkpoint, written with the lease release, then lost) must
+    not leave the account looking as if nothing was ever detached, or the message that comes
+    back is stored a second time instead of revived (from a review)."""
+    from mailsync import dal
+    from mailsync.services import scheduling
+
+    with account.user.client() as imap:
+        uid = imap.append("INBOX", message("round trip", days=1), internal_date=days_ago(1))
+    assert account.sync().status == "synced"
+    original = account.synced()["round trip"]["id"]
+    with account.user.client() as imap:
+        imap.move("INBOX", uid, "Junk")  # unmapped: the message is detached
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a write after the engine returned failed")
+
+    with monkeypatch.context() as failing:
+        failing.setattr(scheduling, "record_activity", fails)
+        assert account.sync().status == "failed"
+    assert dal.get_sync_state(account.tenant, account.caller.user).has_detached
+    with account.user.client() as imap:
+        imap.move("Junk", imap.uids("Junk")[-1], "INBOX")
+    assert account.sync().status == "synced"
+    copies = [m for m in account.messages() if m["subject"] == "round trip"]
+    assert [(m["id"], m["state"]) for m in copies] == [(original, "synced")]

@@ -18,7 +18,10 @@ import pytest
 from devstack.aws_calls import count_aws_calls
 from devstack.dovecot import DovecotServer
 from devstack.lambda_runtime import LambdaContext, load_handler, scheduled_event, sqs_event
+from mailsync.domain import DueAccount
 from mailsync.sync.planner import jobs as policy
+from mailsync.sync.planner import polling
+from mailsync.sync.planner.polling import Poll
 from tests.conftest import Caller
 from tests.fixtures.hostile_server import HostileServer, Peer, imap_server
 from tests.integration.sync_support import (
@@ -359,6 +362,8 @@ def test_a_job_that_never_gets_room_bounces_a_bounded_number_of_times_then_is_le
 
     (account,) = mail_accounts(api, group_env, 1)
     queued(aws["SYNC_QUEUE_URL"])
+    long_ago = int(time.time()) - 86_400
+    dal.record_activity("acme", account.caller.user, long_ago)  # saving the settings made it active
     taken = threading.BoundedSemaphore(1)
     taken.acquire()  # no slot for syncs with work, however often it comes back
     monkeypatch.setattr(sync_jobs, "_WORK_SLOTS", taken)
@@ -381,8 +386,16 @@ def test_a_job_that_never_gets_room_bounces_a_bounded_number_of_times_then_is_le
     state = dal.get_sync_state("acme", account.caller.user)
     assert state is None or (state.state != "syncing" and state.lease_owner is None)
     assert account.synced() == {}
-    # The account is still due: the scheduler's next tick brings it back.
-    assert dal.get_account("acme", account.caller.user).due_shard is not None
+    # The account is still due: the scheduler's next tick brings it back, at any hour when
+    # someone waits for the job (it is active now), on its usual slot for a scheduled poll.
+    stored = dal.get_account("acme", account.caller.user)
+    assert stored.due_shard is not None
+    due = DueAccount("acme", account.caller.user, 0, stored.last_activity_at)
+    at_night = polling.decide(due, now=int(time.time()) + 60, tick_seconds=60, office_hours_now=False)
+    if reason == "schedule":
+        assert stored.last_activity_at == long_ago and at_night is not Poll.ACTIVE
+    else:
+        assert at_night is Poll.ACTIVE
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ from mailsync.events import Event
 
 # The dal names the fake does not provide: the sync core's (the engine, the pusher and the job
 # runner are exercised against real servers and moto in tests/integration). Names that are not
-# functions over storage (the two exception classes and the clock) stay the real ones.
+# functions over storage (the two exception classes, the clock and a constant) stay the real ones.
 NOT_IMPLEMENTED = frozenset(
     {
         "aged_out",
@@ -80,7 +80,7 @@ NOT_IMPLEMENTED = frozenset(
         "take_lease",
     }
 )
-NOT_REPLACED = frozenset({"BadCursor", "Unstorable", "utcnow"})
+NOT_REPLACED = frozenset({"BadCursor", "Unstorable", "utcnow", "TENANT_SETTINGS_MAX_AGE_SECONDS"})
 
 
 def _now() -> datetime:
@@ -375,13 +375,16 @@ class FakeDal:
             self.messages[message.id] = message
             self.locations[self._location_key(location)] = location
 
-    def detach(self, message: Message, location: Location, reason: str) -> None:
+    def detach(self, message: Message, location: Location, reason: str, *, first: bool = False) -> None:
         now = _now()
         self.messages[message.id] = _with(
             self.messages.get(message.id, message),
             {"state": "detached", "detach_reason": reason, "detached_at": now, "updated_at": now},
         )
         self.locations.pop(self._location_key(location), None)
+        if first:
+            account = (message.tenant_id, message.user_id)
+            self.states[account] = dataclasses.replace(self.states.get(account) or SyncState(), has_detached=True)
 
     @staticmethod
     def _location_key(location: Location) -> tuple[str, str, str, int, int]:
@@ -389,15 +392,18 @@ class FakeDal:
 
     # --- confidentiality --------------------------------------------------------------------
 
-    def get_tenant_settings(self, tenant_id: str) -> TenantSettings | None:
+    def get_tenant_settings(self, tenant_id: str, *, max_age: float = 0.0) -> TenantSettings | None:
         return self.tenants.get(tenant_id)
+
+    def forget_tenant_settings(self) -> None:
+        pass  # nothing is kept apart from the store
 
     def save_tenant_settings(self, tenant_id: str, keywords: list[str], contacts: list[str]) -> TenantSettings:
         saved = TenantSettings(confidential_keywords=tuple(keywords), confidential_contacts=tuple(contacts))
         self.tenants[tenant_id] = saved
         return saved
 
-    def get_office_hours(self, tenant_id: str) -> OfficeHours | None:
+    def get_office_hours(self, tenant_id: str, *, max_age: float = 0.0) -> OfficeHours | None:
         return self.office_hours.get(tenant_id)
 
     def save_office_hours(self, tenant_id: str, hours: OfficeHours) -> OfficeHours:

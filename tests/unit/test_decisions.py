@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import pytest
 
+from mailsync.sync.engine import SWEEP_INTERVAL_SECONDS
 from mailsync.sync.planner import folders, jobs, ops
 from mailsync.sync.planner.folders import Checkpoint, FirstSync, FolderCheckpoint, ServerStatus
 from mailsync.sync.planner.messages import (
@@ -258,10 +259,13 @@ def test_the_checkpoint_round_trips_through_storage_numbers() -> None:
     assert "Gone" not in checkpoint.without_folder("Gone").folders
 
 
-def test_the_aged_out_sweep_runs_hourly_or_after_a_full_resync() -> None:
-    assert folders.sweep_due(None, 5000, force=False, interval=3600) is True
-    assert folders.sweep_due(4000, 5000, force=False, interval=3600) is False
-    assert folders.sweep_due(4000, 5000, force=True, interval=3600) is True
+def test_the_aged_out_sweep_runs_daily_or_after_a_full_resync() -> None:
+    day, now = SWEEP_INTERVAL_SECONDS, 1_800_000_000
+    assert day == 86_400
+    assert folders.sweep_due(None, now, force=False, interval=day) is True
+    assert folders.sweep_due(now - day + 1, now, force=False, interval=day) is False
+    assert folders.sweep_due(now - day, now, force=False, interval=day) is True
+    assert folders.sweep_due(now - 1, now, force=True, interval=day) is True
 
 
 # --- jobs ----------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import base64
 import email.message
 import json
 import random
+import re
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta, timezone
@@ -743,3 +744,189 @@ def test_match_hash_ignores_x_tuid_lines_that_mbsync_adds() -> None:
     assert match_hash(original.replace(b"X-TUID: in", b"X-TUID: on")) != match_hash(original)
     assert match_hash(original.replace(b"no id", b"no iD")) != match_hash(original)
     assert content_hash(at_end) != content_hash(original)
+
+
+# --- shortcuts must give what the general paths give ---------------------------------------------
+
+
+def test_given_random_address_lists_then_the_plain_list_shortcut_gives_what_the_full_scan_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mailsync import mime
+
+    names = ["", "Bob ", "J. Doe", "é ", " \t", "a@b ", "=x ", "\x00", "\u00a0", "\u2028"]
+    addrs = ["<a@b.c>", "<A@B.COM>", "x@y", " x@Y.z ", "<x@y", "a b@c", "<a@b@c>", "<@r,@s:a@b>", "", "<>"]
+    after = ["", " ", "Bob", "\r\n", " x@y", ">"]
+    specials = ['"', "(", ")", "\\", "[", "]", ":", ";", "=?utf-8?q?x?=", "=?", "<", ",", "@"]
+    rng = random.Random(20261202)
+    values = []
+    for _ in range(3000):
+        entries = [rng.choice(names) + rng.choice(addrs) + rng.choice(after) for _ in range(rng.randint(0, 3))]
+        value = rng.choice([",", ", ", " ,\t"]).join(entries)
+        if rng.random() < 0.3:
+            at = rng.randint(0, len(value))
+            value = value[:at] + rng.choice(specials) + value[at:]
+        values.append(value)
+    shortcut = [mime._plain_address_list(value, mime._Errors(), "To") for value in values]
+    assert sum(result is not None for result in shortcut) > 500  # the shortcut is really exercised
+
+    def scanned(value: str) -> tuple[list[Address], list[str]]:
+        errors = mime._Errors()
+        return mime._parse_address_list(value, errors, "To"), errors.items
+
+    fast = [scanned(value) for value in values]
+    monkeypatch.setattr(mime, "_plain_address_list", lambda *_args: None)
+    assert fast == [scanned(value) for value in values]
+
+
+def test_given_odd_header_sections_then_the_single_part_shortcut_gives_what_the_full_parse_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mailsync import mime
+
+    line_ends = [b"\r\n", b"\n", b"\r", b"\r\r\n", b"\n\r"]
+    lines = [b"Subject: hi", b"From: A <a@b.c>", b"To: x@y", b" folded", b"\tfolded", b"From sender date",
+             b"no colon line", b":no name", b"Content-Type: text/plain; charset=utf-8", b"Content-Type: text/html",
+             b"Content-Type: multipart/mixed; boundary=X", b"Content-Type: message/rfc822",
+             b"Content-Type: MULTIPART\r\n /mixed", b"Content-Transfer-Encoding: base64",
+             b"Content-Transfer-Encoding: quoted-printable", b"Content-Disposition: attachment; filename=x.pdf",
+             b"X-8bit: caf\xe9", b"Date: Tue, 5 Mar 2024 10:15:00 +0100", b"", b"", b"--X", b"SGVsbG8gd29ybGQ=",
+             b"body =C3=A9 text", b"\x00\x01", b"\xff\xfe"]  # fmt: skip
+    rng = random.Random(20261202)
+    inputs = []
+    for _ in range(1500):
+        raw = b"".join(rng.choice(lines) + rng.choice(line_ends) for _ in range(rng.randint(0, 14)))
+        inputs.append(raw[: rng.randint(0, len(raw))] if rng.random() < 0.3 else raw)
+    assert sum(mime._parse_single_part(raw) is not None for raw in inputs) > 300
+
+    fast = [parse_message(raw) for raw in inputs]
+    monkeypatch.setattr(mime, "_parse_single_part", lambda _raw: None)
+    assert fast == [parse_message(raw) for raw in inputs]
+
+
+def test_given_a_limit_then_the_cleaned_prefix_is_the_start_of_the_cleaned_text() -> None:
+    from mailsync.mime import _clean_text
+
+    pieces = ["word", " ", "\n", "\r\n", "\t", "\u00ad", "\u200b", "\x00", "\u00a0", "\u2028", "é", "  \u200b  "]
+    rng = random.Random(20261202)
+    for _ in range(2000):
+        text = "".join(rng.choices(pieces, k=rng.randint(0, 600)))
+        limit = rng.randint(1, 60)
+        assert _clean_text(text, limit) == _clean_text(text)[:limit]
+
+
+def test_given_any_line_ends_then_the_first_empty_line_is_where_the_stdlib_parser_sees_it() -> None:
+    from mailsync.mime import _first_empty_line_end
+
+    # Lines end at CRLF, a lone CR or LF; an empty line is a line end alone.
+    empty_line = re.compile(rb"(?:\A|\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+    rng = random.Random(20261202)
+    headers = b"X-Filler: value\r\n" * 2000  # pushes the empty line past the first search windows
+    for _ in range(5000):
+        raw = bytes(rng.choice(b"ab:\r\n\r\n") for _ in range(rng.randint(0, 40)))
+        if rng.random() < 0.1:
+            raw = headers + raw
+        found = empty_line.search(raw)
+        assert _first_empty_line_end(raw) == (found.end() if found else -1), raw[-60:]
+
+
+def _random_multipart(rng: random.Random, depth: int, eol: bytes) -> bytes:
+    words = [
+        b"hello",
+        b"--",
+        b"-- ",
+        b"--b1",
+        b"--b1--",
+        b"caf\xe9",
+        b"=C3=A9",
+        b"Subject: x",
+        b"",
+        b"\x00",
+        b"From me",
+    ]
+
+    def text(lines: int) -> bytes:
+        return eol.join(b" ".join(rng.choices(words, k=rng.randint(0, 8))) for _ in range(lines)) + eol
+
+    kind = rng.random()
+    if depth < 2 and kind < 0.4:
+        subtype = rng.choice([b"mixed", b"alternative", b"digest"]) if kind < 0.1 else b"mixed"
+        boundary = rng.choice([b"b1", b"b2", b"=_%d" % depth])
+        body = text(rng.randint(0, 5)) if rng.random() < 0.3 else b""
+        for _ in range(rng.randint(0, 3)):
+            # A digest's parts are messages without saying so: their bodies start with headers.
+            inner = text(rng.randint(1, 20)) if subtype == b"digest" else _random_multipart(rng, depth + 1, eol)
+            body += b"--" + boundary + rng.choice([b"", b" "]) + eol + inner + eol
+        body += (b"--" + boundary + b"--" + eol if rng.random() < 0.8 else b"") + text(rng.randint(0, 3))
+        return b"Content-Type: multipart/" + subtype + b'; boundary="' + boundary + b'"' + eol + eol + body
+    if depth < 2 and kind < 0.5:  # an attached message: headers after the part's empty line
+        return b"Content-Type: message/rfc822" + eol + eol + b"Subject: inner" + eol + text(rng.randint(0, 40))
+    content_type = rng.choice([b"text/plain; charset=utf-8", b"text/html", b"application/pdf; name=a.pdf"])
+    return b"Content-Type: " + content_type + eol + rng.choice([eol, b""]) + text(rng.randint(0, 40))
+
+
+def test_given_multipart_messages_then_setting_bodies_aside_gives_the_full_parse_s_tree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from email.parser import BytesParser
+
+    from mailsync import mime
+
+    def tree(msg: email.message.Message) -> list[object]:
+        out, stack = [], [msg]
+        while stack:
+            part = stack.pop()
+            payload = part._payload if isinstance(part._payload, str) else None
+            out.append((list(part.raw_items()), part.preamble, part.epilogue, [repr(d) for d in part.defects], payload))
+            stack.extend(reversed(part.get_payload()) if part.is_multipart() else [])
+        return out
+
+    monkeypatch.setattr(mime, "_ASIDE_MIN", 1)  # set aside every run, however short
+    rng = random.Random(20261202)
+    checked = 0
+    for _ in range(600):
+        eol = rng.choice([b"\r\n", b"\r\n", b"\n", b"\r"])
+        raw = b"From: a@b.c" + eol + b"MIME-Version: 1.0" + eol + _random_multipart(rng, 0, eol)
+        if rng.random() < 0.3:
+            at = rng.randint(0, len(raw))
+            raw = raw[:at] + rng.choice([b"\r", b"\n", b"--", b"\r\n--b1\r\n", b"\r--b2\r", b"message/x"]) + raw[at:]
+        aside = mime._parse_bodies_aside(raw)
+        if aside is not None:
+            checked += 1
+            assert tree(aside) == tree(BytesParser(policy=mime._POLICY).parsebytes(raw)), raw
+    assert checked > 300
+
+
+def test_given_thousands_of_lines_that_start_with_dashes_then_the_message_is_parsed_in_full(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mailsync import mime
+
+    text = b"word " * 100 + b"\r\n"
+    few = multipart([part("Content-Type: text/plain", body=text + b"--x\r\n\r\n" + text) for _ in range(3)])
+    many = multipart([part("Content-Type: text/plain", body=(text + b"--x\r\n\r\n") * 600 + text) for _ in range(3)])
+    assert mime._parse_bodies_aside(few) is not None
+    assert mime._parse_bodies_aside(many) is None  # the search for runs would cost more than it saves
+    parsed = parse_message(many)
+    monkeypatch.setattr(mime, "_parse_bodies_aside", lambda _raw: None)
+    assert parsed == parse_message(many)
+
+
+def test_dash_lines_are_found_with_two_searches_a_line_whatever_the_line_ends() -> None:
+    """Lines that start with "--" after lone CRs in a message with no "\\n--": each search goes
+    on from its own last find (searching both again from each line read the whole message each
+    time, seconds of CPU for 4 MB of such mail; from a review)."""
+    from mailsync import mime
+
+    class Counted(bytes):
+        finds = 0
+
+        def find(self, *args: object) -> int:  # type: ignore[override]
+            Counted.finds += 1
+            return super().find(*args)  # type: ignore[arg-type]
+
+    raw = Counted(b"Content-Type: multipart/mixed; boundary=B\r\r" + b"--x\r" * 500 + b"y " * 40 + b"\r\n--B--\r\n")
+    found = list(mime._dash_lines(raw))
+    expected = [m.start() + 1 for m in re.finditer(rb"(?=[\r\n]--)", bytes(raw))]
+    assert found == expected and len(found) == 501
+    assert Counted.finds <= 2 * (len(found) + 1)

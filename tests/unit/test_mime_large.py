@@ -115,3 +115,29 @@ def test_given_a_40_mb_message_then_the_parse_holds_a_small_part_of_it() -> None
     assert parsed.attachments[0].size == 30_000_000
     # A full parse holds the lines and their join: several times the message (> 100 MB here).
     assert peak < 16 * 1024 * 1024, f"parse peak {peak / 2**20:.1f} MiB for a {len(raw) / 2**20:.0f} MiB message"
+
+
+def test_given_base64_lines_of_any_shape_then_the_run_end_is_where_line_by_line_matching_ends() -> None:
+    # Blocks of equal lines are checked at once; the answer must be the regex's, line by line.
+    rng = random.Random(20261202)
+    for _ in range(300):
+        width = rng.choice([76, 76, 64, 40, 39, 998, 999])
+        data = base64.b64encode(rng.randbytes(rng.randint(3_000, 60_000)))
+        lines = [data[i : i + width] for i in range(0, len(data), width)]
+        ends = [rng.choice([b"\r\n", b"\n"])] * len(lines)
+        for _ in range(rng.choice([0, 1, 3])):
+            at = rng.randrange(len(lines))
+            line = lines[at]
+            kind = rng.randrange(7)
+            if kind == 0:  # a stray character
+                lines[at] = line[:5] + rng.choice([b"!", b"\r", b" ", b"\n"]) + line[6:]
+            elif kind == 1:  # "\r" inside the line instead of before its "\n": the same count of each
+                lines[at], ends[at] = line[:5] + b"\r" + line[5:], b"\n"
+            elif kind == 2:
+                ends[at] = b"\n" if ends[at] == b"\r\n" else b"\r\n"
+            else:
+                lines[at] = [line[:30], line + line[:40], b"", line + b"\r"][kind - 3]
+        raw = b"--b\r\n\r\n" + b"".join(line + end for line, end in zip(lines, ends, strict=True)) + b"--b"
+        expected_end = mime._BASE64_LINES.match(raw, 7).end()
+        expected_breaks = raw.count(b"\n", 7, expected_end) + raw.count(b"\r", 7, expected_end)
+        assert mime._base64_run_end(raw, 7) == (expected_end, expected_breaks)

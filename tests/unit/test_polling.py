@@ -242,3 +242,21 @@ def test_activity_is_recorded_when_none_is_on_record_or_what_is_is_a_few_minutes
     assert polling.record_activity(now - polling.ACTIVITY_REFRESH_SECONDS, now)
     # The refresh is well inside the active window: a busy account never drops out of it.
     assert polling.ACTIVITY_REFRESH_SECONDS < polling.ACTIVE_WINDOW_SECONDS / 2
+
+
+def test_no_activity_is_recorded_while_office_hours_last_the_whole_active_window() -> None:
+    hours = OfficeHours()  # Europe/Amsterdam, weekdays 07:00-19:00
+    amsterdam = ZoneInfo("Europe/Amsterdam")
+
+    def at(*fields: int) -> int:
+        return int(datetime(*fields, tzinfo=amsterdam).timestamp())
+
+    never = None
+    assert not polling.record_activity(never, at(2026, 12, 2, 10, 0), hours)  # polled every tick anyway
+    assert not polling.record_activity(never, at(2026, 12, 2, 18, 29), hours)  # the window ends 18:59
+    assert polling.record_activity(never, at(2026, 12, 2, 18, 31), hours)  # it ends after 19:00
+    assert polling.record_activity(never, at(2026, 12, 2, 6, 50), hours)  # it starts before 07:00
+    assert polling.record_activity(never, at(2026, 12, 5, 10, 0), hours)  # a Saturday
+    assert polling.record_activity(never, at(2026, 12, 4, 18, 45), hours)  # Friday evening into the weekend
+    # Unknown hours: recorded as outside them.
+    assert polling.record_activity(never, at(2026, 12, 2, 10, 0), None)

@@ -33,8 +33,16 @@ PACK_MAX_BYTES = 8 * 1024 * 1024
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 
 
-class RawMismatch(Exception):
+class RawUnreadable(Exception):
+    """A message's raw copy cannot be read as stored: gone, or other bytes."""
+
+
+class RawMismatch(RawUnreadable):
     """The bytes read for a message are not the ones stored for it (SHA-256 or length differ)."""
+
+
+class RawMissing(RawUnreadable):
+    """The object a message's locator points into does not exist."""
 
 
 def raw_key(tenant_id: str, user_id: str, sha256: str) -> str:
@@ -161,7 +169,12 @@ def _read(key: str, span: tuple[int, int] | None, sha256: str | None) -> bytes:
     if span is not None:
         offset, length = span
         params["Range"] = f"bytes={offset}-{offset + length - 1}"
-    raw: bytes = client("s3").get_object(**params)["Body"].read()
+    try:
+        raw: bytes = client("s3").get_object(**params)["Body"].read()
+    except ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code")) in _NOT_FOUND:
+            raise RawMissing(f"{key}: no such object") from exc
+        raise
     if span is not None and len(raw) != span[1]:
         raise RawMismatch(f"{key}: {len(raw)} bytes at {span[0]}, {span[1]} expected")
     if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:

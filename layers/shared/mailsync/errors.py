@@ -32,6 +32,20 @@ class NotFound(MailsyncError):
     status = 404
 
 
+RAW_UNAVAILABLE = (
+    "The original of this message cannot be read: its stored copy is missing or damaged. "
+    "The message itself is unaffected."
+)
+
+
+class RawUnavailable(MailsyncError):
+    """The message is there but its stored raw copy is not (or is damaged): a storage fault,
+    not the caller's, said as such rather than as an unexplained internal error."""
+
+    code = "raw_unavailable"
+    status = 500
+
+
 class Forbidden(MailsyncError):
     code = "forbidden"
     status = 403

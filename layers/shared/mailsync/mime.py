@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.feedparser import FeedParser
 from email.generator import BytesGenerator
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
@@ -121,16 +122,17 @@ def parse_message(raw: bytes) -> ParsedMessage:
     if msg is None:
         return _empty_message(errors)
 
-    if not msg.keys():
+    headers = _first_headers(msg)
+    if not headers:
         errors.add("message has no headers")
 
     def header(name: str) -> str | None:
-        return _safe(errors, f"{name} header", lambda: _header_text(msg, name), None)
+        return _safe(errors, f"{name} header", lambda: _header_text(msg, headers, name), None)
 
     def addresses(name: str) -> list[Address]:
-        return _safe(errors, f"{name} header", lambda: _address_header(msg, name, errors), [])
+        return _safe(errors, f"{name} header", lambda: _address_header(msg, headers, name, errors), [])
 
-    subject = _safe(errors, "Subject header", lambda: _subject(msg, errors), None)
+    subject = _safe(errors, "Subject header", lambda: _subject(msg, headers, errors), None)
     from_, sender, reply_to, to, cc, bcc = (
         addresses(name) for name in ("From", "Sender", "Reply-To", "To", "Cc", "Bcc")
     )
@@ -211,9 +213,17 @@ def _safe[T](errors: _Errors, what: str, compute: Callable[[], T], default: T) -
         return default
 
 
-# Whole lines of the base64 alphabet, at least 1,024 of them in a row (possessive and anchored at
-# line starts: linear even on hostile input, such as 40 MB without a line break).
-_BASE64_RUN = re.compile(rb"(?m)^(?:[A-Za-z0-9+/=]{40,998}+\r?\n){128,}+")
+# A run: whole lines of the base64 alphabet, at least 128 of them in a row (possessive and anchored
+# at line starts: linear even on hostile input, such as 40 MB without a line break). Found by its
+# first 128 lines; where it ends, by ``_base64_run_end``.
+_BASE64_RUN_START = re.compile(rb"(?m)^(?:[A-Za-z0-9+/=]{40,998}+\r?\n){128}")
+_BASE64_LINES = re.compile(rb"(?:[A-Za-z0-9+/=]{40,998}+\r?\n)*+")
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+# Lines of one width checked at once: at least this many (fewer go line by line) ...
+_MIN_BLOCK_LINES = 64
+# ... and the line ends looked for in at most this many lines ahead, so that checking stays
+# linear however the widths vary.
+_MAX_BLOCK_LINES = 4096
 _TEXT_PART = re.compile(rb"content-type:[ \t]*(?:\r?\n[ \t]+)?text/", re.IGNORECASE)
 # What stands for the lines cut out of a run: their bytes on the wire and their base64
 # characters. NUL cannot occur in base64 and a run never contains a boundary line ("-").
@@ -236,13 +246,18 @@ def _elide_base64_runs(raw: bytes) -> bytes:
         return raw
     pieces: list[bytes] = []
     position = 0
-    for run in _BASE64_RUN.finditer(raw):
-        start, end = run.span()
+    search_from = 0
+    while (run := _BASE64_RUN_START.search(raw, search_from)) is not None:
+        start, head_end = run.span()
+        end, run_breaks = _base64_run_end(raw, head_end)
+        search_from = end
         keep_end = raw.find(b"\n", start + _run_keep(raw, start)) + 1
         last_line = raw.rfind(b"\n", start, end - 1) + 1  # the padding ("=") is on the last line
         if keep_end <= 0 or keep_end >= last_line:
             continue
-        breaks = raw.count(b"\n", keep_end, last_line) + raw.count(b"\r", keep_end, last_line)
+        # The elided lines' breaks: the run's, less those of the lines kept before and after them.
+        run_breaks += _line_breaks(raw, start, head_end)
+        breaks = run_breaks - _line_breaks(raw, start, keep_end) - _line_breaks(raw, last_line, end)
         pieces.append(raw[position:keep_end])
         pieces.append(_elided_marker(last_line - keep_end, last_line - keep_end - breaks))
         position = last_line
@@ -250,6 +265,42 @@ def _elide_base64_runs(raw: bytes) -> bytes:
         return raw
     pieces.append(raw[position:])
     return b"".join(pieces)
+
+
+def _line_breaks(raw: bytes, start: int, end: int) -> int:
+    return raw.count(b"\n", start, end) + raw.count(b"\r", start, end)
+
+
+def _base64_run_end(raw: bytes, position: int) -> tuple[int, int]:
+    """The end of the base64 lines that go on at ``position`` (a line start), as the run's regex
+    would match them line by line, and the bytes of their line breaks.
+
+    An encoder writes lines of one width, so blocks of them are checked at C speed instead: a
+    line end at every width ("\\n", with "\\r" right before it if the first line has one), and
+    nothing but the alphabet and those line ends in between (so their breaks need no counting).
+    The rest (the last, shorter line; lines of mixed widths; a bad line) is matched line by line.
+    """
+    breaks = 0
+    while True:
+        first_end = raw.find(b"\n", position) + 1
+        line_end = b"\r\n" if raw[first_end - 2 : first_end] == b"\r\n" else b"\n"
+        width = first_end - position
+        if first_end == 0 or not 40 <= width - len(line_end) <= 998:
+            break
+        newlines = raw[first_end - 1 : first_end - 1 + width * _MAX_BLOCK_LINES : width]
+        lines = len(newlines) - len(newlines.lstrip(b"\n"))
+        block_end = position + lines * width
+        if (
+            lines < _MIN_BLOCK_LINES
+            or raw[position:block_end].translate(None, _BASE64_ALPHABET) != line_end * lines
+            or (line_end == b"\r\n" and raw[first_end - 2 : block_end : width].strip(b"\r"))
+        ):
+            break
+        breaks += lines * len(line_end)
+        position = block_end
+    match = _BASE64_LINES.match(raw, position)
+    end = match.end() if match else position
+    return end, breaks + _line_breaks(raw, position, end)
 
 
 def _run_keep(raw: bytes, start: int) -> int:
@@ -275,7 +326,157 @@ def _without_elided(payload: str) -> tuple[str, int, int]:
     return _ELIDED.sub("", payload), wire, chars
 
 
+def _first_empty_line_end(raw: bytes, start: int = 0, end: int | None = None) -> int:
+    """Where the first empty line in ``raw[start:end]`` ends (``start`` a line start), lines ended
+    by CRLF, CR or LF as the stdlib parser splits them; -1 if there is none.
+
+    An empty line starts right after a line end, so after "\\n" or after a lone "\\r" (one not
+    followed by "\\n"): at "\\n\\r", "\\n\\n" or "\\r\\r". Searched with bytes.find in a growing window
+    (a regex takes ~15 ns a byte here; a find of a pair the message lacks would read all of it).
+    """
+    end = len(raw) if end is None else end
+    if raw.startswith((b"\r", b"\n"), start, end):
+        empty = start
+    else:
+        window = 4096
+        while True:
+            empty, bound = -1, min(start + window, end)
+            for pair in (b"\n\r", b"\n\n", b"\r\r"):
+                found = raw.find(pair, start, bound)
+                if found != -1:
+                    empty = bound = found + 1  # the next pairs only count before it
+            if empty != -1:
+                break
+            if bound == end:
+                return -1
+            window *= 4
+    return empty + 2 if raw.startswith(b"\r\n", empty) else empty + 1
+
+
+# Only these content types make the parser look into a body (a maintype is the text before "/").
+_CONTAINER_TYPE = re.compile(rb"multipart/|message/", re.IGNORECASE)
+
+
+def _parse_single_part(raw: bytes) -> Message | None:
+    """A message that is neither multipart nor message/*, parsed without splitting its body into
+    lines; None when it may be another shape or the header section is odd (the full parse then).
+
+    For such a message the stdlib parser's payload is the text after the header section exactly,
+    but it gets there by passing every body line through a Python-level loop and joining them
+    again: most of the parse's CPU for plain-text mail. Here the parser sees only the header
+    section, up to and including its first empty line, and the body is set as one string.
+    """
+    header_end = _first_empty_line_end(raw)
+    if header_end == -1 or _CONTAINER_TYPE.search(raw, 0, header_end):
+        return None
+    parser = FeedParser(policy=_POLICY)
+    parser.feed(raw[:header_end].decode("ascii", "surrogateescape"))  # as BytesParser decodes
+    msg = parser.close()
+    # A non-header line before the empty line (a defect) has already started the body: the
+    # full parse keeps that case as it always was.
+    if msg.get_content_maintype() in ("multipart", "message") or msg.get_payload() != "":
+        return None
+    msg.set_payload(str(memoryview(raw)[header_end:], "ascii", "surrogateescape"))
+    return msg
+
+
+# Stands for body lines set aside before a multipart parse (``_parse_bodies_aside``): their
+# number in the list of what was set aside. NUL cannot come from a parsed message's text here:
+# a message that has this already is parsed in full.
+_ASIDE = re.compile("\x00aside:(\\d+)\x00")
+# Bodies are set aside only in messages up to this size (the lower-cased copy looked through),
+# and only runs of at least this many bytes (each stays a line for the parser).
+ASIDE_UP_TO = 4 * 1024 * 1024
+_ASIDE_MIN = 256
+# Mail has a few lines that start with "--"; past this many the search for runs (some µs a line)
+# costs more than it saves, and the message is parsed in full.
+_ASIDE_MAX_DASH_LINES = 1000
+# Content types whose body holds header sections: a message/* part, and any part of a digest
+# (which is message/rfc822 without saying so).
+_NESTED_HEADERS = re.compile(rb"message/|multipart/digest")
+
+
+def _dash_lines(raw: bytes) -> Iterator[int]:
+    """The start of each line after the first that begins with "--" (where any boundary is), in
+    order. Each search goes on from its own last find, so every byte is looked at at most twice
+    however the lines end (searching both from each line again was quadratic when one of the two
+    line ends never occurs, e.g. mail with lone CRs)."""
+    after_lf, after_cr = raw.find(b"\n--"), raw.find(b"\r--")  # a lone CR ends a line too
+    while after_lf != -1 or after_cr != -1:
+        if after_cr == -1 or (after_lf != -1 and after_lf < after_cr):
+            yield after_lf + 1
+            after_lf = raw.find(b"\n--", after_lf + 1)
+        else:
+            yield after_cr + 1
+            after_cr = raw.find(b"\r--", after_cr + 1)
+
+
+def _parse_bodies_aside(raw: bytes) -> Message | None:
+    """A multipart message parsed with the lines of its parts' bodies set aside and put back
+    into the payloads afterwards; None when that cannot be done (then the full parse).
+
+    The stdlib parser passes each line of a multipart message through Python-level loops (and
+    checks it against every open boundary), but the lines of a body only matter to it if they
+    start with "--", the only lines a boundary can be. What lies between the first empty line
+    after such a line (or after the message start) and the next such line is body text,
+    preamble or epilogue, never a header section, as long as no body holds header sections
+    (message/* and digests are parsed in full); each such run is one marker line for the
+    parser. A marker takes the place of the run's last line end too, so that the parser's
+    taking the line end before a boundary off a payload cuts the same bytes.
+    """
+    if len(raw) > ASIDE_UP_TO or b"\x00aside:" in raw or _NESTED_HEADERS.search(raw.lower()):
+        return None
+    pieces: list[bytes] = []
+    aside: list[str] = []
+    copied = 0
+    dash_line = 0  # the message start, then each line that starts with "--"
+    dash_lines = _dash_lines(raw)
+    for _ in range(_ASIDE_MAX_DASH_LINES + 1):  # the message start and that many dash lines
+        if dash_line >= len(raw):
+            break
+        following = next(dash_lines, len(raw))
+        body = _first_empty_line_end(raw, dash_line, following)
+        if body != -1 and following - body >= _ASIDE_MIN:
+            last = raw[following - 2 : following]
+            line_end = b"\r\n" if last == b"\r\n" else last[-1:] if last[-1:] in (b"\r", b"\n") else b""
+            aside.append(raw[body : following - len(line_end)].decode("ascii", "surrogateescape"))
+            pieces += [raw[copied:body], b"\x00aside:%d\x00" % (len(aside) - 1), line_end]
+            copied = following
+        dash_line = following
+    else:
+        return None  # too many lines that start with "--"
+    if not aside:
+        return None
+    msg = BytesParser(policy=_POLICY).parsebytes(b"".join([*pieces, raw[copied:]]))
+
+    def put_back(text: str | None) -> str | None:
+        if text is None or "\x00aside:" not in text:
+            return text
+        return _ASIDE.sub(lambda found: aside[int(found.group(1))], text)
+
+    stack = [msg]
+    while stack:
+        part = stack.pop()
+        part.preamble, part.epilogue = put_back(part.preamble), put_back(part.epilogue)
+        if part.is_multipart():
+            stack.extend(child for child in part.get_payload() if isinstance(child, Message))
+        elif isinstance(part._payload, str):
+            # The payload as parsed: get_payload() would decode 8-bit text, set_payload() is fine
+            # but there is no public reader of it.
+            part.set_payload(put_back(part._payload))
+    return msg
+
+
 def _parse_bytes(raw: bytes, errors: _Errors) -> Message | None:
+    for shortcut in (_parse_single_part, _parse_bodies_aside):
+        try:
+            msg = shortcut(raw)
+        except MemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - the full parse below reads it (and reports what fails there)
+            msg = None
+        if msg is not None:
+            return msg
     try:
         return BytesParser(policy=_POLICY).parsebytes(raw)
     except MemoryError:
@@ -433,21 +634,37 @@ _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _BRACKETED_ID = re.compile(r"<([^<>]*)>")
 
 
-def _header_text(msg: Message, name: str) -> str | None:
-    # Message.get returns the first occurrence: duplicates are ignored on purpose.
-    value = msg.get(name)
-    if value is None:
+def _first_headers(msg: Message) -> dict[str, tuple[str, str]]:
+    """The first occurrence of each header, by lower-cased name, as stored: one pass over them.
+
+    ``Message.get`` lower-cases every header name on each call until it finds one; eleven calls
+    (most for headers a message does not have) over mail with dozens of Received, DKIM and ARC
+    headers cost more than the rest of the header work.
+    """
+    first: dict[str, tuple[str, str]] = {}
+    for name, value in msg.raw_items():  # the pairs Message.get reads
+        first.setdefault(name.lower(), (name, value))
+    return first
+
+
+def _header_text(msg: Message, headers: dict[str, tuple[str, str]], name: str) -> str | None:
+    # The first occurrence, as Message.get gives it: duplicates are ignored on purpose.
+    found = headers.get(name.lower())
+    if found is None:
         return None
-    return _FOLD.sub("", str(value))
+    return _FOLD.sub("", str(msg.policy.header_fetch_parse(*found)))
 
 
-def _subject(msg: Message, errors: _Errors) -> str | None:
-    value = _header_text(msg, "Subject")
+def _subject(msg: Message, headers: dict[str, tuple[str, str]], errors: _Errors) -> str | None:
+    value = _header_text(msg, headers, "Subject")
     return None if value is None else _decode_header(value, errors, "Subject")
 
 
 def _decode_header(value: str, errors: _Errors, where: str) -> str:
-    return _CONTROL_RUNS.sub(" ", _decode_encoded_words(value, errors, where)).strip()
+    text = _decode_encoded_words(value, errors, where)
+    if text.isprintable() and "  " not in text:
+        return text.strip()  # no control characters, no run of spaces: nothing to collapse
+    return _CONTROL_RUNS.sub(" ", text).strip()
 
 
 def _decode_encoded_words(value: str, errors: _Errors, where: str) -> str:
@@ -512,6 +729,11 @@ def _decode_word(encoding: str, text: str) -> bytes | None:
 # character, not per character. Encoded words are one run: mailers put "(" or "," in them.
 _ADDRESS_TOKEN = re.compile(r'=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=|(?:[^"\\()<>\[\],;:=]|=(?!\?))+|.', re.DOTALL)
 _ADDR_SPEC = re.compile(r'(?:"[^"]*"|[^\s@<>()\[\],;:"]+)@(?:[^\s@<>()\[\],;:"]+|\[[^\[\]\s]*\])')
+# What makes an address list need the scan: quotes, comments, escapes, domain literals, groups
+# (and ";"), encoded words. Without them only "<", ">" and "," are special.
+_NOT_PLAIN = re.compile(r'["\\()\[\]:;]|=\?')
+# One entry of such a list: "phrase <addr> text" or a bare addr; an addr-spec without whitespace.
+_PLAIN_MAILBOX = re.compile(r"([^<>]*)<([^\s<>@]+@[^\s<>@]+)>([^<>]*)|\s*([^\s<>@]+@[^\s<>@]+)\s*")
 
 
 @dataclass
@@ -532,6 +754,9 @@ def _parse_address_list(value: str, errors: _Errors, where: str) -> list[Address
     lists (40 s for 20,000 recipients) and raises on some malformed input. ``;`` is accepted as
     a separator too, because people type Outlook-style lists into other clients.
     """
+    plain = _plain_address_list(value, errors, where)
+    if plain is not None:
+        return plain
     result: list[Address] = []
     box = _Mailbox(start=0)
     quote: list[str] | None = None
@@ -623,6 +848,31 @@ def _parse_address_list(value: str, errors: _Errors, where: str) -> list[Address
     return result
 
 
+def _plain_address_list(value: str, errors: _Errors, where: str) -> list[Address] | None:
+    """The common case of ``_parse_address_list`` without its token loop; None if the value needs it.
+
+    Gives what the scan gives: an entry is split off at ",", an angle addr is taken as it is
+    (it has no whitespace to remove), the display name is the text around it (decoded as
+    ``_finish_mailbox`` decodes it), a bare addr has no name, and empty entries are skipped.
+    """
+    if _NOT_PLAIN.search(value):
+        return None
+    result: list[Address] = []
+    for entry in value.split(","):
+        if not entry.strip():
+            continue
+        match = _PLAIN_MAILBOX.fullmatch(entry)
+        if match is None:
+            return None  # "," inside <...> (a source route), a second "<", a stray ">", no "@" ...
+        phrase, addr, after, bare = match.groups()
+        if bare is not None:
+            result.append(Address(name=None, email=bare.lower()))
+        else:
+            display = _decode_header(phrase + after, errors, where)
+            result.append(Address(name=display or None, email=addr.lower()))
+    return result
+
+
 def _finish_mailbox(box: _Mailbox, source: str, errors: _Errors, where: str) -> Address | None:
     if not source.strip():
         return None
@@ -645,8 +895,8 @@ def _finish_mailbox(box: _Mailbox, source: str, errors: _Errors, where: str) -> 
     return Address(name=display or None, email=spec.lower())
 
 
-def _address_header(msg: Message, name: str, errors: _Errors) -> list[Address]:
-    value = _header_text(msg, name)
+def _address_header(msg: Message, headers: dict[str, tuple[str, str]], name: str, errors: _Errors) -> list[Address]:
+    value = _header_text(msg, headers, name)
     if value is None:
         return []
     return _parse_address_list(value, errors, name)
@@ -874,8 +1124,23 @@ def _decoded_prefix(part: Message, cap: int) -> tuple[bytes, bool]:
 _INVISIBLE = re.compile("[\u00ad\u034f\u180e\u200b-\u200f\u2060-\u2064\ufeff\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
 
 
-def _clean_text(text: str) -> str:
-    return _WHITESPACE.sub(" ", _INVISIBLE.sub("", text)).strip()
+def _clean_text(text: str, limit: int | None = None) -> str:
+    """``text`` without invisible characters, whitespace collapsed; its first ``limit`` characters.
+
+    With a limit only a prefix of ``text`` is cleaned, growing until it gives enough: the cleaned
+    prefix is always a prefix of the cleaned whole (a cut whitespace run is only stripped), so the
+    result is the same as cleaning all of it, for a snippet's 200 characters of a 4 KB body.
+    """
+    if limit is not None:
+        size = 2 * limit
+        while size < len(text):
+            cleaned = _clean_text(text[:size])
+            if len(cleaned) >= limit:
+                return cleaned[:limit]
+            size *= 4
+    # split/join collapses whitespace as _WHITESPACE.sub(" ", ...).strip() does (the same
+    # characters are whitespace to both), six times faster on text with a space every few letters.
+    return " ".join(_INVISIBLE.sub("", text).split())[:limit]
 
 
 def _snippet(parts: list[Message], errors: _Errors, *, is_html: bool) -> str:
@@ -885,10 +1150,12 @@ def _snippet(parts: list[Message], errors: _Errors, *, is_html: bool) -> str:
         if length >= SNIPPET_LENGTH:
             break
         text = ""
+        where = "text/html body" if is_html else "text/plain body"  # the part's _content_type
         for cap in (SNIPPET_FIRST_TRY, HTML_CAP if is_html else PLAIN_TEXT_CAP):
             data, truncated = _decoded_prefix(part, cap)
-            text = _decode_bytes(data, part.get_content_charset(), errors, f"{_content_type(part)} body", truncated)
-            text = _clean_text(_html_to_text(text, SNIPPET_LENGTH) if is_html else text)
+            text = _decode_bytes(data, part.get_content_charset(), errors, where, truncated)
+            # Only what fits counts: the cut piece fills the snippet, as the whole piece would.
+            text = _clean_text(_html_to_text(text, SNIPPET_LENGTH) if is_html else text, SNIPPET_LENGTH - length)
             if not truncated or len(text) >= SNIPPET_LENGTH - length:
                 break  # enough text (or all there is) from the first bytes
         if text:
@@ -926,7 +1193,7 @@ def _html_to_text(markup: str, limit: int) -> str:
         if text:
             text = html.unescape(text)
             out.append(text)
-            collected += len(_clean_text(text))
+            collected += len(_clean_text(text, limit - collected))
         if start == -1:
             break
         if markup.startswith("<!--", start):

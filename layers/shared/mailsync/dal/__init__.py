@@ -9,7 +9,7 @@ item                        pk                                       sk
 ==========================  =======================================  ============================
 message                     ``M#{id}``                               ``M``
 location (synced copy)      ``A#{t}#{u}#L#{server folder}``          ``{uidvalidity}#{uid}``
-window (for aging out)      ``A#{t}#{u}#W#{server folder}``          ``{internal date}#{uidvalidity}#{uid}``
+window (legacy)             ``A#{t}#{u}#W#{server folder}``          ``{internal date}#{uidvalidity}#{uid}``
 match key (Message-ID/hash) ``A#{t}#{u}#K#{key}``                    ``{id}``
 sync state + lease          ``A#{t}#{u}``                            ``STATE``
 pending CRM change (op)     ``A#{t}#{u}#OPS``                        ``{sequence number}``
@@ -24,7 +24,8 @@ Messages are listed newest first through ``gsi1`` (account) and ``gsi2`` (accoun
 both sorted by ``{internal date}#{id}`` and projecting only what the listings filter on
 (``seen``, ``confidential``): a page's messages are then read by key. Models (``_models``),
 key and cursor formats (``_keys``) and item factories (``_items``) are private to this package;
-cursors leave it as opaque strings.
+cursors leave it as opaque strings. Window items are only read to be deleted: earlier builds
+wrote one per location; aging out now filters the locations by their INTERNALDATE (``aged_out``).
 Table names are read from the settings on use: nothing binds them.
 
 """
@@ -42,6 +43,7 @@ from mailsync.dal._relay import (
     store_relayed,
 )
 from mailsync.dal._store import (
+    TENANT_SETTINGS_MAX_AGE_SECONDS,
     Unstorable,
     account_exists,
     aged_out,
@@ -61,6 +63,7 @@ from mailsync.dal._store import (
     finish_op,
     folder_locations,
     forget_sync_state,
+    forget_tenant_settings,
     get_account,
     get_account_and_sync_state,
     get_accounts_and_sync_states,
@@ -94,6 +97,7 @@ from mailsync.dal._store import (
 )
 
 __all__ = [
+    "TENANT_SETTINGS_MAX_AGE_SECONDS",
     "BadCursor",
     "Unstorable",
     "account_exists",
@@ -117,6 +121,7 @@ __all__ = [
     "folder_locations",
     "forget_pop_seen",
     "forget_sync_state",
+    "forget_tenant_settings",
     "get_account",
     "get_account_and_sync_state",
     "get_accounts_and_sync_states",

@@ -27,7 +27,6 @@ from mailsync.dal._models import (
     OpModel,
     SyncStateModel,
     ThreadMemberModel,
-    WindowModel,
     utcnow,
 )
 from mailsync.domain import Account, Location, Message, Op, SyncState
@@ -337,24 +336,6 @@ def location_item(
     )
 
 
-def window_item(
-    tenant_id: str,
-    user_id: str,
-    server_folder: str,
-    internal_date: datetime,
-    uidvalidity: int,
-    uid: int,
-    /,
-    **attributes: Any,
-) -> WindowModel:
-    """A window record (only its key, unless ``attributes`` are given)."""
-    return WindowModel(
-        keys.window_pk(tenant_id, user_id, server_folder),
-        keys.window_sk(internal_date, uidvalidity, uid),
-        **attributes,
-    )
-
-
 # BatchWriteItem takes at most 25 puts; a batch of 50 messages is ~15 such requests, sent by
 # this many threads at once (DynamoDB latency, not CPU, bounds a sequential stream).
 BATCH_WRITE_ITEMS = 25
@@ -406,16 +387,15 @@ def new_message_items(message: MessageModel) -> list[dict[str, Any]]:
     ]
 
 
-def write_new_messages(rows: list[tuple[MessageModel, LocationModel, WindowModel]]) -> None:
+def write_new_messages(rows: list[tuple[MessageModel, LocationModel]]) -> None:
     """Store new messages: every item of every message in one parallel stream of BatchWriteItem
     requests, then the locations the same way. A location is what marks a server copy as done,
     so it is written only once all the rest is durable: a crash in between leaves work that is
     redone under the same deterministic id (puts: redoing is safe)."""
     if not rows:
         return
-    rest = [item for message, _, window in rows for item in (*new_message_items(message), window.serialize())]
-    _put_all(rest)
-    _put_all([location.serialize() for _, location, _ in rows])
+    _put_all([item for message, _ in rows for item in new_message_items(message)])
+    _put_all([location.serialize() for _, location in rows])
 
 
 def _put_all(items: list[dict[str, Any]]) -> None:
@@ -502,19 +482,6 @@ def location_record(location: Location) -> LocationModel:
         flags=list(location.flags),
         internal_date=location.internal_date,
         match_key=location.match_key,
-    )
-
-
-def window_record(location: Location) -> WindowModel:
-    """The one factory of a window item (the location by INTERNALDATE)."""
-    place = (location.tenant_id, location.user_id, location.server_folder)
-    return window_item(
-        *place,
-        location.internal_date,
-        location.uidvalidity,
-        location.uid,
-        id=location.id,
-        loc_sk=keys.location_sk(location.uidvalidity, location.uid),
     )
 
 

@@ -347,7 +347,9 @@ class LocationModel(_Item):
 
 
 class WindowModel(_Item):
-    """A synced message by INTERNALDATE, so aging out reads only what ages out."""
+    """Legacy: a synced message by INTERNALDATE, written by earlier builds with each location.
+    Aging out now reads the locations themselves; these are deleted as they age out
+    (``_store._delete_legacy_windows``)."""
 
     id = UnicodeAttribute()
     loc_sk = UnicodeAttribute()

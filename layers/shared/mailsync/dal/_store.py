@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -36,7 +38,6 @@ from mailsync.dal._items import (
     state_key,
     sync_state_from,
     transaction,
-    window_record,
     write_message_indexes,
     write_new_messages,
 )
@@ -365,16 +366,24 @@ def save_checkpoint(tenant_id: str, user_id: str, owner: str, **fields: Any) -> 
     """(sync core) Checkpoint while holding the lease (``fields``: ``SyncState`` attributes,
     ``folders`` whole); fails if the lease was lost. ``has_detached`` only ever turns on: mail
     relayed while the sync ran sets it, and the sync's older copy must not turn it off."""
-    if not fields.get("has_detached", True):
-        fields = {name: value for name, value in fields.items() if name != "has_detached"}
     state_key(tenant_id, user_id).update(
-        actions=set_actions(SyncStateModel, fields), condition=SyncStateModel.lease_owner == owner
+        actions=set_actions(SyncStateModel, _checkpoint_fields(fields)), condition=SyncStateModel.lease_owner == owner
     )
 
 
-def give_back_lease(tenant_id: str, user_id: str, owner: str, **fields: Any) -> None:
-    """(sync core) Release the lease, writing the final state in the same request."""
-    release_lease(state_key(tenant_id, user_id), owner, fields)
+def _checkpoint_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    if not fields.get("has_detached", True):
+        return {name: value for name, value in fields.items() if name != "has_detached"}
+    return fields
+
+
+def give_back_lease(
+    tenant_id: str, user_id: str, owner: str, checkpoint: dict[str, Any] | None = None, **fields: Any
+) -> None:
+    """(sync core) Release the lease, writing the final state and the sync's last checkpoint
+    (as ``save_checkpoint`` would) in the same request. A lease lost meanwhile writes neither:
+    the next sync starts from the checkpoint before, as after a crash."""
+    release_lease(state_key(tenant_id, user_id), owner, {**_checkpoint_fields(checkpoint or {}), **fields})
 
 
 # --- messages --------------------------------------------------------------------------------------
@@ -559,38 +568,112 @@ def ops_waiting(tenant_id: str, user_id: str) -> list[Op]:
 # --- confidentiality ----------------------------------------------------------------------------
 
 
-def get_tenant_settings(tenant_id: str) -> TenantSettings | None:
+# Syncs read two tenant items: the settings, to classify new mail, and the office hours, to
+# decide whether a change needs recording for the scheduler. Read for each sync with work, that
+# is a request (~1 ms of CPU) each and, for a tenant with 300 KB of confidential contacts, ~37 RRU.
+# Syncs take a copy this process read at most this long ago instead; a save in this process
+# replaces it at once, other processes see a change within this time.
+TENANT_SETTINGS_MAX_AGE_SECONDS = 60.0
+
+
+class _Kept[T]:
+    """Copies of one kind of tenant item for ``TENANT_SETTINGS_MAX_AGE_SECONDS``: at most
+    ``size`` tenants, least recently used dropped first, and copies no reader may use any more
+    dropped as others are kept (a tenant at the settings' size limits takes ~0.75 MB)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.copies: OrderedDict[str, tuple[float, T | None]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, tenant_id: str, max_age: float, now: float) -> tuple[bool, T | None]:
+        with self.lock:
+            kept = self.copies.get(tenant_id)
+            if max_age <= 0 or kept is None or now - kept[0] > max_age:
+                return False, None
+            self.copies.move_to_end(tenant_id)
+            return True, kept[1]
+
+    def keep(self, tenant_id: str, value: T | None, at: float) -> None:
+        with self.lock:
+            kept = self.copies.get(tenant_id)
+            if kept is not None and kept[0] > at:
+                return  # saved since this read began: the newer copy stays
+            self.copies[tenant_id] = (at, value)
+            self.copies.move_to_end(tenant_id)
+            expired = [t for t, (read_at, _) in self.copies.items() if at - read_at > TENANT_SETTINGS_MAX_AGE_SECONDS]
+            for stale in expired:
+                del self.copies[stale]
+            while len(self.copies) > self.size:
+                self.copies.popitem(last=False)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.copies.clear()
+
+
+_tenant_settings: _Kept[TenantSettings] = _Kept(64)
+_office_hours: _Kept[OfficeHours] = _Kept(1_000)
+
+
+def get_tenant_settings(tenant_id: str, *, max_age: float = 0.0) -> TenantSettings | None:
+    """The tenant's saved settings (None: never saved); with ``max_age`` (seconds), a copy this
+    process read or saved at most that long ago will do."""
+    now = time.monotonic()
+    found, settings = _tenant_settings.get(tenant_id, max_age, now)
+    if found:
+        return settings
     try:
         item = TenantSettingsModel.get(tenant_id, TENANT_SETTINGS_USER)
     except DoesNotExist:
-        return None
-    keywords = item.confidential_keywords
-    return TenantSettings(
-        confidential_keywords=tuple(keywords) if keywords is not None else None,
-        confidential_contacts=tuple(item.confidential_contacts or ()),
-    )
+        settings = None
+    else:
+        keywords = item.confidential_keywords
+        settings = TenantSettings(
+            confidential_keywords=tuple(keywords) if keywords is not None else None,
+            confidential_contacts=tuple(item.confidential_contacts or ()),
+        )
+    _tenant_settings.keep(tenant_id, settings, now)
+    return settings
+
+
+def forget_tenant_settings() -> None:
+    """Drop every kept copy of tenant items (tests: the next test's tables are new)."""
+    _tenant_settings.clear()
+    _office_hours.clear()
 
 
 def save_tenant_settings(tenant_id: str, keywords: list[str], contacts: list[str]) -> TenantSettings:
     TenantSettingsModel(
         tenant_id, TENANT_SETTINGS_USER, confidential_keywords=keywords, confidential_contacts=contacts
     ).save()
-    return TenantSettings(confidential_keywords=tuple(keywords), confidential_contacts=tuple(contacts))
+    settings = TenantSettings(confidential_keywords=tuple(keywords), confidential_contacts=tuple(contacts))
+    _tenant_settings.keep(tenant_id, settings, time.monotonic())
+    return settings
 
 
-def get_office_hours(tenant_id: str) -> OfficeHours | None:
-    """The tenant's saved office hours; None: never saved (the defaults apply)."""
+def get_office_hours(tenant_id: str, *, max_age: float = 0.0) -> OfficeHours | None:
+    """The tenant's saved office hours; None: never saved (the defaults apply). ``max_age``: as
+    for ``get_tenant_settings``."""
+    now = time.monotonic()
+    found, hours = _office_hours.get(tenant_id, max_age, now)
+    if found:
+        return hours
     try:
         item = OfficeHoursModel.get(tenant_id, OFFICE_HOURS_USER)
     except DoesNotExist:
-        return None
-    return OfficeHours(time_zone=item.time_zone, days=tuple(item.days), start=item.start, end=item.end)
+        hours = None
+    else:
+        hours = OfficeHours(time_zone=item.time_zone, days=tuple(item.days), start=item.start, end=item.end)
+    _office_hours.keep(tenant_id, hours, now)
+    return hours
 
 
 def save_office_hours(tenant_id: str, hours: OfficeHours) -> OfficeHours:
     OfficeHoursModel(
         tenant_id, OFFICE_HOURS_USER, time_zone=hours.time_zone, days=list(hours.days), start=hours.start, end=hours.end
     ).save()
+    _office_hours.keep(tenant_id, hours, time.monotonic())
     return hours
 
 
@@ -695,20 +778,42 @@ def find_locations(
     }
 
 
-def aged_out(tenant_id: str, user_id: str, server_folder: str, cutoff: datetime) -> list[Location]:
-    """(sync core) Synced copies with an INTERNALDATE before ``cutoff``. A window record whose
-    location is gone (left by a crash between the two deletes) is removed on the way."""
-    windows = list(
-        WindowModel.query(keys.window_pk(tenant_id, user_id, server_folder), WindowModel.sk < keys.iso(cutoff))
-    )
-    wanted = {tuple(int(part) for part in w.loc_sk.split("#")): w for w in windows}
-    found = find_locations(tenant_id, user_id, server_folder, wanted)  # type: ignore[arg-type]
-    orphans = [w for key, w in wanted.items() if key not in found]
-    if orphans:
+_SWEEP_PAGE_ITEMS = 10_000  # above the ~4,000 locations of 1 MB, DynamoDB's page size
+
+
+def aged_out(tenant_id: str, user_id: str, server_folder: str, cutoff: datetime, *, limit: int) -> list[Location]:
+    """(sync core) Up to ``limit`` synced copies in a server folder with an INTERNALDATE before
+    ``cutoff``; ``limit`` bounds what one sweep detaches (the rest: the next sweep).
+
+    One Query over the folder's locations, filtered by their INTERNALDATE (stored as a fixed-width
+    UTC string, ``%Y-%m-%dT%H:%M:%S.%f+0000``, so DynamoDB's string order is time order). It is
+    charged for every location read, not only those returned (~250 B each: ~47 RRU for 1,500
+    copies in the window), which is why the engine sweeps once a day. No index by date is kept:
+    an item per message would cost a write unit each to spare this daily read."""
+    pk = keys.location_pk(tenant_id, user_id, server_folder)
+    before = LocationModel.internal_date < cutoff
+    found = [
+        location_from(tenant_id, user_id, server_folder, item)
+        # DynamoDB's Limit counts the items a page reads before the filter; PynamoDB would set it
+        # to ``limit``, paging a large folder in requests of that many. Pages of up to 1 MB instead.
+        for item in LocationModel.query(pk, filter_condition=before, limit=limit, page_size=_SWEEP_PAGE_ITEMS)
+    ]
+    _delete_legacy_windows(tenant_id, user_id, server_folder, cutoff, limit)
+    return found
+
+
+def _delete_legacy_windows(tenant_id: str, user_id: str, server_folder: str, cutoff: datetime, limit: int) -> None:
+    """Earlier builds kept a window item per location (``WindowModel``), written and deleted with
+    it. Nothing reads them for aging out any more (their locations carry the same INTERNALDATE and
+    are found above), so they are only left over: deleted as they age out, up to ``limit`` a sweep.
+    Once every deployment has run this build for longer than the longest sync window (365 days;
+    30 by default) none can be left and this can go."""
+    pk = keys.window_pk(tenant_id, user_id, server_folder)
+    windows = list(WindowModel.query(pk, WindowModel.sk < keys.iso(cutoff), limit=limit))
+    if windows:
         with WindowModel.batch_write() as batch:
-            for window in orphans:
+            for window in windows:
                 batch.delete(window)
-    return list(found.values())
 
 
 def ids_for_match_key(tenant_id: str, user_id: str, key: str) -> list[str]:
@@ -723,7 +828,7 @@ class Unstorable(Exception):
 def store_new_messages(rows: list[tuple[Message, Location]]) -> None:
     """(sync core) Store new messages with their locations; locations go last (a location marks a
     server copy as done, so a crash in between is redone under the same deterministic id)."""
-    items = [(message_item(m), location_record(loc), window_record(loc)) for m, loc in rows]
+    items = [(message_item(m), location_record(loc)) for m, loc in rows]
     try:
         write_new_messages(items)
     except ClientError as exc:
@@ -738,27 +843,28 @@ def relink(message: Message, to: Location, shown: Mapping[str, Any], old: Locati
     fields = message_fields(message.tenant_id, message.user_id, dict(shown))
     with transaction() as tx:
         tx.save(location_record(to))
-        tx.save(window_record(to))
         tx.update(message_key(message), actions=set_actions(MessageModel, fields))
         if old is not None:
             tx.delete(location_record(old))
-            tx.delete(window_record(old))
 
 
-def detach(message: Message, location: Location, reason: str) -> None:
-    """(sync core) Stop syncing a message but keep it, atomically with removing its location."""
+def detach(message: Message, location: Location, reason: str, *, first: bool = False) -> None:
+    """(sync core) Stop syncing a message but keep it, atomically with removing its location.
+    ``first``: the account has no detached message on record yet, and the same request records
+    one (``has_detached``). Left to the sync's next checkpoint, a failure before that would
+    leave it off, and the message would be stored anew rather than revived if it came back."""
     fields = {"state": "detached", "detach_reason": reason, "detached_at": utcnow(), "updated_at": utcnow()}
     with transaction() as tx:
         tx.update(message_key(message), actions=set_actions(MessageModel, fields))
         tx.delete(location_record(location))
-        tx.delete(window_record(location))
+        if first:
+            tx.update(state_key(message.tenant_id, message.user_id), actions=[SyncStateModel.has_detached.set(True)])
 
 
 def drop(location: Location) -> None:
-    """(sync core) Forget a server copy whose message is gone or elsewhere."""
-    with transaction() as tx:
-        tx.delete(location_record(location))
-        tx.delete(window_record(location))
+    """(sync core) Forget a server copy whose message is gone or elsewhere: one item, so no
+    transaction (which would cost twice the write units)."""
+    location_record(location).delete()
 
 
 def set_flags(

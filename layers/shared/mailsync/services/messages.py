@@ -22,8 +22,9 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 
 from mailsync import blobstore, dal, events, mime
 from mailsync.domain import Account, Address, Change, Message, SyncState
-from mailsync.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from mailsync.errors import RAW_UNAVAILABLE, Conflict, Forbidden, NotFound, RawUnavailable, ValidationFailed
 from mailsync.identity import Principal
+from mailsync.observability import logger
 from mailsync.schemas import (
     DossierMessageOut,
     DossierPageOut,
@@ -159,9 +160,14 @@ def get_message(principal: Principal, id: str) -> MessageOut:
 
 def raw_link(principal: Principal, id: str) -> RawLinkOut:
     message = _visible_message(principal, id)
-    url = blobstore.presigned_url(
-        message.s3_key, RAW_URL_SECONDS, filename=f"{message.id}.eml", sha256=message.content_hash
-    )
+    try:
+        url = blobstore.presigned_url(
+            message.s3_key, RAW_URL_SECONDS, filename=f"{message.id}.eml", sha256=message.content_hash
+        )
+    except blobstore.RawUnreadable as exc:
+        # Never a link to other bytes than the message's; the operators get the object's name.
+        logger.error("raw copy unreadable", extra={"id": message.id, "error": str(exc)})
+        raise RawUnavailable(RAW_UNAVAILABLE) from None
     return RawLinkOut(url=url, expires_in=RAW_URL_SECONDS)
 
 

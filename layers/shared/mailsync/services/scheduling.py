@@ -149,12 +149,21 @@ def record_activity(account: Account, outcome: SyncOutcome) -> None:
     """After a sync: one that created, moved, flagged or pushed something keeps the account on
     every tick for a while (``planner.polling.ACTIVE_WINDOW_SECONDS``). Detachments do not
     count: messages aging out of the window are the passage of time, not activity. A no-op
-    writes nothing, nor does a change while the activity on record is recent
-    (``planner.polling.record_activity``). Best effort: a failed write only leaves the account
+    writes nothing, nor does a change while the activity on record is recent or while the
+    tenant's office hours last the whole active window (``planner.polling.record_activity``;
+    the office hours as the process read them at most a minute ago). Best effort: a failed write only leaves the account
     on its quiet slots, and must not turn the sync that just succeeded into a failure."""
     now = int(time.time())
     changed = outcome.created or outcome.relinked or outcome.flag_updates or outcome.pushed
-    if changed and polling.record_activity(account.last_activity_at, now):
+    if not changed:
+        return
+    try:
+        saved = dal.get_office_hours(account.tenant_id, max_age=dal.TENANT_SETTINGS_MAX_AGE_SECONDS)
+        hours: OfficeHours | None = saved or OfficeHours()
+    except Exception:  # noqa: BLE001 - unknown hours: the activity is written as if outside them
+        logger.exception("office hours not read", extra={"user_id": account.user_id})
+        hours = None
+    if polling.record_activity(account.last_activity_at, now, hours):
         try:
             dal.record_activity(account.tenant_id, account.user_id, now)
         except Exception:  # noqa: BLE001 - see above

@@ -347,7 +347,9 @@ def _sync(
     if isinstance(outcome, int):
         # Nothing to do: nothing written, no lease taken (see README "No-op syncs").
         return JobResult("synced", SyncOutcome(imap_commands=outcome)), {}
-    final = policy.finished_state(complete=outcome.complete)
+    # The sync's last checkpoint rides on the lease release (``_Lease.give_back``).
+    final = {"checkpoint": outcome.checkpoint, **policy.finished_state(complete=outcome.complete)}
+    outcome.checkpoint = None
     scheduling.record_activity(account, outcome)  # adaptive polling: only a sync that changed something writes
     if outcome.complete:
         final["last_success_at"] = dal.utcnow()
@@ -372,6 +374,11 @@ def _requeue_busy(job: SyncJob) -> JobResult:
         "sync job dropped: no room for it after several tries, the schedule brings it back",
         extra={"user_id": job.user_id, "reason": job.reason, "bounces": job.bounces},
     )
+    if policy.left_to_the_schedule(job.reason):
+        try:
+            dal.record_activity(job.tenant_id, job.user_id, int(time.time()))
+        except Exception:  # noqa: BLE001 - best effort: without it the account waits for its slot
+            logger.exception("activity not recorded", extra={"user_id": job.user_id})
     return JobResult("dropped")
 
 
@@ -408,7 +415,7 @@ def _run_engine(
                 return conn.command_count
             logger.debug("sync has work", extra={"reason": why})
         state = _take_work(lease, slot, settings, hard_deadline)
-        return sync_account(account, state, conn, owner=lease.owner, deadline=deadline)
+        return sync_account(account, state, conn, owner=lease.owner, deadline=deadline, hand_over_checkpoint=True)
 
 
 def _run_pop3(

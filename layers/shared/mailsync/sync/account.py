@@ -23,9 +23,11 @@ def sync_account(
     *,
     owner: str,
     deadline: Callable[[], bool],
+    hand_over_checkpoint: bool = False,
 ) -> SyncOutcome:
     """Push pending CRM ops, pull the server's changes, push what waited for the pull; the
-    events of all three go out even when a step fails (what was done stays announced)."""
+    events of all three go out even when a step fails (what was done stays announced).
+    ``hand_over_checkpoint``: the caller writes the last checkpoint (``SyncOutcome.checkpoint``)."""
     pusher = Pusher(account, conn)
     ops = dal.ops_waiting(account.tenant_id, account.user_id) if state.ops_pending > 0 else []
     engine: AccountSync | None = None
@@ -43,6 +45,7 @@ def sync_account(
             revivable=pusher.revivable(waiting),
             # Only a pending move keeps a message's CRM folder when the pull relinks it.
             pending_moves=frozenset(op.id for op in waiting if op.kind == "move"),
+            hand_over_checkpoint=hand_over_checkpoint,
         )
         outcome = engine.run()
         if waiting and outcome.complete:

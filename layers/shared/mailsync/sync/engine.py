@@ -47,7 +47,13 @@ from mailsync.sync.planner.messages import Arrival, Known
 
 BATCH_COUNT = 50
 BATCH_BYTES = 8 * 1024 * 1024
-SWEEP_INTERVAL_SECONDS = 3600
+# Aging out reads every location of each mapped folder (``dal.aged_out``: ~47 RRU for 1,500
+# copies in the window), so it runs once a day, besides after a full resync: a message stops
+# syncing up to a day after it left the window (docs/architecture.md, "Aging out").
+SWEEP_INTERVAL_SECONDS = 86_400
+# At most this many aged-out copies are detached per folder and sweep (each one a read and a
+# transaction); a folder with more is swept again next sync (a window shortened by months).
+SWEEP_LIMIT = 500
 # Of a message over the size cap only this much of its header section is fetched and stored.
 TOO_LARGE_HEADER_BYTES = 1024 * 1024
 FOLDER_MISSING = "folder_missing"
@@ -75,6 +81,9 @@ class SyncOutcome:
     pushed: int = 0
     imap_commands: int = 0
     folder_errors: dict[str, str] = field(default_factory=dict)
+    # The sync's last checkpoint (``Checkpoint.to_dict``), not yet written: with
+    # ``hand_over_checkpoint`` the lease release writes it, one request instead of two.
+    checkpoint: dict[str, Any] | None = None
 
 
 def _status(status: Any) -> ServerStatus:
@@ -141,8 +150,10 @@ class AccountSync:
         now: datetime | None = None,
         revivable: dict[str, list[str]] | None = None,
         pending_moves: frozenset[str] = frozenset(),
+        hand_over_checkpoint: bool = False,
     ) -> None:
         self.account = account
+        self.hand_over_checkpoint = hand_over_checkpoint
         self.state = state
         self.conn = conn
         self.owner = owner
@@ -203,7 +214,7 @@ class AccountSync:
             try:
                 if not self._process_arrivals(item):
                     self.outcome.complete = False
-                    self._save_checkpoint()
+                    self._save_checkpoint(last=True)
                     return self._finish()
             except FolderMissing:
                 self._folder_missing(item.server_folder)
@@ -217,7 +228,7 @@ class AccountSync:
             self.checkpoint = self.checkpoint.with_folder(item.server_folder, deferred=deferred)
             if not deferred:
                 self._advance(item)
-        self._save_checkpoint()
+        self._save_checkpoint(last=True)
         return self._finish()
 
     def publish_events(self) -> None:
@@ -327,20 +338,21 @@ class AccountSync:
         if live.uidvalidity != stored.uidvalidity:
             return self._prepare_full(server_folder, FolderCheckpoint(), listed)
         snapshot = plan.snapshot_bound(listed, live)
-        self._apply_flag_changes(server_folder, stored.uidvalidity, changes.changed_flags)
         new_uids = self.conn.search_from_uid(stored.uidnext or 1, below=snapshot.uidnext or None)
+        # One lookup for both: a new message's UID is among the changed flags too (its MODSEQ is new).
+        wanted = set(changes.changed_flags) | set(new_uids)
+        found = dal.find_locations(self.tenant, self.user, server_folder, ((stored.uidvalidity, u) for u in wanted))
+        known = {uid: _known(loc) for (_, uid), loc in found.items()}
+        self._apply_flag_changes(server_folder, stored.uidvalidity, changes.changed_flags, known)
         if changes.vanished is not None:
             gone = dal.find_locations(
                 self.tenant, self.user, server_folder, ((stored.uidvalidity, u) for u in changes.vanished)
             )
             self.vanished.extend(_known(loc) for loc in gone.values())
         elif plan.expunges_unreported(snapshot.messages, stored.messages, len(new_uids)):
-            known = {k.uid: k for k in self._known_copies(server_folder)}
-            self.vanished.extend(decide.vanished_by_uids(known, set(self.conn.search_from_uid(1))))
-        known_new = dal.find_locations(
-            self.tenant, self.user, server_folder, ((stored.uidvalidity, u) for u in new_uids)
-        )
-        todo = decide.arrivals_todo(new_uids, {uid for _, uid in known_new})
+            copies = {k.uid: k for k in self._known_copies(server_folder)}
+            self.vanished.extend(decide.vanished_by_uids(copies, set(self.conn.search_from_uid(1))))
+        todo = decide.arrivals_todo(new_uids, {uid for uid in new_uids if uid in known})
         return FolderWork(server_folder, mode, snapshot, todo)
 
     def _prepare_scan(self, server_folder: str, stored: FolderCheckpoint, listed: ServerStatus) -> FolderWork | None:
@@ -626,7 +638,9 @@ class AccountSync:
         """Confidentiality of new messages (``privacy.classify_new``, fed by the tenant's rules and
         the marks of their threads); the threads they make confidential are marked first."""
         if self._rules is None:
-            self._rules = privacy.rules_from(dal.get_tenant_settings(self.tenant))
+            self._rules = privacy.rules_from(
+                dal.get_tenant_settings(self.tenant, max_age=dal.TENANT_SETTINGS_MAX_AGE_SECONDS)
+            )
         threads = dal.thread_marks(self.tenant, self.user, {m.thread_id for m in messages})
         result = privacy.classify_new(self.account, messages, self._rules, threads)
         dal.mark_threads(self.tenant, self.user, result.threads_to_mark, confidential=True, by_owner=False)
@@ -724,10 +738,22 @@ class AccountSync:
         now = time.time()
         if not plan.sweep_due(self.checkpoint.last_sweep_at, now, force=force, interval=SWEEP_INTERVAL_SECONDS):
             return
+        more = False
         for server_folder in self.crm_for:
-            for location in dal.aged_out(self.tenant, self.user, server_folder, self.cutoff):
+            if self.deadline():
+                more = True
+                break
+            found = dal.aged_out(self.tenant, self.user, server_folder, self.cutoff, limit=SWEEP_LIMIT)
+            for location in found:
+                if self.deadline():
+                    more = True
+                    break
                 self._detach(_known(location), "aged_out")
-        self.checkpoint = replace(self.checkpoint, last_sweep_at=int(now))
+            more = more or len(found) >= SWEEP_LIMIT
+        # More to detach (the limit reached, or the job's time up): recorded as never swept, so
+        # the next sync sweeps again (and ``pending_work`` sees work) however recent the last
+        # complete sweep was.
+        self.checkpoint = replace(self.checkpoint, last_sweep_at=0 if more else int(now))
 
     def _detach(self, known: Known, reason: str) -> None:
         location = self._location(known)
@@ -738,7 +764,7 @@ class AccountSync:
             dal.drop(location)
             return
         assert message is not None
-        dal.detach(message, location, reason)
+        dal.detach(message, location, reason, first=not self.checkpoint.has_detached)
         message = replace(message, state="detached", detach_reason=reason)
         self.events.append(message_event(MESSAGE_DETACHED, message, detach_reason=reason))
         self.outcome.detached += 1
@@ -760,11 +786,17 @@ class AccountSync:
             scanned_at=scanned if scanned is not None else self.checkpoint.folder(work.server_folder).scanned_at,
         )
 
-    def _save_checkpoint(self) -> None:
-        """After every batch and at the end; a sync that found nothing writes nothing."""
+    def _save_checkpoint(self, *, last: bool = False) -> None:
+        """After every batch and at the end; a sync that found nothing writes nothing. The last
+        one is handed over in the outcome when the caller writes it with the lease release: a
+        worker that dies before then redoes the sync's tail from the batch before, as it would
+        had it died just before this write."""
         mapped = {name: replace(self.checkpoint.folder(name), crm_folder=crm) for name, crm in self.crm_for.items()}
         self.checkpoint = replace(self.checkpoint, folders=mapped)
         if self.checkpoint == self._saved:
             return
-        dal.save_checkpoint(self.tenant, self.user, self.owner, **self.checkpoint.to_dict())
+        if last and self.hand_over_checkpoint:
+            self.outcome.checkpoint = self.checkpoint.to_dict()
+        else:
+            dal.save_checkpoint(self.tenant, self.user, self.owner, **self.checkpoint.to_dict())
         self._saved = self.checkpoint

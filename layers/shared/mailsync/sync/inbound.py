@@ -113,7 +113,9 @@ def store_detached(
 def _classified(owner: Account, message: Message, rules: TenantRules | None) -> Message:
     """Confidentiality of a new message (``privacy.classify_new``); the thread it makes
     confidential is marked first, so later replies follow."""
-    rules = rules or privacy.rules_from(dal.get_tenant_settings(owner.tenant_id))
+    rules = rules or privacy.rules_from(
+        dal.get_tenant_settings(owner.tenant_id, max_age=dal.TENANT_SETTINGS_MAX_AGE_SECONDS)
+    )
     threads = dal.thread_marks(owner.tenant_id, owner.user_id, {message.thread_id})
     result = privacy.classify_new(owner, [message], rules, threads)
     dal.mark_threads(owner.tenant_id, owner.user_id, result.threads_to_mark, confidential=True, by_owner=False)

@@ -275,7 +275,9 @@ class PopSync:
         key = match_key(parsed.internet_message_id, "" if parsed.internet_message_id else mime.match_hash(raw))
         id_ = message_id_for(self.tenant, self.user, message.uidl, raw)
         if self._rules is None:
-            self._rules = privacy.rules_from(dal.get_tenant_settings(self.tenant))
+            self._rules = privacy.rules_from(
+                dal.get_tenant_settings(self.tenant, max_age=dal.TENANT_SETTINGS_MAX_AGE_SECONDS)
+            )
         stored = inbound.store_detached(
             self.account,
             raw,

@@ -17,7 +17,14 @@ from typing import Any
 
 from mailsync import blobstore, dal
 from mailsync.domain import Account, Location, Message, Op
-from mailsync.errors import ConnectFailed, FolderMissing, MailboxError, MailTimeout, OperationRefused
+from mailsync.errors import (
+    RAW_UNAVAILABLE,
+    ConnectFailed,
+    FolderMissing,
+    MailboxError,
+    MailTimeout,
+    OperationRefused,
+)
 from mailsync.events import MESSAGE_SYNC_FAILED, MESSAGE_UPDATED, Event, message_event
 from mailsync.mailbox.connection import ImapConnection
 from mailsync.observability import logger
@@ -114,6 +121,12 @@ class Pusher:
             # NO/BAD to this change (FolderMissing included): it will not work by retrying.
             assert message is not None
             self._fail(op, message, exc.message, exc.code)
+            done = True
+        except blobstore.RawUnreadable as exc:
+            # A CRM message to append whose stored copy is gone or damaged: no retry brings it back.
+            assert message is not None
+            logger.error("raw copy unreadable", extra={"id": message.id, "error": str(exc)})
+            self._fail(op, message, RAW_UNAVAILABLE, "raw_unavailable")
             done = True
         except Exception as exc:
             if message is None:

@@ -256,8 +256,8 @@ def disappearances_wait(*, deferred_before: bool, changed_since_snapshot: Callab
 
 
 def sweep_due(last_sweep_at: int | None, now: float, *, force: bool, interval: int) -> bool:
-    """Whether messages that aged out of the window are looked for now (hourly, and after a
-    full resync of any folder)."""
+    """Whether messages that aged out of the window are looked for now (every ``interval``
+    seconds, a day in the engine, and after a full resync of any folder)."""
     return force or now - int(last_sweep_at or 0) >= interval
 
 
@@ -279,7 +279,7 @@ def checkpoint_work(
     """Why the checkpoint alone means work (``mapped``: server folder -> CRM folder); None when
     only the folders' STATUS can tell (``status_work``). Mirrors what the engine would write
     for folders whose STATUS is unchanged: an unmapped folder's messages to detach, a first
-    sync to go on with, a changed CRM folder to record, the hourly aged-out sweep."""
+    sync to go on with, a changed CRM folder to record, the daily aged-out sweep."""
     if any(name not in mapped for name in checkpoint.folders):
         return "folder_unmapped"
     for name, crm in mapped.items():

@@ -61,9 +61,11 @@ def may_sync(*, fetch_enabled: bool, status: str, protocol: str) -> bool:
 # contention each tick would otherwise add a job per account that bounces for ever, and the queue
 # grows without end. Dropping it loses nothing: the account stays in the due index, so the
 # scheduler sends it a job again, and that sync finds whatever work was waiting (mail, CRM
-# changes, an unfinished first sync) — at the account's next poll: within its interval (up to
-# 15 minutes outside office hours), or after its failure backoff. A deferral (no Lambda time
-# left) carries the count on. A scheduled job is dropped sooner: the next tick is near.
+# changes, an unfinished first sync) — at the account's next poll. A dropped job that someone
+# waits for (a user's request, a CRM change, a first sync's next part) marks the account active
+# (``left_to_the_schedule``), so that poll is the next tick at any hour, not up to 15 minutes
+# later outside office hours; after a failure its backoff still comes first. A deferral (no
+# Lambda time left) carries the count on. A scheduled job is dropped sooner: the next tick is near.
 MAX_BOUNCES = 10  # 30 s apart (HOST_BUSY_DELAY_SECONDS): about five minutes
 MAX_SCHEDULED_BOUNCES = 2
 
@@ -72,6 +74,11 @@ def requeue_busy(reason: str, bounces: int) -> bool:
     """Whether a job that could not run now goes back on the queue (``bounces``: how often it
     already did), or is dropped and left to the scheduler."""
     return bounces < (MAX_SCHEDULED_BOUNCES if reason == "schedule" else MAX_BOUNCES)
+
+
+def left_to_the_schedule(reason: str) -> bool:
+    """Whether a dropped job marks its account active, so the scheduler polls it every tick."""
+    return reason != "schedule"
 
 
 def duplicate_scheduled_job(reason: str, seconds_since_success: float | None) -> bool:

@@ -62,9 +62,15 @@ def decide(account: DueAccount, *, now: int, tick_seconds: int, office_hours_now
     return Poll.WAIT
 
 
-def record_activity(last_activity_at: int | None, now: int) -> bool:
+def record_activity(last_activity_at: int | None, now: int, hours: OfficeHours | None = None) -> bool:
     """Whether a sync that changed something at ``now`` writes it down, given the activity the
-    account already has on record (read with the account, before the sync)."""
+    account already has on record (read with the account, before the sync) and its tenant's
+    office hours (None: not known). Not when office hours last the whole active window: the
+    account is polled every tick then anyway (office hours are one stretch a day, so both ends
+    in them is all of it in them), and a mailbox receiving mail in office hours would otherwise
+    rewrite its account item and due-index entry for nearly every message."""
+    if hours is not None and in_office_hours(hours, now) and in_office_hours(hours, now + ACTIVE_WINDOW_SECONDS):
+        return False
     return last_activity_at is None or now - last_activity_at >= ACTIVITY_REFRESH_SECONDS
 
 
