@@ -39,11 +39,9 @@ invoke: $(STAMP)  ## run a function in-process against the running stack: make i
 	@if [ -z "$(EVENT)" ]; then echo 'usage: make invoke [FN=<function>] EVENT="events/<file>.json ..."'; exit 2; fi
 	@$(BIN)/python -m devstack.invoke $(if $(FN),--function "$(FN)") $(EVENT)
 
-# Three pytest processes on two cores: with two, a third of the cores stayed idle (the suite's
-# 1,050-1,150 s of CPU over 13 min 16 s of pytest on a quiet machine), the tests waiting on mail
-# servers, subprocesses and timeouts. A test file stays on one process (--dist loadfile), so
-# module-scoped stacks and servers start once.
-PYTEST_WORKERS ?= 3
+# Two pytest processes: the suite waits on mail servers and moto as much as it computes. A test file
+# stays on one process (--dist loadfile), so module-scoped stacks and servers start once.
+PYTEST_WORKERS ?= 2
 
 test: $(STAMP) dovecot servers web chromium lint validate build  ## everything CI runs
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile  # pyproject.toml's testpaths: tests/ and devstack/tests/
