@@ -16,6 +16,7 @@ policies, bucket lifecycle rules, tags, deletion policies.
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import logging
 import re
@@ -93,13 +94,22 @@ def _construct_cfn_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) ->
 _CfnLoader.add_multi_constructor("!", _construct_cfn_tag)
 
 
+_parsed: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+
 def load_template(path: Path) -> dict[str, Any]:
-    """Load a CloudFormation/SAM YAML (or JSON) template, short-form tags turned into long forms."""
-    with Path(path).open(encoding="utf-8") as fh:
-        document = yaml.load(fh, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
-    if not isinstance(document, dict) or not isinstance(document.get("Resources"), dict):
-        raise ProvisionError(f"{path} is not a CloudFormation template (no Resources mapping)")
-    return document
+    """Load a CloudFormation/SAM YAML (or JSON) template, short-form tags turned into long forms.
+    Parsed once per file version (the tests provision a stack per test: the YAML parse was a
+    fifth of that); each caller gets its own copy."""
+    stat = Path(path).stat()
+    version = (str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+    if version not in _parsed:
+        with Path(path).open(encoding="utf-8") as fh:
+            document = yaml.load(fh, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+        if not isinstance(document, dict) or not isinstance(document.get("Resources"), dict):
+            raise ProvisionError(f"{path} is not a CloudFormation template (no Resources mapping)")
+        _parsed[version] = document
+    return copy.deepcopy(_parsed[version])
 
 
 # --------------------------------------------------------------------------- helpers
