@@ -145,7 +145,8 @@ def test_a_trickling_server_is_cut_off_at_the_deadline() -> None:
             fetch_all(server, config, deadline=started + 2)
         elapsed = time.monotonic() - started
     assert err.value.message == DEADLINE_MESSAGE
-    assert 1.5 < elapsed < 4, elapsed
+    # At the 2 s deadline, far from the 20 s read timeout, with room for a loaded machine.
+    assert 1.5 < elapsed < 10, elapsed
 
 
 def test_without_a_deadline_an_interactive_check_is_still_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

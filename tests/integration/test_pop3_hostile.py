@@ -280,7 +280,8 @@ def test_a_trickling_server_is_cut_off_at_the_job_budget(
         result = account.sync()
         elapsed = time.monotonic() - started
     assert_misbehaving(account, result, "time budget")
-    assert elapsed < 6, elapsed
+    # Cut at the 3 s budget, not at the 20 s read timeout; the room is for a loaded machine.
+    assert elapsed < 12, elapsed
 
 
 def test_a_server_without_top_is_read_with_retr(api: ApiCall, hostile_env: None) -> None:
