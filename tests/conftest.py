@@ -27,30 +27,31 @@ FAKE_AWS = {k: v for k, v in local_defaults().items() if not k.startswith("MAILS
 }
 
 
-# What the functions' cached boto3 clients were made for: clients are rebuilt only when it changes.
-_CLIENT_ENVIRONMENT = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION")
-_clients_made_for: list[tuple[str | None, ...]] = []
-
-
 def _reset_caches() -> None:
     from mailsync import crypto, dal
     from mailsync.aws import reset_clients
     from mailsync.config import get_settings
 
     get_settings.cache_clear()
-    # A client costs tens of milliseconds of CPU to build, several a test; moto's mock intercepts
-    # requests as they are sent, so the same client serves every test's ``mock_aws``.
-    environment = tuple(os.environ.get(name) for name in _CLIENT_ENVIRONMENT)
-    if _clients_made_for != [environment]:
-        reset_clients()
-        _clients_made_for[:] = [environment]
+    reset_clients()
     crypto.reset_caches()  # data keys of the previous test's KMS mock
     dal.forget_tenant_settings()  # tenants of the previous test's tables
 
 
+# The functions' boto3 clients of earlier tests' mocks, by AWS endpoint and region (see ``aws``).
+_MOCK_CLIENTS: dict[tuple[str | None, ...], dict[str, Any]] = {}
+
+
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """moto with every resource of template.yaml; yields the functions' environment."""
+    """moto with every resource of template.yaml; yields the functions' environment.
+
+    The functions' clients are handed from one test's mock to the next: a client costs tens of
+    milliseconds of CPU to build, several a test, and moto's mock intercepts requests as they
+    are sent, so a client serves every ``mock_aws``. Outside the mock no test sees them (they
+    would send to AWS)."""
+    from mailsync import aws as shared_aws
+
     for key, value in FAKE_AWS.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
@@ -64,7 +65,12 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         _reset_caches()
-        yield env
+        endpoint = tuple(os.environ.get(name) for name in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION"))
+        shared_aws._clients.update(_MOCK_CLIENTS.get(endpoint, {}))
+        try:
+            yield env
+        finally:
+            _MOCK_CLIENTS[endpoint] = dict(shared_aws._clients)
     _reset_caches()
 
 

@@ -36,6 +36,10 @@ def invoke(results: list[sync_jobs.JobResult], monkeypatch: pytest.MonkeyPatch) 
     fake: Callable[..., sync_jobs.JobResult] = lambda job, **_: by_user[job.user_id]  # noqa: E731
     monkeypatch.setattr(sync_jobs, "run_job", fake)
     monkeypatch.setattr(dal, "open_connections", lambda: None)  # no DynamoDB in this test
+    # Nor the group's read ahead (it would look for AWS credentials, seconds of retries).
+    monkeypatch.setattr(
+        dal, "get_accounts_and_sync_states", lambda accounts, **_: dict.fromkeys(accounts, (None, None))
+    )
     records = [
         {"MessageId": user, "ReceiptHandle": user, "Body": json.dumps({"tenant_id": "acme", "user_id": user})}
         for user in by_user
