@@ -71,6 +71,9 @@ def tarpit_accounts(api, aws, monkeypatch: pytest.MonkeyPatch):
     get_settings.cache_clear()
     # Deferred jobs become visible at once here, so the test can read them off the queue.
     monkeypatch.setattr(sync_jobs, "DEFERRED_DELAY_SECONDS", 0)
+    # The worker imported before a test starts its Lambda's clock, as a Lambda's init is not part
+    # of its timeout: a first import on a loaded machine took seconds of the few a test gives.
+    load_handler("sync_worker")
     with HostileServer(imap_server({b"LOGIN": tarpit_login})) as server:
         body = {"host": server.host, "port": server.port, "username": "u", "password": "pw", "security": "none"}
         for user in USERS:
