@@ -51,12 +51,9 @@ def group_record(users: list[str], reason: str = "schedule", tenant: str = "acme
 
 
 def run_worker(records: list[dict[str, str]], timeout_seconds: float = 300) -> tuple[dict, float]:
-    # Imported before the Lambda's clock starts, as a Lambda's init is not part of its timeout:
-    # the first import in a process took seconds of the time a test gives the invocation.
-    handler = load_handler("sync_worker")
     context = LambdaContext(function_name="SyncWorkerFunction", timeout_seconds=timeout_seconds)
     started = time.monotonic()
-    result = handler(sqs_event(records, QUEUE_ARN), context)
+    result = load_handler("sync_worker")(sqs_event(records, QUEUE_ARN), context)
     return result, time.monotonic() - started
 
 
@@ -82,6 +79,10 @@ def group_env(local_mail_env: DovecotServer, monkeypatch: pytest.MonkeyPatch) ->
     get_settings.cache_clear()
     # Deferred jobs become visible at once here, so the test can read them off the queue.
     monkeypatch.setattr(sync_jobs, "DEFERRED_DELAY_SECONDS", 0)
+    # The worker imported before a test starts a clock (its Lambda's, or the time its mailboxes
+    # must be done in), as a Lambda's init is not part of its timeout: a first import on a
+    # loaded machine took seconds of the few a test gives.
+    load_handler("sync_worker")
     return local_mail_env
 
 
