@@ -55,6 +55,11 @@ integration: $(STAMP) dovecot servers  ## handlers + moto + real Dovecot, Cyrus 
 e2e: $(STAMP) dovecot web chromium  ## the local stack over HTTP
 	$(BIN)/python -m pytest tests/e2e
 
+# A test run keeps its screenshots in pytest's temporary folder; the README's are refreshed on purpose.
+.PHONY: screens
+screens: $(STAMP) dovecot web chromium  ## take the README's screenshots again into docs/screens (the browser tests)
+	MAILSYNC_UPDATE_SCREENS=1 $(BIN)/python -m pytest tests/e2e/test_web_app.py
+
 tooling: $(STAMP) dovecot  ## tests of the tooling itself: the local stack (devstack/) and the test harness
 	$(BIN)/python -m pytest devstack/tests tests/fixtures/tests
 

@@ -157,6 +157,7 @@ class _LocalStack:
         endpoint_url: str | None,
         prefix: str,
         parameter_overrides: Mapping[str, Any] | None,
+        clients: dict[str, Any] | None = None,
     ) -> None:
         self.template = template
         self.resources: dict[str, Any] = dict(template.get("Resources") or {})
@@ -168,7 +169,7 @@ class _LocalStack:
             raise ProvisionError("no AWS region configured (set AWS_DEFAULT_REGION or pass a session)")
         self.region: str = region
         self.parameters = self._parameter_values(parameter_overrides or {})
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[str, Any] = {} if clients is None else clients
         self._attributes: dict[str, dict[str, Any]] = {}
         self._in_progress: list[str] = []
         self._conditions: dict[str, bool] = {}
@@ -672,6 +673,7 @@ def provision(
     endpoint_url: str | None,
     prefix: str = "mailsync-local",
     parameter_overrides: Mapping[str, Any] | None = None,
+    clients: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Create the template's tables, buckets, queues, KMS keys/aliases and event buses.
 
@@ -679,6 +681,7 @@ def provision(
     the default endpoints (inside ``moto.mock_aws()``).  Parameters take their
     ``Default`` unless given in ``parameter_overrides``.  Returns
     ``Globals.Function.Environment.Variables`` resolved against what was created.
+    ``clients``: boto3 clients by service name to use and add to (made from ``session``).
     """
     stack = _LocalStack(
         template,
@@ -686,6 +689,7 @@ def provision(
         endpoint_url,
         prefix,
         parameter_overrides,
+        clients,
     )
     stack.provision_all()
     return stack.environment()
@@ -697,9 +701,19 @@ def provision_mock(
     prefix: str = "mailsync-local",
     parameter_overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """``provision`` for code already running inside ``moto.mock_aws()`` (default endpoints)."""
+    """``provision`` for code already running inside ``moto.mock_aws()`` (default endpoints).
+
+    The tests provision a stack per test. Its clients are kept between calls, per region:
+    building them is over half of a stack's provisioning CPU, and moto's mock intercepts
+    requests as they are sent, so a client serves every ``mock_aws`` context."""
     template = load_template(template_path or DEFAULT_TEMPLATE)
-    return provision(template, endpoint_url=None, prefix=prefix, parameter_overrides=parameter_overrides)
+    clients = _MOCK_CLIENTS.setdefault(boto3.session.Session().region_name or "", {})
+    return provision(
+        template, endpoint_url=None, prefix=prefix, parameter_overrides=parameter_overrides, clients=clients
+    )
+
+
+_MOCK_CLIENTS: dict[str, dict[str, Any]] = {}
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: python -m devstack.provision URL

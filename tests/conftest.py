@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,13 +27,23 @@ FAKE_AWS = {k: v for k, v in local_defaults().items() if not k.startswith("MAILS
 }
 
 
+# What the functions' cached boto3 clients were made for: clients are rebuilt only when it changes.
+_CLIENT_ENVIRONMENT = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION")
+_clients_made_for: list[tuple[str | None, ...]] = []
+
+
 def _reset_caches() -> None:
     from mailsync import crypto, dal
     from mailsync.aws import reset_clients
     from mailsync.config import get_settings
 
     get_settings.cache_clear()
-    reset_clients()
+    # A client costs tens of milliseconds of CPU to build, several a test; moto's mock intercepts
+    # requests as they are sent, so the same client serves every test's ``mock_aws``.
+    environment = tuple(os.environ.get(name) for name in _CLIENT_ENVIRONMENT)
+    if _clients_made_for != [environment]:
+        reset_clients()
+        _clients_made_for[:] = [environment]
     crypto.reset_caches()  # data keys of the previous test's KMS mock
     dal.forget_tenant_settings()  # tenants of the previous test's tables
 
@@ -45,6 +56,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("MAILSYNC_EXTRA_CA_FILE", raising=False)
     make_dynamodb_atomic()
+    _symmetric_keys_without_rsa(monkeypatch)
     with mock_aws():
         from devstack.provision import provision_mock
 
@@ -54,6 +66,26 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
         _reset_caches()
         yield env
     _reset_caches()
+
+
+def _symmetric_keys_without_rsa(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto generates a 2048-bit RSA key for every KMS key, symmetric ones too, where nothing
+    uses it: about 12 ms of CPU a key, three keys a test. Symmetric keys share one here."""
+    from moto.kms import models
+
+    generate = models.generate_private_key
+
+    def generate_private_key(key_spec: str) -> Any:
+        if key_spec != "SYMMETRIC_DEFAULT":
+            return generate(key_spec)
+        if not _SYMMETRIC_KEYS_RSA:
+            _SYMMETRIC_KEYS_RSA.append(generate(key_spec))
+        return _SYMMETRIC_KEYS_RSA[0]
+
+    monkeypatch.setattr(models, "generate_private_key", generate_private_key)
+
+
+_SYMMETRIC_KEYS_RSA: list[Any] = []
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The reference web app (web/) in a real browser: Debian's Chromium driven by Playwright, against
-`make run` and the test Dovecot, as a recruiter uses it. Each test saves its screen to docs/screens/
-(the README shows them). One stack and one browser for the module."""
+`make run` and the test Dovecot, as a recruiter uses it. Each test saves its screen: to pytest's
+temporary folder, or with MAILSYNC_UPDATE_SCREENS=1 (`make screens`) to docs/screens/, the README's.
+One stack and one browser for the module."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import datetime as dt
 import email.policy
 import email.utils
 import json
+import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from tests.e2e.conftest import ROOT, Running, base_env, free_port, make_token, s
 from tests.fixtures.oauth_server import CLIENT_ID, CLIENT_SECRET, RunningServer, run_server
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENS = ROOT / "docs" / "screens"
+DOCS_SCREENS = ROOT / "docs" / "screens"
 # As the machine notes say: without the networking switches Chromium tries Google's hosts at start.
 CHROMIUM_ARGS = [
     "--headless",
@@ -41,6 +43,7 @@ WAIT_MS = 30_000
 OAUTH_SECRET_NAME = "mailsync-web-oauth"
 DESKTOP = {"width": 1100, "height": 900}
 expect.set_options(timeout=WAIT_MS)
+Screenshot = Callable[[Page, str], None]
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +130,22 @@ def sign_in(page: Page, stack: Running, user: str, tenant: str = "acme", role: s
     expect(page.locator("#host")).to_be_visible()
 
 
-def screenshot(page: Page, name: str) -> None:
-    SCREENS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENS / f"{name}.png"), full_page=True)
+@pytest.fixture(scope="module")
+def screens(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the screens go: the README's (docs/screens) only when asked for (`make screens`),
+    otherwise a temporary folder, so a test run leaves the developer's git tree as it was."""
+    if os.environ.get("MAILSYNC_UPDATE_SCREENS") == "1":
+        DOCS_SCREENS.mkdir(parents=True, exist_ok=True)
+        return DOCS_SCREENS
+    return tmp_path_factory.mktemp("screens")
+
+
+@pytest.fixture
+def screenshot(screens: Path) -> Screenshot:
+    def take(page: Page, name: str) -> None:
+        page.screenshot(path=str(screens / f"{name}.png"), full_page=True)
+
+    return take
 
 
 def fill_settings(page: Page, mail_user: MailUser, password: str) -> None:
@@ -169,7 +185,7 @@ def wait_until(check, what: str, timeout: float = 30.0) -> None:
 
 
 def test_settings_folders_mail_arriving_and_read_on_the_server(
-    stack: Running, page: Page, dovecot: DovecotServer
+    stack: Running, page: Page, dovecot: DovecotServer, screenshot: Screenshot
 ) -> None:
     mail_user = dovecot.add_user()
     # The module has a stack of its own: fixed CRM user names are new in it (and read well on the screens).
@@ -251,7 +267,9 @@ def test_settings_folders_mail_arriving_and_read_on_the_server(
     screenshot(page, "mailbox-360")
 
 
-def test_a_wrong_password_is_named_in_the_help_pages_words(stack: Running, page: Page, dovecot: DovecotServer) -> None:
+def test_a_wrong_password_is_named_in_the_help_pages_words(
+    stack: Running, page: Page, dovecot: DovecotServer, screenshot: Screenshot
+) -> None:
     mail_user = dovecot.add_user()
     sign_in(page, stack, "bob")
     fill_settings(page, mail_user, "not-the-password")
@@ -301,7 +319,9 @@ def test_a_pop_mailbox_fetches_into_the_inbox_and_has_no_folders_to_map(
         pop.quit()
 
 
-def test_dutch_from_the_browser_switchable_and_usable_by_keyboard(stack: Running, browser: Browser) -> None:
+def test_dutch_from_the_browser_switchable_and_usable_by_keyboard(
+    stack: Running, browser: Browser, screenshot: Screenshot
+) -> None:
     page = open_page(browser, locale="nl-NL")
     try:
         sign_in(page, stack, "daan")
@@ -328,7 +348,7 @@ def test_dutch_from_the_browser_switchable_and_usable_by_keyboard(stack: Running
 
 
 def test_connect_google_runs_the_consent_and_comes_back_connected(
-    stack: Running, page: Page, google: RunningServer
+    stack: Running, page: Page, google: RunningServer, screenshot: Screenshot
 ) -> None:
     google.server.approve_as = "frank@gmail.example"
     sign_in(page, stack, "frank")
@@ -390,3 +410,7 @@ def test_screens_are_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for name in ("settings", "folders", "mailbox", "settings-nl"):
         assert f"docs/screens/{name}.png" in readme, name
+    # `make screens` refreshes every screen the README shows, and takes none it does not.
+    shown = set(re.findall(r"docs/screens/([\w-]+)\.png", readme))
+    taken = set(re.findall(r'screenshot\(page, "([\w-]+)"\)', Path(__file__).read_text(encoding="utf-8")))
+    assert shown == taken

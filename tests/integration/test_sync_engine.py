@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import boto3
 import pytest
 import requests
@@ -376,6 +378,66 @@ def test_a_sweep_that_reaches_its_limit_goes_on_next_sync(account: Account, monk
     assert account.synced() == {}, "the sweep went on with the next sync, not a day later"
     states = {m["subject"]: (m["state"], m["detach_reason"]) for m in account.messages()}
     assert states == {"old 1": ("detached", "aged_out"), "old 2": ("detached", "aged_out")}
+
+
+def test_a_sweep_cut_by_the_jobs_deadline_goes_on_next_sync(
+    account: Account, aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep stops when the job's time is up, mid-folder as between folders: what it did not
+    reach stays attached, the sweep is not recorded as done, and the next scheduled poll (with
+    time, nothing else to do) detaches the rest instead of a day later; each copy once."""
+    from mailsync import dal
+    from mailsync.sync import engine
+    from mailsync.sync.planner import jobs
+
+    old = {"INBOX": ["old in 1", "old in 2", "old in 3"], "Archive": ["old ar 1"]}
+    with account.user.client() as imap:
+        for folder, subjects in old.items():
+            for subject in subjects:
+                imap.append(folder, message(subject, days=5), internal_date=days_ago(5))
+        imap.append("INBOX", message("staying", days=1), internal_date=days_ago(1))
+    assert account.sync().status == "synced"
+    ids = {subject: m["id"] for subject, m in account.synced().items()}
+    saved = account.api(
+        "PUT", "/v1/users/me/mail-settings", account.settings_body() | {"sync_window_days": 3}, caller=account.caller
+    )
+    assert saved.status == 200, saved.body
+    events = capture_events(aws["EVENT_BUS_NAME"])
+
+    # The job's time is up once two copies are detached, whichever folder the sweep takes first:
+    # counted by detachment, not by deadline checks, so the cut does not hang on how often the
+    # engine asks before the sweep.
+    detached: list[str] = []
+    detach = dal.detach
+
+    def counted(stored: Any, *args: Any, **kwargs: Any) -> None:
+        detached.append(stored.id)
+        detach(stored, *args, **kwargs)
+
+    monkeypatch.setattr(dal, "detach", counted)
+    monkeypatch.setattr(engine, "SWEEP_INTERVAL_SECONDS", 0)
+    assert account.sync(deadline=lambda: len(detached) >= 2).status == "synced"
+    assert len(detached) == 2
+    assert len(account.synced()) == 3, "the copies the sweep did not reach stay attached"
+    assert dal.get_sync_state(account.tenant, account.caller.user).last_sweep_at == 0, "recorded as not swept"
+
+    monkeypatch.setattr(engine, "SWEEP_INTERVAL_SECONDS", 86_400)
+    # The next poll comes a minute later; nothing changed on the server: the sweep alone is work.
+    monkeypatch.setattr(jobs, "MIN_SECONDS_BETWEEN_SCHEDULED_SYNCS", 0)
+    assert account.sync(reason="schedule").status == "synced"
+    assert set(account.synced()) == {"staying"}, "the sweep went on with the next poll, not a day later"
+    assert dal.get_sync_state(account.tenant, account.caller.user).last_sweep_at > 0
+    aged = {ids[s] for subjects in old.values() for s in subjects}
+    assert sorted(detached) == sorted(aged), "each copy detached once"
+    states = {m["subject"]: (m["id"], m["state"], m["detach_reason"]) for m in account.messages()}
+    assert states == {s: (ids[s], "detached", "aged_out") for s in ids if s != "staying"} | {
+        "staying": (ids["staying"], "synced", None)
+    }
+    announced = [(e["id"], e["detach_reason"]) for e in events.of_type("message.detached")]
+    assert sorted(announced) == sorted((i, "aged_out") for i in aged), "each detachment announced once"
+    for folder in old:
+        left = [loc.id for loc in dal.folder_locations(account.tenant, account.caller.user, folder)]
+        assert left == ([ids["staying"]] if folder == "INBOX" else [])
 
 
 def test_a_message_moved_away_and_back_is_revived_though_the_sync_that_detached_it_failed_after(
