@@ -25,7 +25,9 @@ from tests.conftest import ApiCall
 from tests.integration.sync_support import Account, connect_account, days_ago, message
 
 MAPPED = ("inbox", "sent", "archive", "trash")
-UIDVALIDITY_BUDGET_SECONDS = 5.0
+# Courier's UIDVALIDITY follows its clock's second; the budget is for a loaded machine, and costs
+# nothing when the tick comes.
+UIDVALIDITY_BUDGET_SECONDS = 30.0
 
 
 @pytest.fixture

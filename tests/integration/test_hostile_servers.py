@@ -161,7 +161,8 @@ def test_without_a_deadline_an_interactive_check_is_still_bounded(monkeypatch: p
         started = time.monotonic()
         with pytest.raises(ServerMisbehaving, match="time budget"):
             open_mailbox_check(params(server), settings())
-    assert time.monotonic() - started < 4
+    # Cut at the 1.5 s budget, not at the default 20 s one; the room is for a loaded machine.
+    assert time.monotonic() - started < 10
 
 
 def test_pop3_endless_capa_stops_at_the_response_budget() -> None:

@@ -157,6 +157,7 @@ def test_a_trickling_token_endpoint_is_cut_at_the_total_deadline(behaviour: str)
         started = time.monotonic()
         with pytest.raises(oauth.TokenEndpointUnavailable, match="in time"):
             oauth.refresh(_endpoints(server.url), "secret", "refresh", 2)
-        # Two seconds of budget; a per-socket timeout alone would wait for all ~1,070 bytes.
-        assert time.monotonic() - started < 6
+        # Two seconds of budget; a per-socket timeout alone would wait for all ~1,070 bytes (as
+        # many seconds): the bound leaves room for a loaded machine.
+        assert time.monotonic() - started < 10
         assert len(server.requests) == 1
