@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from moto import mock_aws
@@ -70,7 +71,12 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
         try:
             yield env
         finally:
-            _MOCK_CLIENTS[endpoint] = dict(shared_aws._clients)
+            # Only clients of AWS's own endpoints: a test may point one at a moto server.
+            _MOCK_CLIENTS[endpoint] = {
+                service: made
+                for service, made in shared_aws._clients.items()
+                if (urlsplit(made.meta.endpoint_url).hostname or "").endswith(".amazonaws.com")
+            }
     _reset_caches()
 
 
