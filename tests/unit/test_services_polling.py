@@ -94,9 +94,9 @@ def test_each_tenants_office_hours_are_read_once_per_tick(fake_dal: Fakes, monke
     reads: list[str] = []
     real = fake_dal.dal.get_office_hours
 
-    def counted(tenant_id: str) -> OfficeHours | None:
+    def counted(tenant_id: str, **options: float) -> OfficeHours | None:
         reads.append(tenant_id)
-        return real(tenant_id)
+        return real(tenant_id, **options)
 
     monkeypatch.setattr(scheduling.dal, "get_office_hours", counted)
     fake_dal.dal.put_accounts(account(f"tenant{i % 3}", f"user{i}") for i in range(90))
@@ -111,10 +111,10 @@ def test_a_tenant_whose_office_hours_cannot_be_read_is_polled_as_in_office_hours
 ) -> None:
     real = fake_dal.dal.get_office_hours
 
-    def broken(tenant_id: str) -> OfficeHours | None:
+    def broken(tenant_id: str, **options: float) -> OfficeHours | None:
         if tenant_id == "broken":
             raise RuntimeError("throttled")
-        return real(tenant_id)
+        return real(tenant_id, **options)
 
     monkeypatch.setattr(scheduling.dal, "get_office_hours", broken)
     fake_dal.dal.put_accounts(account("broken", f"b{i}") for i in range(20))

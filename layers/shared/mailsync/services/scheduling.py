@@ -157,9 +157,9 @@ def record_activity(account: Account, outcome: SyncOutcome) -> None:
     changed = outcome.created or outcome.relinked or outcome.flag_updates or outcome.pushed
     if not changed:
         return
+    hours: OfficeHours | None
     try:
-        saved = dal.get_office_hours(account.tenant_id, max_age=dal.TENANT_SETTINGS_MAX_AGE_SECONDS)
-        hours: OfficeHours | None = saved or OfficeHours()
+        hours = office_hours(account.tenant_id, max_age=dal.TENANT_SETTINGS_MAX_AGE_SECONDS)
     except Exception:  # noqa: BLE001 - unknown hours: the activity is written as if outside them
         logger.exception("office hours not read", extra={"user_id": account.user_id})
         hours = None
@@ -170,9 +170,9 @@ def record_activity(account: Account, outcome: SyncOutcome) -> None:
             logger.exception("activity not recorded", extra={"user_id": account.user_id})
 
 
-def office_hours(tenant_id: str) -> OfficeHours:
-    """The tenant's office hours as saved, else the defaults."""
-    return dal.get_office_hours(tenant_id) or OfficeHours()
+def office_hours(tenant_id: str, *, max_age: float = 0.0) -> OfficeHours:
+    """The tenant's office hours as saved, else the defaults (``max_age``: see ``dal.get_office_hours``)."""
+    return dal.get_office_hours(tenant_id, max_age=max_age) or OfficeHours()
 
 
 class _Tick:
