@@ -312,3 +312,16 @@ def test_tenant_settings_kept_for_syncs_are_bounded_in_number_and_age(
     dal.save_tenant_settings("late", ["geheim"], [])
     _store._tenant_settings.keep("late", None, started)
     assert dal.get_tenant_settings("late", max_age=max_age).confidential_keywords == ("geheim",)
+
+
+def test_the_idempotency_store_is_built_once_per_client(aws: dict[str, str]) -> None:
+    # Each persistence layer built registers a Powertools hook on the DynamoDB client, never
+    # removed: one built per send made the hooks every request runs grow with each send.
+    from mailsync import dal
+    from mailsync.aws import client, reset_clients
+
+    store = dal.idempotency_store()
+    assert dal.idempotency_store() is store
+    assert store.client is client("dynamodb")
+    reset_clients()
+    assert dal.idempotency_store().client is client("dynamodb"), "a new client gets its own store"

@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
@@ -905,5 +906,14 @@ def count_attempt(op: Op) -> int:
 
 
 def idempotency_store() -> DynamoDBPersistenceLayer:
-    """Where Powertools Idempotency keeps its records (the idempotency table), for retried POSTs."""
-    return DynamoDBPersistenceLayer(table_name=get_settings().idempotency_table, boto3_client=client("dynamodb"))
+    """Where Powertools Idempotency keeps its records (the idempotency table), for retried POSTs.
+
+    One per table and client, as Powertools means it to be used: each one built registers a
+    hook on the client (its feature name for the User-Agent) that is never removed, so one built
+    per send made every DynamoDB request of a warm API function run one more hook per send."""
+    return _idempotency_store(get_settings().idempotency_table, client("dynamodb"))
+
+
+@lru_cache(maxsize=4)  # a few: tests change tables and clients
+def _idempotency_store(table: str, dynamodb: Any) -> DynamoDBPersistenceLayer:
+    return DynamoDBPersistenceLayer(table_name=table, boto3_client=dynamodb)
