@@ -19,6 +19,7 @@ import base64
 import copy
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -703,17 +704,18 @@ def provision_mock(
 ) -> dict[str, str]:
     """``provision`` for code already running inside ``moto.mock_aws()`` (default endpoints).
 
-    The tests provision a stack per test. Its clients are kept between calls, per region:
-    building them is over half of a stack's provisioning CPU, and moto's mock intercepts
+    The tests provision a stack per test. Its clients are kept between calls, per endpoint and
+    region: building them is over half of a stack's provisioning CPU, and moto's mock intercepts
     requests as they are sent, so a client serves every ``mock_aws`` context."""
     template = load_template(template_path or DEFAULT_TEMPLATE)
-    clients = _MOCK_CLIENTS.setdefault(boto3.session.Session().region_name or "", {})
+    where = (os.environ.get("AWS_ENDPOINT_URL"), boto3.session.Session().region_name)
+    clients = _MOCK_CLIENTS.setdefault(where, {})
     return provision(
         template, endpoint_url=None, prefix=prefix, parameter_overrides=parameter_overrides, clients=clients
     )
 
 
-_MOCK_CLIENTS: dict[str, dict[str, Any]] = {}
+_MOCK_CLIENTS: dict[tuple[str | None, str | None], dict[str, Any]] = {}
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: python -m devstack.provision URL

@@ -76,6 +76,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
                 service: made
                 for service, made in shared_aws._clients.items()
                 if (urlsplit(made.meta.endpoint_url).hostname or "").endswith(".amazonaws.com")
+                and made.meta.region_name == (endpoint[1] or endpoint[2])
             }
     _reset_caches()
 
@@ -151,5 +152,7 @@ def local_mail_env(monkeypatch: pytest.MonkeyPatch, aws: dict[str, str], dovecot
     monkeypatch.setenv("MAILSYNC_ALLOW_PRIVATE_HOSTS", "true")
     monkeypatch.setenv("MAILSYNC_EXTRA_CA_FILE", str(dovecot.ca_file))
     monkeypatch.setenv("MAILSYNC_IMAP_TIMEOUT_SECONDS", "10")
-    _reset_caches()
+    from mailsync.config import get_settings
+
+    get_settings.cache_clear()  # only settings: the clients the aws fixture handed on stay
     return dovecot

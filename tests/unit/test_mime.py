@@ -200,9 +200,9 @@ def test_very_long_headers_are_parsed_in_linear_time() -> None:
     recipients = ", ".join(f'"User {i}" <user{i}@example.com>' for i in range(20_000))
     subject = "word " * 20_000
     raw = message(f"To: {recipients}", f"Subject: {subject}")
-    started = time.process_time()  # CPU time: what a loaded machine does not stretch
+    started = time.thread_time()  # CPU time of this thread: what a loaded machine does not stretch
     parsed = parse_message(raw)
-    elapsed = time.process_time() - started
+    elapsed = time.thread_time() - started
     assert len(parsed.to) == 20_000
     assert parsed.to[-1] == Address("User 19999", "user19999@example.com")
     assert parsed.subject == subject.strip()
@@ -447,9 +447,9 @@ def test_nested_multipart_with_empty_plain_falls_back_to_html() -> None:
 def test_hostile_html_is_linear() -> None:
     bodies = [b"<a" * 100_000, b"</" * 100_000, b"<?" * 100_000, b"<script>" + b"</scrip" * 30_000]
     for body in bodies:
-        started = time.process_time()  # CPU time: what a loaded machine does not stretch
+        started = time.thread_time()  # CPU time of this thread: what a loaded machine does not stretch
         parsed = parse_message(message("Content-Type: text/html", body=body))
-        assert time.process_time() - started < 2
+        assert time.thread_time() - started < 2
         assert "<a" not in parsed.snippet
 
 
@@ -604,9 +604,9 @@ def test_large_attachments_are_not_decoded(monkeypatch: pytest.MonkeyPatch) -> N
         return result
 
     monkeypatch.setattr(email.message.Message, "get_payload", spy)
-    started = time.process_time()  # CPU time: what a loaded machine does not stretch
+    started = time.thread_time()  # CPU time of this thread: what a loaded machine does not stretch
     parsed = parse_message(raw)
-    elapsed = time.process_time() - started
+    elapsed = time.thread_time() - started
     assert parsed.attachments == [Attachment("big.pdf", "application/pdf", len(attachment))]
     assert parsed.snippet.startswith("Bitte finden Sie anbei meine Unterlagen.")
     assert max(decoded_lengths, default=0) < 100_000
