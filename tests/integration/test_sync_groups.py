@@ -116,9 +116,15 @@ def assert_synced(account: Account, count: int) -> None:
     assert dal.get_account("acme", who).status == "ok"
 
 
-def test_a_hostile_account_in_a_group_holds_up_no_other(api, group_env, aws) -> None:
+def test_a_hostile_account_in_a_group_holds_up_no_other(api, group_env, aws, monkeypatch: pytest.MonkeyPatch) -> None:
     from mailsync import dal
+    from mailsync.config import get_settings
 
+    # A longer budget than the module's: the four mailboxes (on the two threads the tarpit leaves)
+    # took up to 4.7 s under load, and must be done well before the tarpit's budget ends.
+    budget = 12
+    monkeypatch.setenv("MAILSYNC_JOB_BUDGET_SECONDS", str(budget))
+    get_settings.cache_clear()
     good = mail_accounts(api, group_env, 4)
     with HostileServer(imap_server({b"LOGIN": tarpit_login})) as server:
         tarpit_accounts(api, server, ["tarpit"])
@@ -127,11 +133,11 @@ def test_a_hostile_account_in_a_group_holds_up_no_other(api, group_env, aws) -> 
         result, elapsed = run_worker([group_record(["tarpit", *(a.caller.user for a in good)])])
 
     assert result == {"batchItemFailures": []}
-    assert elapsed < 2 * BUDGET, elapsed
+    assert elapsed < 2 * budget, elapsed
     for i, account in enumerate(good):
         assert_synced(account, i + 1)
         finished = dal.get_sync_state("acme", account.caller.user).last_success_at.timestamp()
-        assert finished < started + BUDGET - 1, "a mailbox waited for the hostile one"
+        assert finished < started + budget - 2, "a mailbox waited for the hostile one"
     tarpit = dal.get_sync_state("acme", "tarpit")
     assert (tarpit.state, tarpit.lease_owner) == ("failed", None)
     assert dal.get_account("acme", "tarpit").status in ("server_misbehaving", "timeout")
