@@ -19,7 +19,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from devstack.dovecot import DovecotServer, MailUser, make_message
 from tests.e2e.conftest import ROOT, Running, base_env, free_port, make_token, start, stop
@@ -414,3 +414,51 @@ def test_screens_are_in_the_readme() -> None:
     shown = set(re.findall(r"docs/screens/([\w-]+)\.png", readme))
     taken = set(re.findall(r'screenshot\(page, "([\w-]+)"\)', Path(__file__).read_text(encoding="utf-8")))
     assert shown == taken
+
+
+def test_the_first_sync_bar_adds_up_the_folders_and_goes_when_the_first_sync_is_done(
+    stack: Running, page: Page, dovecot: DovecotServer
+) -> None:
+    mail_user = dovecot.add_user()
+    user = "gerda"
+    token = make_token(user, "acme")
+    settings = {"host": "127.0.0.1", "port": mail_user.imaps_port, "username": mail_user.username}
+    settings["password"] = mail_user.password
+    assert stack.request("PUT", "/v1/users/me/mail-settings", token, settings)[0] == 201
+    assert stack.request("PUT", "/v1/users/me/folder-map", token, {"inbox": "INBOX", "sent": "Sent"})[0] == 200
+
+    # A real first sync runs for seconds at a pace no test can time: the status the app polls is the
+    # API's real answer with only the folders' first_sync set from here.
+    progress = {"INBOX": {"total": 200, "done": 40}, "Sent": {"total": 50, "done": 10}}
+    served: list[dict] = []
+
+    def answer(route: Route) -> None:
+        real = route.fetch()
+        body = real.json()
+        for folder in body["folders"]:
+            folder["first_sync"] = progress.get(folder["server_folder"])
+        served.append(body)
+        route.fulfill(response=real, json=body)
+
+    page.route("**/v1/users/*/sync-status", answer)
+    sign_in(page, stack, user)
+    page.get_by_role("link", name="Mailbox").click()
+
+    # Both folders' progress in one bar: 40 + 10 of 200 + 50, in words for the screen reader too.
+    bar = page.get_by_role("progressbar", name="First sync: 50 of 250 e-mails")
+    expect(bar).to_be_visible()
+    expect(bar).to_have_js_property("value", 50)
+    expect(bar).to_have_js_property("max", 250)
+    assert sorted(f["server_folder"] for f in served[-1]["folders"]) == ["INBOX", "Sent"], served[-1]
+    page.get_by_label("Language").select_option("nl")
+    expect(page.get_by_role("progressbar", name="Eerste synchronisatie: 50 van 250 e-mails")).to_be_visible()
+    page.get_by_label("Taal").select_option("en")
+
+    # The first sync is done: the status has no first_sync any more (set here too, whatever the sync
+    # Sync now starts reports), and the bar goes with the status that Sync now asks for at once.
+    progress.clear()
+    polled = len(served)
+    page.get_by_role("button", name="Sync now").click()
+    expect(page.locator("#first-sync")).to_have_count(0)
+    assert len(served) > polled
+    assert all(f["first_sync"] is None for f in served[-1]["folders"]), served[-1]
