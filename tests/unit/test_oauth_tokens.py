@@ -137,6 +137,24 @@ def test_a_rotated_refresh_token_is_kept_encrypted(endpoint: TokenEndpoint, acco
     assert oauth_tokens.access_token(stored, get_settings()) == "access-1" and endpoint.calls == 1
 
 
+def test_refreshes_that_rotate_the_refresh_token_keep_one_lock_per_account(
+    endpoint: TokenEndpoint, account: Account, fake_dal: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Microsoft rotates the refresh token on every refresh: a lock kept per grant stayed behind
+    # for each one, for the container's life.
+    def rotating(endpoints: Any, secret: str, refresh_token: str, timeout: float) -> oauth.Tokens:
+        endpoint.calls += 1
+        return oauth.Tokens(access_token=f"access-{endpoint.calls}", expires_in=0, refresh_token=f"r-{endpoint.calls}")
+
+    monkeypatch.setattr(oauth, "refresh", rotating)
+    for _ in range(20):
+        stored = fake_dal.dal.get_account("acme", "alice")
+        assert stored is not None
+        oauth_tokens.access_token(stored, get_settings())
+    assert endpoint.calls == 20
+    assert len(oauth_tokens._refreshing) == 1
+
+
 def test_a_forgotten_token_is_refreshed(endpoint: TokenEndpoint, account: Account) -> None:
     oauth_tokens.access_token(account, get_settings())
     oauth_tokens.forget_access_token(account)

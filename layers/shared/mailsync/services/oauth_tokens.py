@@ -96,7 +96,9 @@ _cache_lock = threading.Lock()
 # (tenant, user, refresh token ciphertext) -> (access token, monotonic expiry). A new consent
 # has a new ciphertext, so it never gets the previous grant's token.
 _cache: dict[tuple[str, str, bytes], tuple[str, float]] = {}
-_refreshing: dict[tuple[str, str, bytes], threading.Lock] = {}
+# One refresh per account at a time: by account, not by grant, as a rotated refresh token
+# (Microsoft's, each refresh) would leave a lock behind per refresh.
+_refreshing: dict[tuple[str, str], threading.Lock] = {}
 
 
 def _key(account: Account) -> tuple[str, str, bytes]:
@@ -125,7 +127,9 @@ def access_token(account: Account, settings: Settings, *, deadline: float | None
     if token is not None:
         return token
     with _cache_lock:
-        lock = _refreshing.setdefault(key, threading.Lock())
+        if len(_refreshing) >= _CACHE_MAX:
+            _refreshing.clear()  # a refresh under a dropped lock may run twice: the update keeps one
+        lock = _refreshing.setdefault((account.tenant_id, account.user_id), threading.Lock())
     with lock:
         token = _cached(key, time.monotonic())
         if token is not None:
@@ -134,7 +138,6 @@ def access_token(account: Account, settings: Settings, *, deadline: float | None
         with _cache_lock:
             if len(_cache) >= _CACHE_MAX:
                 _cache.clear()
-                _refreshing.clear()
             _cache[key] = (tokens.access_token, time.monotonic() + tokens.expires_in)
     if tokens.refresh_token and account.refresh_token_ciphertext is not None:
         # Microsoft hands out a new refresh token with each refresh: keep the newest.
