@@ -930,3 +930,19 @@ def test_dash_lines_are_found_with_two_searches_a_line_whatever_the_line_ends() 
     expected = [m.start() + 1 for m in re.finditer(rb"(?=[\r\n]--)", bytes(raw))]
     assert found == expected and len(found) == 501
     assert Counted.finds <= 2 * (len(found) + 1)
+
+
+def test_charset_labels_a_sender_makes_up_are_not_kept_by_python() -> None:
+    # Python's codec search keeps every label it did not find for the life of the process
+    # (encodings._cache): labels of codecs Python does not have are never looked up.
+    import encodings
+
+    from mailsync import mime
+
+    words = " ".join(f"=?x-made-up-{i:04d}-{'a' * 30}?Q?hi?=" for i in range(300))
+    raw = f"From: a@example.com\r\nSubject: {words}\r\n\r\nbody\r\n".encode()
+    before = len(encodings._cache)
+    parsed = mime.parse_message(raw)
+    assert len(encodings._cache) == before
+    assert any("unknown charset" in error for error in parsed.parse_errors)
+    assert mime._codec_name("UTF-8") == "utf-8" and mime._codec_name("x-mac-roman") == "mac-roman"

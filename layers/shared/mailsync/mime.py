@@ -12,8 +12,11 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import encodings
+import encodings.aliases
 import hashlib
 import html
+import pkgutil
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -582,9 +585,23 @@ def _guess_text(data: bytes, truncated: bool = False) -> str:
         return _windows_1252(data)
 
 
+def _codec_labels() -> frozenset[str]:
+    """Every label Python's own codecs answer to, normalized as its codec search does."""
+    modules = {module.name for module in pkgutil.iter_modules(encodings.__path__)}
+    return frozenset({*encodings.aliases.aliases, *encodings.aliases.aliases.values(), *modules})
+
+
+_CODEC_LABELS = _codec_labels()
+
+
 def _codec_name(charset: str) -> str | None:
     label = charset.strip().strip("\"'").lower()
     label = _CHARSET_ALIASES.get(label, label)
+    # Only labels of the codecs Python has are looked up: Python keeps every label its codec
+    # search did not find, for the life of the process, and a sender chooses the labels.
+    normalized = encodings.normalize_encoding(label[:64])
+    if normalized not in _CODEC_LABELS and normalized.replace(".", "_") not in _CODEC_LABELS:
+        return None
     try:
         name = codecs.lookup(label).name
         # bytes.decode refuses codecs that are not text encodings (rot13, base64, zlib ...).
