@@ -5,10 +5,12 @@ the machine, and a trickling server cannot stretch a request past its total dead
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -161,3 +163,21 @@ def test_a_trickling_token_endpoint_is_cut_at_the_total_deadline(behaviour: str)
         # many seconds): the bound leaves room for a loaded machine.
         assert time.monotonic() - started < 10
         assert len(server.requests) == 1
+
+
+def test_a_token_endpoint_whose_certificate_no_trusted_ca_signed_gets_nothing(tmp_path: Path) -> None:
+    # https to loopback with a certificate of a private CA (trusted by no default store): refused
+    # on every request, the refresh token never sent; the TLS context is made once and reused.
+    from devstack.dovecot import _write_tls_material
+
+    _, cert, key = _write_tls_material(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = Server("answer")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    for running in _running(server):
+        where = _endpoints(running.url.replace("http://", "https://"))
+        for _ in range(2):
+            with pytest.raises(oauth.TokenEndpointUnavailable):
+                oauth.refresh(where, "secret", "refresh", 5)
+        assert running.requests == []
