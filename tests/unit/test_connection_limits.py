@@ -86,3 +86,20 @@ def test_a_busy_host_does_not_keep_the_mailbox_taken() -> None:
     # bob's failed attempt left nothing behind.
     with limits.slot("imap.example.com", "bob", limit=1, wait_seconds=0):
         pass
+
+
+def test_a_host_is_forgotten_when_its_last_job_ends_and_still_limited_while_in_use() -> None:
+    # Users choose their hosts: a warm worker that kept a count per host ever seen grew with them.
+    limits = ConnectionLimits()
+    for i in range(1000):
+        with limits.slot(f"imap{i}.example.com", "u", limit=2, wait_seconds=0):
+            pass
+    assert limits.hosts_in_use() == 0
+    with limits.slot("imap.example.com", "a", limit=1, wait_seconds=0):
+        assert limits.hosts_in_use() == 1
+        with pytest.raises(HostBusy), limits.slot("imap.example.com", "b", limit=1, wait_seconds=0):
+            pass
+        assert limits.hosts_in_use() == 1, "a refused job leaves the holder's count alone"
+    with limits.slot("imap.example.com", "b", limit=1, wait_seconds=0):
+        pass
+    assert limits.hosts_in_use() == 0

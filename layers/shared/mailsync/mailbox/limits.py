@@ -59,13 +59,29 @@ class ConnectionLimits:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # Keyed by the limit too: a changed setting starts a fresh count instead of resizing
-        # a semaphore others hold.
-        self._hosts: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+        # a semaphore others hold. Each with the number of jobs using it: a host's entry goes
+        # when its last job ends, as users choose hosts and a warm process sees many.
+        self._hosts: dict[tuple[str, int], tuple[threading.BoundedSemaphore, int]] = {}
         self._mailboxes: set[tuple[str, str]] = set()
 
-    def _semaphore(self, host: str, limit: int) -> threading.BoundedSemaphore:
+    def _take(self, key: tuple[str, int]) -> threading.BoundedSemaphore:
         with self._lock:
-            return self._hosts.setdefault((host, limit), threading.BoundedSemaphore(limit))
+            semaphore, users = self._hosts.get(key) or (threading.BoundedSemaphore(key[1]), 0)
+            self._hosts[key] = (semaphore, users + 1)
+            return semaphore
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        with self._lock:
+            semaphore, users = self._hosts[key]
+            if users > 1:
+                self._hosts[key] = (semaphore, users - 1)
+            else:
+                del self._hosts[key]
+
+    def hosts_in_use(self) -> int:
+        """The hosts (with their limit) that jobs use now."""
+        with self._lock:
+            return len(self._hosts)
 
     @contextmanager
     def slot(self, host: str, username: str, *, limit: int, wait_seconds: float) -> Iterator[None]:
@@ -76,14 +92,18 @@ class ConnectionLimits:
             if mailbox in self._mailboxes:
                 raise HostBusy(host, mailbox=True)
             self._mailboxes.add(mailbox)
+        key = (host, limit)
         try:
-            semaphore = self._semaphore(host, limit)
-            if not semaphore.acquire(timeout=max(0.0, wait_seconds)):
-                raise HostBusy(host, mailbox=False)
+            semaphore = self._take(key)
             try:
-                yield
+                if not semaphore.acquire(timeout=max(0.0, wait_seconds)):
+                    raise HostBusy(host, mailbox=False)
+                try:
+                    yield
+                finally:
+                    semaphore.release()
             finally:
-                semaphore.release()
+                self._drop(key)
         finally:
             with self._lock:
                 self._mailboxes.discard(mailbox)
