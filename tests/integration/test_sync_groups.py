@@ -432,6 +432,26 @@ def test_each_accounts_log_lines_name_that_account(api, group_env, aws, log_line
     assert len({line["function_request_id"] for line in done}) == 1
 
 
+def test_lines_from_a_syncs_helper_threads_name_its_account(
+    api, group_env, aws, log_lines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Events are sent (and their failures logged) on a thread of the sync's own: it starts
+    # without the account's log keys unless they are handed over.
+    from mailsync.aws import client
+
+    accounts = mail_accounts(api, group_env, 3)
+
+    def refused(**_: Any) -> dict[str, Any]:
+        raise RuntimeError("EventBridge is down")
+
+    monkeypatch.setattr(client("events"), "put_events", refused)
+    result, _ = run_worker([group_record([a.caller.user for a in accounts])])
+    assert result == {"batchItemFailures": []}
+    failed = [line for line in log_lines() if line["message"] == "publishing mail events failed"]
+    assert sorted({line.get("user_id") for line in failed}) == [a.caller.user for a in accounts]
+    assert all(line["tenant_id"] == "acme" for line in failed)
+
+
 def test_a_deferred_job_keeps_the_times_it_bounced(group_env, aws) -> None:
     """Deferring (no Lambda time left) is no bounce, but must not reset the count either: else
     a job under lasting contention, deferred now and then, would bounce for ever."""

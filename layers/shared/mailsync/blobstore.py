@@ -24,6 +24,7 @@ from botocore.exceptions import ClientError
 
 from mailsync.aws import client
 from mailsync.config import get_settings
+from mailsync.observability import with_log_keys
 
 UPLOAD_WORKERS = 8
 # Packed: messages of at most this size (larger ones are standalone, never copied into a pack),
@@ -138,7 +139,7 @@ def put_many(tenant_id: str, user_id: str, raws: Iterable[bytes]) -> list[tuple[
     else:
         client("s3")  # made once here: threads that all miss the cache at once would each build one
         with ThreadPoolExecutor(max_workers=min(UPLOAD_WORKERS, len(groups))) as pool:
-            stored = list(pool.map(store, groups))
+            stored = list(pool.map(with_log_keys(store), groups))
     results: list[tuple[str, str]] = [("", "")] * len(items)
     for group, out in zip(groups, stored, strict=True):
         for index, value in zip(group, out, strict=True):

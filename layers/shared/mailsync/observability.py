@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
+from collections.abc import Callable
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
@@ -17,6 +19,20 @@ NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "Mailsync"
 logger = Logger(service=SERVICE)
 tracer = Tracer(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+
+
+def with_log_keys[**P, R](fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` for another thread, with the log keys of the thread that wraps it: Powertools keeps
+    an account's keys (tenant, user) in a ContextVar, which a new thread starts without, so the
+    lines of a sync's helper threads named no account. Each call runs in its own copy: calls of
+    one wrapper may run on several threads at once."""
+    context = contextvars.copy_context()
+
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        return context.copy().run(fn, *args, **kwargs)
+
+    return run
+
 
 # imapclient logs protocol traffic at DEBUG; keep it out of our logs whatever the level,
 # since a protocol trace is the easiest way for a credential to leak.

@@ -30,6 +30,7 @@ from mailsync.dal._models import (
     utcnow,
 )
 from mailsync.domain import Account, Location, Message, Op, SyncState
+from mailsync.observability import with_log_keys
 
 _MESSAGE_FIELDS = tuple(f.name for f in dataclasses.fields(Message))
 _TUPLES = frozenset(
@@ -407,7 +408,8 @@ def _put_all(items: list[dict[str, Any]]) -> None:
         _batch_write(table, requests[0])
         return
     with ThreadPoolExecutor(max_workers=min(BATCH_WRITE_THREADS, len(requests))) as pool:
-        futures = [pool.submit(_batch_write, table, chunk) for chunk in requests]
+        write = with_log_keys(_batch_write)
+        futures = [pool.submit(write, table, chunk) for chunk in requests]
     for future in futures:
         future.result()
 

@@ -36,7 +36,7 @@ from mailsync.events import (
     message_event,
 )
 from mailsync.mailbox.connection import FetchedMessage, ImapConnection, MessageSummary
-from mailsync.observability import logger
+from mailsync.observability import logger, with_log_keys
 from mailsync.privacy import TenantRules
 from mailsync.sync.gmail import GmailLabels
 from mailsync.sync.metadata import metadata_fields, minimal_fields
@@ -241,7 +241,7 @@ class AccountSync:
         if self.events:
             if self._publisher is None:
                 self._publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="events")
-            self._published.append(self._publisher.submit(events.publish, self.events))
+            self._published.append(self._publisher.submit(with_log_keys(events.publish), self.events))
             self.events = []
 
     def _publishing_done(self) -> None:
@@ -431,7 +431,7 @@ class AccountSync:
                         return False
                     creates = self._prepare_batch(work, [summaries[u] for u in batch])
                     self._batch_stored(work, storing)
-                    storing = batch, store.submit(self._create, work, creates)
+                    storing = batch, store.submit(with_log_keys(self._create), work, creates)
                 self._batch_stored(work, storing)
                 storing = None
             except BaseException:
