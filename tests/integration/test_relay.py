@@ -14,7 +14,7 @@ from devstack.lambda_runtime import LambdaContext, http_event, load_handler
 from mailsync import blobstore, dal
 from mailsync.config import get_settings
 from tests.conftest import ApiCall, Caller, _reset_caches, api_response
-from tests.integration.sync_support import connect_account, days_ago, message
+from tests.integration.sync_support import captured_log_lines, connect_account, days_ago, message
 
 DOMAIN = "relay.crm.test"
 ALICE = Caller("alice", "acme", "user")
@@ -262,6 +262,16 @@ def test_bad_events_are_dropped(relay_on: Any) -> None:
     )
     assert handler({"Records": "nope"}, context)["stored"] == 0
     assert handler({}, context)["stored"] == 0
+
+
+def test_a_relayed_messages_log_key_ends_with_its_record(relay_on: Any) -> None:
+    # Each line of a record's handling names SES's copy; the invocation's own lines after it
+    # (and the next record's) must not name a message they are not about.
+    with captured_log_lines("relay_ingest") as lines:
+        counts = deliver(message("to nobody"), [f"nobody@{DOMAIN}"], ses_id="sesmsg-first")
+    assert counts["unknown_address"] == 1
+    summary = [line for line in lines() if line["message"] == "relayed mail"]
+    assert len(summary) == 1 and "ses_message_id" not in summary[0], summary
 
 
 # --- relay and IMAP: one message ----------------------------------------------------------------------

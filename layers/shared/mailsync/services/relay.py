@@ -177,8 +177,16 @@ def raw_key(ses_message_id: str) -> str:
 
 def receive(notice: SesNotice, outcome: Received) -> None:
     """Store one relayed message for each user it was sent to (by their current relay address)."""
-    # Every line of its handling names SES's copy (relay/{id}), kept 7 days for a re-run.
+    # Every line of its handling names SES's copy (relay/{id}), kept 7 days for a re-run; and
+    # only its lines: the next record of the invocation is another message.
     logger.append_keys(ses_message_id=notice.mail.message_id)
+    try:
+        _receive(notice, outcome)
+    finally:
+        logger.remove_keys(["ses_message_id"])
+
+
+def _receive(notice: SesNotice, outcome: Received) -> None:
     domain = get_settings().relay_domain.strip().lower()
     users: dict[tuple[str, str], None] = {}
     for recipient in notice.receipt.recipients:
