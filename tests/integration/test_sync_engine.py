@@ -184,13 +184,23 @@ def test_invalid_mime_is_stored_raw(account: Account, aws) -> None:
 
 
 def test_folder_removed_from_the_map_detaches_its_messages(account: Account) -> None:
+    from mailsync.dal import _keys as keys
+    from mailsync.dal._models import WindowModel
+
     with account.user.client() as imap:
         imap.append("Archive", message("archived", days=1), internal_date=days_ago(1))
     account.sync()
+    archived = account.by_subject()["archived"]
+    # The window items an earlier build kept per copy; only a sweep of the folder deleted them.
+    tenant, user = account.caller.tenant, account.caller.user
+    for folder in ("Archive", "INBOX"):
+        WindowModel(keys.window_pk(tenant, user, folder), f"legacy-{folder}", id=archived["id"], loc_sk="x").save()
     account.api("PUT", "/v1/users/me/folder-map", {"inbox": "INBOX", "sent": "Sent"}, caller=account.caller)
     account.sync()
     archived = account.by_subject()["archived"]
     assert (archived["state"], archived["detach_reason"]) == ("detached", "moved_unmapped")
+    assert [w.sk for w in WindowModel.query(keys.window_pk(tenant, user, "Archive"))] == []
+    assert [w.sk for w in WindowModel.query(keys.window_pk(tenant, user, "INBOX"))] == ["legacy-INBOX"]
 
 
 def test_messages_api_filters_and_pages(account: Account) -> None:

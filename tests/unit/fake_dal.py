@@ -61,6 +61,7 @@ NOT_IMPLEMENTED = frozenset(
         "find_locations",
         "finish_op",
         "folder_locations",
+        "forget_folder_windows",
         "forget_pop_seen",  # POP3 sync state: tests/integration/test_pop3_sync.py (moto + Dovecot)
         "get_account_and_sync_state",
         "get_accounts_and_sync_states",

@@ -817,6 +817,15 @@ def _delete_legacy_windows(tenant_id: str, user_id: str, server_folder: str, cut
                 batch.delete(window)
 
 
+def forget_folder_windows(tenant_id: str, user_id: str, server_folder: str) -> None:
+    """(sync core) Every window item an earlier build left for a server folder that is no longer
+    synced (``_delete_legacy_windows``): its sweeps are over, so none would ever age out."""
+    pk = keys.window_pk(tenant_id, user_id, server_folder)
+    with WindowModel.batch_write() as batch:
+        for window in WindowModel.query(pk, attributes_to_get=[WindowModel.pk.attr_name, WindowModel.sk.attr_name]):
+            batch.delete(window)
+
+
 def ids_for_match_key(tenant_id: str, user_id: str, key: str) -> list[str]:
     """(sync core) Mailsync ids of the messages with this match key (Message-ID or content hash)."""
     return [item.id for item in MatchKeyModel.query(keys.match_pk(tenant_id, user_id, key))]

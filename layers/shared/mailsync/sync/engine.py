@@ -262,6 +262,7 @@ class AccountSync:
         for server_folder in [f for f in self.checkpoint.folders if f not in self.crm_for]:
             for location in list(dal.folder_locations(self.tenant, self.user, server_folder)):
                 self._detach(_known(location), "moved_unmapped")
+            dal.forget_folder_windows(self.tenant, self.user, server_folder)
             self.checkpoint = self.checkpoint.without_folder(server_folder)
 
     def _folder_missing(self, server_folder: str) -> None:
