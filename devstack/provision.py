@@ -708,10 +708,15 @@ def provision_mock(
     region: building them is over half of a stack's provisioning CPU, and moto's mock intercepts
     requests as they are sent, so a client serves every ``mock_aws`` context."""
     template = load_template(template_path or DEFAULT_TEMPLATE)
-    where = (os.environ.get("AWS_ENDPOINT_URL"), boto3.session.Session().region_name)
-    clients = _MOCK_CLIENTS.setdefault(where, {})
+    session = boto3.session.Session()
+    clients = _MOCK_CLIENTS.setdefault((os.environ.get("AWS_ENDPOINT_URL"), session.region_name), {})
     return provision(
-        template, endpoint_url=None, prefix=prefix, parameter_overrides=parameter_overrides, clients=clients
+        template,
+        session=session,
+        endpoint_url=None,
+        prefix=prefix,
+        parameter_overrides=parameter_overrides,
+        clients=clients,
     )
 
 

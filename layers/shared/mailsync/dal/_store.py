@@ -803,27 +803,26 @@ def aged_out(tenant_id: str, user_id: str, server_folder: str, cutoff: datetime,
     return found
 
 
-def _delete_legacy_windows(tenant_id: str, user_id: str, server_folder: str, cutoff: datetime, limit: int) -> None:
+def _delete_legacy_windows(
+    tenant_id: str, user_id: str, server_folder: str, cutoff: datetime | None, limit: int | None
+) -> None:
     """Earlier builds kept a window item per location (``WindowModel``), written and deleted with
     it. Nothing reads them for aging out any more (their locations carry the same INTERNALDATE and
-    are found above), so they are only left over: deleted as they age out, up to ``limit`` a sweep.
-    Once every deployment has run this build for longer than the longest sync window (365 days;
-    30 by default) none can be left and this can go."""
+    are found above), so they are only left over: deleted as they age out (before ``cutoff``), up
+    to ``limit`` a sweep; None: all of the folder's. Once every deployment has run this build for
+    longer than the longest sync window (365 days; 30 by default) none can be left and this can go."""
     pk = keys.window_pk(tenant_id, user_id, server_folder)
-    windows = list(WindowModel.query(pk, WindowModel.sk < keys.iso(cutoff), limit=limit))
-    if windows:
-        with WindowModel.batch_write() as batch:
-            for window in windows:
-                batch.delete(window)
+    older = None if cutoff is None else WindowModel.sk < keys.iso(cutoff)
+    only_keys = [WindowModel.pk.attr_name, WindowModel.sk.attr_name]
+    with WindowModel.batch_write() as batch:
+        for window in WindowModel.query(pk, older, limit=limit, attributes_to_get=only_keys):
+            batch.delete(window)
 
 
 def forget_folder_windows(tenant_id: str, user_id: str, server_folder: str) -> None:
     """(sync core) Every window item an earlier build left for a server folder that is no longer
-    synced (``_delete_legacy_windows``): its sweeps are over, so none would ever age out."""
-    pk = keys.window_pk(tenant_id, user_id, server_folder)
-    with WindowModel.batch_write() as batch:
-        for window in WindowModel.query(pk, attributes_to_get=[WindowModel.pk.attr_name, WindowModel.sk.attr_name]):
-            batch.delete(window)
+    synced: its sweeps are over, so none would ever age out. Finite: builds that wrote them are gone."""
+    _delete_legacy_windows(tenant_id, user_id, server_folder, None, None)
 
 
 def ids_for_match_key(tenant_id: str, user_id: str, key: str) -> list[str]:
